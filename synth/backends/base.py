@@ -1,0 +1,45 @@
+"""The small protocol every teacher backend implements."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from synth.requests import Request
+
+
+@dataclass
+class Completion:
+    """The teacher's answer to one request."""
+
+    request: Request
+    text: str
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+
+
+@dataclass
+class Failure:
+    """A request the teacher could not answer; it goes to failures.jsonl, never silently away."""
+
+    request: Request
+    error_type: str
+    message: str
+    status: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend(Protocol):
+    """A teacher. `generate` yields one result per request, in completion order, as each
+    finishes, so the caller can write it at once (a crash then loses only work in flight)."""
+
+    def identity(self) -> dict[str, Any]:
+        """What identifies the teacher's weights and endpoint (goes into every request id)."""
+        ...
+
+    def generate(self, requests: Iterable[Request]) -> Iterator[Completion | Failure]: ...
+
+    def close(self) -> None: ...

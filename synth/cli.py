@@ -1,0 +1,132 @@
+"""The `synth` command line. Thin: parse, set up logging, call the library."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from synth import __version__
+
+
+def _setup_logging(log_file: Path | None, verbose: bool) -> None:
+    """Console: synth's INFO and everyone's warnings. run.log: everything at INFO."""
+    # vLLM installs its own stdout handler unless told not to; route it through ours.
+    os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+    class _ConsoleFilter(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return verbose or record.levelno >= logging.WARNING or record.name.startswith("synth")
+
+    console.addFilter(_ConsoleFilter())
+    root.addHandler(console)
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(log_file, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+
+
+def _summary(manifest: dict, out_dir: str) -> str:
+    c, t = manifest["counts"], manifest["tokens"]
+    lines = [
+        f"synth generate: {manifest['status']} in {manifest['wall_s']:.1f} s",
+        f"  requests {c['requests']}: kept {c['kept']} ({c['generated']} new, {c['cached']} from earlier runs), "
+        f"failed {c['failed']}, pending {c['pending']}",
+        f"  tokens: {t['prompt']:,} prompt, {t['completion']:,} completion "
+        f"({t['completion_this_run']:,} written this run)",
+    ]
+    if manifest.get("finish_reasons"):
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(manifest["finish_reasons"].items()))
+        lines.append(f"  finish reasons: {reasons}")
+    lines.append(f"  files: {out_dir}/raw.jsonl, failures.jsonl, manifest.json, run.log")
+    if c["failed"]:
+        lines.append("  failed requests are listed in failures.jsonl; rerun the same command to retry them")
+    return "\n".join(lines)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from synth.config import load_recipe
+
+    recipe = load_recipe(args.recipe, args.set)
+    _setup_logging(Path(recipe.output.dir) / "run.log", args.verbose)
+    from synth.generate import run_generate
+
+    try:
+        manifest = run_generate(recipe, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print(f"synth generate: interrupted; finished records are in {recipe.output.dir}/raw.jsonl. "
+              "Rerun the same command to resume.", file=sys.stderr)
+        return 130
+    print(_summary(manifest, recipe.output.dir))
+    return 0
+
+
+def cmd_tiny_model(args: argparse.Namespace) -> int:
+    _setup_logging(None, args.verbose)
+    from synth.tiny_model import build_tiny_model
+
+    out = Path(args.out_dir)
+    if (out / "config.json").exists() and not args.force:
+        print(f"{out}: a model is already there (use --force to rebuild)")
+        return 0
+    build_tiny_model(out, architecture=args.architecture, hidden_size=args.hidden_size,
+                     num_layers=args.layers, seed=args.seed)
+    print(f"{out}: tiny random {args.architecture} chat model written (it writes nonsense; for plumbing only)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="synth",
+        description="Generate and curate training data with a teacher model.",
+    )
+    parser.add_argument("--version", action="version", version=f"stillhouse {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    gen = sub.add_parser(
+        "generate",
+        help="send every seed prompt to the teacher; resumes where an earlier run stopped",
+        description="Render seeds through the template, send them to the teacher and append the "
+        "answers to OUTPUT/raw.jsonl. Rerun the same command to resume after a crash or Ctrl-C.",
+    )
+    gen.add_argument("recipe", help="recipe YAML (see prompts/demo/recipe.yaml)")
+    gen.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a recipe value, e.g. --set sampling.temperature=0.2 (repeatable)")
+    gen.add_argument("--no-progress", action="store_true", help="no progress bar")
+    gen.add_argument("-v", "--verbose", action="store_true", help="show every library's log lines on the console")
+    gen.set_defaults(func=cmd_generate)
+
+    tiny = sub.add_parser(
+        "tiny-model",
+        help="build a tiny random chat model locally (for demos and tests; it writes nonsense)",
+    )
+    tiny.add_argument("out_dir", help="directory to write the model to")
+    tiny.add_argument("--architecture", default="llama", choices=["llama", "qwen2"])
+    tiny.add_argument("--hidden-size", type=int, default=128)
+    tiny.add_argument("--layers", type=int, default=2)
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--force", action="store_true", help="rebuild even if a model is there")
+    tiny.add_argument("-v", "--verbose", action="store_true")
+    tiny.set_defaults(func=cmd_tiny_model)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, ImportError) as exc:
+        # Bad input: one line that names the field and the fix; nothing written is lost.
+        print(f"synth: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

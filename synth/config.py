@@ -1,0 +1,167 @@
+"""The recipe: what to generate, from which seeds, with which teacher, and where to write it.
+
+A recipe is YAML with one section per dataclass below; `load_recipe` validates it and
+applies `--set a.b=c` overrides. Relative paths are relative to the working directory.
+`python -m synth.config` prints the config reference (the table in README.md).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from synth.configtools import apply_overrides, from_dict, help_field, load_yaml, reference
+
+SEED_FORMATS = ("auto", "jsonl", "csv", "txt", "hf", "parquet")
+
+
+@dataclass
+class SeedsConfig:
+    path: str = help_field(help="seed file or dataset: .jsonl, .csv, .txt (one prompt per line), a parquet file or a saved HF dataset dir")
+    format: str = help_field("auto", help="one of auto, jsonl, csv, txt, hf, parquet; auto picks by extension")
+    fields: dict[str, str] = help_field({}, help="template variable -> seed column; empty passes every column through under its own name")
+    split: str = help_field("train", help="split to read when the HF dataset dir holds several")
+    limit: int | None = help_field(None, help="read only the first N seed rows (for a quick trial)")
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise ValueError("path: give the seed file, e.g. seeds.path=prompts/demo/seeds.jsonl")
+        if self.format not in SEED_FORMATS:
+            raise ValueError(f"format: unknown '{self.format}'; choose one of {', '.join(SEED_FORMATS)}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit: must be at least 1, got {self.limit}")
+
+
+@dataclass
+class TemplateConfig:
+    path: str = help_field(help="Jinja2 file with a `user` block and an optional `system` block (rendered in a sandbox)")
+    fewshot: str | None = help_field(None, help="optional JSONL of few-shot turns, each line {\"user\": ..., \"assistant\": ...}")
+    variables: dict[str, Any] = help_field({}, help="extra constants available to the template (e.g. a domain name)")
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise ValueError("path: give the Jinja2 template, e.g. template.path=prompts/demo/answer.j2")
+
+
+@dataclass
+class SamplingConfig:
+    n: int = help_field(1, help="samples per seed prompt; each sample is its own request and record")
+    temperature: float = help_field(0.7, help="sampling temperature, 0 for greedy")
+    top_p: float = help_field(1.0, help="nucleus sampling mass, in (0, 1]")
+    top_k: int | None = help_field(None, help="sample from the k most likely tokens; none for no limit")
+    max_tokens: int = help_field(512, help="most tokens the teacher writes per answer")
+    seed: int | None = help_field(None, help="base random seed; sample i of every prompt uses seed+i, so reruns are reproducible")
+    stop: list[str] = help_field([], help="strings that end the answer")
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"n: must be at least 1, got {self.n}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ValueError(f"temperature: must be >= 0, got {self.temperature}")
+        if not (0 < self.top_p <= 1):
+            raise ValueError(f"top_p: must be in (0, 1], got {self.top_p}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k: must be at least 1 (or none for no limit), got {self.top_k}")
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens: must be at least 1, got {self.max_tokens}")
+        if any(not s for s in self.stop):
+            raise ValueError("stop: stop strings must not be empty")
+
+    def identity(self) -> dict[str, Any]:
+        """Everything here that changes the teacher's output (n only sets how many samples)."""
+        return {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "max_tokens": self.max_tokens,
+            "seed": self.seed,
+            "stop": list(self.stop),
+        }
+
+
+@dataclass
+class VllmConfig:
+    dtype: str = help_field("auto", help="weights dtype: auto, bfloat16, float16, float32")
+    max_model_len: int | None = help_field(None, help="context length; none takes the model's")
+    tensor_parallel_size: int = help_field(1, help="GPUs to shard the teacher over")
+    gpu_memory_utilization: float = help_field(0.9, help="share of GPU memory for weights and KV cache (on CPU: share of RAM for the KV cache, use ~0.1)")
+    enable_prefix_caching: bool | None = help_field(None, help="reuse KV cache across prompts with a shared prefix; none keeps vLLM's default")
+    enforce_eager: bool = help_field(False, help="disable CUDA graphs / compilation (faster start, needed on CPU)")
+    trust_remote_code: bool = help_field(False, help="run code shipped with the model; off unless you trust the model's source")
+    quantization: str | None = help_field(None, help="quantization method passed to vLLM (e.g. awq, fp8)")
+    max_num_seqs: int | None = help_field(None, help="most sequences the engine batches at once; none keeps vLLM's default")
+    in_flight: int = help_field(1024, help="requests kept queued in the engine; finished ones are written as they complete")
+    engine_kwargs: dict[str, Any] = help_field({}, help="further vllm.LLM keyword arguments, passed through unchanged")
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("auto", "bfloat16", "float16", "float32", "half", "float", "bf16"):
+            raise ValueError(f"dtype: unknown '{self.dtype}'; choose auto, bfloat16, float16 or float32")
+        if self.max_model_len is not None and self.max_model_len < 16:
+            raise ValueError(f"max_model_len: must be at least 16, got {self.max_model_len}")
+        if self.tensor_parallel_size < 1:
+            raise ValueError(f"tensor_parallel_size: must be at least 1, got {self.tensor_parallel_size}")
+        if not (0 < self.gpu_memory_utilization <= 1):
+            raise ValueError(f"gpu_memory_utilization: must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.in_flight < 1:
+            raise ValueError(f"in_flight: must be at least 1, got {self.in_flight}")
+
+
+@dataclass
+class TeacherConfig:
+    model: str = help_field(help="HF model id or local model directory")
+    backend: str = help_field("vllm", help="teacher backend: vllm (in-process engine)")
+    revision: str | None = help_field(None, help="model revision (branch, tag or commit) for hub models")
+    vllm: VllmConfig = help_field(default_factory=VllmConfig, help="options of the vllm backend")
+
+    def __post_init__(self) -> None:
+        from synth.backends import BACKENDS  # a dict of names, no heavy imports
+
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend: unknown '{self.backend}'; valid backends: {', '.join(sorted(BACKENDS))}")
+        if not self.model:
+            raise ValueError("model: give an HF model id or a local model directory")
+
+
+@dataclass
+class OutputConfig:
+    dir: str = help_field(help="output directory (raw.jsonl, failures.jsonl, manifest.json, run.log)")
+    sync_every: int = help_field(256, help="fsync the raw log after this many new records")
+    sync_interval_s: float = help_field(5.0, help="... or after this many seconds, whichever comes first")
+
+    def __post_init__(self) -> None:
+        if not self.dir:
+            raise ValueError("dir: give an output directory, e.g. output.dir=runs/demo")
+        if self.sync_every < 1:
+            raise ValueError(f"sync_every: must be at least 1, got {self.sync_every}")
+        if self.sync_interval_s <= 0:
+            raise ValueError(f"sync_interval_s: must be > 0, got {self.sync_interval_s}")
+
+
+@dataclass
+class Recipe:
+    seeds: SeedsConfig = help_field(help="where the seed prompts come from")
+    template: TemplateConfig = help_field(help="how a seed row becomes a chat")
+    teacher: TeacherConfig = help_field(help="the model that writes the answers")
+    output: OutputConfig = help_field(help="where results go")
+    sampling: SamplingConfig = help_field(default_factory=SamplingConfig, help="sampling parameters")
+    name: str = help_field("recipe", help="a name for this recipe, shown in the manifest")
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Load and validate a recipe YAML file, applying `a.b=c` overrides first."""
+    data = apply_overrides(load_yaml(path), overrides or [])
+    return from_dict(Recipe, data)
+
+
+def reference_markdown() -> str:
+    """The config reference as a Markdown table (kept in README.md)."""
+    lines = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+    for key, tp, default, text in reference(Recipe):
+        lines.append(f"| `{key}` | {tp} | `{default}` | {text} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(reference_markdown())

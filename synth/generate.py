@@ -1,0 +1,322 @@
+"""`synth generate`: seeds through a template to the teacher, into an append-only raw log.
+
+plan_requests() renders every request up front (so a bad seed or template fails before
+any model loads) and run_generate() sends the ones the raw log does not have yet,
+writing each result as it arrives. Rerunning the same recipe resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from synth.backends import Backend, Completion, Failure, load_backend_class
+from synth.config import Recipe
+from synth.configtools import to_dict
+from synth.manifest import command_line, package_versions, utc_now, write_json_atomically
+from synth.rawlog import DirLock, JsonlAppender, iter_records, repair_tail, rewrite_atomically
+from synth.requests import Request, request_id, sample_sampling
+from synth.seeds import load_seeds
+from synth.templates import PromptTemplate
+
+logger = logging.getLogger(__name__)
+
+RAW, FAILURES, MANIFEST, CONFIG = "raw.jsonl", "failures.jsonl", "manifest.json", "config.yaml"
+
+
+@dataclass
+class Plan:
+    """Every request the recipe asks for, in seed order, and what the teacher is."""
+
+    requests: list[Request]
+    teacher: dict[str, Any]
+    duplicates: int = 0  # identical requests collapsed into one (duplicate seed rows)
+
+
+def plan_requests(recipe: Recipe, teacher: dict[str, Any] | None = None) -> Plan:
+    """Render all requests of a recipe. `teacher` is the backend identity (computed if None)."""
+    if teacher is None:
+        teacher = load_backend_class(recipe.teacher.backend).identity_for(recipe.teacher)
+    template = PromptTemplate.load(recipe.template)
+    seeds = load_seeds(recipe.seeds)
+    base_sampling = recipe.sampling.identity()
+    requests: list[Request] = []
+    seen: set[str] = set()
+    duplicates = 0
+    for row in seeds:
+        messages = template.render(row.fields, where=f"{row.source} line {row.line}")
+        for index in range(recipe.sampling.n):
+            sampling = sample_sampling(base_sampling, index)
+            rid = request_id(messages, row.fields, teacher, sampling, index)
+            if rid in seen:
+                duplicates += 1
+                continue
+            seen.add(rid)
+            requests.append(
+                Request(
+                    id=rid,
+                    messages=messages,
+                    sampling=sampling,
+                    sample_index=index,
+                    seed=row.provenance(),
+                    template=template.provenance(),
+                )
+            )
+    if duplicates:
+        logger.warning("%d requests repeat earlier ones (duplicate seed rows); each is sent once", duplicates)
+    return Plan(requests=requests, teacher=teacher, duplicates=duplicates)
+
+
+def make_record(result: Completion, teacher: dict[str, Any]) -> dict[str, Any]:
+    """The raw-log record of a completion (DESIGN.md's record format)."""
+    req = result.request
+    return {
+        "id": req.id,
+        "messages": [*req.messages, {"role": "assistant", "content": result.text}],
+        "seed": req.seed,
+        "sample_index": req.sample_index,
+        "teacher": {
+            "backend": teacher.get("backend"),
+            "model": teacher.get("model"),
+            "revision": teacher.get("revision"),
+            "base_url": teacher.get("base_url"),
+            "fingerprint": teacher.get("fingerprint"),
+        },
+        "sampling": req.sampling,
+        "template": req.template,
+        "finish_reason": result.finish_reason,
+        "usage": {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens},
+        "latency_s": result.latency_s,
+        "created_at": utc_now(),
+    }
+
+
+def make_failure(result: Failure) -> dict[str, Any]:
+    req = result.request
+    return {
+        "id": req.id,
+        "seed": req.seed,
+        "sample_index": req.sample_index,
+        "error": {"type": result.error_type, "message": result.message, "status": result.status, **result.extra},
+        "created_at": utc_now(),
+    }
+
+
+@dataclass
+class Counts:
+    requests: int = 0
+    cached: int = 0  # finished by earlier runs
+    generated: int = 0  # finished by this run
+    failed: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    new_prompt_tokens: int = 0
+    new_completion_tokens: int = 0
+    finish_reasons: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def kept(self) -> int:
+        return self.cached + self.generated
+
+    @property
+    def pending(self) -> int:
+        return self.requests - self.kept - self.failed
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _raise_on_sigterm(signum: int, frame: Any) -> None:
+    raise _Interrupted(f"signal {signum}")
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="req", desc="generate", dynamic_ncols=True, disable=not enabled, smoothing=0.1)
+
+
+def run_generate(
+    recipe: Recipe,
+    backend: Backend | None = None,
+    *,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Generate every request of `recipe` that the output dir does not have yet.
+
+    `backend` lets a caller reuse a running teacher (it must be the recipe's teacher);
+    by default one is started, and only when there is work to send. Returns the manifest.
+    """
+    started, wall0 = utc_now(), time.monotonic()
+    out = Path(recipe.output.dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with DirLock(out):
+        teacher = backend.identity() if backend is not None else None
+        plan = plan_requests(recipe, teacher)
+        teacher = plan.teacher
+        raw_path, fail_path = out / RAW, out / FAILURES
+        for path in (raw_path, fail_path):
+            repair_tail(path)
+
+        planned = {r.id for r in plan.requests}
+        counts = Counts(requests=len(plan.requests))
+        done: set[str] = set()
+        stale = 0
+        for rec in iter_records(raw_path):
+            if rec["id"] in done:
+                raise AssertionError(f"{raw_path} holds request {rec['id']} twice")
+            done.add(rec["id"])
+            if rec["id"] not in planned:
+                stale += 1
+                continue
+            counts.cached += 1
+            _add_usage(counts, rec, new=False)
+        if stale:
+            logger.info("%s holds %d records of other configurations (kept, not counted here)", raw_path, stale)
+        todo = [r for r in plan.requests if r.id not in done]
+        logger.info(
+            "%d requests: %d already in %s, %d to send", counts.requests, counts.cached, raw_path, len(todo)
+        )
+        (out / CONFIG).write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False), encoding="utf-8")
+        manifest = _manifest(recipe, plan, counts, stale, started, wall0, status="running")
+        write_json_atomically(out / MANIFEST, manifest)
+
+        status = "complete"
+        own_backend = backend is None and bool(todo)
+        previous_sigterm = None
+        try:
+            if own_backend:
+                backend = load_backend_class(recipe.teacher.backend)(recipe.teacher)
+            # SIGTERM (a scheduler's stop) ends the run like Ctrl-C: flush, manifest, exit.
+            try:
+                previous_sigterm = signal.signal(signal.SIGTERM, _raise_on_sigterm)
+            except ValueError:  # not the main thread: leave signals alone
+                previous_sigterm = None
+            if todo:
+                with JsonlAppender(raw_path, recipe.output.sync_every, recipe.output.sync_interval_s) as raw, \
+                        JsonlAppender(fail_path, 1, recipe.output.sync_interval_s) as failures:
+                    _consume(backend.generate(iter(todo)), raw, failures, counts, done, teacher, progress, len(todo))
+        except (KeyboardInterrupt, _Interrupted):
+            status = "interrupted"
+            logger.warning("interrupted: finished records are saved; rerun the same command to resume")
+        except Exception:
+            status = "failed"
+            raise
+        finally:
+            if previous_sigterm is not None:
+                signal.signal(signal.SIGTERM, previous_sigterm)
+            if own_backend and backend is not None:
+                backend.close()
+            counts.failed = _compact_failures(fail_path, planned, done)
+            manifest = _manifest(recipe, plan, counts, stale, started, wall0, status=status)
+            write_json_atomically(out / MANIFEST, manifest)
+    if status == "interrupted":
+        raise KeyboardInterrupt
+    return manifest
+
+
+def _add_usage(counts: Counts, rec: dict[str, Any], new: bool) -> None:
+    usage = rec.get("usage") or {}
+    p, c = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    counts.prompt_tokens += p
+    counts.completion_tokens += c
+    if new:
+        counts.new_prompt_tokens += p
+        counts.new_completion_tokens += c
+    reason = rec.get("finish_reason") or "unknown"
+    counts.finish_reasons[reason] = counts.finish_reasons.get(reason, 0) + 1
+
+
+def _consume(
+    results: Iterator[Completion | Failure],
+    raw: JsonlAppender,
+    failures: JsonlAppender,
+    counts: Counts,
+    done: set[str],
+    teacher: dict[str, Any],
+    progress: bool,
+    total: int,
+) -> None:
+    t0 = time.monotonic()
+    failed = 0
+    bar = _progress(total, progress)
+    try:
+        for result in results:
+            if isinstance(result, Completion):
+                rec = make_record(result, teacher)
+                raw.append(rec)
+                done.add(rec["id"])
+                counts.generated += 1
+                _add_usage(counts, rec, new=True)
+            else:
+                row = make_failure(result)
+                failures.append(row)
+                failed += 1
+                logger.warning("request %s failed: %s: %s", row["id"], result.error_type, result.message)
+            elapsed = max(time.monotonic() - t0, 1e-9)
+            bar.set_postfix(
+                {"out_tok/s": f"{counts.new_completion_tokens / elapsed:,.0f}", "failed": failed},
+                refresh=False,
+            )
+            bar.update(1)
+    finally:
+        bar.close()
+
+
+def _compact_failures(fail_path: Path, planned: set[str], done: set[str]) -> int:
+    """Keep only the latest failure of each planned request that has no record; count them.
+
+    Failures are appended as they happen; a rerun retries them, so once a request
+    succeeds its old failure lines are dropped. Failures of other configurations stay.
+    """
+    if not fail_path.exists():
+        return 0
+    latest: dict[str, dict[str, Any]] = {}
+    for row in iter_records(fail_path):
+        latest[row["id"]] = row
+    current = [row for rid, row in latest.items() if rid not in done]
+    rewrite_atomically(fail_path, current)
+    return sum(1 for row in current if row["id"] in planned)
+
+
+def _manifest(
+    recipe: Recipe, plan: Plan, counts: Counts, stale: int, started: str, wall0: float, status: str
+) -> dict[str, Any]:
+    return {
+        "stage": "generate",
+        "status": status,
+        "recipe": recipe.name,
+        "command": command_line(),
+        "started_at": started,
+        "updated_at": utc_now(),
+        "wall_s": round(time.monotonic() - wall0, 3),
+        "teacher": plan.teacher,
+        "counts": {
+            "requests": counts.requests,
+            "kept": counts.kept,
+            "cached": counts.cached,
+            "generated": counts.generated,
+            "failed": counts.failed,
+            "pending": counts.pending,
+            "duplicate_requests": plan.duplicates,
+            "records_of_other_configs": stale,
+        },
+        "finish_reasons": counts.finish_reasons,
+        "tokens": {
+            "prompt": counts.prompt_tokens,
+            "completion": counts.completion_tokens,
+            "prompt_this_run": counts.new_prompt_tokens,
+            "completion_this_run": counts.new_completion_tokens,
+        },
+        "config": to_dict(recipe),
+        "versions": package_versions(),
+        "files": {"raw": RAW, "failures": FAILURES, "config": CONFIG, "log": "run.log"},
+    }

@@ -1,0 +1,159 @@
+"""Append-only JSONL logs (raw.jsonl, failures.jsonl): the cache and the resume point.
+
+Each finished record is handed to the OS at once (one write per line), so killing the
+process loses nothing finished; fsync runs in batches (every N records or T seconds) so
+a machine crash loses at most the last batch. A torn last line (a write cut short by a
+crash) is cut off with a warning before appending; any other bad line is an error that names it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+def repair_tail(path: Path) -> bool:
+    """Cut off a torn last line (one without its newline); True when something was cut.
+
+    Every record is written with its newline in one write, so a line without one can only
+    be a write cut short by a crash or kill.
+    """
+    if not path.exists():
+        return False
+    size = path.stat().st_size
+    if size == 0:
+        return False
+    with path.open("r+b") as fh:
+        fh.seek(size - 1)
+        if fh.read(1) == b"\n":
+            return False
+        # Walk back to the previous newline; the bytes after it are the torn line.
+        pos, block = size, 1 << 16
+        keep = 0
+        while pos > 0:
+            start = max(0, pos - block)
+            fh.seek(start)
+            chunk = fh.read(pos - start)
+            nl = chunk.rfind(b"\n")
+            if nl >= 0:
+                keep = start + nl + 1
+                break
+            pos = start
+        fh.truncate(keep)
+        fh.flush()
+        os.fsync(fh.fileno())
+    logger.warning(
+        "%s: the last line was torn (%d bytes without a newline), probably by a crash or kill; "
+        "cut it off, that request will be sent again", path, size - keep,
+    )
+    return True
+
+
+def iter_records(path: Path) -> Iterator[dict[str, Any]]:
+    """The records of a JSONL log, in order; a corrupt line is an error that names it."""
+    if not path.exists():
+        return
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw)
+            except ValueError as exc:
+                raise ValueError(
+                    f"{path} line {lineno} is not valid JSON ({exc}); it was not written by synth "
+                    "as is: fix or delete that line (the other lines are intact)"
+                ) from None
+            if not isinstance(record, dict) or not isinstance(record.get("id"), str):
+                raise ValueError(f"{path} line {lineno} is not a record with a string 'id'; fix or delete that line")
+            yield record
+
+
+class JsonlAppender:
+    """Appends records to a JSONL file: one write per record, fsync in batches."""
+
+    def __init__(self, path: Path, sync_every: int = 256, sync_interval_s: float = 5.0):
+        self.path = path
+        self.sync_every = sync_every
+        self.sync_interval_s = sync_interval_s
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._unsynced = 0
+        self._last_sync = time.monotonic()
+
+    def append(self, record: dict[str, Any]) -> None:
+        line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        view = memoryview(line)
+        while view:  # os.write may write less than asked (signals, full pipes)
+            written = os.write(self._fd, view)
+            view = view[written:]
+        self._unsynced += 1
+        if self._unsynced >= self.sync_every or time.monotonic() - self._last_sync >= self.sync_interval_s:
+            self.sync()
+
+    def sync(self) -> None:
+        if self._unsynced:
+            os.fsync(self._fd)
+            self._unsynced = 0
+        self._last_sync = time.monotonic()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            self.sync()
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> JsonlAppender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def rewrite_atomically(path: Path, records: list[dict[str, Any]]) -> None:
+    """Replace a JSONL file with `records` (write a temp file, fsync, rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        for record in records:
+            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class DirLock:
+    """An exclusive lock on an output directory, so two runs never write the same logs."""
+
+    def __init__(self, directory: Path):
+        self.path = directory / ".lock"
+        self._fh = None
+
+    def __enter__(self) -> DirLock:
+        self._fh = self.path.open("a+")
+        try:
+            fcntl.flock(self._fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._fh.seek(0)
+            holder = self._fh.read().strip() or "another process"
+            self._fh.close()
+            raise ValueError(
+                f"output.dir: {self.path.parent} is in use by {holder}; wait for it to finish "
+                "or choose another output.dir"
+            ) from None
+        self._fh.seek(0)
+        self._fh.truncate()
+        self._fh.write(f"pid {os.getpid()}")
+        self._fh.flush()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fh is not None:
+            fcntl.flock(self._fh, fcntl.LOCK_UN)
+            self._fh.close()

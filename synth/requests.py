@@ -1,0 +1,58 @@
+"""Requests: one rendered chat for one sample, identified by a hash of what shapes the answer."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+
+def canonical_json(value: Any) -> str:
+    """Stable JSON for hashing: sorted keys, no whitespace, unicode kept as is."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def request_id(
+    messages: list[dict[str, str]],
+    seed_fields: dict[str, Any],
+    teacher: dict[str, Any],
+    sampling: dict[str, Any],
+    sample_index: int,
+) -> str:
+    """Content hash of everything that can change the teacher's output.
+
+    The rendered messages cover the system prompt, template and few-shot turns; the seed
+    fields cover the seed row; `teacher` is the backend's identity (model, revision,
+    weights fingerprint, endpoint); `sampling` the sampling parameters with the per-sample
+    seed. The seed's position in the file is left out on purpose: reordering seeds keeps
+    finished work.
+    """
+    payload = {
+        "messages": messages,
+        "seed": seed_fields,
+        "teacher": teacher,
+        "sampling": sampling,
+        "sample": sample_index,
+    }
+    return hashlib.sha256(canonical_json(payload).encode("utf-8")).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class Request:
+    """One teacher call: a chat, its sampling parameters, and where it came from."""
+
+    id: str
+    messages: list[dict[str, str]]
+    sampling: dict[str, Any]
+    sample_index: int
+    seed: dict[str, Any]  # {"source", "line", "fields"}
+    template: dict[str, str]  # {"name", "sha256"}
+
+
+def sample_sampling(base: dict[str, Any], sample_index: int) -> dict[str, Any]:
+    """Sampling parameters of sample `sample_index`: a base seed s becomes s + sample_index."""
+    out = dict(base)
+    if out.get("seed") is not None:
+        out["seed"] = int(out["seed"]) + sample_index
+    return out

@@ -1,0 +1,144 @@
+"""Build a tiny random chat model locally, for demos and tests (no model hub needed).
+
+The model writes nonsense: it exists so that the whole pipeline (a real vLLM engine, real
+TRL training) can run on a laptop CPU in seconds. Recipe (DESIGN.md): a byte-level BPE
+tokenizer trained on a small text, a ChatML chat template with `{% generation %}` markers
+(so TRL's assistant-only loss works), and a random Llama (hidden 128, 2 layers, 2 heads:
+head dim 64, which the vLLM CPU attention kernel accepts).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+# ChatML, with generation markers around what the assistant writes (including <|im_end|>)
+# so that TRL can build an exact assistant-only loss mask.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}"
+    "{{ '<|im_start|>assistant\n' }}"
+    "{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}"
+    "{{ '\n' }}"
+    "{% else %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+_CORPUS = Path(__file__).resolve().parent.parent / "prompts" / "self-instruct" / "seed_tasks.jsonl"
+
+
+def _corpus_lines(corpus: Path | None) -> list[str]:
+    path = corpus or _CORPUS
+    lines: list[str] = []
+    if path.exists():
+        for raw in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(raw)
+            except json.JSONDecodeError:
+                lines.append(raw)
+                continue
+            if isinstance(row, dict):
+                lines.extend(str(v) for v in _strings(row))
+    # A fixed pangram keeps the tokenizer usable when the corpus file is absent
+    # (an installed wheel without prompts/).
+    lines.append("The quick brown fox jumps over the lazy dog. 0123456789 ,.;:!?'\"()[]{}")
+    return lines
+
+
+def _strings(value):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+
+
+def build_tiny_model(
+    out_dir: str | Path,
+    *,
+    vocab_size: int = 2048,
+    hidden_size: int = 128,
+    num_layers: int = 2,
+    num_heads: int = 2,
+    max_position_embeddings: int = 2048,
+    architecture: str = "llama",
+    seed: int = 0,
+    corpus: Path | None = None,
+) -> Path:
+    """Write a tiny random chat model (config, safetensors weights, tokenizer) to `out_dir`.
+
+    Deterministic for a given set of arguments, so its weights fingerprint is stable.
+    Needs torch, transformers and tokenizers (`pip install 'stillhouse[cpu]'`).
+    """
+    try:
+        import torch
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+        from transformers import (
+            GenerationConfig,
+            LlamaConfig,
+            LlamaForCausalLM,
+            PreTrainedTokenizerFast,
+            Qwen2Config,
+            Qwen2ForCausalLM,
+        )
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            f"building the tiny model needs torch, transformers and tokenizers ({exc}): "
+            "pip install 'stillhouse[cpu]'"
+        ) from exc
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_corpus_lines(corpus), trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        model_max_length=max_position_embeddings,
+    )
+    fast.chat_template = CHATML_TEMPLATE
+    fast.save_pretrained(out)
+
+    common = dict(
+        vocab_size=len(fast),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        max_position_embeddings=max_position_embeddings,
+        eos_token_id=fast.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=fast.pad_token_id,
+        bos_token_id=None,
+        tie_word_embeddings=False,
+    )
+    families = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}
+    if architecture not in families:
+        raise ValueError(f"architecture: unknown '{architecture}'; choose one of {sorted(families)}")
+    config_cls, model_cls = families[architecture]
+    torch.manual_seed(seed)
+    model = model_cls(config_cls(**common))
+    model.generation_config = GenerationConfig(
+        eos_token_id=common["eos_token_id"], pad_token_id=common["pad_token_id"]
+    )
+    model.save_pretrained(out, safe_serialization=True)
+    return out
