@@ -272,19 +272,20 @@ def _consume(
 
 
 def _compact_failures(fail_path: Path, planned: set[str], done: set[str]) -> int:
-    """Keep only the latest failure of each planned request that has no record; count them.
+    """Rewrite failures.jsonl as the current failures of this recipe; return their count.
 
-    Failures are appended as they happen; a rerun retries them, so once a request
-    succeeds its old failure lines are dropped. Failures of other configurations stay.
+    Failures are appended as they happen and a rerun retries them, so the ledger keeps the
+    latest failure of each planned request that still has no record. Failures of requests
+    the recipe no longer asks for (a fixed seed, changed sampling) are resolved: dropped.
     """
     if not fail_path.exists():
         return 0
     latest: dict[str, dict[str, Any]] = {}
     for row in iter_records(fail_path):
         latest[row["id"]] = row
-    current = [row for rid, row in latest.items() if rid not in done]
+    current = [row for rid, row in latest.items() if rid in planned and rid not in done]
     rewrite_atomically(fail_path, current)
-    return sum(1 for row in current if row["id"] in planned)
+    return len(current)
 
 
 def _manifest(

