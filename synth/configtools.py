@@ -38,6 +38,11 @@ def _suggest(key: str, valid: list[str]) -> str:
 
 
 def _type_name(tp: Any) -> str:
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join("none" if a is type(None) else _type_name(a) for a in args)
+    if args:
+        return f"{typing.get_origin(tp).__name__}[{', '.join(_type_name(a) for a in args)}]"
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))
 
 
