@@ -31,7 +31,7 @@ demo: setup
 	@echo "The demo teacher is a tiny random model: its answers are nonsense by design."
 	@echo "For real data set teacher.model to a real model (an HF id or a local directory), e.g."
 	@echo "  $(BIN)/synth generate prompts/demo/recipe.yaml --set teacher.model=Qwen/Qwen2.5-7B-Instruct \\"
-	@echo "      --set teacher.vllm.dtype=auto --set teacher.vllm.gpu_memory_utilization=0.9 --set output.dir=runs/qwen"
+	@echo "      --set teacher.vllm.dtype=auto --set teacher.vllm.gpu_memory_utilization=0.9 --set teacher.vllm.enforce_eager=false --set output.dir=runs/qwen"
 
 test: setup
 	$(BIN)/python -m pytest -q
