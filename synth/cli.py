@@ -42,6 +42,8 @@ def _summary(manifest: dict, out_dir: str) -> str:
         f"  tokens: {t['prompt']:,} prompt, {t['completion']:,} completion "
         f"({t['completion_this_run']:,} written this run)",
     ]
+    if manifest.get("cost_usd") is not None:
+        lines.append(f"  cost: ${manifest['cost_usd']:,.4f} at the recipe's prices")
     if manifest.get("finish_reasons"):
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(manifest["finish_reasons"].items()))
         lines.append(f"  finish reasons: {reasons}")
@@ -51,15 +53,35 @@ def _summary(manifest: dict, out_dir: str) -> str:
     return "\n".join(lines)
 
 
+def _dry_run_report(r: dict) -> str:
+    lines = [
+        f"synth generate --dry-run: {r['to_send']} requests to send ({r['requests']} planned, {r['done']} already done)",
+        f"  teacher: {r['teacher']['backend']} {r['teacher']['model']}"
+        + (f" at {r['teacher']['base_url']}" if r["teacher"].get("base_url") else ""),
+        f"  prompt tokens (estimate, ~4 chars a token): {r['prompt_tokens_estimate']:,}",
+        f"  completion tokens (at most, max_tokens each): {r['completion_tokens_max']:,}",
+    ]
+    if r["cost_usd_max"] is not None:
+        lines.append(f"  cost: at most ${r['cost_usd_max']:,.4f}")
+    lines.append("  nothing was sent")
+    return "\n".join(lines)
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from synth.config import load_recipe
 
     recipe = load_recipe(args.recipe, args.set)
+    if args.dry_run:
+        _setup_logging(None, args.verbose)
+        from synth.generate import dry_run
+
+        print(_dry_run_report(dry_run(recipe, only_failed=args.only_failed)))
+        return 0
     _setup_logging(Path(recipe.output.dir) / "run.log", args.verbose)
     from synth.generate import run_generate
 
     try:
-        manifest = run_generate(recipe, progress=not args.no_progress)
+        manifest = run_generate(recipe, progress=not args.no_progress, only_failed=args.only_failed)
     except KeyboardInterrupt:
         print(f"synth generate: interrupted; finished records are in {recipe.output.dir}/raw.jsonl. "
               "Rerun the same command to resume.", file=sys.stderr)
@@ -99,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("recipe", help="recipe YAML (see prompts/demo/recipe.yaml)")
     gen.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a recipe value, e.g. --set sampling.temperature=0.2 (repeatable)")
+    gen.add_argument("--dry-run", action="store_true",
+                     help="print how many requests would be sent, estimated tokens and cost; send nothing")
+    gen.add_argument("--only-failed", action="store_true",
+                     help="send only the requests listed in OUTPUT/failures.jsonl (retry the failed ones)")
     gen.add_argument("--no-progress", action="store_true", help="no progress bar")
     gen.add_argument("-v", "--verbose", action="store_true", help="show every library's log lines on the console")
     gen.set_defaults(func=cmd_generate)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from synth.configtools import apply_overrides, from_dict, help_field, load_yaml, reference
+from synth.configtools import apply_overrides, from_dict, help_field, load_yaml, reference, to_dict
 
 SEED_FORMATS = ("auto", "jsonl", "csv", "txt", "hf", "parquet")
 
@@ -109,11 +109,55 @@ class VllmConfig:
 
 
 @dataclass
+class OpenAIConfig:
+    base_url: str | None = help_field(None, help="endpoint, e.g. http://127.0.0.1:8000/v1; none reads OPENAI_BASE_URL, else OpenAI's")
+    api_key_env: str = help_field("OPENAI_API_KEY", help="environment variable that holds the API key (the key is never written anywhere)")
+    api_key: str | None = help_field(None, help="the key itself, if it must be in the recipe; redacted in every saved config")
+    max_concurrency: int = help_field(64, help="most requests in flight; adaptive concurrency backs off below this on 429/503")
+    min_concurrency: int = help_field(1, help="adaptive concurrency never goes below this")
+    rpm: float | None = help_field(None, help="requests per minute limit; none for no limit")
+    tpm: float | None = help_field(None, help="tokens per minute limit (prompt estimate + max_tokens, reconciled with usage); none for no limit")
+    burst: int | None = help_field(None, help="requests allowed at once above the rpm rate; none means one second's worth")
+    timeout_s: float = help_field(120.0, help="per-request timeout in seconds")
+    max_retries: int = help_field(6, help="retries after the first attempt, for 429, 5xx, connection errors, timeouts and malformed bodies")
+    backoff_s: float = help_field(1.0, help="base of the exponential backoff with jitter between retries")
+    backoff_max_s: float = help_field(60.0, help="longest backoff between two attempts (a longer Retry-After is still honoured)")
+    response_format: dict[str, Any] | None = help_field(None, help="OpenAI response_format, e.g. {type: json_schema, json_schema: {...}}")
+    extra_body: dict[str, Any] = help_field({}, help="extra request fields passed through (e.g. vLLM's repetition_penalty, min_p)")
+    transport: str = help_field("aiohttp", help="HTTP transport of the openai client: aiohttp (fast) or httpx (its default)")
+    price_input_per_mtok: float | None = help_field(None, help="price per million prompt tokens, for --dry-run and the manifest's cost")
+    price_output_per_mtok: float | None = help_field(None, help="price per million completion tokens")
+
+    def __post_init__(self) -> None:
+        if self.base_url is not None and not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url: must start with http:// or https://, got {self.base_url!r}")
+        if self.max_concurrency < 1:
+            raise ValueError(f"max_concurrency: must be at least 1, got {self.max_concurrency}")
+        if not (1 <= self.min_concurrency <= self.max_concurrency):
+            raise ValueError(f"min_concurrency: must be between 1 and max_concurrency ({self.max_concurrency})")
+        for name in ("rpm", "tpm"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name}: must be > 0 (or none for no limit), got {value}")
+        if self.burst is not None and self.burst < 1:
+            raise ValueError(f"burst: must be at least 1, got {self.burst}")
+        if self.timeout_s <= 0:
+            raise ValueError(f"timeout_s: must be > 0, got {self.timeout_s}")
+        if self.max_retries < 0:
+            raise ValueError(f"max_retries: must be >= 0, got {self.max_retries}")
+        if self.backoff_s < 0 or self.backoff_max_s < self.backoff_s:
+            raise ValueError("backoff_s: must be >= 0 and at most backoff_max_s")
+        if self.transport not in ("aiohttp", "httpx"):
+            raise ValueError(f"transport: unknown '{self.transport}'; choose aiohttp or httpx")
+
+
+@dataclass
 class TeacherConfig:
     model: str = help_field(help="HF model id or local model directory")
-    backend: str = help_field("vllm", help="teacher backend: vllm (in-process engine)")
+    backend: str = help_field("vllm", help="teacher backend: vllm (in-process engine) or openai (any OpenAI-compatible endpoint)")
     revision: str | None = help_field(None, help="model revision (branch, tag or commit) for hub models")
     vllm: VllmConfig = help_field(default_factory=VllmConfig, help="options of the vllm backend")
+    openai: OpenAIConfig = help_field(default_factory=OpenAIConfig, help="options of the openai backend")
 
     def __post_init__(self) -> None:
         from synth.backends import BACKENDS  # a dict of names, no heavy imports
@@ -153,6 +197,14 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Load and validate a recipe YAML file, applying `a.b=c` overrides first."""
     data = apply_overrides(load_yaml(path), overrides or [])
     return from_dict(Recipe, data)
+
+
+def redacted(recipe: Recipe) -> dict[str, Any]:
+    """The recipe as plain data for saving, with any API key replaced."""
+    data = to_dict(recipe)
+    if data["teacher"]["openai"].get("api_key"):
+        data["teacher"]["openai"]["api_key"] = "<redacted>"
+    return data
 
 
 def reference_markdown() -> str:

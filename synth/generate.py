@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,11 +17,10 @@ from typing import Any
 import yaml
 
 from synth.backends import Backend, Completion, Failure, load_backend_class
-from synth.config import Recipe
-from synth.configtools import to_dict
+from synth.config import Recipe, redacted
 from synth.manifest import command_line, package_versions, utc_now, write_json_atomically
 from synth.rawlog import DirLock, JsonlAppender, iter_records, repair_tail, rewrite_atomically
-from synth.requests import Request, request_id, sample_sampling
+from synth.requests import Request, estimate_prompt_tokens, request_id, sample_sampling
 from synth.seeds import load_seeds
 from synth.templates import PromptTemplate
 
@@ -144,16 +142,72 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, unit="req", desc="generate", dynamic_ncols=True, disable=not enabled, smoothing=0.1)
 
 
+def _scan_raw(raw_path: Path, planned: set[str], counts: Counts) -> tuple[set[str], int]:
+    """Ids in the raw log, and how many belong to other configurations; counts the cached."""
+    done: set[str] = set()
+    stale = 0
+    for rec in iter_records(raw_path):
+        if rec["id"] in done:
+            raise AssertionError(f"{raw_path} holds request {rec['id']} twice")
+        done.add(rec["id"])
+        if rec["id"] not in planned:
+            stale += 1
+            continue
+        counts.cached += 1
+        _add_usage(counts, rec, new=False)
+    return done, stale
+
+
+def _failed_ids(fail_path: Path) -> set[str]:
+    return {row["id"] for row in iter_records(fail_path)}
+
+
+def dry_run(recipe: Recipe, only_failed: bool = False) -> dict[str, Any]:
+    """What `run_generate` would send: request count, token estimates, cost. Sends nothing,
+    writes nothing, loads no model."""
+    plan = plan_requests(recipe)
+    out = Path(recipe.output.dir)
+    counts = Counts(requests=len(plan.requests))
+    done, _ = _scan_raw(out / RAW, {r.id for r in plan.requests}, counts) if (out / RAW).exists() else (set(), 0)
+    todo = [r for r in plan.requests if r.id not in done]
+    if only_failed:
+        failed = _failed_ids(out / FAILURES)
+        todo = [r for r in todo if r.id in failed]
+    prompt = sum(estimate_prompt_tokens(r.messages) for r in todo)
+    completion = sum(int(r.sampling["max_tokens"]) for r in todo)
+    return {
+        "requests": counts.requests,
+        "done": counts.cached,
+        "to_send": len(todo),
+        "prompt_tokens_estimate": prompt,
+        "completion_tokens_max": completion,
+        "cost_usd_max": cost_usd(recipe, prompt, completion),
+        "teacher": plan.teacher,
+    }
+
+
+def cost_usd(recipe: Recipe, prompt_tokens: int, completion_tokens: int) -> float | None:
+    """Cost at the recipe's prices per million tokens, or None when it gives none."""
+    o = recipe.teacher.openai
+    if recipe.teacher.backend != "openai" or (o.price_input_per_mtok is None and o.price_output_per_mtok is None):
+        return None
+    return round(
+        prompt_tokens * (o.price_input_per_mtok or 0) / 1e6 + completion_tokens * (o.price_output_per_mtok or 0) / 1e6, 6
+    )
+
+
 def run_generate(
     recipe: Recipe,
     backend: Backend | None = None,
     *,
     progress: bool = True,
+    only_failed: bool = False,
 ) -> dict[str, Any]:
     """Generate every request of `recipe` that the output dir does not have yet.
 
     `backend` lets a caller reuse a running teacher (it must be the recipe's teacher);
-    by default one is started, and only when there is work to send. Returns the manifest.
+    by default one is started, and only when there is work to send. `only_failed` sends
+    only the requests listed in failures.jsonl. Returns the manifest.
     """
     started, wall0 = utc_now(), time.monotonic()
     out = Path(recipe.output.dir)
@@ -168,24 +222,17 @@ def run_generate(
 
         planned = {r.id for r in plan.requests}
         counts = Counts(requests=len(plan.requests))
-        done: set[str] = set()
-        stale = 0
-        for rec in iter_records(raw_path):
-            if rec["id"] in done:
-                raise AssertionError(f"{raw_path} holds request {rec['id']} twice")
-            done.add(rec["id"])
-            if rec["id"] not in planned:
-                stale += 1
-                continue
-            counts.cached += 1
-            _add_usage(counts, rec, new=False)
+        done, stale = _scan_raw(raw_path, planned, counts)
         if stale:
             logger.info("%s holds %d records of other configurations (kept, not counted here)", raw_path, stale)
         todo = [r for r in plan.requests if r.id not in done]
+        if only_failed:
+            failed_before = _failed_ids(fail_path)
+            todo = [r for r in todo if r.id in failed_before]
         logger.info(
             "%d requests: %d already in %s, %d to send", counts.requests, counts.cached, raw_path, len(todo)
         )
-        (out / CONFIG).write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False), encoding="utf-8")
+        (out / CONFIG).write_text(yaml.safe_dump(redacted(recipe), sort_keys=False), encoding="utf-8")
         manifest = _manifest(recipe, plan, counts, stale, started, wall0, status="running")
         write_json_atomically(out / MANIFEST, manifest)
 
@@ -203,7 +250,7 @@ def run_generate(
             if todo:
                 with JsonlAppender(raw_path, recipe.output.sync_every, recipe.output.sync_interval_s) as raw, \
                         JsonlAppender(fail_path, 1, recipe.output.sync_interval_s) as failures:
-                    _consume(backend.generate(iter(todo)), raw, failures, counts, done, teacher, progress, len(todo))
+                    _consume(backend, todo, raw, failures, counts, done, teacher, progress)
         except (KeyboardInterrupt, _Interrupted):
             status = "interrupted"
             logger.warning("interrupted: finished records are saved; rerun the same command to resume")
@@ -236,20 +283,22 @@ def _add_usage(counts: Counts, rec: dict[str, Any], new: bool) -> None:
 
 
 def _consume(
-    results: Iterator[Completion | Failure],
+    backend: Backend,
+    todo: list[Request],
     raw: JsonlAppender,
     failures: JsonlAppender,
     counts: Counts,
     done: set[str],
     teacher: dict[str, Any],
     progress: bool,
-    total: int,
 ) -> None:
+    """Send `todo` through the backend, writing each result the moment it arrives."""
     t0 = time.monotonic()
     failed = 0
-    bar = _progress(total, progress)
+    extra = getattr(backend, "progress_fields", None)  # e.g. retries and 429s of API teachers
+    bar = _progress(len(todo), progress)
     try:
-        for result in results:
+        for result in backend.generate(iter(todo)):
             if isinstance(result, Completion):
                 rec = make_record(result, teacher)
                 raw.append(rec)
@@ -261,11 +310,16 @@ def _consume(
                 failures.append(row)
                 failed += 1
                 logger.warning("request %s failed: %s: %s", row["id"], result.error_type, result.message)
+            if bar.disable:
+                continue
             elapsed = max(time.monotonic() - t0, 1e-9)
-            bar.set_postfix(
-                {"out_tok/s": f"{counts.new_completion_tokens / elapsed:,.0f}", "failed": failed},
-                refresh=False,
-            )
+            fields = {
+                "req/min": f"{60 * (counts.generated + failed) / elapsed:,.0f}",
+                "out_tok/s": f"{counts.new_completion_tokens / elapsed:,.0f}",
+                "failed": failed,
+                **(extra() if extra else {}),
+            }
+            bar.set_postfix(fields, refresh=False)
             bar.update(1)
     finally:
         bar.close()
@@ -317,7 +371,8 @@ def _manifest(
             "prompt_this_run": counts.new_prompt_tokens,
             "completion_this_run": counts.new_completion_tokens,
         },
-        "config": to_dict(recipe),
+        "cost_usd": cost_usd(recipe, counts.prompt_tokens, counts.completion_tokens),
+        "config": redacted(recipe),
         "versions": package_versions(),
         "files": {"raw": RAW, "failures": FAILURES, "config": CONFIG, "log": "run.log"},
     }

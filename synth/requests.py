@@ -56,3 +56,8 @@ def sample_sampling(base: dict[str, Any], sample_index: int) -> dict[str, Any]:
     if out.get("seed") is not None:
         out["seed"] = int(out["seed"]) + sample_index
     return out
+
+
+def estimate_prompt_tokens(messages: list[dict[str, str]]) -> int:
+    """A tokenizer-free estimate (about 4 characters a token, plus per-message framing)."""
+    return sum(len(m.get("content") or "") for m in messages) // 4 + 4 * len(messages) + 2

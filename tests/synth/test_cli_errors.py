@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+
 from conftest import make_recipe, write_jsonl
 
 SYNTH = [sys.executable, "-m", "synth.cli"]

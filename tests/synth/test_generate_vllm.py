@@ -3,11 +3,12 @@
 import json
 
 import pytest
-from conftest import make_recipe, read_jsonl
 
 from synth.backends import Completion
 from synth.config import load_recipe
 from synth.generate import plan_requests, run_generate
+
+from conftest import make_recipe, read_jsonl
 
 pytestmark = pytest.mark.slow
 

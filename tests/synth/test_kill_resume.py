@@ -9,10 +9,11 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import make_recipe, read_jsonl
 
 from synth.config import load_recipe
 from synth.generate import plan_requests, run_generate
+
+from conftest import make_recipe, read_jsonl
 
 pytestmark = pytest.mark.slow
 

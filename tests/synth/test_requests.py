@@ -3,11 +3,12 @@
 import shutil
 
 import pytest
-from conftest import make_recipe
 
 from synth.backends.vllm_engine import VllmBackend, fingerprint_dir
 from synth.config import load_recipe
 from synth.generate import plan_requests
+
+from conftest import make_recipe
 
 TEACHER = {"backend": "vllm", "model": "m", "revision": None, "fingerprint": "f", "dtype": "auto", "quantization": None}
 

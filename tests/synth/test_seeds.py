@@ -1,10 +1,11 @@
 import json
 
 import pytest
-from conftest import SEED_TASKS, write_jsonl
 
 from synth.config import SeedsConfig
 from synth.seeds import load_seeds
+
+from conftest import SEED_TASKS, write_jsonl
 
 
 def test_jsonl_real_seed_tasks():

@@ -1,8 +1,9 @@
 import pytest
-from conftest import write_jsonl
 
 from synth.config import TemplateConfig
 from synth.templates import PromptTemplate
+
+from conftest import write_jsonl
 
 
 def _tpl(tmp_path, text, **kw):

@@ -1,0 +1,230 @@
+"""The openai backend against a real vLLM OpenAI-compatible server, directly and through a
+fault-injecting proxy. Assertions come from the proxy's own log, not from sleeps."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from synth.config import load_recipe
+from synth.generate import plan_requests, run_generate
+
+from conftest import SERVER_KEY, make_api_recipe, read_jsonl
+from faultproxy import FaultProxy
+
+pytestmark = pytest.mark.slow
+
+SYNTH = [sys.executable, "-m", "synth.cli"]
+
+
+@pytest.fixture
+def key_env(monkeypatch):
+    monkeypatch.setenv("STILLHOUSE_TEST_KEY", SERVER_KEY)
+
+
+def _env(key: str = SERVER_KEY) -> dict:
+    return {**os.environ, "STILLHOUSE_TEST_KEY": key}
+
+
+def _assert_key_nowhere(out_dir: Path, *texts: str, key: str = SERVER_KEY) -> None:
+    for path in out_dir.rglob("*"):
+        if path.is_file():
+            assert key not in path.read_text(errors="replace"), f"API key leaked into {path}"
+    for text in texts:
+        assert key not in text, "API key leaked into console output"
+
+
+def test_end_to_end_against_real_vllm_server(tmp_path, vllm_server, key_env):
+    datasets = pytest.importorskip("datasets")
+    recipe = load_recipe(make_api_recipe(tmp_path, vllm_server.url))
+    manifest = run_generate(recipe, progress=False)
+    records = read_jsonl(tmp_path / "out" / "raw.jsonl")
+    assert manifest["counts"]["kept"] == 12 and manifest["counts"]["failed"] == 0
+    assert sorted(r["id"] for r in records) == sorted(r.id for r in plan_requests(recipe).requests)
+    rec = records[0]
+    assert rec["teacher"] == {
+        "backend": "openai", "model": "tiny", "revision": None, "base_url": vllm_server.url, "fingerprint": None,
+    }
+    assert rec["messages"][-1]["role"] == "assistant" and rec["finish_reason"] in ("stop", "length")
+    assert 0 < rec["usage"]["completion_tokens"] <= 8 and rec["usage"]["prompt_tokens"] > 5
+    assert manifest["tokens"]["completion"] == sum(r["usage"]["completion_tokens"] for r in records)
+    ds = datasets.load_dataset("json", data_files=str(tmp_path / "out" / "raw.jsonl"), split="train")
+    assert len(ds) == 12
+    # Resume: nothing left to send.
+    again = run_generate(recipe, progress=False)
+    assert again["counts"]["cached"] == 12 and again["counts"]["generated"] == 0
+    _assert_key_nowhere(tmp_path / "out")
+
+
+def test_base_url_is_part_of_the_request_id(tmp_path, vllm_server, key_env):
+    a = load_recipe(make_api_recipe(tmp_path, vllm_server.url))
+    b = load_recipe(make_api_recipe(tmp_path, vllm_server.url.replace("127.0.0.1", "localhost")))
+    assert not {r.id for r in plan_requests(a).requests} & {r.id for r in plan_requests(b).requests}
+
+
+FAULTS = ["429", "500", "503", "reset", "hang", "badjson", "always500"]
+
+
+def test_faults_are_retried_bounded_and_accounted_for(tmp_path, vllm_server, key_env):
+    seeds = [{"question": f"[{fault}] question {i}"} for fault in FAULTS for i in range(2)]
+    seeds += [{"question": f"plain question {i}"} for i in range(4)]
+    with FaultProxy(vllm_server.url) as proxy:
+        recipe = load_recipe(make_api_recipe(
+            tmp_path, proxy.url, seeds=seeds, sampling={"n": 1},
+            openai={"max_retries": 3, "timeout_s": 3.0, "max_concurrency": 8},
+        ))
+        manifest = run_generate(recipe, progress=False)
+        by_key = proxy.attempts_by_key()
+        hits = list(proxy.hits)
+
+        c = manifest["counts"]
+        assert c["requests"] == 18 and c["kept"] + c["failed"] == 18 and c["pending"] == 0
+        assert c["failed"] == 2  # the [always500] ones, after their retries
+        records = read_jsonl(tmp_path / "out" / "raw.jsonl")
+        ids = [r["id"] for r in records]
+        assert len(ids) == len(set(ids)) == 16, "no duplicates"
+        failures = read_jsonl(tmp_path / "out" / "failures.jsonl")
+        assert len(failures) == 2
+        assert all(f["error"]["status"] == 500 and f["error"]["attempts"] == 4 for f in failures)
+        assert all("[always500]" in f["seed"]["fields"]["question"] for f in failures)
+
+        for attempts in by_key.values():
+            marker = FaultProxy.marker_of(attempts[0].body)
+            if marker is None:
+                assert len(attempts) == 1, "a clean request is sent once"
+            elif marker == "always500":
+                assert len(attempts) == 4, "max_retries=3: four attempts, then a failure record"
+            else:
+                assert len(attempts) == 2, f"[{marker}]: one fault, one retry"
+                assert attempts[1].status == 200
+            if marker == "429":
+                # Retry-After: 1 honoured: the retry came at least a second after the 429.
+                assert attempts[1].received - attempts[0].answered >= 0.95
+        # The 429's Retry-After paused every sender, not only the one that got it (after a
+        # 0.1 s grace for requests that were already on the wire when the 429 went out).
+        first_429 = min(h.answered for h in hits if h.action == "429")
+        assert not [h for h in hits if first_429 + 0.1 < h.received < first_429 + 0.95]
+
+        # The ledger can be retried on its own once the endpoint heals.
+        proxy.faults_enabled = False
+        before = len(proxy.hits)
+        healed = run_generate(recipe, progress=False, only_failed=True)
+        assert len(proxy.hits) - before == 2
+        assert healed["counts"]["failed"] == 0 and healed["counts"]["kept"] == 18
+    assert read_jsonl(tmp_path / "out" / "failures.jsonl") == []
+
+
+def test_requests_per_minute_limit_holds_in_every_window(tmp_path, vllm_server, key_env):
+    rate, burst = 10.0, 2  # rpm 600
+    seeds = [{"question": f"rate limited question {i}"} for i in range(30)]
+    with FaultProxy(vllm_server.url) as proxy:
+        recipe = load_recipe(make_api_recipe(
+            tmp_path, proxy.url, seeds=seeds, sampling={"n": 1},
+            openai={"rpm": rate * 60, "burst": burst, "max_concurrency": 16},
+        ))
+        run_generate(recipe, progress=False)
+        times = sorted(h.received for h in proxy.hits)
+    assert len(times) == 30
+    worst = 0.0
+    for i in range(len(times)):
+        for j in range(i, len(times)):
+            # j - i + 1 requests arrived within times[j] - times[i] seconds.
+            excess = (j - i + 1) - (burst + rate * (times[j] - times[i]))
+            worst = max(worst, excess)
+    assert worst <= 1.0, f"rpm limit exceeded by {worst:.2f} requests beyond the burst"
+    assert times[-1] - times[0] >= (30 - burst) / rate - 0.2  # and it really was limiting
+
+
+def test_401_stops_the_run_at_once_with_one_clear_message(tmp_path, vllm_server):
+    wrong = "sk-wrong-KEY-for-this-test-987654321"
+    seeds = [{"question": f"question {i}"} for i in range(50)]
+    with FaultProxy(vllm_server.url) as proxy:
+        recipe = make_api_recipe(tmp_path, proxy.url, seeds=seeds, openai={"max_concurrency": 4})
+        res = subprocess.run([*SYNTH, "generate", str(recipe), "--no-progress"],
+                             capture_output=True, text=True, env=_env(wrong), timeout=120)
+        sent = len(proxy.hits)
+    assert res.returncode == 2
+    assert "Unclosed" not in res.stderr and "Traceback" not in res.stderr, res.stderr
+    err = [line for line in res.stderr.splitlines() if line.startswith("synth: error:")]
+    assert len(err) == 1 and err[0].startswith("synth: error: teacher:"), res.stderr
+    assert "401" in err[0] and "check the API key ($STILLHOUSE_TEST_KEY)" in err[0]
+    assert sent <= 4, f"{sent} requests sent after a 401; the run must stop at once"
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and manifest["counts"]["failed"] == 0
+    _assert_key_nowhere(tmp_path / "out", res.stdout, res.stderr, key=wrong)
+
+
+def test_key_never_reaches_files_or_logs(tmp_path, vllm_server):
+    seeds = [{"question": "[500] one"}, {"question": "[always500] two"}, {"question": "three"}]
+    with FaultProxy(vllm_server.url) as proxy:
+        recipe = make_api_recipe(tmp_path, proxy.url, seeds=seeds, openai={"max_retries": 1})
+        res = subprocess.run([*SYNTH, "generate", str(recipe), "-v"], capture_output=True, text=True,
+                             env=_env(), timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "failed 2" in res.stdout  # the [always500] request, both samples
+    assert (tmp_path / "out" / "run.log").stat().st_size > 0
+    _assert_key_nowhere(tmp_path / "out", res.stdout, res.stderr)
+
+
+def test_dry_run_sends_nothing_and_prices(tmp_path, vllm_server):
+    with FaultProxy(vllm_server.url) as proxy:
+        recipe = make_api_recipe(tmp_path, proxy.url, openai={"price_input_per_mtok": 2.0, "price_output_per_mtok": 8.0})
+        res = subprocess.run([*SYNTH, "generate", str(recipe), "--dry-run"], capture_output=True, text=True,
+                             env=_env(), timeout=60)
+        assert proxy.hits == []
+    assert res.returncode == 0, res.stderr
+    assert "12 requests to send (12 planned, 0 already done)" in res.stdout
+    assert "completion tokens (at most, max_tokens each): 96" in res.stdout
+    assert "cost: at most $" in res.stdout and "nothing was sent" in res.stdout
+    assert not (tmp_path / "out" / "raw.jsonl").exists()
+
+
+def test_sampling_and_pass_through_fields_reach_the_server(tmp_path, vllm_server, key_env):
+    with FaultProxy(vllm_server.url) as proxy:
+        recipe = load_recipe(make_api_recipe(
+            tmp_path, proxy.url, sampling={"n": 1, "top_k": 5, "stop": ["\n\n"], "seed": 3},
+            openai={"extra_body": {"repetition_penalty": 1.1}},
+        ))
+        manifest = run_generate(recipe, progress=False)
+        body = proxy.hits[0].body
+    assert manifest["counts"]["kept"] == 6
+    assert body["model"] == "tiny" and body["max_tokens"] == 8 and body["temperature"] == 0.8
+    assert body["top_k"] == 5 and body["stop"] == ["\n\n"] and body["repetition_penalty"] == 1.1
+    assert body["seed"] == 3 and "n" not in body
+
+
+def test_sigkill_and_resume_through_the_api(tmp_path, vllm_server):
+    seeds = [{"question": f"Write about topic number {i}, please."} for i in range(300)]
+    recipe_path = make_api_recipe(tmp_path, vllm_server.url, seeds=seeds, sampling={"n": 2, "max_tokens": 48},
+                                  openai={"max_concurrency": 16})
+    raw = tmp_path / "out" / "raw.jsonl"
+    proc = subprocess.Popen([*SYNTH, "generate", str(recipe_path), "--no-progress"], env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not raw.exists() or raw.read_bytes().count(b"\n") < 60:
+            assert proc.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "no progress within 120 s"
+            time.sleep(0.02)  # polling a condition
+        children = psutil.Process(proc.pid).children(recursive=True)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    complete = raw.read_bytes().count(b"\n")
+    assert 60 <= complete < 600
+    assert not psutil.wait_procs(children, timeout=10)[1]
+    res = subprocess.run([*SYNTH, "generate", str(recipe_path), "--no-progress"], env=_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"({600 - complete} new, {complete} from earlier runs)" in res.stdout
+    ids = [r["id"] for r in read_jsonl(raw)]
+    assert len(ids) == len(set(ids)) == 600
+    assert set(ids) == {r.id for r in plan_requests(load_recipe(recipe_path)).requests}
