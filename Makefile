@@ -45,6 +45,7 @@ lint: setup
 
 bench: setup
 	$(BIN)/python bench/generate_overhead.py
+	$(BIN)/python bench/api_client.py
 
 clean:
 	rm -rf .demo runs .pytest_cache

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from synth.config import Recipe, SamplingConfig, load_recipe, reference_markdown
+from synth.config import Recipe, SamplingConfig, load_recipe, redacted, reference_markdown
 from synth.configtools import reference
 
 REPO = Path(__file__).resolve().parents[2]
@@ -120,6 +120,14 @@ def test_readme_documents_every_config_key():
     assert reference_markdown().splitlines()[0].startswith("| key |")
 
 
-def test_example_recipe_is_valid():
-    r = load_recipe(REPO / "prompts" / "demo" / "recipe.yaml")
+@pytest.mark.parametrize("name", ["recipe.yaml", "api-recipe.yaml"])
+def test_example_recipes_are_valid(name):
+    r = load_recipe(REPO / "prompts" / "demo" / name)
     assert Path(r.seeds.path).name == "seed_tasks.jsonl"
+    assert Path(r.template.path).is_file()
+
+
+def test_saved_config_redacts_a_key_given_in_the_recipe(tmp_path):
+    r = load_recipe(_write(tmp_path, BASE), ["teacher.backend=openai", "teacher.openai.api_key=sk-secret-123456789"])
+    assert "sk-secret" not in yaml.safe_dump(redacted(r))
+    assert r.teacher.openai.api_key == "sk-secret-123456789"  # still usable in memory
