@@ -264,6 +264,8 @@ def run_generate(
                 backend.close()
             counts.failed = _compact_failures(fail_path, planned, done)
             manifest = _manifest(recipe, plan, counts, stale, started, wall0, status=status)
+            if backend is not None and getattr(backend, "stats", None) is not None:
+                manifest["teacher_stats"] = dict(backend.stats)  # retries, 429s, concurrency
             write_json_atomically(out / MANIFEST, manifest)
     if status == "interrupted":
         raise KeyboardInterrupt

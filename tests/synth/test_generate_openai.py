@@ -41,7 +41,7 @@ def _assert_key_nowhere(out_dir: Path, *texts: str, key: str = SERVER_KEY) -> No
 
 
 def test_end_to_end_against_real_vllm_server(tmp_path, vllm_server, key_env):
-    datasets = pytest.importorskip("datasets")
+    import datasets  # the data extra, installed by make setup
     recipe = load_recipe(make_api_recipe(tmp_path, vllm_server.url))
     manifest = run_generate(recipe, progress=False)
     records = read_jsonl(tmp_path / "out" / "raw.jsonl")
@@ -228,3 +228,16 @@ def test_sigkill_and_resume_through_the_api(tmp_path, vllm_server):
     ids = [r["id"] for r in read_jsonl(raw)]
     assert len(ids) == len(set(ids)) == 600
     assert set(ids) == {r.id for r in plan_requests(load_recipe(recipe_path)).requests}
+
+
+def test_400_is_a_failure_record_without_retries(tmp_path, vllm_server, key_env):
+    seeds = [{"question": "short"}, {"question": "word " * 2000}]  # beyond the server's 512 tokens
+    with FaultProxy(vllm_server.url) as proxy:
+        recipe = load_recipe(make_api_recipe(tmp_path, proxy.url, seeds=seeds, sampling={"n": 1}))
+        manifest = run_generate(recipe, progress=False)
+        attempts = proxy.attempts_by_key()
+    assert manifest["counts"]["kept"] == 1 and manifest["counts"]["failed"] == 1
+    (failure,) = read_jsonl(tmp_path / "out" / "failures.jsonl")
+    assert failure["error"]["status"] == 400 and failure["error"]["attempts"] == 1
+    assert sorted(len(a) for a in attempts.values()) == [1, 1], "a 400 is not retried"
+    assert manifest["teacher_stats"]["retries"] == 0
