@@ -90,6 +90,28 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_curate(args: argparse.Namespace) -> int:
+    from synth.config import load_recipe
+
+    recipe = load_recipe(args.recipe, args.set)
+    _setup_logging(Path(recipe.output.dir) / "run.log", args.verbose)
+    from synth.curate import run_curate
+
+    stats = run_curate(recipe, progress=not args.no_progress)
+    out = recipe.output.dir
+    lines = [
+        f"synth curate: {stats['records']} records -> kept {stats['kept']} "
+        f"(train {stats['train']}, eval {stats['eval']}), rejected {stats['rejected']}",
+    ]
+    for key, n in stats["rejected_by_filter"].items():
+        lines.append(f"  {key.split(':', 1)[1]:<12} rejected {n}")
+    if stats["pii_redacted"]:
+        lines.append("  PII redacted: " + ", ".join(f"{k} x{v}" for k, v in stats["pii_redacted"].items()))
+    lines.append(f"  files: {out}/train.jsonl" + (", eval.jsonl" if stats["eval"] else "") + ", rejected.jsonl, stats.json")
+    print("\n".join(lines))
+    return 0
+
+
 def cmd_tiny_model(args: argparse.Namespace) -> int:
     _setup_logging(None, args.verbose)
     from synth.tiny_model import build_tiny_model
@@ -128,6 +150,18 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--no-progress", action="store_true", help="no progress bar")
     gen.add_argument("-v", "--verbose", action="store_true", help="show every library's log lines on the console")
     gen.set_defaults(func=cmd_generate)
+
+    cur = sub.add_parser(
+        "curate",
+        help="filter the raw log into train.jsonl (+ eval.jsonl) and rejected.jsonl; no teacher calls",
+        description="Apply the recipe's curate.filters to OUTPUT/raw.jsonl. Deterministic: a rerun "
+        "with the same raw log and config writes byte-identical files.",
+    )
+    cur.add_argument("recipe", help="recipe YAML")
+    cur.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
+    cur.add_argument("--no-progress", action="store_true", help="no progress bar")
+    cur.add_argument("-v", "--verbose", action="store_true")
+    cur.set_defaults(func=cmd_curate)
 
     tiny = sub.add_parser(
         "tiny-model",

@@ -184,12 +184,35 @@ class OutputConfig:
 
 
 @dataclass
+class CurateConfig:
+    filters: list[Any] = help_field(
+        ["truncated", "empty", "refusal", "exact_dedup"],
+        help="filters in order: names or {name: ..., options}; see README, Curation",
+    )
+    eval_fraction: float = help_field(0.0, help="share of prompts held out in eval.jsonl (near-duplicate prompts stay together)")
+    eval_seed: int = help_field(0, help="seed of the train/eval assignment")
+    split_threshold: float = help_field(0.7, help="prompt similarity (Jaccard) at which prompts count as one for the split")
+    only_planned: bool = help_field(True, help="curate only records of this recipe's requests (not other configs in the same raw log)")
+
+    def __post_init__(self) -> None:
+        from synth.filters import parse_spec  # names only, no heavy imports
+
+        for i, spec in enumerate(self.filters):
+            parse_spec(spec, i)
+        if not (0 <= self.eval_fraction < 1):
+            raise ValueError(f"eval_fraction: must be in [0, 1), got {self.eval_fraction}")
+        if not (0 < self.split_threshold <= 1):
+            raise ValueError(f"split_threshold: must be in (0, 1], got {self.split_threshold}")
+
+
+@dataclass
 class Recipe:
     seeds: SeedsConfig = help_field(help="where the seed prompts come from")
     template: TemplateConfig = help_field(help="how a seed row becomes a chat")
     teacher: TeacherConfig = help_field(help="the model that writes the answers")
     output: OutputConfig = help_field(help="where results go")
     sampling: SamplingConfig = help_field(default_factory=SamplingConfig, help="sampling parameters")
+    curate: CurateConfig = help_field(default_factory=CurateConfig, help="how raw answers become the training set")
     name: str = help_field("recipe", help="a name for this recipe, shown in the manifest")
 
 

@@ -1,0 +1,55 @@
+import pytest
+
+from synth.filters.pii import find_pii, iban_ok, luhn_ok
+
+ALL = ["email", "iban", "credit_card", "us_ssn", "uk_nino", "ip_address", "phone"]
+
+
+@pytest.mark.parametrize(
+    "text, kind",
+    [
+        ("write to a.b-c@bank.co.uk today", "email"),
+        ("IBAN DE89 3704 0044 0532 0130 00 please", "iban"),
+        ("IBAN GB82WEST12345698765432", "iban"),
+        ("card 4111-1111-1111-1111", "credit_card"),
+        ("amex 378282246310005", "credit_card"),
+        ("SSN 078-05-1120", "us_ssn"),
+        ("NI number AB 12 34 56 C", "uk_nino"),
+        ("server 10.0.0.255 is down", "ip_address"),
+        ("v6 2001:0db8:85a3:0000:0000:8a2e:0370:7334", "ip_address"),
+        ("call (555) 123-4567 now", "phone"),
+        ("call +1 415 555 2671", "phone"),
+    ],
+)
+def test_detects(text, kind):
+    redacted, counts = find_pii(text, ALL)
+    assert counts == {kind: 1}, counts
+    assert f"[{kind.upper()}]" in redacted
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "The meeting is on 2024-05-17 at 10:30.",
+        "Version 3.11.7 fixed it.",
+        "Pi is 3.14159 and e is 2.71828.",
+        "We sold 1,234,567 units in 2023.",
+        "card 4111 1111 1111 1112 is not valid",  # fails Luhn
+        "IBAN GB00 WEST 1234 5698 7654 32",  # bad check digits
+        "address 999.1.1.1 is not an IP",
+        "SSN 000-12-3456 is not issued",
+    ],
+)
+def test_leaves_non_pii_alone(text):
+    redacted, counts = find_pii(text, ALL)
+    assert counts == {} and redacted == text
+
+
+def test_checksums():
+    assert luhn_ok("4111111111111111") and not luhn_ok("4111111111111112")
+    assert iban_ok("GB82 WEST 1234 5698 7654 32") and not iban_ok("GB83 WEST 1234 5698 7654 32")
+
+
+def test_only_requested_types():
+    _, counts = find_pii("mail x@y.org from 10.0.0.1", ["email"])
+    assert counts == {"email": 1}
