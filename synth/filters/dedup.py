@@ -17,14 +17,13 @@ from synth.configtools import help_field
 from synth.filters import answer_text, prompt_text
 from synth.filters.base import options
 
-_WS = re.compile(r"\s+")
 _PUNCT = re.compile(r"[^\w\s]")
 
 
 def normalise(text: str) -> str:
     """Case-folded, NFKC, punctuation dropped, whitespace collapsed."""
-    text = unicodedata.normalize("NFKC", text).casefold()
-    return _WS.sub(" ", _PUNCT.sub(" ", text)).strip()
+    text = text.lower() if text.isascii() else unicodedata.normalize("NFKC", text).casefold()
+    return " ".join(_PUNCT.sub(" ", text).split())
 
 
 def _key_text(rec: dict[str, Any], on: str) -> str:
@@ -86,20 +85,20 @@ def shingles(text: str, n: int) -> list[str]:
     words = normalise(text).split()
     if len(words) <= n:
         return [" ".join(words)] if words else [""]
-    return [" ".join(words[i : i + n]) for i in range(len(words) - n + 1)]
+    return [" ".join(gram) for gram in zip(*(words[i:] for i in range(n)), strict=False)]  # n-grams
 
 
 def bands_for(threshold: float, num_perm: int) -> int:
-    """The band count whose S-curve threshold (1/b)^(1/r) is closest to `threshold`."""
-    best, best_err = 1, 2.0
-    for b in range(1, num_perm + 1):
-        if num_perm % b:
-            continue
-        r = num_perm // b
-        err = abs((1 / b) ** (1 / r) - threshold)
-        if err < best_err:
-            best, best_err = b, err
-    return best
+    """The band count whose S-curve threshold (1/b)^(1/r) is the highest one at or below
+    0.9 x `threshold`: candidates are confirmed by their estimated Jaccard anyway, so a
+    lower LSH threshold costs a few extra checks and buys recall near the threshold."""
+    target = 0.9 * threshold
+    options = [(num_perm // b, b) for b in range(1, num_perm + 1) if num_perm % b == 0]
+    below = [(1 / b) ** (1 / r) for r, b in options if (1 / b) ** (1 / r) <= target]
+    if not below:
+        return num_perm  # r = 1: every shared hash is a candidate
+    best = max(below)
+    return next(b for r, b in options if (1 / b) ** (1 / r) == best)
 
 
 class NearIndex:
