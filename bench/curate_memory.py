@@ -62,8 +62,8 @@ def main() -> None:
         "seeds": {"path": str(seeds)}, "template": {"path": str(work / "t.j2")},
         "teacher": {"model": "org/unused"}, "output": {"dir": str(out)},
         "curate": {"only_planned": False, "filters": [
-            "truncated", "empty", "refusal", {"name": "exact_dedup", "on": "answer"},
-            {"name": "near_dedup", "on": "answer", "shingle": 3}, "pii"]},
+            "truncated", "empty", "refusal", {"name": "exact_dedup", "field": "answer"},
+            {"name": "near_dedup", "field": "answer", "shingle": 3}, "pii"]},
     })
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t = time.perf_counter()

@@ -110,6 +110,11 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         where = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(key, bool):
+            raise ValueError(
+                f"{prefix or 'recipe'}: a key reads as {key}: YAML takes a bare on/off/yes/no key for a "
+                f"boolean; quote it, or use the option's real name.{_suggest(str(key).lower(), sorted(fields))}"
+            )
         if key not in fields:
             raise ValueError(f"{where}: unknown key.{_suggest(str(key), sorted(fields))}")
         kwargs[key] = _coerce(value, hints[key], where)

@@ -27,15 +27,15 @@ class DecontamOptions:
     eval_sets: list[EvalSet] = help_field([], help="evaluation sets to protect")
     n: int = help_field(13, help="word n-gram length; an item shorter than n words (but >= min_words) is matched whole")
     min_words: int = help_field(8, help="eval items shorter than this are ignored (too generic to match on)")
-    on: str = help_field("both", help="record text checked: prompt, answer or both")
+    field: str = help_field("both", help="record text checked: prompt, answer or both")
 
     def __post_init__(self) -> None:
         if not self.eval_sets:
             raise ValueError("eval_sets: give at least one eval set, e.g. [{path: evals/test.jsonl, fields: [question]}]")
         if self.n < 1 or self.min_words < 1:
             raise ValueError("n: must be >= 1 (and min_words >= 1)")
-        if self.on not in ("prompt", "answer", "both"):
-            raise ValueError(f"on: unknown '{self.on}'")
+        if self.field not in ("prompt", "answer", "both"):
+            raise ValueError(f"field: unknown '{self.field}'; choose prompt, answer or both")
 
 
 def _h(words: list[str]) -> bytes:
@@ -74,7 +74,7 @@ class Decontam:
                         self.index.setdefault(_h(words[j : j + size]), f"{label} line {line}")
 
     def __call__(self, rec: dict[str, Any]) -> str | None:
-        on = self.o.on
+        on = self.o.field
         text = prompt_text(rec) if on == "prompt" else answer_text(rec) if on == "answer" else prompt_text(rec) + "\n" + answer_text(rec)
         words = normalise(text).split()
         for size in sorted(self.lengths, reverse=True):

@@ -26,24 +26,25 @@ def normalise(text: str) -> str:
     return " ".join(_PUNCT.sub(" ", text).split())
 
 
-def _key_text(rec: dict[str, Any], on: str) -> str:
-    if on == "prompt":
+def _key_text(rec: dict[str, Any], field: str) -> str:
+    if field == "prompt":
         return prompt_text(rec)
-    if on == "answer":
+    if field == "answer":
         return answer_text(rec)
     return prompt_text(rec) + "\n\x00\n" + answer_text(rec)
 
 
-ON = ("prompt", "answer", "both")
+# Option named `field`, not `on`: YAML reads a bare `on` key as the boolean true.
+FIELDS = ("prompt", "answer", "both")
 
 
 @dataclass
 class ExactOptions:
-    on: str = help_field("both", help="what must repeat: prompt, answer or both (normalised)")
+    field: str = help_field("both", help="what must repeat: prompt, answer or both (normalised)")
 
     def __post_init__(self) -> None:
-        if self.on not in ON:
-            raise ValueError(f"on: unknown '{self.on}'; choose one of {', '.join(ON)}")
+        if self.field not in FIELDS:
+            raise ValueError(f"field: unknown '{self.field}'; choose one of {', '.join(FIELDS)}")
 
 
 class ExactDedup:
@@ -56,9 +57,9 @@ class ExactDedup:
         self._seen: dict[bytes, str] = {}
 
     def __call__(self, rec: dict[str, Any]) -> str | None:
-        digest = hashlib.blake2b(normalise(_key_text(rec, self.o.on)).encode(), digest_size=16).digest()
+        digest = hashlib.blake2b(normalise(_key_text(rec, self.o.field)).encode(), digest_size=16).digest()
         first = self._seen.setdefault(digest, rec["id"])
-        return f"exact duplicate ({self.o.on}) of {first}" if first != rec["id"] else None
+        return f"exact duplicate ({self.o.field}) of {first}" if first != rec["id"] else None
 
 
 @dataclass
@@ -67,7 +68,7 @@ class NearOptions:
     shingle: int = help_field(5, help="word n-gram size of the shingles")
     num_perm: int = help_field(128, help="MinHash permutations (more: more exact, slower)")
     num_bands: int | None = help_field(None, help="LSH bands; none picks them from threshold and num_perm")
-    on: str = help_field("answer", help="text compared: prompt, answer or both")
+    field: str = help_field("answer", help="text compared: prompt, answer or both")
     seed: int = help_field(42, help="MinHash seed")
 
     def __post_init__(self) -> None:
@@ -75,8 +76,8 @@ class NearOptions:
             raise ValueError(f"threshold: must be in (0, 1], got {self.threshold}")
         if self.shingle < 1 or self.num_perm < 8:
             raise ValueError("shingle: must be >= 1 and num_perm >= 8")
-        if self.on not in ON:
-            raise ValueError(f"on: unknown '{self.on}'; choose one of {', '.join(ON)}")
+        if self.field not in FIELDS:
+            raise ValueError(f"field: unknown '{self.field}'; choose one of {', '.join(FIELDS)}")
         if self.num_bands is not None and (self.num_bands < 1 or self.num_perm % self.num_bands):
             raise ValueError(f"num_bands: must divide num_perm ({self.num_perm})")
 
@@ -144,5 +145,5 @@ class NearDedup:
         self.index = NearIndex(o.threshold, o.shingle, o.num_perm, o.num_bands, o.seed)
 
     def __call__(self, rec: dict[str, Any]) -> str | None:
-        match = self.index.add(rec["id"], _key_text(rec, self.o.on))
-        return f"near duplicate ({self.o.on}, Jaccard ~{match[1]:.2f}) of {match[0]}" if match else None
+        match = self.index.add(rec["id"], _key_text(rec, self.o.field))
+        return f"near duplicate ({self.o.field}, Jaccard ~{match[1]:.2f}) of {match[0]}" if match else None

@@ -44,13 +44,13 @@ def by_question(rows):
     return {r["messages"][-2]["content"]: r for r in rows}
 
 
-LONG = real_rows(1, offset=3)[0][1]
+LONG = " ".join(answer for _, answer in real_rows(2, offset=100))  # text not among the 30 items
 
 
 def test_filters_decide_and_explain_on_real_text(tmp_path, tiny_model):
     items = real_rows(30)
     base_answer = items[5][1]
-    long_words = (LONG + " " + items[6][1]).split()
+    long_words = LONG.split()
     near = list(long_words)
     near[len(near) // 2] = "CHANGED"
     items += [
@@ -70,9 +70,9 @@ def test_filters_decide_and_explain_on_real_text(tmp_path, tiny_model):
     curate = {"filters": [
         "truncated", "empty", "refusal",
         {"name": "regex", "block_keywords": ["zebra42"]},
-        {"name": "exact_dedup", "on": "answer"},
-        {"name": "near_dedup", "threshold": 0.8, "on": "answer"},
-        {"name": "decontam", "eval_sets": [{"path": str(eval_file), "fields": ["question"]}], "on": "prompt"},
+        {"name": "exact_dedup", "field": "answer"},
+        {"name": "near_dedup", "threshold": 0.8, "field": "answer"},
+        {"name": "decontam", "eval_sets": [{"path": str(eval_file), "fields": ["question"]}], "field": "prompt"},
         {"name": "pii", "action": "redact"},
     ]}
     path, recipe, plan = build_raw(tmp_path, tiny_model, items, curate, finish={truncated_index: "length"})
@@ -212,7 +212,7 @@ def test_generate_then_curate_through_the_real_engine(tmp_path, tiny_model, vllm
     from synth.generate import run_generate
 
     path = make_recipe(tmp_path, tiny_model, sampling={"max_tokens": 4},
-                       extra={"curate": {"filters": ["truncated", "empty", {"name": "exact_dedup", "on": "both"}]}})
+                       extra={"curate": {"filters": ["truncated", "empty", {"name": "exact_dedup", "field": "both"}]}})
     recipe = load_recipe(path)
     manifest = run_generate(recipe, vllm_backend, progress=False)
     stats = run_curate(recipe, progress=False)
