@@ -125,8 +125,6 @@ def _split(kept_path: Path, cfg: CurateConfig) -> dict[str, str]:
 
 def run_curate(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
     """Curate OUTPUT/raw.jsonl into train/eval/rejected files; returns the stats."""
-    from tqdm.auto import tqdm
-
     cfg = recipe.curate
     wall0 = time.monotonic()
     out = Path(recipe.output.dir)
@@ -140,25 +138,40 @@ def run_curate(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
     pii: dict[str, int] = {}
     kept_writer, rejected_writer = _Writer(out / TRAIN), _Writer(out / REJECTED)
     writers = [kept_writer, rejected_writer]
+
+    def run(records, first: int, last: int, keep) -> None:
+        """Apply filters[first:last] to records; rejections are written, survivors kept."""
+        for rec in records:
+            for i in range(first, last):
+                reason = filters[i](rec)
+                if reason is not None:
+                    per_filter[f"{i}:{filters[i].name}"] += 1
+                    rejected_writer.write({**rec, "rejection": {"filter": filters[i].name, "reason": reason}})
+                    break
+            else:
+                keep(rec)
+
+    def keep_final(rec: dict[str, Any]) -> None:
+        for k, v in (rec.get("pii") or {}).items():
+            pii[k] = pii.get(k, 0) + v
+        kept_writer.write(rec)
+
     try:
         with (out / RAW).open("rb") as fh:
-            for entry in tqdm(entries, unit="rec", desc="curate", disable=not progress, dynamic_ncols=True):
-                fh.seek(entry.offset)
-                rec = json.loads(fh.read(entry.length))
-                verdict = None
-                for i, f in enumerate(filters):
-                    reason = f(rec)
-                    if reason is not None:
-                        verdict = (i, f.name, reason)
-                        break
-                if verdict is None:
-                    for k, v in (rec.get("pii") or {}).items():
-                        pii[k] = pii.get(k, 0) + v
-                    kept_writer.write(rec)
-                else:
-                    i, name, reason = verdict
-                    per_filter[f"{i}:{name}"] += 1
-                    rejected_writer.write({**rec, "rejection": {"filter": name, "reason": reason}})
+            records = _read_entries(fh, entries, progress)
+            start = 0
+            # A batch filter (the judge) needs all survivors of the filters before it: those
+            # go to a stage file, the filter prepares on it, and the rest runs from there.
+            for k, f in enumerate(filters):
+                if getattr(f, "batch", False):
+                    stage = _Writer(out / f".curate-stage-{k}.jsonl")
+                    writers.append(stage)
+                    run(records, start, k, stage.write)
+                    stage.commit()
+                    f.out_dir = out
+                    f.prepare(iter_records(stage.path))
+                    records, start = iter_records(stage.path), k
+            run(records, start, len(filters), keep_final)
         kept_writer.commit()
         rejected_writer.commit()
         split_counts = {"train": kept_writer.count, "eval": 0}
@@ -171,6 +184,9 @@ def run_curate(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
             if not w.fh.closed:
                 w.abort()
         raise
+    finally:
+        for w in writers[2:]:
+            w.path.unlink(missing_ok=True)
 
     stats = {
         "records": len(entries),
@@ -184,9 +200,19 @@ def run_curate(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
         "filters": [f.name for f in filters],
     }
     assert stats["records"] == stats["kept"] + stats["rejected"]
-    write_json_atomically(out / STATS, stats)
-    _update_manifest(out, recipe, stats, time.monotonic() - wall0)
-    return stats
+    write_json_atomically(out / STATS, stats)  # a function of data and config only: no run facts
+    # What this run had to do (judge calls sent vs cached) goes to the manifest, not stats.json.
+    calls = {f"{f.name}_calls": f.stats for f in filters if getattr(f, "batch", False)}
+    _update_manifest(out, recipe, stats, calls, time.monotonic() - wall0)
+    return {**stats, **calls}
+
+
+def _read_entries(fh, entries: list[_Entry], progress: bool):
+    from tqdm.auto import tqdm
+
+    for entry in tqdm(entries, unit="rec", desc="curate", disable=not progress, dynamic_ncols=True):
+        fh.seek(entry.offset)
+        yield json.loads(fh.read(entry.length))
 
 
 def _write_split(out: Path, cfg: CurateConfig) -> dict[str, int]:
@@ -200,7 +226,7 @@ def _write_split(out: Path, cfg: CurateConfig) -> dict[str, int]:
     return {"train": train.count, "eval": evals.count}
 
 
-def _update_manifest(out: Path, recipe: Recipe, stats: dict[str, Any], wall_s: float) -> None:
+def _update_manifest(out: Path, recipe: Recipe, stats: dict[str, Any], calls: dict[str, Any], wall_s: float) -> None:
     path = out / MANIFEST
     manifest = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
     funnel, remaining = [{"stage": "raw", "count": stats["records"]}], stats["records"]
@@ -212,6 +238,7 @@ def _update_manifest(out: Path, recipe: Recipe, stats: dict[str, Any], wall_s: f
         "wall_s": round(wall_s, 3),
         "funnel": funnel,
         "stats": stats,
+        **calls,
         "config": redacted(recipe)["curate"],
         "files": {"train": TRAIN, "eval": EVAL if stats["eval"] else None, "rejected": REJECTED, "stats": STATS},
     }

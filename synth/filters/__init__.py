@@ -23,6 +23,7 @@ FILTERS: dict[str, str] = {
     "pii": "synth.filters.pii:Pii",
     "json": "synth.filters.structured:JsonOutput",
     "verifier": "synth.filters.verifier:Verifier",
+    "judge": "synth.filters.judge:Judge",
 }
 
 

@@ -1,0 +1,76 @@
+"""The LLM-as-judge filter: score parsing, and the plumbing through a real vLLM server
+(the tiny model's scores are noise: what is tested is caching, counting and failures)."""
+
+import pytest
+
+from synth.config import load_recipe
+from synth.curate import run_curate
+from synth.filters.judge import parse_score
+
+from conftest import SERVED_MODEL, SERVER_KEY, read_jsonl
+from faultproxy import FaultProxy
+from test_curate import build_raw, real_rows
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Clear and correct.\nScore: 8", 8.0),
+        ("score=7.5", 7.5),
+        ('{"reason": "ok", "score": 9}', 9.0),
+        ("Verdict: [[6]]", 6.0),
+        ("I would give it 4/10.", 4.0),
+        ("Score: 3\nOn reflection, Score: 5", 5.0),  # the last one counts
+        ("Score: 11", None),  # out of range
+        ("Score: 0", None),
+        ("This is great!", None),
+        ("", None),
+    ],
+)
+def test_parse_score(text, expected):
+    assert parse_score(text, 1, 10) == expected
+
+
+@pytest.mark.slow
+def test_judge_calls_are_cached_and_malformed_answers_are_recorded(tmp_path, tiny_model, vllm_server, monkeypatch):
+    monkeypatch.setenv("STILLHOUSE_TEST_KEY", SERVER_KEY)
+    items = real_rows(6) + [("Planted empty", " ")]
+    with FaultProxy(vllm_server.url) as proxy:
+        judge = {"name": "judge", "threshold": 5, "max_tokens": 12, "teacher": {
+            "backend": "openai", "model": SERVED_MODEL,
+            "openai": {"base_url": proxy.url, "api_key_env": "STILLHOUSE_TEST_KEY"}}}
+        path, recipe, _ = build_raw(tmp_path, tiny_model, items, {"filters": ["empty", judge]})
+        stats = run_curate(recipe, progress=False)
+        out = tmp_path / "out"
+        assert len(proxy.hits) == 6, "one judge call per record that reached the judge"
+        first = {n: (out / n).read_bytes() for n in ("train.jsonl", "rejected.jsonl", "stats.json")}
+        calls = stats["judge_calls"]
+        assert calls["sent"] == 6 and calls["judged"] == 6 and calls["cached"] == 0
+        assert len(read_jsonl(out / "judge.jsonl")) == 6
+
+        # Rerun: every judge call comes from judge.jsonl; nothing is sent, outputs are identical.
+        again = run_curate(load_recipe(path), progress=False)
+        assert len(proxy.hits) == 6 and again["judge_calls"]["cached"] == 6 and again["judge_calls"]["sent"] == 0
+        assert {n: (out / n).read_bytes() for n in first} == first
+
+    assert stats["records"] == 7 == stats["kept"] + stats["rejected"]
+    assert stats["rejected_by_filter"]["0:empty"] == 1
+    rejected = read_jsonl(out / "rejected.jsonl")
+    for row in rejected:
+        if row["rejection"]["filter"] == "judge":
+            reason = row["rejection"]["reason"]
+            assert reason.startswith("judge answer has no score in [1, 10]") or "below threshold 5" in reason
+    kept = read_jsonl(out / "train.jsonl")
+    assert all(5 <= r["scores"]["judge"] <= 10 for r in kept)
+    assert calls["unparseable"] == sum(1 for r in rejected if "has no score" in r["rejection"]["reason"])
+
+
+def test_judge_config_errors(tmp_path):
+    from synth.filters import build_filter
+
+    with pytest.raises(ValueError, match=r"curate.filters\[0\].teacher: required key is missing"):
+        build_filter({"name": "judge"}, 0)
+    with pytest.raises(ValueError, match=r"curate.filters\[0\].threshold: must be between"):
+        build_filter({"name": "judge", "threshold": 11, "teacher": {"backend": "openai", "model": "m"}}, 0)
+    with pytest.raises(ValueError, match=r"template.path: .*missing.j2 does not exist"):
+        build_filter({"name": "judge", "template": str(tmp_path / "missing.j2"), "teacher": {"backend": "openai", "model": "m"}}, 0)
