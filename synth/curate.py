@@ -168,7 +168,7 @@ def run_curate(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
                     writers.append(stage)
                     run(records, start, k, stage.write)
                     stage.commit()
-                    f.out_dir = out
+                    f.out_dir = out  # where the judge keeps its call cache
                     f.prepare(iter_records(stage.path))
                     records, start = iter_records(stage.path), k
             run(records, start, len(filters), keep_final)

@@ -24,6 +24,7 @@ FILTERS: dict[str, str] = {
     "json": "synth.filters.structured:JsonOutput",
     "verifier": "synth.filters.verifier:Verifier",
     "judge": "synth.filters.judge:Judge",
+    "semantic_dedup": "synth.filters.semantic:SemanticDedup",
 }
 
 

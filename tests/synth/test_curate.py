@@ -8,41 +8,11 @@ import sys
 import pytest
 import yaml
 
-from synth.backends import Completion
 from synth.config import load_recipe
 from synth.curate import run_curate
-from synth.generate import make_record, plan_requests
 
-from conftest import SHARED_DATA, make_recipe, read_jsonl, write_jsonl
-
-PREDICTIONS = SHARED_DATA / "text-davinci-003_predictions.jsonl"
-
-
-def real_rows(n: int, offset: int = 0):
-    rows = [json.loads(line) for line in PREDICTIONS.read_text().splitlines()][offset : offset + n]
-    return [(r["prompt"], r["response"].strip()) for r in rows]
-
-
-def build_raw(tmp_path, tiny_model, items, curate, finish=None):
-    """A recipe whose raw log holds `items` (question, answer) as the teacher's records."""
-    seeds = [{"question": q} for q, _ in items]
-    path = make_recipe(tmp_path, tiny_model, seeds=seeds, sampling={"n": 1}, extra={"curate": curate})
-    recipe = load_recipe(path)
-    plan = plan_requests(recipe)
-    out = tmp_path / "out"
-    out.mkdir(exist_ok=True)
-    records = []
-    for i, (req, (_, answer)) in enumerate(zip(plan.requests, items, strict=True)):
-        reason = (finish or {}).get(i, "stop")
-        records.append(make_record(Completion(req, answer, reason, 10, 20, 0.1), plan.teacher))
-    records.reverse()  # the teacher's completion order is not the curation order
-    write_jsonl(out / "raw.jsonl", records)
-    return path, recipe, plan
-
-
-def by_question(rows):
-    return {r["messages"][-2]["content"]: r for r in rows}
-
+from conftest import make_recipe, read_jsonl, write_jsonl
+from curate_data import build_raw, by_question, real_rows
 
 LONG = " ".join(answer for _, answer in real_rows(2, offset=100))  # text not among the 30 items
 
@@ -222,3 +192,19 @@ def test_generate_then_curate_through_the_real_engine(tmp_path, tiny_model, vllm
     res = subprocess.run([sys.executable, "-m", "synth.cli", "curate", str(path), "--no-progress"],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and f"synth curate: 12 records -> kept {stats['kept']}" in res.stdout
+
+
+def test_semantic_dedup_with_the_packaged_minilm(tmp_path, tiny_model):
+    items = [
+        ("q1", "To reset your password, open Settings, choose Security and click Reset password."),
+        ("q2", "Open Settings, pick Security, then click Reset password to reset your password."),
+        ("q3", "The capital of France is Paris, a city on the Seine."),
+        ("q4", "Photosynthesis turns light, water and carbon dioxide into sugar and oxygen."),
+    ]
+    curate = {"filters": [{"name": "semantic_dedup", "threshold": 0.85}]}
+    _, recipe, _ = build_raw(tmp_path, tiny_model, items, curate)
+    stats = run_curate(recipe, progress=False)
+    rejected = read_jsonl(tmp_path / "out" / "rejected.jsonl")
+    assert stats["kept"] == 3 and len(rejected) == 1
+    assert rejected[0]["messages"][-2]["content"] in ("q1", "q2")
+    assert rejected[0]["rejection"]["reason"].startswith("semantic duplicate (cosine 0.")

@@ -8,8 +8,8 @@ from synth.curate import run_curate
 from synth.filters.judge import parse_score
 
 from conftest import SERVED_MODEL, SERVER_KEY, read_jsonl
+from curate_data import build_raw, real_rows
 from faultproxy import FaultProxy
-from test_curate import build_raw, real_rows
 
 
 @pytest.mark.parametrize(

