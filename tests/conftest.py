@@ -17,7 +17,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO.parent / "shared" / "data" / "self-instruct"
+TEST_DATA = REPO / "tests" / "data" / "self-instruct"
 SEED_TASKS = REPO / "prompts" / "self-instruct" / "seed_tasks.jsonl"
 
 # CPU settings for the tiny model (DESIGN.md): float32, eager, a small KV-cache share.

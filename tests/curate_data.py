@@ -7,9 +7,9 @@ from synth.backends import Completion
 from synth.config import load_recipe
 from synth.generate import make_record, plan_requests
 
-from conftest import SHARED_DATA, make_recipe, write_jsonl
+from conftest import TEST_DATA, make_recipe, write_jsonl
 
-PREDICTIONS = SHARED_DATA / "text-davinci-003_predictions.jsonl"
+PREDICTIONS = TEST_DATA / "text-davinci-003_predictions.jsonl"
 
 
 def real_rows(n: int, offset: int = 0):

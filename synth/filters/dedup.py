@@ -117,12 +117,21 @@ class NearIndex:
         self.keys: list[str] = []
 
     def signature(self, text: str):
+        return self._signature(shingles(text, self.shingle))
+
+    def _signature(self, tokens: list[str]):
         m = self._MinHash(self.num_perm, self.seed)
-        m.update(shingles(text, self.shingle))
+        m.update(tokens)
         return m
 
     def add(self, key: str, text: str, insert: bool = True) -> tuple[str, float] | None:
-        m = self.signature(text)
+        """Index `text` under `key` unless it near-duplicates an indexed text; return that
+        text's (key, estimated Jaccard) or None."""
+        return self.add_tokens(key, shingles(text, self.shingle), insert)
+
+    def add_tokens(self, key: str, tokens: list[str], insert: bool = True) -> tuple[str, float] | None:
+        """As add(), from shingles already built."""
+        m = self._signature(tokens)
         best: tuple[str, float] | None = None
         for idx in self._lsh.query(m):
             sim = m.jaccard(self._hashes[idx])
