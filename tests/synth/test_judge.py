@@ -74,3 +74,25 @@ def test_judge_config_errors(tmp_path):
         build_filter({"name": "judge", "threshold": 11, "teacher": {"backend": "openai", "model": "m"}}, 0)
     with pytest.raises(ValueError, match=r"template.path: .*missing.j2 does not exist"):
         build_filter({"name": "judge", "template": str(tmp_path / "missing.j2"), "teacher": {"backend": "openai", "model": "m"}}, 0)
+
+
+@pytest.mark.slow
+def test_judge_with_the_in_process_vllm_engine(tmp_path, tiny_model):
+    """The judge as a `vllm` teacher, in a real `synth curate` process (its own engine)."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ENGINE
+
+    judge = {"name": "judge", "threshold": 5, "max_tokens": 8,
+             "teacher": {"backend": "vllm", "model": str(tiny_model), "vllm": ENGINE}}
+    path, _, _ = build_raw(tmp_path, tiny_model, real_rows(5), {"filters": [judge]})
+    res = subprocess.run([sys.executable, "-m", "synth.cli", "curate", str(path), "--no-progress"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["curate"]["judge_calls"]["sent"] == 5
+    judged = read_jsonl(tmp_path / "out" / "judge.jsonl")
+    assert len(judged) == 5 and all(r["teacher"]["backend"] == "vllm" for r in judged)
+    assert manifest["curate"]["stats"]["records"] == 5
