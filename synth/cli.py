@@ -126,6 +126,15 @@ def cmd_tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments every recipe command takes."""
+    parser.add_argument("recipe", help="recipe YAML (see prompts/demo/recipe.yaml)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a recipe value, e.g. --set sampling.temperature=0.2 (repeatable)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show every library's log lines on the console")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="synth",
@@ -140,15 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Render seeds through the template, send them to the teacher and append the "
         "answers to OUTPUT/raw.jsonl. Rerun the same command to resume after a crash or Ctrl-C.",
     )
-    gen.add_argument("recipe", help="recipe YAML (see prompts/demo/recipe.yaml)")
-    gen.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a recipe value, e.g. --set sampling.temperature=0.2 (repeatable)")
+    _recipe_arguments(gen)
     gen.add_argument("--dry-run", action="store_true",
                      help="print how many requests would be sent, estimated tokens and cost; send nothing")
     gen.add_argument("--only-failed", action="store_true",
                      help="send only the requests listed in OUTPUT/failures.jsonl (retry the failed ones)")
-    gen.add_argument("--no-progress", action="store_true", help="no progress bar")
-    gen.add_argument("-v", "--verbose", action="store_true", help="show every library's log lines on the console")
     gen.set_defaults(func=cmd_generate)
 
     cur = sub.add_parser(
@@ -157,10 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Apply the recipe's curate.filters to OUTPUT/raw.jsonl. Deterministic: a rerun "
         "with the same raw log and config writes byte-identical files.",
     )
-    cur.add_argument("recipe", help="recipe YAML")
-    cur.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
-    cur.add_argument("--no-progress", action="store_true", help="no progress bar")
-    cur.add_argument("-v", "--verbose", action="store_true")
+    _recipe_arguments(cur)
     cur.set_defaults(func=cmd_curate)
 
     tiny = sub.add_parser(
