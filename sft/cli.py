@@ -1,5 +1,4 @@
-"""The `sft` command line. Training, merging and evaluation are not built yet (see the
-student-training issue); until then the command says so instead of pretending."""
+"""The `sft` command line. Thin: parse, set up logging, call the library."""
 
 from __future__ import annotations
 
@@ -9,16 +8,47 @@ import sys
 from sft import __version__
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="sft",
-        description="Fine-tune a small student on curated data (LoRA via TRL + PEFT). "
-        "Not implemented yet in this version: train, merge and eval are planned.",
-    )
+def cmd_train(args: argparse.Namespace) -> int:
+    from synth.cli import _setup_logging
+    from synth.config import load_recipe
+
+    recipe = load_recipe(args.recipe, args.set)
+    from sft.config import load_sft
+
+    cfg = load_sft(recipe.sft)
+    out = cfg.resolved_paths(recipe.output.dir)[2]
+    _setup_logging(out / "train.log", args.verbose)
+    from sft.train import run_train
+
+    m = run_train(recipe, progress=not args.no_progress)
+    print(f"sft train: {m['global_step']} steps, loss {m['first_loss']:.4f} -> {m['last_loss']:.4f}"
+          + (f", eval loss {m['eval_loss']:.4f}" if m["eval_loss"] is not None else "")
+          + (f" (resumed from {m['resumed_from']})" if m["resumed_from"] else ""))
+    print(f"  data: {m['data']['kept']} of {m['data']['rows']} examples, {m['data']['truncated']} truncated"
+          + (f", dropped {m['data']['dropped']}" if m["data"]["dropped"] else ""))
+    print(f"  saved: {m['saved']}; metrics and loss.png in {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from synth.cli import _recipe_arguments
+
+    parser = argparse.ArgumentParser(prog="sft", description="Fine-tune a small student on curated data (LoRA via TRL + PEFT).")
     parser.add_argument("--version", action="version", version=f"stillhouse {__version__}")
-    parser.parse_args(argv)
-    print("sft: no commands yet in stillhouse", __version__, "- training, merging and evaluation are planned", file=sys.stderr)
-    return 2
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    train = sub.add_parser("train", help="train the student of the recipe's sft section; resumes from the last checkpoint")
+    _recipe_arguments(train)
+    train.set_defaults(func=cmd_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, ImportError) as exc:
+        print(f"sft: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

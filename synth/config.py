@@ -213,6 +213,7 @@ class Recipe:
     output: OutputConfig = help_field(help="where results go")
     sampling: SamplingConfig = help_field(default_factory=SamplingConfig, help="sampling parameters")
     curate: CurateConfig = help_field(default_factory=CurateConfig, help="how raw answers become the training set")
+    sft: dict[str, Any] = help_field({}, help="student training (`sft train`); its keys are validated by the sft package, see README")
     name: str = help_field("recipe", help="a name for this recipe, shown in the manifest")
 
 

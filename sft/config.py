@@ -1,0 +1,83 @@
+"""The recipe's `sft` section: how the student is trained (validated dataclasses)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from synth.configtools import from_dict, help_field
+
+
+@dataclass
+class LoraOptions:
+    r: int = help_field(16, help="LoRA rank")
+    alpha: int = help_field(32, help="LoRA alpha (scale = alpha / r, or alpha / sqrt(r) with rslora)")
+    dropout: float = help_field(0.05, help="dropout on the LoRA input")
+    target_modules: Any = help_field("all-linear", help="modules to adapt: all-linear, or a list of module names")
+    rslora: bool = help_field(False, help="rank-stabilised LoRA scaling")
+
+    def __post_init__(self) -> None:
+        if self.r < 1 or self.alpha < 1:
+            raise ValueError(f"r: must be >= 1 (and alpha >= 1), got r={self.r}, alpha={self.alpha}")
+        if not (0 <= self.dropout < 1):
+            raise ValueError(f"dropout: must be in [0, 1), got {self.dropout}")
+        if not (self.target_modules == "all-linear" or (isinstance(self.target_modules, list) and self.target_modules)):
+            raise ValueError("target_modules: give all-linear or a non-empty list of module names")
+
+
+@dataclass
+class SftConfig:
+    model: str = help_field(help="student model: HF id or local directory")
+    train: str | None = help_field(None, help="training JSONL (messages); default OUTPUT/train.jsonl")
+    eval: str | None = help_field(None, help="eval JSONL; default OUTPUT/eval.jsonl when it exists")
+    output_dir: str | None = help_field(None, help="where the adapter, checkpoints and metrics go; default OUTPUT/student")
+    full_finetune: bool = help_field(False, help="train every weight instead of a LoRA adapter (for very small students)")
+    lora: LoraOptions = help_field(default_factory=LoraOptions, help="LoRA settings")
+    max_length: int = help_field(1024, help="longest example in tokens")
+    overlong: str = help_field("truncate", help="examples longer than max_length: truncate or drop")
+    assistant_only_loss: bool = help_field(True, help="loss only on assistant turns (needs {% generation %} markers in the chat template)")
+    chat_template: str | None = help_field(None, help="a chat template file with generation markers, if the model's has none")
+    packing: str | bool = help_field("auto", help="auto (BFD packing where attention handles it without a dense mask: flash attention), true or false")
+    attn_implementation: str | None = help_field(None, help="attention implementation (sdpa, eager, flash_attention_2); none lets transformers pick")
+    gradient_checkpointing: bool = help_field(False, help="recompute activations to save memory")
+    epochs: float = help_field(3.0, help="passes over the training set")
+    max_steps: int = help_field(-1, help="stop after this many optimizer steps (-1: use epochs)")
+    batch_size: int = help_field(8, help="examples per device per step")
+    grad_accum: int = help_field(1, help="gradient accumulation steps")
+    learning_rate: float = help_field(2e-4, help="peak learning rate")
+    warmup_ratio: float = help_field(0.03, help="share of steps spent warming up")
+    weight_decay: float = help_field(0.0, help="AdamW weight decay")
+    seed: int = help_field(0, help="random seed")
+    logging_steps: int = help_field(10, help="log the loss every N steps")
+    save_steps: int = help_field(200, help="checkpoint every N steps (resume starts from the last)")
+    save_total_limit: int = help_field(2, help="checkpoints kept")
+    eval_steps: int | None = help_field(None, help="evaluate every N steps; none evaluates once per epoch when there is an eval set")
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ValueError("model: give the student's HF id or local directory")
+        if self.overlong not in ("truncate", "drop"):
+            raise ValueError(f"overlong: unknown '{self.overlong}'; choose truncate or drop")
+        if self.packing not in ("auto", True, False):
+            raise ValueError(f"packing: unknown '{self.packing}'; choose auto, true or false")
+        for name in ("max_length", "batch_size", "grad_accum", "logging_steps", "save_steps", "save_total_limit"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")
+        if not (0 <= self.warmup_ratio < 1):
+            raise ValueError(f"warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate: must be > 0, got {self.learning_rate}")
+
+    def resolved_paths(self, output_dir: str) -> tuple[Path, Path | None, Path]:
+        """(train file, eval file or None, output dir), defaults beside the curated data."""
+        out = Path(output_dir)
+        train = Path(self.train) if self.train else out / "train.jsonl"
+        evals = Path(self.eval) if self.eval else (out / "eval.jsonl" if (out / "eval.jsonl").exists() else None)
+        return train, evals, Path(self.output_dir) if self.output_dir else out / "student"
+
+
+def load_sft(section: dict[str, Any]) -> SftConfig:
+    if not section:
+        raise ValueError("sft: the recipe has no sft section; add one with at least sft.model (the student)")
+    return from_dict(SftConfig, section, prefix="sft")

@@ -1,0 +1,88 @@
+"""Training data for the student: load, validate, measure.
+
+Rows are TRL's conversational format (`messages`); everything else on a record
+(provenance) is dropped for training. Validation names the file, the line and what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass
+class DataReport:
+    rows: int = 0
+    kept: int = 0
+    truncated: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+
+
+def _check_messages(messages: Any, where: str) -> None:
+    if not isinstance(messages, list) or not messages:
+        raise ValueError(f"{where}: 'messages' must be a non-empty list of {{role, content}}")
+    roles = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            raise ValueError(f"{where}: messages[{i}] must be {{role: system|user|assistant, content: str}}")
+        roles.append(m["role"])
+    body = roles[1:] if roles[0] == "system" else roles
+    if "system" in body:
+        raise ValueError(f"{where}: a system message may only come first")
+    if not body or body[-1] != "assistant":
+        raise ValueError(f"{where}: the chat must end with an assistant turn (the answer to learn)")
+    for i, role in enumerate(body):
+        if role != ("user" if i % 2 == 0 else "assistant"):
+            raise ValueError(f"{where}: turns must alternate user, assistant, ... (got {', '.join(body)})")
+    if any(m["role"] == "assistant" and not m["content"].strip() for m in messages):
+        raise ValueError(f"{where}: an assistant turn is empty; curate with the `empty` filter or fix the row")
+
+
+def read_conversations(path: Path) -> list[list[dict[str, str]]]:
+    """The `messages` of every row of a JSONL file, validated."""
+    if not path.is_file():
+        raise ValueError(f"sft.train: {path} does not exist; run `synth curate` first or set sft.train")
+    rows = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as exc:
+                raise ValueError(f"sft.train: {path} line {lineno} is not valid JSON ({exc})") from None
+            if not isinstance(row, dict) or "messages" not in row:
+                raise ValueError(
+                    f"sft.train: {path} line {lineno} has no 'messages' (conversational format: "
+                    '{"messages": [{"role": "user", ...}, {"role": "assistant", ...}]})'
+                )
+            _check_messages(row["messages"], f"sft.train: {path} line {lineno}")
+            rows.append([{"role": m["role"], "content": m["content"]} for m in row["messages"]])
+    if not rows:
+        raise ValueError(f"sft.train: {path} has no rows; nothing to train on")
+    return rows
+
+
+def fit_to_length(rows: list[list[dict[str, str]]], tokenizer: Any, max_length: int, overlong: str) -> tuple[list, DataReport]:
+    """Drop (or count for truncation) the conversations longer than max_length tokens."""
+    report = DataReport(rows=len(rows))
+    kept = []
+    for messages in rows:
+        n = len(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])
+        if n > max_length:
+            if overlong == "drop":
+                report.dropped["longer than max_length"] = report.dropped.get("longer than max_length", 0) + 1
+                continue
+            report.truncated += 1
+        kept.append(messages)
+    report.kept = len(kept)
+    if not kept:
+        raise ValueError(f"sft.max_length: every example is longer than {max_length} tokens; raise it or use overlong: truncate")
+    return kept, report

@@ -1,0 +1,171 @@
+"""sft train on CPU: a real TRL + PEFT run on the tiny local model with real teacher text."""
+
+import hashlib
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from sft.train import prepare, run_train
+from synth.config import load_recipe
+
+from conftest import TEST_DATA, make_recipe, write_jsonl
+
+pytestmark = pytest.mark.slow
+
+
+def teacher_rows(n: int, max_chars: int = 400):
+    rows = []
+    for line in (TEST_DATA / "text-davinci-003_predictions.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        if len(r["prompt"]) + len(r["response"]) < max_chars and r["response"].strip():
+            rows.append({"messages": [{"role": "user", "content": r["prompt"]},
+                                      {"role": "assistant", "content": r["response"].strip()}]})
+        if len(rows) == n:
+            break
+    return rows
+
+
+def sft_recipe(tmp_path, tiny_model, rows=None, **sft):
+    out = tmp_path / "out"
+    out.mkdir(exist_ok=True)
+    write_jsonl(out / "train.jsonl", rows if rows is not None else teacher_rows(40))
+    path = make_recipe(tmp_path, tiny_model)
+    data = yaml.safe_load(path.read_text())
+    data["sft"] = {"model": str(tiny_model), "max_steps": 30, "batch_size": 8, "learning_rate": 3e-3,
+                   "logging_steps": 5, "save_steps": 100, "max_length": 512, "warmup_ratio": 0.0, **sft}
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _dir_digest(path):
+    h = hashlib.sha256()
+    for f in sorted(path.rglob("*")):
+        if f.is_file():
+            h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()
+
+
+def test_lora_training_lowers_the_loss_and_leaves_the_base_alone(tmp_path, tiny_model):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base_digest = _dir_digest(tiny_model)
+    metrics = run_train(load_recipe(sft_recipe(tmp_path, tiny_model)), progress=False)
+    assert metrics["global_step"] == 30
+    assert metrics["last_loss"] < metrics["first_loss"] - 0.3, (metrics["first_loss"], metrics["last_loss"])
+    student = tmp_path / "out" / "student"
+    for name in ("adapter/adapter_model.safetensors", "adapter/adapter_config.json", "adapter/chat_template.jinja",
+                 "sft_config.yaml", "metrics.json", "loss.png"):
+        assert (student / name).exists(), name
+    assert _dir_digest(tiny_model) == base_digest, "the base model's files must not change"
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    fresh = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    tuned = PeftModel.from_pretrained(base, student / "adapter")
+    lora = {n: p for n, p in tuned.named_parameters() if "lora_" in n}
+    assert lora and any(p.abs().sum() > 0 for n, p in lora.items() if "lora_B" in n), "LoRA B starts at 0: it must have moved"
+    fresh_params = dict(fresh.named_parameters())
+    for name, param in tuned.base_model.model.named_parameters():
+        if "lora_" in name:
+            continue
+        key = name.replace(".base_layer", "")
+        assert torch.equal(param, fresh_params[key]), f"base weight {key} changed"
+    ids = torch.tensor([[1, 5, 9, 13, 2]])
+    assert not torch.allclose(tuned(ids).logits, fresh(ids).logits)
+
+
+def _trainable_segments(batch):
+    """Per packed or padded sequence: the token ids whose labels are trained on."""
+    labels, ids = batch["labels"], batch["input_ids"]
+    segments = []
+    if "position_ids" in batch:  # packed: a position reset starts a new example
+        pos = batch["position_ids"][0].tolist()
+        starts = [i for i, p in enumerate(pos) if p == 0] + [len(pos)]
+        for a, b in zip(starts, starts[1:], strict=False):
+            segments.append([t for t, lab in zip(ids[0, a:b].tolist(), labels[0, a:b].tolist(), strict=True) if lab != -100])
+    else:
+        for row_ids, row_labels in zip(ids.tolist(), labels.tolist(), strict=True):
+            segments.append([t for t, lab in zip(row_ids, row_labels, strict=True) if lab != -100])
+    return segments
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_label_mask_is_exactly_the_assistant_turns_and_end_of_turn(tmp_path, tiny_model, packing):
+    rows = teacher_rows(12)
+    p = prepare(load_recipe(sft_recipe(tmp_path, tiny_model, rows=rows, packing=packing)), progress=False)
+    tok = p.tokenizer
+    expected = {r["messages"][-1]["content"] + "<|im_end|>" for r in rows}
+    trainer = p.trainer
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(trainer.train_dataset))])
+    segments = _trainable_segments(batch)
+    decoded = [tok.decode(seg) for seg in segments if seg]
+    assert len(decoded) == len(rows)
+    assert set(decoded) == expected
+    assert p.packing is packing
+
+
+def test_resume_from_the_last_checkpoint(tmp_path, tiny_model):
+    path = sft_recipe(tmp_path, tiny_model, max_steps=4, save_steps=2)
+    first = run_train(load_recipe(path), progress=False)
+    assert first["global_step"] == 4 and first["resumed_from"] is None
+    second = run_train(load_recipe(path, ["sft.max_steps=6"]), progress=False)
+    assert second["resumed_from"].endswith("checkpoint-4") and second["global_step"] == 6
+
+
+def test_save_and_reload_give_the_same_outputs(tmp_path, tiny_model):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    p = prepare(load_recipe(sft_recipe(tmp_path, tiny_model, max_steps=5)), progress=False)
+    from sft.train import train_and_save
+
+    train_and_save(p)
+    ids = torch.tensor([[1, 7, 42, 99, 2, 5]])
+    p.trainer.model.eval()
+    with torch.no_grad():
+        before = p.trainer.model(input_ids=ids).logits
+        base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+        reloaded = PeftModel.from_pretrained(base, tmp_path / "out" / "student" / "adapter").eval()
+        after = reloaded(input_ids=ids).logits
+    assert torch.allclose(before, after, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "rows_or_text, sft, message",
+    [
+        ("", {}, "has no rows; nothing to train on"),
+        ('{"text": "plain text row"}\n', {}, "line 1 has no 'messages'"),
+        ('{"messages": [{"role": "user", "content": "hi"}]}\n', {}, "must end with an assistant turn"),
+        ('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": " "}]}\n', {}, "an assistant turn is empty"),
+        (None, {"model": "/nonexistent/student"}, "sft.model: /nonexistent/student does not exist"),
+        (None, {"lora": {"target_modules": ["no_such_proj"]}}, "sft.lora.target_modules"),
+        (None, {"lora": {"alpah": 8}}, "sft.lora.alpah: unknown key. Did you mean 'alpha'?"),
+    ],
+)
+def test_bad_input_is_one_clear_error(tmp_path, tiny_model, rows_or_text, sft, message):
+    path = sft_recipe(tmp_path, tiny_model, **sft)
+    if rows_or_text is not None:
+        (tmp_path / "out" / "train.jsonl").write_text(rows_or_text)
+    with pytest.raises(ValueError) as err:
+        prepare(load_recipe(path), progress=False)
+    assert message in str(err.value)
+
+
+def test_template_without_generation_markers(tmp_path, tiny_model):
+    plain = tmp_path / "plain.jinja"
+    plain.write_text("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}<|im_end|>\n{% endfor %}")
+    path = sft_recipe(tmp_path, tiny_model, chat_template=str(plain))
+    with pytest.raises(ValueError, match=r"no \{% generation %\} markers"):
+        prepare(load_recipe(path), progress=False)
+
+
+def test_cli_error_is_one_line(tmp_path, tiny_model):
+    path = sft_recipe(tmp_path, tiny_model, model=str(tmp_path / "missing-student"))
+    res = subprocess.run([sys.executable, "-m", "sft.cli", "train", str(path)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    lines = [line for line in res.stderr.splitlines() if line.startswith("sft: error:")]
+    assert len(lines) == 1 and "missing-student does not exist" in lines[0]
