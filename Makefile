@@ -23,11 +23,14 @@ $(VENV)/.installed: pyproject.toml constraints/cpu.txt
 	touch $@
 
 # The embedded default: a tiny random model built here answers the Self-Instruct seed
-# tasks with the in-process vLLM engine, then curation. No server, no key, no download.
+# tasks with the in-process vLLM engine, then curation, then LoRA training of a tiny
+# student. No server, no key, no download.
 demo: setup
 	$(BIN)/synth tiny-model .demo/tiny-model
+	$(BIN)/synth tiny-model .demo/tiny-student --architecture qwen2
 	$(BIN)/synth generate prompts/demo/recipe.yaml
 	$(BIN)/synth curate prompts/demo/recipe.yaml
+	$(BIN)/sft train prompts/demo/recipe.yaml
 	@echo
 	@echo "The demo teacher is a tiny random model: its answers are nonsense by design."
 	@echo "For real data set teacher.model to a real model (an HF id or a local directory), e.g."

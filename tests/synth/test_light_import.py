@@ -8,7 +8,7 @@ HEAVY = ("torch", "vllm", "transformers", "datasets", "trl", "peft", "openai")
 PROBE = """
 import sys
 import synth, synth.cli, synth.config, synth.generate, synth.seeds, synth.templates, synth.backends
-import sft, sft.cli
+import sft, sft.cli, sft.config, sft.data, sft.train, synth.curate, synth.filters
 try:
     synth.cli.main(["--help"])
 except SystemExit as exc:

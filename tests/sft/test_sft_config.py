@@ -1,0 +1,39 @@
+from pathlib import Path
+
+import pytest
+
+from sft.config import LoraOptions, SftConfig, load_sft
+from synth.configtools import reference
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_readme_names_every_sft_key():
+    readme = (REPO / "README.md").read_text()
+    keys = [k for k, *_ in reference(SftConfig)]
+    missing = [k for k in keys if k.split(".")[-1] not in readme]
+    assert not missing, missing
+    assert {f"lora.{k}" for k, *_ in reference(LoraOptions)} <= set(keys)
+
+
+@pytest.mark.parametrize(
+    "section, message",
+    [
+        ({}, "sft: the recipe has no sft section"),
+        ({"model": "m", "overlong": "cut"}, "sft.overlong: unknown 'cut'"),
+        ({"model": "m", "packing": "sometimes"}, "sft.packing: unknown 'sometimes'"),
+        ({"model": "m", "lora": {"dropout": 1.5}}, "sft.lora.dropout: must be in [0, 1)"),
+        ({"model": "m", "batch_size": 0}, "sft.batch_size: must be at least 1"),
+        ({"model": "m", "warmup_ratio": 2}, "sft.warmup_ratio: must be in [0, 1)"),
+        ({"modle": "m"}, "sft.modle: unknown key. Did you mean 'model'?"),
+    ],
+)
+def test_invalid_sft_config(section, message):
+    with pytest.raises(ValueError) as err:
+        load_sft(section)
+    assert message in str(err.value)
+
+
+def test_packing_accepts_yaml_booleans():
+    assert load_sft({"model": "m", "packing": True}).packing is True
+    assert load_sft({"model": "m"}).packing == "auto"
