@@ -53,6 +53,10 @@ class SftConfig:
     save_steps: int = help_field(200, help="checkpoint every N steps (resume starts from the last)")
     save_total_limit: int = help_field(2, help="checkpoints kept")
     eval_steps: int | None = help_field(None, help="evaluate every N steps; none evaluates once per epoch when there is an eval set")
+    eval_engine: str = help_field("auto", help="`sft eval` generation: vllm (adapter via LoRARequest), transformers, or auto (vllm if installed)")
+    eval_max_new_tokens: int = help_field(256, help="`sft eval`: most tokens per student answer (greedy)")
+    eval_limit: int | None = help_field(None, help="`sft eval`: evaluate only the first N held-out examples")
+    eval_verifier: str | None = help_field(None, help="`sft eval`: 'module:function' task check run on student and teacher answers")
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -66,6 +70,8 @@ class SftConfig:
                 raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")
         if not (0 <= self.warmup_ratio < 1):
             raise ValueError(f"warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
+        if self.eval_engine not in ("auto", "vllm", "transformers"):
+            raise ValueError(f"eval_engine: unknown '{self.eval_engine}'; choose auto, vllm or transformers")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate: must be > 0, got {self.learning_rate}")
 

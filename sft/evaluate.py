@@ -1,0 +1,204 @@
+"""`sft eval`: the student against the teacher on the held-out split.
+
+Metrics: perplexity of the teacher's answers under the student before training (adapter
+off) and after (adapter on); the student's greedy answers before and after compared with
+the teacher's by ROUGE-L (F1 over words) and exact match; and, when configured, a task
+verifier run on student and teacher answers. Generation uses vLLM with the adapter as a
+LoRARequest where vLLM is installed, transformers' generate otherwise. Writes
+eval_report.json and eval_report.md beside the adapter.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from sft.config import SftConfig, load_sft
+from sft.data import read_conversations
+from sft.train import resolve_student
+from synth.config import Recipe
+
+logger = logging.getLogger(__name__)
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
+
+
+def rouge_l(candidate: str, reference: str) -> float:
+    """ROUGE-L F1 over lower-cased words (longest common subsequence)."""
+    a, b = _words(candidate), _words(reference)
+    if not a or not b:
+        return float(a == b)
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0]
+        for j, y in enumerate(b):
+            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
+        prev = cur
+    lcs = prev[-1]
+    if lcs == 0:
+        return 0.0
+    p, r = lcs / len(a), lcs / len(b)
+    return 2 * p * r / (p + r)
+
+
+def exact_match(candidate: str, reference: str) -> bool:
+    return _words(candidate) == _words(reference)
+
+
+def _perplexity(model: Any, tokenizer: Any, conversations: list[list[dict[str, str]]]) -> float:
+    """exp(mean NLL) of the assistant tokens (the teacher's answers) under `model`."""
+    import torch
+
+    total_nll, total_tokens = 0.0, 0
+    with torch.no_grad():
+        for messages in conversations:
+            enc = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+            ids = torch.tensor([enc["input_ids"]])
+            mask = torch.tensor(enc["assistant_masks"][1:], dtype=torch.bool)
+            logits = model(input_ids=ids).logits[0, :-1].float()
+            nll = torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="none")
+            total_nll += float(nll[mask].sum())
+            total_tokens += int(mask.sum())
+    return math.exp(total_nll / max(total_tokens, 1))
+
+
+def _generate_transformers(model: Any, tokenizer: Any, prompts: list[list[dict[str, str]]], max_new: int, adapter_on: bool) -> list[str]:
+    import contextlib
+
+    import torch
+
+    ctx = contextlib.nullcontext() if adapter_on else model.disable_adapter()
+    out = []
+    with ctx, torch.no_grad():
+        for messages in prompts:
+            ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+            gen = model.generate(**ids, max_new_tokens=max_new, do_sample=False, eos_token_id=tokenizer.eos_token_id,
+                                 pad_token_id=tokenizer.pad_token_id)
+            out.append(tokenizer.decode(gen[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))
+    return out
+
+
+def _generate_vllm(cfg: SftConfig, model_id: str, adapter: Path, prompts: list, max_new: int) -> tuple[list[str], list[str]]:
+    """(answers before, answers after): base model, then base + adapter as a LoRARequest."""
+    import vllm
+    from vllm.lora.request import LoRARequest
+    from vllm.platforms import current_platform
+
+    from synth.backends.vllm_engine import _in_process_engine
+
+    kwargs: dict[str, Any] = {"model": model_id, "enable_lora": True, "max_lora_rank": max(cfg.lora.r, 8),
+                              "max_model_len": cfg.max_length + max_new, "distributed_executor_backend": "uni"}
+    if current_platform.is_cpu():
+        kwargs.update(dtype="float32", enforce_eager=True, gpu_memory_utilization=0.1, enable_chunked_prefill=False)
+    with _in_process_engine(True):
+        llm = vllm.LLM(**kwargs)
+    params = vllm.SamplingParams(temperature=0.0, max_tokens=max_new)
+    before = [o.outputs[0].text for o in llm.chat(prompts, params, use_tqdm=False)]
+    lora = LoRARequest("student", 1, str(adapter))
+    after = [o.outputs[0].text for o in llm.chat(prompts, params, lora_request=lora, use_tqdm=False)]
+    return before, after
+
+
+def _verifier(spec: str | None):
+    if not spec:
+        return None
+    from synth.filters.verifier import Verifier
+
+    return Verifier({"function": spec}, "sft.eval_verifier")
+
+
+def run_eval(recipe: Recipe) -> dict[str, Any]:
+    try:
+        import torch
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError as exc:
+        raise ImportError(f"sft eval needs torch, transformers and peft ({exc}): pip install 'stillhouse[sft]'") from None
+    cfg = load_sft(recipe.sft)
+    _, eval_path, out = cfg.resolved_paths(recipe.output.dir)
+    if eval_path is None:
+        raise ValueError("sft eval: no held-out split; set curate.eval_fraction (then rerun synth curate) or sft.eval")
+    adapter = out / "adapter"
+    if not (adapter / "adapter_config.json").is_file():
+        raise ValueError(f"sft eval: no adapter in {adapter}; run `sft train` first")
+    conversations = read_conversations(eval_path)[: cfg.eval_limit]
+    prompts = [m[:-1] for m in conversations]
+    references = [m[-1]["content"] for m in conversations]
+    model_id = resolve_student(cfg.model)
+    tokenizer = AutoTokenizer.from_pretrained(adapter)
+    base = AutoModelForCausalLM.from_pretrained(model_id, dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32)
+    model = PeftModel.from_pretrained(base, adapter).eval()
+    with model.disable_adapter():
+        ppl_before = _perplexity(model, tokenizer, conversations)
+    ppl_after = _perplexity(model, tokenizer, conversations)
+
+    engine = cfg.eval_engine
+    if engine == "auto":
+        try:
+            import vllm  # noqa: F401
+
+            engine = "vllm"
+        except ImportError:
+            engine = "transformers"
+    if engine == "vllm":
+        before, after = _generate_vllm(cfg, model_id, adapter, prompts, cfg.eval_max_new_tokens)
+    else:
+        before = _generate_transformers(model, tokenizer, prompts, cfg.eval_max_new_tokens, adapter_on=False)
+        after = _generate_transformers(model, tokenizer, prompts, cfg.eval_max_new_tokens, adapter_on=True)
+
+    def scores(answers: list[str]) -> dict[str, float]:
+        n = len(answers)
+        return {
+            "rouge_l": sum(rouge_l(a, r) for a, r in zip(answers, references, strict=True)) / n,
+            "exact_match": sum(exact_match(a, r) for a, r in zip(answers, references, strict=True)) / n,
+        }
+
+    report: dict[str, Any] = {
+        "examples": len(conversations),
+        "engine": engine,
+        "perplexity_of_teacher_answers": {"before": ppl_before, "after": ppl_after},
+        "student_before": scores(before),
+        "student_after": scores(after),
+    }
+    verifier = _verifier(cfg.eval_verifier)
+    if verifier is not None:
+        def passed(answers: list[str]) -> float:
+            ok = sum(verifier({"messages": [*p, {"role": "assistant", "content": a}]}) is None for p, a in zip(prompts, answers, strict=True))
+            return ok / len(answers)
+
+        report["verifier"] = {"teacher": passed(references), "student_before": passed(before), "student_after": passed(after)}
+    report["samples"] = [
+        {"prompt": p[-1]["content"][:300], "teacher": r[:300], "student_before": b[:300], "student_after": a[:300]}
+        for p, r, b, a in list(zip(prompts, references, before, after, strict=True))[:5]
+    ]
+    (out / "eval_report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (out / "eval_report.md").write_text(_markdown(report), encoding="utf-8")
+    return report
+
+
+def _markdown(r: dict[str, Any]) -> str:
+    ppl = r["perplexity_of_teacher_answers"]
+    lines = [
+        "# Student vs teacher",
+        "",
+        f"{r['examples']} held-out examples; student answers by greedy decoding ({r['engine']}).",
+        "",
+        "| metric | student before training | student after training | teacher |",
+        "| --- | --- | --- | --- |",
+        f"| perplexity of the teacher's answers (lower: closer to the teacher) | {ppl['before']:.2f} | {ppl['after']:.2f} | |",
+        f"| ROUGE-L F1 vs the teacher's answer | {r['student_before']['rouge_l']:.3f} | {r['student_after']['rouge_l']:.3f} | 1.000 |",
+        f"| exact match with the teacher | {r['student_before']['exact_match']:.3f} | {r['student_after']['exact_match']:.3f} | 1.000 |",
+    ]
+    if "verifier" in r:
+        v = r["verifier"]
+        lines.append(f"| task verifier pass rate | {v['student_before']:.3f} | {v['student_after']:.3f} | {v['teacher']:.3f} |")
+    lines += ["", "## Samples", ""]
+    for s in r["samples"]:
+        lines += [f"- **prompt**: {s['prompt']!r}", f"  - teacher: {s['teacher']!r}", f"  - student after: {s['student_after']!r}"]
+    return "\n".join(lines) + "\n"
