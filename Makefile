@@ -31,6 +31,8 @@ demo: setup
 	$(BIN)/synth generate prompts/demo/recipe.yaml
 	$(BIN)/synth curate prompts/demo/recipe.yaml
 	$(BIN)/sft train prompts/demo/recipe.yaml
+	$(BIN)/sft merge prompts/demo/recipe.yaml
+	$(BIN)/sft eval prompts/demo/recipe.yaml
 	@echo
 	@echo "The demo teacher is a tiny random model: its answers are nonsense by design."
 	@echo "For real data set teacher.model to a real model (an HF id or a local directory), e.g."
