@@ -1,0 +1,149 @@
+"""Benchmark: sft's default training recipe vs a plain TRL SFTTrainer with TRL's defaults.
+
+Same data (synthetic chats of mixed length), same model, same steps, in one run: real
+(non-padding) tokens per second, from TRL's own `num_tokens` count, and peak memory.
+For a GPU machine: `--shape qwen05b` (a Qwen2.5-0.5B-shaped model with random weights; no
+weights can be downloaded). On CPU the tiny local model's steps/s shows regressions.
+Needs torch, transformers, trl, peft, datasets (`pip install 'stillhouse[sft]'`).
+
+    python bench/sft_throughput.py [--shape tiny|qwen05b] [--steps 30] [--batch 8]
+
+Last line: RESULT sft_throughput ratio=<sft/plain tok/s> tok_s=<sft tok/s>
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def _need() -> None:
+    for module in ("torch", "transformers", "trl", "peft", "datasets"):
+        try:
+            __import__(module)
+        except ImportError:
+            sys.exit(f"bench/sft_throughput.py needs {module}: pip install 'stillhouse[sft]'")
+
+
+def make_model(shape: str, work: Path) -> Path:
+    from synth.tiny_model import build_tiny_model
+
+    if shape == "tiny":
+        return build_tiny_model(work / "tiny")
+    # Qwen2.5-0.5B's shape with random weights, the tiny tokenizer (vocab size is the shape's).
+    import torch
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    tok_dir = build_tiny_model(work / "tok")
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    config = Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                         num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=4096,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(config).to(torch.bfloat16)
+    out = work / "qwen05b"
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def make_data(path: Path, n: int, seed: int = 0) -> None:
+    rng = random.Random(seed)
+    vocab = [f"word{i}" for i in range(3000)]
+    with path.open("w") as fh:
+        for _ in range(n):
+            length = rng.choice([64, 128, 256, 512, 1024])  # tokens, roughly: mixed lengths
+            words = [rng.choice(vocab) for _ in range(length // 3)]
+            cut = max(1, len(words) // 4)
+            fh.write(json.dumps({"messages": [{"role": "user", "content": " ".join(words[:cut])},
+                                              {"role": "assistant", "content": " ".join(words[cut:])}]}) + "\n")
+
+
+def peak_memory_mib() -> float:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_sft(recipe_path: Path) -> tuple[float, float]:
+    from sft.train import prepare
+    from synth.config import load_recipe
+
+    p = prepare(load_recipe(recipe_path), progress=False)
+    t = time.perf_counter()
+    p.trainer.train()
+    dt = time.perf_counter() - t
+    tokens = max(h.get("num_tokens", 0) for h in p.trainer.state.log_history)
+    return tokens / dt, dt
+
+
+def run_plain(model_dir: Path, data: Path, steps: int, batch: int, out: Path) -> tuple[float, float]:
+    import torch
+    from datasets import load_dataset
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    ds = load_dataset("json", data_files=str(data), split="train")
+    args = SFTConfig(output_dir=str(out), max_steps=steps, per_device_train_batch_size=batch, logging_steps=5,
+                     report_to=[], save_strategy="no", use_cpu=not torch.cuda.is_available(),
+                     bf16=torch.cuda.is_available(), disable_tqdm=True)
+    trainer = SFTTrainer(model=str(model_dir), args=args, train_dataset=ds,
+                         peft_config=LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"))
+    t = time.perf_counter()
+    trainer.train()
+    dt = time.perf_counter() - t
+    tokens = max(h.get("num_tokens", 0) for h in trainer.state.log_history)
+    return tokens / dt, dt
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", choices=["tiny", "qwen05b"], default="tiny")
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--batch", type=int, default=8)
+    args = ap.parse_args()
+    _need()
+    import torch
+    import yaml
+
+    work = Path(tempfile.mkdtemp(prefix="bench-sft-"))
+    model = make_model(args.shape, work)
+    out = work / "out"
+    out.mkdir()
+    make_data(out / "train.jsonl", args.steps * args.batch)
+    seeds = work / "s.txt"
+    seeds.write_text("x\n")
+    (work / "t.j2").write_text("{{ prompt }}")
+    recipe = work / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "seeds": {"path": str(seeds)}, "template": {"path": str(work / "t.j2")},
+        "teacher": {"model": "org/unused"}, "output": {"dir": str(out)},
+        "sft": {"model": str(model), "max_steps": args.steps, "batch_size": args.batch, "logging_steps": 5,
+                "save_steps": 10_000, "max_length": 1024, "lora": {"r": 16, "alpha": 32}},
+    }))
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    print(f"device: {device}; shape {args.shape}; {args.steps} steps x batch {args.batch}")
+    plain_tok, plain_dt = run_plain(model, out / "train.jsonl", args.steps, args.batch, work / "plain")
+    plain_mem = peak_memory_mib()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    sft_tok, sft_dt = run_sft(recipe)
+    sft_mem = peak_memory_mib()
+    print(f"plain TRL defaults: {plain_tok:,.0f} real tok/s, {args.steps / plain_dt:.2f} steps/s, peak {plain_mem:,.0f} MiB")
+    print(f"sft default recipe: {sft_tok:,.0f} real tok/s, {args.steps / sft_dt:.2f} steps/s, peak {sft_mem:,.0f} MiB")
+    print(f"RESULT sft_throughput ratio={sft_tok / plain_tok:.2f} tok_s={sft_tok:.0f}")
+
+
+if __name__ == "__main__":
+    main()
