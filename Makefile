@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo distill test test-fast lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -28,16 +28,18 @@ $(VENV)/.installed: pyproject.toml constraints/cpu.txt
 demo: setup
 	$(BIN)/synth tiny-model .demo/tiny-model
 	$(BIN)/synth tiny-model .demo/tiny-student --architecture qwen2
-	$(BIN)/synth generate prompts/demo/recipe.yaml
-	$(BIN)/synth curate prompts/demo/recipe.yaml
-	$(BIN)/sft train prompts/demo/recipe.yaml
+	$(BIN)/synth run prompts/demo/recipe.yaml
 	$(BIN)/sft merge prompts/demo/recipe.yaml
-	$(BIN)/sft eval prompts/demo/recipe.yaml
 	@echo
 	@echo "The demo teacher is a tiny random model: its answers are nonsense by design."
 	@echo "For real data set teacher.model to a real model (an HF id or a local directory), e.g."
 	@echo "  $(BIN)/synth generate prompts/demo/recipe.yaml --set teacher.model=Qwen/Qwen2.5-7B-Instruct \\"
 	@echo "      --set teacher.vllm.dtype=auto --set teacher.vllm.gpu_memory_utilization=0.9 --set teacher.vllm.enforce_eager=false --set output.dir=runs/qwen"
+
+# The whole loop for any recipe: make distill RECIPE=prompts/compliance/recipe.yaml
+RECIPE ?= prompts/demo/recipe.yaml
+distill: setup
+	$(BIN)/synth run $(RECIPE)
 
 test: setup
 	$(BIN)/python -m pytest -q
@@ -52,6 +54,9 @@ lint: setup
 bench: setup
 	$(BIN)/python bench/generate_overhead.py
 	$(BIN)/python bench/api_client.py
+	$(BIN)/python bench/dedup.py
+	$(BIN)/python bench/curate_memory.py
+	$(BIN)/python bench/sft_throughput.py
 
 clean:
 	rm -rf .demo runs .pytest_cache

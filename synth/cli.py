@@ -112,6 +112,25 @@ def cmd_curate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from synth.config import load_recipe
+
+    recipe = load_recipe(args.recipe, args.set)
+    _setup_logging(Path(recipe.output.dir) / "run.log", args.verbose)
+    from synth.run import run_all
+
+    try:
+        report = run_all(recipe, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print("synth run: interrupted; rerun the same command to go on where it stopped", file=sys.stderr)
+        return 130
+    print(f"synth run: {recipe.name}")
+    for s in report["stages"]:
+        print(f"  {s['stage']:<9} {s['status']:<8} {s.get('summary') or s.get('why', '')}")
+    print(f"  report: {recipe.output.dir}/report.md; dataset card: {report['card']}")
+    return 0
+
+
 def cmd_tiny_model(args: argparse.Namespace) -> int:
     _setup_logging(None, args.verbose)
     from synth.tiny_model import build_tiny_model
@@ -164,6 +183,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _recipe_arguments(cur)
     cur.set_defaults(func=cmd_curate)
+
+    run = sub.add_parser(
+        "run",
+        help="the whole loop: generate, curate, dataset card, and with an sft section train and evaluate",
+        description="Run every stage of the recipe, each skipping work already done; writes OUTPUT/report.md.",
+    )
+    _recipe_arguments(run)
+    run.set_defaults(func=cmd_run)
 
     tiny = sub.add_parser(
         "tiny-model",

@@ -206,6 +206,11 @@ class CurateConfig:
 
 
 @dataclass
+class CardConfig:
+    teacher_terms: str | None = help_field(None, help="the teacher's licence or terms of use, stated on the dataset card")
+
+
+@dataclass
 class Recipe:
     seeds: SeedsConfig = help_field(help="where the seed prompts come from")
     template: TemplateConfig = help_field(help="how a seed row becomes a chat")
@@ -213,6 +218,7 @@ class Recipe:
     output: OutputConfig = help_field(help="where results go")
     sampling: SamplingConfig = help_field(default_factory=SamplingConfig, help="sampling parameters")
     curate: CurateConfig = help_field(default_factory=CurateConfig, help="how raw answers become the training set")
+    card: CardConfig = help_field(default_factory=CardConfig, help="what the dataset card (OUTPUT/README.md) states")
     sft: dict[str, Any] = help_field({}, help="student training (`sft train`); its keys are validated by the sft package, see README")
     name: str = help_field("recipe", help="a name for this recipe, shown in the manifest")
 

@@ -143,6 +143,13 @@ def to_dict(obj: Any) -> Any:
     return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
 
 
+def canonical_dict(obj: Any) -> Any:
+    """A config as plain data that compares equal across runs (for "already done" stamps)."""
+    import json
+
+    return json.loads(json.dumps(to_dict(obj), sort_keys=True, default=str))
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply `a.b.c=value` overrides to a nested dict; values are parsed as YAML scalars."""
     for item in overrides:

@@ -120,11 +120,18 @@ def test_readme_documents_every_config_key():
     assert reference_markdown().splitlines()[0].startswith("| key |")
 
 
-@pytest.mark.parametrize("name", ["recipe.yaml", "api-recipe.yaml"])
+@pytest.mark.parametrize("name", ["demo/recipe.yaml", "demo/api-recipe.yaml", "compliance/recipe.yaml"])
 def test_example_recipes_are_valid(name):
-    r = load_recipe(REPO / "prompts" / "demo" / name)
-    assert Path(r.seeds.path).name == "seed_tasks.jsonl"
-    assert Path(r.template.path).is_file()
+    from sft.config import load_sft
+    from synth.generate import plan_requests
+
+    r = load_recipe(REPO / "prompts" / name)
+    assert Path(r.seeds.path).is_file() and Path(r.template.path).is_file()
+    teacher = {"backend": r.teacher.backend, "model": r.teacher.model}  # no model files needed to plan
+    plan = plan_requests(r, teacher)
+    assert len(plan.requests) == len(Path(r.seeds.path).read_text().splitlines()) * r.sampling.n - plan.duplicates
+    if r.sft:
+        load_sft(r.sft)
 
 
 def test_saved_config_redacts_a_key_given_in_the_recipe(tmp_path):

@@ -1,0 +1,122 @@
+"""The dataset card: README.md beside the data, with PNG plots, from what the stages wrote.
+
+It reads manifest.json (generate and curate), stats.json, train.jsonl and, when a student
+was trained, its metrics and eval report; it calls nothing and changes no data.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from synth.config import Recipe
+from synth.rawlog import iter_records
+
+
+def _lengths(path: Path) -> list[int]:
+    return [int((r.get("usage") or {}).get("completion_tokens") or 0) for r in iter_records(path)] if path.exists() else []
+
+
+def _plots(out: Path, kept: list[int], rejected: list[int], funnel: list[dict[str, Any]]) -> list[str]:
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:  # plots are optional: pip install matplotlib
+        return []
+    made = []
+    fig = Figure(figsize=(6, 3.2))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.hist([kept, rejected], bins=30, label=["kept", "rejected"], stacked=True)
+    ax.set_xlabel("answer length (completion tokens)")
+    ax.set_ylabel("records")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "lengths.png", dpi=100)
+    made.append("lengths.png")
+    if funnel:
+        fig = Figure(figsize=(6, 3.2))
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        labels = [f["stage"] for f in funnel]
+        values = [f.get("count", f.get("remaining", 0)) for f in funnel]
+        ax.barh(labels[::-1], values[::-1])
+        ax.set_xlabel("records remaining")
+        fig.tight_layout()
+        fig.savefig(out / "funnel.png", dpi=100)
+        made.append("funnel.png")
+    return made
+
+
+def _dist(values: list[int]) -> str:
+    if not values:
+        return "n/a"
+    ordered = sorted(values)
+    p95 = ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
+    return f"mean {statistics.mean(values):.0f}, median {statistics.median(values):.0f}, p95 {p95}, max {ordered[-1]}"
+
+
+def write_card(recipe: Recipe) -> Path:
+    """Write OUTPUT/README.md (the dataset card) and its plots; returns the card's path."""
+    out = Path(recipe.output.dir)
+    manifest = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").exists() else {}
+    gen, cur = manifest.get("counts", {}), manifest.get("curate", {})
+    stats = cur.get("stats", {})
+    kept, rejected = _lengths(out / "train.jsonl") + _lengths(out / "eval.jsonl"), _lengths(out / "rejected.jsonl")
+    plots = _plots(out, kept, rejected, cur.get("funnel", []))
+    teacher, sampling = manifest.get("teacher", {}), recipe.sampling.identity()
+    lines = [
+        f"# {recipe.name}: a distillation dataset made with stillhouse",
+        "",
+        f"Teacher answers to {gen.get('requests', '?')} requests from `{recipe.seeds.path}` "
+        f"(template `{recipe.template.path}`), curated for fine-tuning a student.",
+        "",
+        "## Teacher and sampling",
+        "",
+        f"- teacher: `{teacher.get('backend')}` / `{teacher.get('model')}`"
+        + (f" at {teacher['base_url']}" if teacher.get("base_url") else "")
+        + (f", weights fingerprint `{teacher['fingerprint']}`" if teacher.get("fingerprint") else ""),
+        f"- teacher licence or terms of use: {recipe.card.teacher_terms or 'NOT STATED: check the teacher model licence or API terms before using these outputs for training'}",
+        f"- sampling: n={recipe.sampling.n}, " + ", ".join(f"{k}={v}" for k, v in sampling.items()),
+        "",
+        "## Counts per stage",
+        "",
+        "| stage | records |",
+        "| --- | --- |",
+        f"| requests | {gen.get('requests', 0)} |",
+        f"| answered (raw.jsonl) | {gen.get('kept', 0)} |",
+        f"| failed (failures.jsonl) | {gen.get('failed', 0)} |",
+        f"| kept by curation | {stats.get('kept', 0)} (train {stats.get('train', 0)}, eval {stats.get('eval', 0)}) |",
+        f"| rejected by curation | {stats.get('rejected', 0)} |",
+        "",
+        "## Rejections by filter",
+        "",
+        "| filter | rejected |",
+        "| --- | --- |",
+        *[f"| {k.split(':', 1)[1]} | {v} |" for k, v in stats.get("rejected_by_filter", {}).items()],
+        "",
+        "Every rejected record is in `rejected.jsonl` with its filter and reason.",
+        "",
+        "## Answer lengths (completion tokens)",
+        "",
+        f"- kept: {_dist(kept)}",
+        f"- rejected: {_dist(rejected)}",
+        "",
+        *[f"![{p}]({p})" for p in plots],
+        "",
+        "## Load it",
+        "",
+        "```python",
+        "from datasets import load_dataset",
+        f'ds = load_dataset("json", data_files={{"train": "{out}/train.jsonl"'
+        + (f', "eval": "{out}/eval.jsonl"' if stats.get("eval") else "")
+        + "})",
+        "# ds['train'][0]['messages'] is TRL's conversational format",
+        "```",
+        "",
+    ]
+    card = out / "README.md"
+    card.write_text("\n".join(lines), encoding="utf-8")
+    return card

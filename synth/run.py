@@ -1,0 +1,111 @@
+"""`synth run`: the whole loop from one recipe: generate, curate, card, and (with an `sft`
+section) train, merge-free evaluation of the student.
+
+Each stage skips the work already done: generate sends only missing requests; curation is
+deterministic and cheap; training is skipped when the student was trained on exactly this
+train.jsonl with this sft config (and resumes from its last checkpoint otherwise);
+evaluation is skipped when its report belongs to the current adapter. `report.md` at the
+top of the output tree says what each stage did.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from synth.config import Recipe
+from synth.configtools import canonical_dict
+
+logger = logging.getLogger(__name__)
+
+
+def _sha(path: Path) -> str | None:
+    if not path.exists():
+        return None
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def run_all(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
+    from synth.card import write_card
+    from synth.curate import run_curate
+    from synth.generate import run_generate
+
+    out = Path(recipe.output.dir)
+    report: dict[str, Any] = {"recipe": recipe.name, "stages": []}
+
+    def stage(name: str, fn, skip_reason: str | None = None) -> Any:
+        t = time.monotonic()
+        if skip_reason:
+            logger.info("%s: skipped (%s)", name, skip_reason)
+            report["stages"].append({"stage": name, "status": "skipped", "why": skip_reason})
+            return None
+        result = fn()
+        report["stages"].append({"stage": name, "status": "done", "wall_s": round(time.monotonic() - t, 1)})
+        return result
+
+    gen = stage("generate", lambda: run_generate(recipe, progress=progress))
+    report["stages"][-1]["summary"] = f"{gen['counts']['kept']} of {gen['counts']['requests']} answered, {gen['counts']['generated']} new, {gen['counts']['failed']} failed"
+    cur = stage("curate", lambda: run_curate(recipe, progress=progress))
+    report["stages"][-1]["summary"] = f"kept {cur['kept']} (train {cur['train']}, eval {cur['eval']}), rejected {cur['rejected']}"
+    card = write_card(recipe)
+    report["card"] = str(card)
+
+    if recipe.sft:
+        from sft.config import load_sft
+
+        cfg = load_sft(recipe.sft)
+        train_path, eval_path, student = cfg.resolved_paths(recipe.output.dir)
+        fingerprint = {"train_sha": _sha(train_path), "sft": canonical_dict(cfg)}
+        stamp = student / "trained_on.json"
+        done = stamp.exists() and json.loads(stamp.read_text()) == fingerprint
+        if stamp.exists() and not done:
+            logger.info("train: data or sft config changed since the last training")
+
+        def train() -> dict[str, Any]:
+            from sft.train import run_train
+
+            metrics = run_train(recipe, progress=progress)
+            stamp.write_text(json.dumps(fingerprint, indent=2), encoding="utf-8")
+            return metrics
+
+        metrics = stage("train", train, "trained on this data and config already" if done else None)
+        if metrics:
+            report["stages"][-1]["summary"] = f"{metrics['global_step']} steps, loss {metrics['first_loss']:.3f} -> {metrics['last_loss']:.3f}"
+        adapter_sha = _sha(student / "adapter" / "adapter_model.safetensors")
+        eval_report = student / "eval_report.json"
+        evaluated = eval_report.exists() and json.loads(eval_report.read_text()).get("adapter_sha") == adapter_sha
+
+        def evaluate() -> dict[str, Any]:
+            from sft.evaluate import run_eval
+
+            r = run_eval(recipe)
+            r["adapter_sha"] = adapter_sha
+            eval_report.write_text(json.dumps(r, indent=2) + "\n", encoding="utf-8")
+            return r
+
+        skip = "no held-out split (curate.eval_fraction is 0)" if eval_path is None else (
+            "this adapter was evaluated already" if evaluated else None)
+        ev = stage("eval", evaluate, skip)
+        if ev:
+            ppl = ev["perplexity_of_teacher_answers"]
+            report["stages"][-1]["summary"] = (f"teacher-answer perplexity {ppl['before']:.1f} -> {ppl['after']:.1f}, "
+                                               f"ROUGE-L {ev['student_before']['rouge_l']:.3f} -> {ev['student_after']['rouge_l']:.3f}")
+    _write_report(out, report)
+    return report
+
+
+def _write_report(out: Path, report: dict[str, Any]) -> None:
+    lines = [f"# {report['recipe']}: run report", "", "| stage | status | what happened |", "| --- | --- | --- |"]
+    for s in report["stages"]:
+        lines.append(f"| {s['stage']} | {s['status']} | {s.get('summary') or s.get('why', '')} |")
+    lines += ["", "Dataset card: [README.md](README.md). Student report: student/eval_report.md (when trained).", ""]
+    (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
