@@ -131,6 +131,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_diff(args: argparse.Namespace) -> int:
+    _setup_logging(None, args.verbose)
+    from synth.diff import run_diff
+
+    r = run_diff(args.a, args.b, args.out)
+    a, b = r["a"], r["b"]
+    print(f"synth diff: {r['prompts_in_both']} prompts in both; mean answer similarity (ROUGE-L) {r['mean_answer_similarity']}")
+    print(f"  answer chars mean: A {a['answer_chars_mean']} / B {b['answer_chars_mean']}; refusal rate A {a['refusal_rate']} / B {b['refusal_rate']}")
+    print(f"  report: {(args.out or args.b)}/diff.md")
+    return 0
+
+
 def cmd_tiny_model(args: argparse.Namespace) -> int:
     _setup_logging(None, args.verbose)
     from synth.tiny_model import build_tiny_model
@@ -191,6 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _recipe_arguments(run)
     run.set_defaults(func=cmd_run)
+
+    diff = sub.add_parser("diff", help="compare two dataset versions (e.g. two teachers) prompt by prompt")
+    diff.add_argument("a", help="output dir of the first version")
+    diff.add_argument("b", help="output dir of the second version")
+    diff.add_argument("--out", help="where diff.md and diff.json go (default: B)")
+    diff.add_argument("-v", "--verbose", action="store_true")
+    diff.set_defaults(func=cmd_diff)
 
     tiny = sub.add_parser(
         "tiny-model",

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from sft.evaluate import exact_match, rouge_l, run_eval
+from sft.evaluate import run_eval
 from sft.merge import run_merge
 from sft.train import run_train
 from synth.config import load_recipe
+from synth.textmetrics import exact_match, rouge_l
 
 from conftest import write_jsonl
 
