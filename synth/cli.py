@@ -131,6 +131,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_expand(args: argparse.Namespace) -> int:
+    from synth.config import load_recipe
+
+    recipe = load_recipe(args.recipe, args.set)
+    _setup_logging(Path(recipe.output.dir) / "run.log", args.verbose)
+    from synth.expand import run_expand
+
+    r = run_expand(recipe)
+    print(f"synth expand: {r['seeds']} seeds -> {r['new']} new prompts ({r['calls_sent']} teacher calls sent, "
+          f"{r['calls_cached']} cached); discarded {r['discarded'] or 'none'}")
+    print(f"  output: {r['output']} (set seeds.path to it, seeds.fields to {{}} and the template to use 'prompt')")
+    return 0
+
+
 def cmd_diff(args: argparse.Namespace) -> int:
     _setup_logging(None, args.verbose)
     from synth.diff import run_diff
@@ -203,6 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _recipe_arguments(run)
     run.set_defaults(func=cmd_run)
+
+    exp = sub.add_parser("expand", help="grow the seed prompts with the teacher (self-instruct or evol-instruct); resumable")
+    _recipe_arguments(exp)
+    exp.set_defaults(func=cmd_expand)
 
     diff = sub.add_parser("diff", help="compare two dataset versions (e.g. two teachers) prompt by prompt")
     diff.add_argument("a", help="output dir of the first version")

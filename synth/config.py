@@ -219,6 +219,7 @@ class Recipe:
     sampling: SamplingConfig = help_field(default_factory=SamplingConfig, help="sampling parameters")
     curate: CurateConfig = help_field(default_factory=CurateConfig, help="how raw answers become the training set")
     card: CardConfig = help_field(default_factory=CardConfig, help="what the dataset card (OUTPUT/README.md) states")
+    expand: dict[str, Any] = help_field({}, help="prompt expansion (`synth expand`): self_instruct or evol_instruct; keys validated by synth.expand, see README")
     sft: dict[str, Any] = help_field({}, help="student training (`sft train`); its keys are validated by the sft package, see README")
     name: str = help_field("recipe", help="a name for this recipe, shown in the manifest")
 

@@ -1,0 +1,266 @@
+"""`synth expand`: grow a few dozen seed prompts into many with the teacher.
+
+- self_instruct (Wang et al., 2022): each request shows k prompts sampled from the pool (seeds
+  and, after the first round, generated ones) and asks for more; answers are parsed
+  robustly (numbered, bulleted or "Task N:" lines), filtered (length, tasks a text model
+  cannot do, e.g. images) and kept only when novel: ROUGE-L < `novelty` against every prompt
+  in the pool (MinHash LSH instead once the pool is larger than `minhash_above`).
+- evol_instruct (Xu et al., 2023): each pool prompt is rewritten in depth (add constraints,
+  deepen, concretise, add reasoning) or in breadth (a new prompt of the same domain), and
+  an evolution is eliminated when it brings no new information (ROUGE-L >= 0.9 with its
+  source), copies the rewriting prompt's words, or is empty. The answer-side elimination
+  rules (refusals, punctuation-only answers) are curation filters (refusal, empty).
+
+Resumable like generation: every teacher call has a request id and its answer goes to
+OUTPUT/expand_raw.jsonl as it arrives; the random choices are seeded, so a rerun rebuilds
+the same requests and sends only those not answered yet. Output: OUTPUT/expanded.jsonl,
+one {"prompt", "origin"} per line, seeds first; point seeds.path at it to generate.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from synth.config import OutputConfig, Recipe, TemplateConfig
+from synth.configtools import from_dict, help_field
+from synth.rawlog import JsonlAppender, iter_records, repair_tail
+from synth.requests import Request, request_id
+from synth.seeds import load_seeds
+from synth.templates import PromptTemplate
+from synth.textmetrics import rouge_l
+
+logger = logging.getLogger(__name__)
+
+PROMPTS = Path(__file__).resolve().parent.parent / "prompts" / "expand"
+EVOL_DEPTH = ("constraints", "deepen", "concretize", "reasoning")
+# Tasks a text-only model cannot do (the Self-Instruct paper's keyword filter).
+BLOCKLIST = re.compile(r"\b(image|images|graph|graphs|picture|pictures|file|files|map|maps|draw|plot|go to|video|audio|flowchart|diagram)\b", re.IGNORECASE)
+_ITEM = re.compile(r"^\s*(?:(?:task|instruction|prompt)\s*\d+\s*[:.)-]|\d+\s*[.):-]|[-*•])\s*(.+?)\s*$", re.IGNORECASE)
+_COPY_MARKERS = ("given prompt", "rewritten prompt", "#rewritten", "prompt rewriter", "new prompt:", "#created prompt#")
+
+
+@dataclass
+class ExpandOptions:
+    method: str = help_field("self_instruct", help="self_instruct or evol_instruct")
+    field: str = help_field("prompt", help="seed column (after seeds.fields mapping) that holds the instruction")
+    target: int = help_field(100, help="self_instruct: stop once this many new prompts are kept")
+    rounds: int = help_field(10, help="self_instruct: most rounds; evol_instruct: generations of evolution")
+    requests_per_round: int = help_field(16, help="self_instruct: teacher calls per round")
+    examples: int = help_field(8, help="self_instruct: prompts shown per call (the paper: 6 seeds + 2 generated)")
+    generated_examples: int = help_field(2, help="self_instruct: how many of those come from generated prompts")
+    novelty: float = help_field(0.7, help="keep a prompt only if its ROUGE-L with every pool prompt is below this")
+    minhash_above: int = help_field(5000, help="pool size above which MinHash LSH replaces the ROUGE-L scan")
+    min_words: int = help_field(3, help="shortest prompt kept, in words")
+    max_words: int = help_field(150, help="longest prompt kept, in words")
+    breadth_share: float = help_field(0.2, help="evol_instruct: share of in-breadth evolutions")
+    temperature: float = help_field(1.0, help="sampling temperature of expansion calls")
+    max_tokens: int = help_field(512, help="most tokens per expansion answer")
+    seed: int = help_field(0, help="seed of every random choice (examples, operations): reruns rebuild the same requests")
+
+    def __post_init__(self) -> None:
+        if self.method not in ("self_instruct", "evol_instruct"):
+            raise ValueError(f"method: unknown '{self.method}'; choose self_instruct or evol_instruct")
+        if not (0 < self.novelty <= 1):
+            raise ValueError(f"novelty: must be in (0, 1], got {self.novelty}")
+        for name in ("target", "rounds", "requests_per_round", "examples"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be at least 1")
+
+
+def parse_items(text: str) -> list[str]:
+    """Instructions from a teacher's list answer: numbered, bulleted or 'Task N:' lines."""
+    items = []
+    for line in text.splitlines():
+        m = _ITEM.match(line)
+        if m:
+            item = m.group(1).strip().strip('"').strip()
+            if item:
+                items.append(item)
+    return items
+
+
+class NoveltyPool:
+    """The prompts so far; `add` keeps a candidate only if it is novel against all of them."""
+
+    def __init__(self, prompts: list[str], threshold: float, minhash_above: int):
+        self.prompts = list(prompts)
+        self.threshold, self.minhash_above = threshold, minhash_above
+        self._index = None
+
+    def _minhash(self):
+        from synth.filters.dedup import NearIndex
+
+        if self._index is None:
+            self._index = NearIndex(self.threshold, 2, 128, None, 0)
+            for i, p in enumerate(self.prompts):
+                self._index.add(str(i), p)
+        return self._index
+
+    def add(self, candidate: str) -> bool:
+        if len(self.prompts) > self.minhash_above:
+            if self._minhash().add(str(len(self.prompts)), candidate) is not None:
+                return False
+        elif any(rouge_l(candidate, p) >= self.threshold for p in self.prompts):
+            return False
+        self.prompts.append(candidate)
+        return True
+
+
+def acceptable(prompt: str, o: ExpandOptions) -> str | None:
+    """Why a candidate prompt is discarded, or None."""
+    words = prompt.split()
+    if not (o.min_words <= len(words) <= o.max_words):
+        return "length"
+    if BLOCKLIST.search(prompt):
+        return "not a text task"
+    if not prompt[0].isalnum():
+        return "starts with punctuation"
+    if any(marker in prompt.lower() for marker in _COPY_MARKERS):
+        return "copies the rewriting prompt"
+    return None
+
+
+class _Caller:
+    """Sends expansion requests through the recipe's teacher, cached in expand_raw.jsonl."""
+
+    def __init__(self, recipe: Recipe, o: ExpandOptions, backend: Any = None):
+        from synth.backends import load_backend_class
+
+        self.recipe, self.o = recipe, o
+        self.backend_cls = load_backend_class(recipe.teacher.backend)
+        self.backend = backend
+        self.identity = backend.identity() if backend is not None else self.backend_cls.identity_for(recipe.teacher)
+        self.sampling = {"temperature": o.temperature, "top_p": 1.0, "top_k": None, "max_tokens": o.max_tokens, "seed": o.seed, "stop": []}
+        out = Path(recipe.output.dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.log = out / "expand_raw.jsonl"
+        repair_tail(self.log)
+        self.answers = {r["id"]: r["messages"][-1]["content"] for r in iter_records(self.log)}
+        self.sent = 0
+        self.own = False
+
+    def request(self, template: PromptTemplate, fields: dict[str, Any], index: int) -> Request:
+        messages = template.render(fields, where="expansion request")
+        sampling = {**self.sampling, "seed": self.o.seed + index}
+        rid = request_id(messages, fields, self.identity, sampling, index)
+        return Request(rid, messages, sampling, index, {"source": "expand", "line": 0, "fields": {}}, template.provenance())
+
+    def answer(self, requests: list[Request]) -> dict[str, str]:
+        from synth.backends import Completion
+        from synth.generate import make_record
+
+        todo = [r for r in requests if r.id not in self.answers]
+        if todo:
+            if self.backend is None:
+                self.backend, self.own = self.backend_cls(self.recipe.teacher), True
+            out = OutputConfig(dir=self.recipe.output.dir)
+            with JsonlAppender(self.log, out.sync_every, out.sync_interval_s) as sink:
+                for result in self.backend.generate(iter(todo)):
+                    if isinstance(result, Completion):
+                        sink.append(make_record(result, self.identity))
+                        self.answers[result.request.id] = result.text
+                        self.sent += 1
+                    else:
+                        logger.warning("expansion request failed: %s: %s", result.error_type, result.message)
+        return {r.id: self.answers[r.id] for r in requests if r.id in self.answers}
+
+    def close(self) -> None:
+        if self.own and self.backend is not None:
+            self.backend.close()
+
+
+def run_expand(recipe: Recipe, backend: Any = None) -> dict[str, Any]:
+    o = from_dict(ExpandOptions, recipe.expand, prefix="expand")
+    seeds = load_seeds(recipe.seeds)
+    missing = [s for s in seeds if not isinstance(s.fields.get(o.field), str)]
+    if missing:
+        raise ValueError(f"expand.field: {missing[0].source} line {missing[0].line} has no text column '{o.field}'; set expand.field")
+    seed_prompts = [s.fields[o.field].strip() for s in seeds]
+    caller = _Caller(recipe, o, backend)
+    rng = random.Random(o.seed)
+    new: list[dict[str, Any]] = []
+    discarded: dict[str, int] = {}
+    try:
+        if o.method == "self_instruct":
+            _self_instruct(caller, o, rng, seed_prompts, new, discarded)
+        else:
+            _evol_instruct(caller, o, rng, seed_prompts, new, discarded)
+    finally:
+        caller.close()
+    out = Path(recipe.output.dir) / "expanded.jsonl"
+    rows = [{"prompt": p, "origin": {"method": "seed"}} for p in seed_prompts] + new
+    out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return {"seeds": len(seed_prompts), "new": len(new), "discarded": discarded, "calls_sent": caller.sent,
+            "calls_cached": len(caller.answers) - caller.sent, "output": str(out)}
+
+
+def _consider(candidate: str, pool: NoveltyPool, o: ExpandOptions, discarded: dict[str, int]) -> bool:
+    why = acceptable(candidate, o)
+    if why is None and not pool.add(candidate):
+        why = "not novel"
+    if why:
+        discarded[why] = discarded.get(why, 0) + 1
+        return False
+    return True
+
+
+def _self_instruct(caller, o, rng, seeds, new, discarded) -> None:
+    template = PromptTemplate.load(TemplateConfig(path=str(PROMPTS / "self_instruct.j2")))
+    pool = NoveltyPool(seeds, o.novelty, o.minhash_above)
+    index = 0
+    for round_no in range(o.rounds):
+        if len(new) >= o.target:
+            break
+        requests = []
+        for _ in range(o.requests_per_round):
+            generated = [n["prompt"] for n in new]
+            k_gen = min(o.generated_examples, len(generated))
+            examples = rng.sample(seeds, min(o.examples - k_gen, len(seeds))) + rng.sample(generated, k_gen)
+            requests.append(caller.request(template, {"examples": examples, "count": 8}, index))
+            index += 1
+        answers = caller.answer(requests)
+        for req in requests:
+            for item in parse_items(answers.get(req.id, "")):
+                if len(new) < o.target and _consider(item, pool, o, discarded):
+                    new.append({"prompt": item, "origin": {"method": "self_instruct", "round": round_no, "request": req.id}})
+        logger.info("self-instruct round %d: %d new prompts so far", round_no, len(new))
+
+
+def _evol_instruct(caller, o, rng, seeds, new, discarded) -> None:
+    depth = PromptTemplate.load(TemplateConfig(path=str(PROMPTS / "evol_in_depth.j2")))
+    breadth = PromptTemplate.load(TemplateConfig(path=str(PROMPTS / "evol_in_breadth.j2")))
+    pool = NoveltyPool(seeds, o.novelty, o.minhash_above)
+    current, index = list(seeds), 0
+    for generation in range(o.rounds):
+        plans = []
+        for source in current:
+            if rng.random() < o.breadth_share:
+                plans.append((source, "breadth", caller.request(breadth, {"instruction": source}, index)))
+            else:
+                method = rng.choice(EVOL_DEPTH)
+                plans.append((source, method, caller.request(depth, {"instruction": source, "method": method}, index)))
+            index += 1
+        answers = caller.answer([p[2] for p in plans])
+        evolved = []
+        for source, method, req in plans:
+            text = answers.get(req.id, "").strip().strip('"').strip()
+            if not text:
+                discarded["empty"] = discarded.get("empty", 0) + 1
+                continue
+            if rouge_l(text, source) >= 0.9:  # WizardLM rule 1: no information gain
+                discarded["no information gain"] = discarded.get("no information gain", 0) + 1
+                continue
+            if _consider(text, pool, o, discarded):
+                new.append({"prompt": text, "origin": {"method": "evol_instruct", "operation": method,
+                                                       "generation": generation, "from": source[:200], "request": req.id}})
+                evolved.append(text)
+        logger.info("evol-instruct generation %d: %d evolved", generation, len(evolved))
+        if not evolved:
+            break
+        current = evolved
