@@ -153,7 +153,26 @@ def run_eval(recipe: Recipe) -> dict[str, Any]:
     ]
     (out / "eval_report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     (out / "eval_report.md").write_text(_markdown(report), encoding="utf-8")
+    _plot(report, out / "eval.png")
     return report
+
+
+def _plot(r: dict[str, Any], path: Path) -> None:
+    """Before/after bars: teacher-answer perplexity and ROUGE-L vs the teacher."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 3))
+    FigureCanvasAgg(fig)
+    ax1, ax2 = fig.subplots(1, 2)
+    ppl = r["perplexity_of_teacher_answers"]
+    ax1.bar(["before", "after"], [ppl["before"], ppl["after"]], color=["#999", "#3a7"])
+    ax1.set_title("perplexity of teacher answers")
+    ax2.bar(["before", "after"], [r["student_before"]["rouge_l"], r["student_after"]["rouge_l"]], color=["#999", "#3a7"])
+    ax2.set_title("ROUGE-L vs teacher")
+    ax2.set_ylim(0, 1)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
 
 
 def _markdown(r: dict[str, Any]) -> str:

@@ -1,5 +1,5 @@
-"""`synth run`: the whole loop from one recipe: generate, curate, card, and (with an `sft`
-section) train, merge-free evaluation of the student.
+"""`synth run`: the whole loop from one recipe: (with an `expand` section) expand, generate,
+curate, card, and (with an `sft` section) train and evaluate the student.
 
 Each stage skips the work already done: generate sends only missing requests; curation is
 deterministic and cheap; training is skipped when the student was trained on exactly this
@@ -51,6 +51,13 @@ def run_all(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
         report["stages"].append({"stage": name, "status": "done", "wall_s": round(time.monotonic() - t, 1)})
         return result
 
+    if recipe.expand:
+        from synth.expand import run_expand
+
+        exp = stage("expand", lambda: run_expand(recipe))
+        report["stages"][-1]["summary"] = f"{exp['seeds']} seeds -> {exp['new']} new prompts ({exp['calls_sent']} calls sent)"
+        recipe = expanded_recipe(recipe, exp["output"])
+
     gen = stage("generate", lambda: run_generate(recipe, progress=progress))
     report["stages"][-1]["summary"] = f"{gen['counts']['kept']} of {gen['counts']['requests']} answered, {gen['counts']['generated']} new, {gen['counts']['failed']} failed"
     cur = stage("curate", lambda: run_curate(recipe, progress=progress))
@@ -100,6 +107,16 @@ def run_all(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
                                                f"ROUGE-L {ev['student_before']['rouge_l']:.3f} -> {ev['student_after']['rouge_l']:.3f}")
     _write_report(out, report)
     return report
+
+
+def expanded_recipe(recipe: Recipe, expanded: str) -> Recipe:
+    """The recipe with its seeds replaced by the expanded prompts, under the same template
+    variable (expand.field), so the template is unchanged."""
+    import dataclasses
+
+    field = recipe.expand.get("field", "prompt")
+    seeds = dataclasses.replace(recipe.seeds, path=expanded, format="jsonl", fields={field: "prompt"}, limit=None)
+    return dataclasses.replace(recipe, seeds=seeds)
 
 
 def _write_report(out: Path, report: dict[str, Any]) -> None:

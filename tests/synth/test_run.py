@@ -54,3 +54,56 @@ def test_whole_loop_then_rerun_skips_done_work(tmp_path, tiny_model):
     assert third.returncode == 0, third.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert report["stages"][2]["status"] == "done" and report["stages"][3]["status"] == "done"
+
+
+def test_expand_stage_and_a_kill_inside_training_resume(tmp_path, tiny_model):
+    import os
+    import signal
+    import time
+
+    import psutil
+
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("".join(json.dumps({"question": json.loads(line)["instruction"]}) + "\n"
+                             for line in SEED_TASKS.read_text().splitlines()[:30]))
+    recipe = {
+        "name": "loop2",
+        "seeds": {"path": str(seeds)},
+        "template": {"path": str(tmp_path / "plain.j2")},
+        "teacher": {"backend": "vllm", "model": str(tiny_model), "vllm": ENGINE},
+        "sampling": {"n": 1, "max_tokens": 16, "seed": 1},
+        "output": {"dir": str(tmp_path / "out")},
+        "expand": {"method": "self_instruct", "field": "question", "rounds": 1, "requests_per_round": 2, "max_tokens": 16},
+        "curate": {"filters": ["empty"], "eval_fraction": 0.2},
+        "sft": {"model": str(tiny_model), "max_steps": 200, "batch_size": 2, "logging_steps": 5, "save_steps": 5,
+                "max_length": 256, "eval_limit": 2, "eval_max_new_tokens": 4, "eval_engine": "transformers"},
+    }
+    (tmp_path / "plain.j2").write_text("{{ question }}")
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    cmd = [sys.executable, "-m", "synth.cli", "run", str(path), "--no-progress"]
+    ckpts = tmp_path / "out" / "student" / "checkpoints"
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (ckpts.is_dir() and any(p.name.startswith("checkpoint-") for p in ckpts.iterdir())):
+            assert proc.poll() is None, "the run ended before training could be interrupted"
+            assert time.monotonic() < deadline
+            time.sleep(0.02)  # polling a condition
+        children = psutil.Process(proc.pid).children(recursive=True)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert not psutil.wait_procs(children, timeout=10)[1]
+
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    stages = {s["stage"]: s for s in report["stages"]}
+    assert list(stages) == ["expand", "generate", "curate", "train", "eval"]
+    assert "(0 calls sent)" in stages["expand"]["summary"], "expansion calls come from expand_raw.jsonl"
+    assert "0 new" in stages["generate"]["summary"]
+    metrics = json.loads((tmp_path / "out" / "student" / "metrics.json").read_text())
+    assert metrics["resumed_from"] and "checkpoint-" in metrics["resumed_from"] and metrics["global_step"] == 200
