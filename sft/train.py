@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,14 +199,34 @@ def prepare(recipe: Recipe, progress: bool = True) -> Prepared:
     return Prepared(trainer, cfg, out, tokenizer, report, packing, attn, on_gpu)
 
 
-def train_and_save(p: Prepared) -> dict[str, Any]:
-    """Train (resuming from the last checkpoint) and write adapter, config, metrics, plot."""
-    from transformers.trainer_utils import get_last_checkpoint
+def last_complete_checkpoint(ckpt_dir: Path) -> str | None:
+    """The newest checkpoint that was written to the end.
 
+    The Trainer writes trainer_state.json last; a run killed while saving leaves a
+    checkpoint without it (or with it torn). Such a directory is renamed
+    `incomplete-checkpoint-N` (kept for inspection, out of the Trainer's way) and the one
+    before it is used."""
+    if not ckpt_dir.is_dir():
+        return None
+    found = sorted((d for d in ckpt_dir.iterdir() if d.is_dir() and re.fullmatch(r"checkpoint-\d+", d.name)),
+                   key=lambda d: int(d.name.split("-")[1]), reverse=True)
+    for d in found:
+        try:
+            json.loads((d / "trainer_state.json").read_text(encoding="utf-8"))
+            return str(d)
+        except (OSError, ValueError):
+            target = d.with_name("incomplete-" + d.name)
+            logger.warning("%s was cut off while saving (killed?); moved to %s, resuming from the one before", d, target.name)
+            d.rename(target)
+    return None
+
+
+def train_and_save(p: Prepared) -> dict[str, Any]:
+    """Train (resuming from the last complete checkpoint) and write adapter, config, metrics, plot."""
     started = time.monotonic()
     trainer, cfg, out, tokenizer, report = p.trainer, p.cfg, p.out, p.tokenizer, p.report
     ckpt_dir = out / "checkpoints"
-    last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    last = last_complete_checkpoint(ckpt_dir)
     if last:
         logger.info("resuming from %s", last)
     result = trainer.train(resume_from_checkpoint=last)

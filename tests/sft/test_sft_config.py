@@ -37,3 +37,19 @@ def test_invalid_sft_config(section, message):
 def test_packing_accepts_yaml_booleans():
     assert load_sft({"model": "m", "packing": True}).packing is True
     assert load_sft({"model": "m"}).packing == "auto"
+
+
+def test_incomplete_checkpoints_are_set_aside(tmp_path):
+    from sft.train import last_complete_checkpoint
+
+    ckpts = tmp_path / "checkpoints"
+    for step, complete in ((5, True), (10, True), (15, False)):
+        d = ckpts / f"checkpoint-{step}"
+        d.mkdir(parents=True)
+        (d / "adapter_model.safetensors").write_bytes(b"x")
+        if complete:
+            (d / "trainer_state.json").write_text('{"global_step": %d}' % step)
+    (ckpts / "checkpoint-10" / "trainer_state.json").write_text('{"global_st')  # torn while saving
+    assert last_complete_checkpoint(ckpts) == str(ckpts / "checkpoint-5")
+    assert sorted(p.name for p in ckpts.iterdir()) == ["checkpoint-5", "incomplete-checkpoint-10", "incomplete-checkpoint-15"]
+    assert last_complete_checkpoint(tmp_path / "none") is None

@@ -86,7 +86,8 @@ def test_expand_stage_and_a_kill_inside_training_resume(tmp_path, tiny_model):
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 300
-        while not (ckpts.is_dir() and any(p.name.startswith("checkpoint-") for p in ckpts.iterdir())):
+        # Kill once a checkpoint is complete (the Trainer writes trainer_state.json last).
+        while not (ckpts.is_dir() and any((p / "trainer_state.json").exists() for p in ckpts.iterdir())):
             assert proc.poll() is None, "the run ended before training could be interrupted"
             assert time.monotonic() < deadline
             time.sleep(0.02)  # polling a condition
