@@ -32,9 +32,11 @@ demo: setup
 	$(BIN)/sft merge prompts/demo/recipe.yaml
 	@echo
 	@echo "The demo teacher is a tiny random model: its answers are nonsense by design."
-	@echo "For real data set teacher.model to a real model (an HF id or a local directory), e.g."
-	@echo "  $(BIN)/synth generate prompts/demo/recipe.yaml --set teacher.model=Qwen/Qwen2.5-7B-Instruct \\"
-	@echo "      --set teacher.vllm.dtype=auto --set teacher.vllm.gpu_memory_utilization=0.9 --set teacher.vllm.enforce_eager=false --set output.dir=runs/qwen"
+	@echo "For real data point the recipe at a real teacher and student (HF ids or local directories), e.g."
+	@echo "  $(BIN)/synth run prompts/demo/recipe.yaml --set teacher.model=Qwen/Qwen2.5-7B-Instruct \\"
+	@echo "      --set teacher.vllm.dtype=auto --set teacher.vllm.gpu_memory_utilization=0.9 --set teacher.vllm.enforce_eager=false \\"
+	@echo "      --set sft.model=Qwen/Qwen2.5-0.5B-Instruct --set output.dir=runs/qwen"
+	@echo "or an API teacher: see prompts/demo/api-recipe.yaml. Results: runs/demo/report.md, runs/demo/README.md"
 
 # The whole loop for any recipe: make distill RECIPE=prompts/compliance/recipe.yaml
 RECIPE ?= prompts/demo/recipe.yaml
