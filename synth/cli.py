@@ -244,14 +244,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def dispatch(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    """Run the chosen subcommand; bad input is one line naming the field and the fix, exit 2
+    (nothing already written is lost)."""
+    args = parser.parse_args(argv)
     try:
         return args.func(args)
     except (ValueError, ImportError) as exc:
-        # Bad input: one line that names the field and the fix; nothing written is lost.
-        print(f"synth: error: {exc}", file=sys.stderr)
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    return dispatch(build_parser(), argv)
 
 
 if __name__ == "__main__":
