@@ -48,7 +48,7 @@ def test_incomplete_checkpoints_are_set_aside(tmp_path):
         d.mkdir(parents=True)
         (d / "adapter_model.safetensors").write_bytes(b"x")
         if complete:
-            (d / "trainer_state.json").write_text('{"global_step": %d}' % step)
+            (d / "trainer_state.json").write_text(f'{{"global_step": {step}}}')
     (ckpts / "checkpoint-10" / "trainer_state.json").write_text('{"global_st')  # torn while saving
     assert last_complete_checkpoint(ckpts) == str(ckpts / "checkpoint-5")
     assert sorted(p.name for p in ckpts.iterdir()) == ["checkpoint-5", "incomplete-checkpoint-10", "incomplete-checkpoint-15"]

@@ -3,13 +3,10 @@ fault-injecting proxy. Assertions come from the proxy's own log, not from sleeps
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from synth.config import load_recipe
@@ -17,6 +14,7 @@ from synth.generate import plan_requests, run_generate
 
 from conftest import SERVER_KEY, make_api_recipe, read_jsonl
 from faultproxy import FaultProxy
+from killing import lines, sigkill_when
 
 pytestmark = pytest.mark.slow
 
@@ -204,23 +202,9 @@ def test_sigkill_and_resume_through_the_api(tmp_path, vllm_server):
     recipe_path = make_api_recipe(tmp_path, vllm_server.url, seeds=seeds, sampling={"n": 2, "max_tokens": 48},
                                   openai={"max_concurrency": 16})
     raw = tmp_path / "out" / "raw.jsonl"
-    proc = subprocess.Popen([*SYNTH, "generate", str(recipe_path), "--no-progress"], env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not raw.exists() or raw.read_bytes().count(b"\n") < 60:
-            assert proc.poll() is None, "the run ended before it could be killed"
-            assert time.monotonic() < deadline, "no progress within 120 s"
-            time.sleep(0.02)  # polling a condition
-        children = psutil.Process(proc.pid).children(recursive=True)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    complete = raw.read_bytes().count(b"\n")
+    sigkill_when([*SYNTH, "generate", str(recipe_path), "--no-progress"], lambda: lines(raw) >= 60, 120, env=_env())
+    complete = lines(raw)
     assert 60 <= complete < 600
-    assert not psutil.wait_procs(children, timeout=10)[1]
     res = subprocess.run([*SYNTH, "generate", str(recipe_path), "--no-progress"], env=_env(),
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]

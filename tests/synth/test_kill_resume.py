@@ -1,11 +1,8 @@
 """A real `synth generate` process killed with SIGKILL mid-run, then resumed."""
 
-import os
-import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import psutil
 import pytest
@@ -14,31 +11,11 @@ from synth.config import load_recipe
 from synth.generate import plan_requests, run_generate
 
 from conftest import make_recipe, read_jsonl
+from killing import lines, sigkill_when
 
 pytestmark = pytest.mark.slow
 
 SYNTH = [sys.executable, "-m", "synth.cli"]
-
-
-def _lines(path: Path) -> int:
-    try:
-        with path.open("rb") as fh:
-            return sum(1 for _ in fh)
-    except FileNotFoundError:
-        return 0
-
-
-def _wait_for_lines(proc: subprocess.Popen, path: Path, n: int, timeout: float) -> int:
-    """Poll the raw log until it holds n lines (the run is mid-way); fail if the run ends first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        count = _lines(path)
-        if count >= n:
-            return count
-        if proc.poll() is not None:
-            pytest.fail(f"synth generate exited ({proc.returncode}) before writing {n} records")
-        time.sleep(0.02)  # polling interval of a condition wait, not a synchronisation sleep
-    pytest.fail(f"no {n} records in {path} within {timeout} s")
 
 
 def _vllm_processes_since(t0: float) -> list[psutil.Process]:
@@ -59,26 +36,11 @@ def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path, tiny
     raw = tmp_path / "out" / "raw.jsonl"
 
     t0 = time.time()
-    proc = subprocess.Popen(
-        [*SYNTH, "generate", str(recipe_path), "--no-progress"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    try:
-        _wait_for_lines(proc, raw, 100, timeout=240)
-        tree = psutil.Process(proc.pid).children(recursive=True)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    complete = raw.read_bytes().count(b"\n")  # a torn last line has no newline
+    # SIGKILL mid-run; no engine outlives it: neither its children (checked by sigkill_when)
+    # nor any VLLM:: process started since.
+    sigkill_when([*SYNTH, "generate", str(recipe_path), "--no-progress"], lambda: lines(raw) >= 100, 240)
+    complete = lines(raw)  # a torn last line has no newline
     assert 100 <= complete < 1200, "the kill must land mid-run"
-
-    # No engine outlives the killed run: neither its children nor any VLLM:: process.
-    gone, alive = psutil.wait_procs(tree, timeout=10)
-    assert not alive, f"processes outlived the killed run: {alive}"
     assert not _vllm_processes_since(t0)
 
     # Resume with the same command: only the rest is sent.

@@ -57,11 +57,7 @@ def test_whole_loop_then_rerun_skips_done_work(tmp_path, tiny_model):
 
 
 def test_expand_stage_and_a_kill_inside_training_resume(tmp_path, tiny_model):
-    import os
-    import signal
-    import time
-
-    import psutil
+    from killing import sigkill_when
 
     seeds = tmp_path / "seeds.jsonl"
     seeds.write_text("".join(json.dumps({"question": json.loads(line)["instruction"]}) + "\n"
@@ -83,21 +79,8 @@ def test_expand_stage_and_a_kill_inside_training_resume(tmp_path, tiny_model):
     path.write_text(yaml.safe_dump(recipe))
     cmd = [sys.executable, "-m", "synth.cli", "run", str(path), "--no-progress"]
     ckpts = tmp_path / "out" / "student" / "checkpoints"
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300
-        # Kill once a checkpoint is complete (the Trainer writes trainer_state.json last).
-        while not (ckpts.is_dir() and any((p / "trainer_state.json").exists() for p in ckpts.iterdir())):
-            assert proc.poll() is None, "the run ended before training could be interrupted"
-            assert time.monotonic() < deadline
-            time.sleep(0.02)  # polling a condition
-        children = psutil.Process(proc.pid).children(recursive=True)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert not psutil.wait_procs(children, timeout=10)[1]
+    # Kill once a checkpoint is complete (the Trainer writes trainer_state.json last).
+    sigkill_when(cmd, lambda: ckpts.is_dir() and any((p / "trainer_state.json").exists() for p in ckpts.iterdir()), 300)
 
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
