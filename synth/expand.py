@@ -27,9 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from synth.config import OutputConfig, Recipe, TemplateConfig
+from synth.config import Recipe, TemplateConfig
 from synth.configtools import from_dict, help_field
-from synth.rawlog import JsonlAppender, iter_records, repair_tail
 from synth.requests import Request, request_id
 from synth.seeds import load_seeds
 from synth.templates import PromptTemplate
@@ -127,23 +126,16 @@ def acceptable(prompt: str, o: ExpandOptions) -> str | None:
 
 
 class _Caller:
-    """Sends expansion requests through the recipe's teacher, cached in expand_raw.jsonl."""
+    """Builds expansion requests and sends them through the recipe's teacher, cached in
+    OUTPUT/expand_raw.jsonl."""
 
     def __init__(self, recipe: Recipe, o: ExpandOptions, backend: Any = None):
-        from synth.backends import load_backend_class
+        from synth.calls import CachedCalls
 
-        self.recipe, self.o = recipe, o
-        self.backend_cls = load_backend_class(recipe.teacher.backend)
-        self.backend = backend
-        self.identity = backend.identity() if backend is not None else self.backend_cls.identity_for(recipe.teacher)
+        self.o = o
+        self.calls = CachedCalls(recipe.teacher, Path(recipe.output.dir) / "expand_raw.jsonl", backend)
+        self.identity = self.calls.identity
         self.sampling = {"temperature": o.temperature, "top_p": 1.0, "top_k": None, "max_tokens": o.max_tokens, "seed": o.seed, "stop": []}
-        out = Path(recipe.output.dir)
-        out.mkdir(parents=True, exist_ok=True)
-        self.log = out / "expand_raw.jsonl"
-        repair_tail(self.log)
-        self.answers = {r["id"]: r["messages"][-1]["content"] for r in iter_records(self.log)}
-        self.sent = 0
-        self.own = False
 
     def request(self, template: PromptTemplate, fields: dict[str, Any], index: int) -> Request:
         messages = template.render(fields, where="expansion request")
@@ -152,27 +144,10 @@ class _Caller:
         return Request(rid, messages, sampling, index, {"source": "expand", "line": 0, "fields": {}}, template.provenance())
 
     def answer(self, requests: list[Request]) -> dict[str, str]:
-        from synth.backends import Completion
-        from synth.generate import make_record
-
-        todo = [r for r in requests if r.id not in self.answers]
-        if todo:
-            if self.backend is None:
-                self.backend, self.own = self.backend_cls(self.recipe.teacher), True
-            out = OutputConfig(dir=self.recipe.output.dir)
-            with JsonlAppender(self.log, out.sync_every, out.sync_interval_s) as sink:
-                for result in self.backend.generate(iter(todo)):
-                    if isinstance(result, Completion):
-                        sink.append(make_record(result, self.identity))
-                        self.answers[result.request.id] = result.text
-                        self.sent += 1
-                    else:
-                        logger.warning("expansion request failed: %s: %s", result.error_type, result.message)
-        return {r.id: self.answers[r.id] for r in requests if r.id in self.answers}
+        return self.calls.answer(requests)[0]
 
     def close(self) -> None:
-        if self.own and self.backend is not None:
-            self.backend.close()
+        self.calls.close()
 
 
 def run_expand(recipe: Recipe, backend: Any = None) -> dict[str, Any]:
@@ -196,8 +171,8 @@ def run_expand(recipe: Recipe, backend: Any = None) -> dict[str, Any]:
     out = Path(recipe.output.dir) / "expanded.jsonl"
     rows = [{"prompt": p, "origin": {"method": "seed"}} for p in seed_prompts] + new
     out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return {"seeds": len(seed_prompts), "new": len(new), "discarded": discarded, "calls_sent": caller.sent,
-            "calls_cached": len(caller.answers) - caller.sent, "output": str(out)}
+    return {"seeds": len(seed_prompts), "new": len(new), "discarded": discarded, "calls_sent": caller.calls.sent,
+            "calls_cached": len(caller.calls.answers) - caller.calls.sent, "output": str(out)}
 
 
 def _consider(candidate: str, pool: NoveltyPool, o: ExpandOptions, discarded: dict[str, int]) -> bool:

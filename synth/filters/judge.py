@@ -17,11 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from synth.config import OutputConfig, TeacherConfig, TemplateConfig
+from synth.config import TeacherConfig, TemplateConfig
 from synth.configtools import help_field
 from synth.filters import answer_text, prompt_text
 from synth.filters.base import options
-from synth.rawlog import JsonlAppender, iter_records, repair_tail
 from synth.requests import Request, request_id
 
 logger = logging.getLogger(__name__)
@@ -94,37 +93,22 @@ class Judge:
 
     def prepare(self, records: Iterator[dict[str, Any]]) -> None:
         """Score every record (sending only judge calls not already in judge.jsonl)."""
-        from synth.backends import Completion
-        from synth.generate import make_record
+        from synth.calls import CachedCalls
 
         assert self.out_dir is not None, "curate sets out_dir before prepare()"
-        log = self.out_dir / JUDGE_LOG
-        repair_tail(log)
-        answers = {r["id"]: r["messages"][-1]["content"] for r in iter_records(log)}
+        calls = CachedCalls(self.o.teacher, self.out_dir / JUDGE_LOG)
         by_record: dict[str, str] = {}
-        todo: dict[str, Request] = {}
+        requests: list[Request] = []
         for rec in records:
             req = self._request(rec)
             by_record[rec["id"]] = req.id
-            if req.id not in answers:
-                todo.setdefault(req.id, req)
-        self.stats["cached"] = sum(1 for rid in set(by_record.values()) if rid in answers)
-        failed: dict[str, str] = {}
-        if todo:
-            logger.info("judge: %d calls to send, %d cached in %s", len(todo), self.stats["cached"], log)
-            backend = self.backend_cls(self.o.teacher)
-            out = OutputConfig(dir=str(self.out_dir))
-            try:
-                with JsonlAppender(log, out.sync_every, out.sync_interval_s) as sink:
-                    for result in backend.generate(iter(todo.values())):
-                        if isinstance(result, Completion):
-                            sink.append(make_record(result, self.identity))
-                            answers[result.request.id] = result.text
-                            self.stats["sent"] += 1
-                        else:
-                            failed[result.request.id] = f"{result.error_type}: {result.message}"[:300]
-            finally:
-                backend.close()
+            requests.append(req)
+        self.stats["cached"] = len({rid for rid in by_record.values() if rid in calls.answers})
+        try:
+            answers, failed = calls.answer(requests)
+        finally:
+            calls.close()
+        self.stats["sent"] = calls.sent
         for rec_id, rid in by_record.items():
             if rid in failed:
                 self.verdicts[rec_id] = (None, f"judge call failed ({failed[rid]})")
