@@ -149,10 +149,13 @@ def cmd_diff(args: argparse.Namespace) -> int:
     _setup_logging(None, args.verbose)
     from synth.diff import run_diff
 
-    r = run_diff(args.a, args.b, args.out)
+    r = run_diff(args.a, args.b, args.out, judge=args.judge)
     a, b = r["a"], r["b"]
     print(f"synth diff: {r['prompts_in_both']} prompts in both; mean answer similarity (ROUGE-L) {r['mean_answer_similarity']}")
     print(f"  answer chars mean: A {a['answer_chars_mean']} / B {b['answer_chars_mean']}; refusal rate A {a['refusal_rate']} / B {b['refusal_rate']}")
+    if "judge" in r:
+        j = r["judge"]
+        print(f"  judge: A {j['a']}, B {j['b']}, tie {j['tie']}, unparseable {j['unparseable']}; B win rate {j['b_win_rate']}")
     print(f"  report: {(args.out or args.b)}/diff.md")
     return 0
 
@@ -226,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("a", help="output dir of the first version")
     diff.add_argument("b", help="output dir of the second version")
     diff.add_argument("--out", help="where diff.md and diff.json go (default: B)")
+    diff.add_argument("--judge", metavar="JUDGE.yaml",
+                      help="also ask a judge which answer is better: a YAML with a teacher block (see README)")
     diff.add_argument("-v", "--verbose", action="store_true")
     diff.set_defaults(func=cmd_diff)
 

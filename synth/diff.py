@@ -10,13 +10,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
+import re
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from synth.config import TeacherConfig, TemplateConfig
+from synth.configtools import from_dict, help_field, load_yaml
 from synth.filters import answer_text, prompt_text
 from synth.filters.quality import Refusal
 from synth.rawlog import iter_records
+from synth.requests import Request, request_id
+from synth.templates import PromptTemplate
 from synth.textmetrics import rouge_l
 
 
@@ -54,7 +61,64 @@ def _summary(v: dict[str, Any], refusal: Refusal) -> dict[str, Any]:
     return out
 
 
-def run_diff(a_dir: str | Path, b_dir: str | Path, out_dir: str | Path | None = None, top: int = 10) -> dict[str, Any]:
+_WINNER = re.compile(r"winner\s*[:=]?\s*\[*\s*(1|2|tie)\b", re.IGNORECASE)
+
+
+def parse_winner(text: str) -> str | None:
+    """'1', '2' or 'tie' from the judge's last "Winner: ..." line, or None."""
+    found = _WINNER.findall(text)
+    return found[-1].lower() if found else None
+
+
+@dataclass
+class DiffJudgeOptions:
+    teacher: TeacherConfig = help_field(help="the judge model: a teacher block (backend vllm or openai)")
+    template: str = help_field(str(Path(__file__).resolve().parent.parent / "prompts" / "judge" / "pairwise.j2"),
+                               help="pairwise template; variables prompt, answer_1, answer_2")
+    limit: int = help_field(200, help="judge at most this many prompts (those that changed most first)")
+    max_tokens: int = help_field(128, help="most tokens per judge answer")
+    seed: int = help_field(0, help="seed of the answer order shown to the judge (against position bias)")
+
+
+def judge_preference(pairs: list[tuple[str, str, str]], judge_file: str | Path, log: Path) -> dict[str, Any]:
+    """Ask the judge which of two answers is better, for (prompt, answer_a, answer_b)
+    triples; each pair is shown in a seeded random order and mapped back. Cached in `log`."""
+    from synth.calls import CachedCalls
+
+    o = from_dict(DiffJudgeOptions, load_yaml(judge_file), prefix="judge")
+    template = PromptTemplate.load(TemplateConfig(path=o.template))
+    calls = CachedCalls(o.teacher, log)
+    sampling = {"temperature": 0.0, "top_p": 1.0, "top_k": None, "max_tokens": o.max_tokens, "seed": o.seed, "stop": []}
+    rng = random.Random(o.seed)
+    plans = []
+    for prompt, a, b in pairs[: o.limit]:
+        swapped = rng.random() < 0.5
+        fields = {"prompt": prompt, "answer_1": b if swapped else a, "answer_2": a if swapped else b}
+        messages = template.render(fields, where="diff judge")
+        rid = request_id(messages, {}, calls.identity, sampling, 0)
+        plans.append((Request(rid, messages, sampling, 0, {"source": "diff", "line": 0, "fields": {}}, template.provenance()), swapped))
+    try:
+        answers, failed = calls.answer([p[0] for p in plans])
+    finally:
+        calls.close()
+    tally = {"a": 0, "b": 0, "tie": 0, "unparseable": 0, "failed": len(failed)}
+    for req, swapped in plans:
+        if req.id in failed:
+            continue
+        winner = parse_winner(answers.get(req.id, ""))
+        if winner is None:
+            tally["unparseable"] += 1
+        elif winner == "tie":
+            tally["tie"] += 1
+        else:
+            tally["b" if (winner == "1") == swapped else "a"] += 1
+    decided = tally["a"] + tally["b"] + tally["tie"]
+    return {"judged": len(plans), "calls_sent": calls.sent, **tally,
+            "b_win_rate": round((tally["b"] + 0.5 * tally["tie"]) / decided, 4) if decided else None}
+
+
+def run_diff(a_dir: str | Path, b_dir: str | Path, out_dir: str | Path | None = None, top: int = 10,
+             judge: str | Path | None = None) -> dict[str, Any]:
     a, b = _load(Path(a_dir)), _load(Path(b_dir))
     refusal = Refusal({}, "diff")
     common = sorted(set(a["by_prompt"]) & set(b["by_prompt"]))
@@ -69,6 +133,9 @@ def run_diff(a_dir: str | Path, b_dir: str | Path, out_dir: str | Path | None = 
             "chars_b": len(ans_b),
             "answer_a": ans_a[:200],
             "answer_b": ans_b[:200],
+            "prompt_full": prompt_text(ra),
+            "answer_a_full": ans_a,
+            "answer_b_full": ans_b,
         })
     changes.sort(key=lambda c: (c["similarity"], c["prompt"]))
     report = {
@@ -82,6 +149,12 @@ def run_diff(a_dir: str | Path, b_dir: str | Path, out_dir: str | Path | None = 
     }
     target = Path(out_dir) if out_dir else Path(b_dir)
     target.mkdir(parents=True, exist_ok=True)
+    if judge is not None:
+        pairs = [(c["prompt_full"], c["answer_a_full"], c["answer_b_full"]) for c in changes]
+        report["judge"] = judge_preference(pairs, judge, target / "diff_judge.jsonl")
+    for c in changes:
+        for k in ("prompt_full", "answer_a_full", "answer_b_full"):
+            c.pop(k)
     (target / "diff.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     (target / "diff.md").write_text(_markdown(report), encoding="utf-8")
     return report
@@ -97,6 +170,10 @@ def _markdown(r: dict[str, Any]) -> str:
             ("curation rejection rate", a.get("rejection_rate", "n/a"), b.get("rejection_rate", "n/a"))]
     lines = ["# Dataset diff", "", f"A: `{a['dir']}`  B: `{b['dir']}`", "", "| | A | B |", "| --- | --- | --- |"]
     lines += [f"| {k} | {x} | {y} |" for k, x, y in rows]
+    if "judge" in r:
+        j = r["judge"]
+        lines += ["", f"Judge preference over {j['judged']} prompts: A {j['a']}, B {j['b']}, tie {j['tie']}, "
+                  f"unparseable {j['unparseable']}, failed {j['failed']}; B win rate {j['b_win_rate']}."]
     lines += ["", f"{r['prompts_in_both']} prompts in both ({r['only_in_a']} only in A, {r['only_in_b']} only in B); "
               f"mean ROUGE-L between the two answers: {r['mean_answer_similarity']}.", "",
               "## Prompts whose answers changed most", "", "| similarity | prompt | A | B |", "| --- | --- | --- | --- |"]

@@ -41,3 +41,42 @@ def test_new_teacher_writes_a_new_version_and_diff_is_right(tmp_path, tiny_model
     sims = [c["similarity"] for c in report["changed_most"]]
     assert sims == sorted(sims) and report["mean_answer_similarity"] < 1.0
     assert "# Dataset diff" in (tmp_path / "out-b" / "diff.md").read_text()
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Answer 2 is more precise.\nWinner: 2", "2"),
+    ("winner: TIE", "tie"),
+    ("Winner: [1]", "1"),
+    ("Winner: 1 ... on reflection Winner: 2", "2"),
+    ("Both are fine.", None),
+])
+def test_parse_winner(text, expected):
+    from synth.diff import parse_winner
+
+    assert parse_winner(text) == expected
+
+
+def test_diff_judge_through_a_real_server_is_cached_and_counted(tmp_path, tiny_model, vllm_server, monkeypatch):
+    from synth.diff import run_diff
+
+    from conftest import SERVED_MODEL, SERVER_KEY, write_jsonl
+    from faultproxy import FaultProxy
+
+    monkeypatch.setenv("STILLHOUSE_TEST_KEY", SERVER_KEY)
+    for name, suffix in (("a", "first"), ("b", "second")):
+        d = tmp_path / name
+        d.mkdir()
+        write_jsonl(d / "raw.jsonl", [{"id": f"{name}{i}", "messages": [
+            {"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": f"Answer {i}, {suffix} teacher."}]}
+            for i in range(5)])
+    with FaultProxy(vllm_server.url) as proxy:
+        judge = tmp_path / "judge.yaml"
+        judge.write_text(json.dumps({"teacher": {"backend": "openai", "model": SERVED_MODEL, "openai": {
+            "base_url": proxy.url, "api_key_env": "STILLHOUSE_TEST_KEY"}}, "max_tokens": 8}))
+        report = run_diff(tmp_path / "a", tmp_path / "b", judge=judge)
+        j = report["judge"]
+        assert j["judged"] == 5 and j["calls_sent"] == 5 and len(proxy.hits) == 5
+        assert j["a"] + j["b"] + j["tie"] + j["unparseable"] + j["failed"] == 5
+        again = run_diff(tmp_path / "a", tmp_path / "b", judge=judge)
+        assert again["judge"]["calls_sent"] == 0 and len(proxy.hits) == 5, "judge calls are cached"
+    assert "Judge preference over 5 prompts" in (tmp_path / "b" / "diff.md").read_text()
