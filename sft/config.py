@@ -56,6 +56,7 @@ class SftConfig:
     eval_engine: str = help_field("auto", help="`sft eval` generation: vllm (adapter via LoRARequest), transformers, or auto (vllm if installed)")
     eval_max_new_tokens: int = help_field(256, help="`sft eval`: most tokens per student answer (greedy)")
     eval_limit: int | None = help_field(None, help="`sft eval`: evaluate only the first N held-out examples")
+    eval_judge: str | None = help_field(None, help="`sft eval`: a JUDGE.yaml (as for synth diff --judge) for the judge win rate of student vs teacher")
     eval_verifier: str | None = help_field(None, help="`sft eval`: 'module:function' task check run on student and teacher answers")
 
     def __post_init__(self) -> None:

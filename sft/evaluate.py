@@ -147,6 +147,14 @@ def run_eval(recipe: Recipe) -> dict[str, Any]:
             return ok / len(answers)
 
         report["verifier"] = {"teacher": passed(references), "student_before": passed(before), "student_after": passed(after)}
+    if cfg.eval_judge:
+        from synth.diff import judge_preference
+
+        # A = the teacher, B = the trained student: B's win rate is the student's.
+        j = judge_preference([(p[-1]["content"], r, a) for p, r, a in zip(prompts, references, after, strict=True)],
+                             cfg.eval_judge, out / "eval_judge.jsonl")
+        report["judge"] = {"teacher_wins": j["a"], "student_wins": j["b"], "ties": j["tie"],
+                           "unparseable": j["unparseable"], "failed": j["failed"], "student_win_rate": j["b_win_rate"]}
     report["samples"] = [
         {"prompt": p[-1]["content"][:300], "teacher": r[:300], "student_before": b[:300], "student_after": a[:300]}
         for p, r, b, a in list(zip(prompts, references, before, after, strict=True))[:5]
@@ -191,6 +199,9 @@ def _markdown(r: dict[str, Any]) -> str:
     if "verifier" in r:
         v = r["verifier"]
         lines.append(f"| task verifier pass rate | {v['student_before']:.3f} | {v['student_after']:.3f} | {v['teacher']:.3f} |")
+    if "judge" in r:
+        j = r["judge"]
+        lines.append(f"| judge win rate vs the teacher (ties count half) | | {j['student_win_rate']} | |")
     lines += ["", "## Samples", ""]
     for s in r["samples"]:
         lines += [f"- **prompt**: {s['prompt']!r}", f"  - teacher: {s['teacher']!r}", f"  - student after: {s['student_after']!r}"]

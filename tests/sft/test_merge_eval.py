@@ -95,3 +95,21 @@ def test_merge_and_eval_need_an_adapter_and_a_split(tmp_path, tiny_model):
         run_eval(load_recipe(path))
     with pytest.raises(ValueError, match="never a quantised type"):
         run_merge(load_recipe(path), dtype="int4")
+
+
+@pytest.mark.slow
+def test_eval_judge_win_rate_through_a_real_server(trained, vllm_server, monkeypatch):
+    from conftest import SERVED_MODEL, SERVER_KEY
+    from faultproxy import FaultProxy
+
+    tmp, path = trained
+    monkeypatch.setenv("STILLHOUSE_TEST_KEY", SERVER_KEY)
+    with FaultProxy(vllm_server.url) as proxy:
+        judge = tmp / "judge.yaml"
+        judge.write_text(json.dumps({"teacher": {"backend": "openai", "model": SERVED_MODEL, "openai": {
+            "base_url": proxy.url, "api_key_env": "STILLHOUSE_TEST_KEY"}}, "max_tokens": 8}))
+        report = run_eval(load_recipe(path, ["sft.eval_engine=transformers", f"sft.eval_judge={judge}"]))
+        assert len(proxy.hits) == 8
+    j = report["judge"]
+    assert j["teacher_wins"] + j["student_wins"] + j["ties"] + j["unparseable"] + j["failed"] == 8
+    assert "judge win rate vs the teacher" in (tmp / "out" / "student" / "eval_report.md").read_text()
