@@ -106,15 +106,10 @@ def _split(kept_path: Path, cfg: CurateConfig) -> dict[str, str]:
         rid = rec["id"]
         ids.append(rid)
         parent[rid] = rid
-        m = index.signature(prompt_text(rec))
-        for idx in index._lsh.query(m):
-            if m.jaccard(index._hashes[idx]) >= cfg.split_threshold:
-                a, b = find(rid), find(index.keys[idx])
-                if a != b:
-                    parent[max(a, b)] = min(a, b)  # the smaller id is the root: order-independent
-        index._lsh.insert(len(index._hashes), m)
-        index._hashes.append(m)
-        index.keys.append(rid)
+        for other in index.link(rid, prompt_text(rec)):
+            a, b = find(rid), find(other)
+            if a != b:
+                parent[max(a, b)] = min(a, b)  # the smaller id is the root: order-independent
     out = {}
     for rid in ids:
         root = find(rid)

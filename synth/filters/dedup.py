@@ -124,24 +124,39 @@ class NearIndex:
         m.update(tokens)
         return m
 
-    def add(self, key: str, text: str, insert: bool = True) -> tuple[str, float] | None:
+    def add(self, key: str, text: str) -> tuple[str, float] | None:
         """Index `text` under `key` unless it near-duplicates an indexed text; return that
         text's (key, estimated Jaccard) or None."""
-        return self.add_tokens(key, shingles(text, self.shingle), insert)
+        return self.add_tokens(key, shingles(text, self.shingle))
 
-    def add_tokens(self, key: str, tokens: list[str], insert: bool = True) -> tuple[str, float] | None:
+    def add_tokens(self, key: str, tokens: list[str]) -> tuple[str, float] | None:
         """As add(), from shingles already built."""
         m = self._signature(tokens)
-        best: tuple[str, float] | None = None
+        best = max(self._matches(m), key=lambda match: match[1], default=None)  # first of equals
+        if best is None:
+            self._insert(key, m)
+        return best
+
+    def link(self, key: str, text: str) -> list[str]:
+        """Index `text` under `key` whatever it matches; return the keys it near-duplicates."""
+        m = self.signature(text)
+        found = [k for k, _ in self._matches(m)]
+        self._insert(key, m)
+        return found
+
+    def _matches(self, m: Any) -> list[tuple[str, float]]:
+        """LSH candidates confirmed by estimated Jaccard >= threshold, in index order."""
+        out = []
         for idx in self._lsh.query(m):
             sim = m.jaccard(self._hashes[idx])
-            if sim >= self.threshold and (best is None or sim > best[1]):
-                best = (self.keys[idx], sim)
-        if best is None and insert:
-            self._lsh.insert(len(self._hashes), m)
-            self._hashes.append(m)
-            self.keys.append(key)
-        return best
+            if sim >= self.threshold:
+                out.append((self.keys[idx], sim))
+        return out
+
+    def _insert(self, key: str, m: Any) -> None:
+        self._lsh.insert(len(self._hashes), m)
+        self._hashes.append(m)
+        self.keys.append(key)
 
 
 class NearDedup:
