@@ -6,7 +6,6 @@ Rows are TRL's conversational format (`messages`); everything else on a record
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,28 +44,21 @@ def _check_messages(messages: Any, where: str) -> None:
         raise ValueError(f"{where}: an assistant turn is empty; curate with the `empty` filter or fix the row")
 
 
-def read_conversations(path: Path) -> list[list[dict[str, str]]]:
-    """The `messages` of every row of a JSONL file, validated."""
+def read_conversations(path: Path, field: str = "sft.train") -> list[list[dict[str, str]]]:
+    """The `messages` of every row of a JSONL file, validated; errors name `field`."""
+    from synth.seeds import read_jsonl_objects
+
     if not path.is_file():
-        raise ValueError(f"sft.train: {path} does not exist; run `synth curate` first or set sft.train")
+        raise ValueError(f"{field}: {path} does not exist; run `synth curate` first or set {field}")
+    example = '{"messages": [{"role": "user", ...}, {"role": "assistant", ...}]}'
     rows = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as exc:
-                raise ValueError(f"sft.train: {path} line {lineno} is not valid JSON ({exc})") from None
-            if not isinstance(row, dict) or "messages" not in row:
-                raise ValueError(
-                    f"sft.train: {path} line {lineno} has no 'messages' (conversational format: "
-                    '{"messages": [{"role": "user", ...}, {"role": "assistant", ...}]})'
-                )
-            _check_messages(row["messages"], f"sft.train: {path} line {lineno}")
-            rows.append([{"role": m["role"], "content": m["content"]} for m in row["messages"]])
+    for lineno, row in read_jsonl_objects(path, field, example):
+        if "messages" not in row:
+            raise ValueError(f"{field}: {path} line {lineno} has no 'messages' (conversational format: {example})")
+        _check_messages(row["messages"], f"{field}: {path} line {lineno}")
+        rows.append([{"role": m["role"], "content": m["content"]} for m in row["messages"]])
     if not rows:
-        raise ValueError(f"sft.train: {path} has no rows; nothing to train on")
+        raise ValueError(f"{field}: {path} has no rows; nothing to train on")
     return rows
 
 

@@ -101,7 +101,7 @@ def run_eval(recipe: Recipe) -> dict[str, Any]:
     adapter = out / "adapter"
     if not (adapter / "adapter_config.json").is_file():
         raise ValueError(f"sft eval: no adapter in {adapter}; run `sft train` first")
-    conversations = read_conversations(eval_path)[: cfg.eval_limit]
+    conversations = read_conversations(eval_path, "sft.eval")[: cfg.eval_limit]
     prompts = [m[:-1] for m in conversations]
     references = [m[-1]["content"] for m in conversations]
     model_id = resolve_student(cfg.model)

@@ -136,7 +136,7 @@ def prepare(recipe: Recipe, progress: bool = True) -> Prepared:
         raise ValueError("sft.chat_template: the student's tokenizer has no chat template; give one (with {% generation %} markers)")
     end_token = tokenizer.eos_token
     train_rows, report = fit_to_length(read_conversations(train_path), tokenizer, cfg.max_length, cfg.overlong)
-    eval_rows = read_conversations(eval_path) if eval_path else None
+    eval_rows = read_conversations(eval_path, "sft.eval") if eval_path else None
     if cfg.assistant_only_loss:
         sample = check_assistant_masks(train_rows, tokenizer, end_token)
         logger.info("trainable tokens of example 1 (assistant turns + end of turn): %r", sample[:500])

@@ -43,7 +43,9 @@ def detect_format(path: Path, fmt: str) -> str:
     return found
 
 
-def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def read_jsonl_objects(path: Path, field: str, example: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line of a JSONL file. A bad line is an error
+    naming `field` (the config key that points at the file), the file and the line."""
     with path.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
@@ -52,13 +54,13 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise ValueError(
-                    f"seeds.path: {path} line {lineno} is not valid JSON ({exc.msg} at column {exc.colno}); "
+                    f"{field}: {path} line {lineno} is not valid JSON ({exc.msg} at column {exc.colno}); "
                     "fix or remove that line"
                 ) from None
             if not isinstance(row, dict):
                 raise ValueError(
-                    f"seeds.path: {path} line {lineno} is a JSON {type(row).__name__}, not an object; "
-                    'each line must be an object such as {"prompt": "..."}'
+                    f"{field}: {path} line {lineno} is a JSON {type(row).__name__}, not an object; "
+                    f"each line must be an object such as {example}"
                 )
             yield lineno, row
 
@@ -128,7 +130,7 @@ def read_rows(cfg: SeedsConfig) -> Iterator[tuple[int, dict[str, Any]]]:
     if fmt in ("jsonl", "csv", "txt") and not path.is_file():
         raise ValueError(f"seeds.path: {path} is a directory; for a saved HF dataset set seeds.format=hf")
     readers = {
-        "jsonl": lambda: _read_jsonl(path),
+        "jsonl": lambda: read_jsonl_objects(path, "seeds.path", '{"prompt": "..."}'),
         "csv": lambda: _read_csv(path),
         "txt": lambda: _read_txt(path),
         "parquet": lambda: _read_dataset(path, "parquet", cfg.split),

@@ -9,7 +9,6 @@ template's name and the SHA-256 of its source and few-shot file go on every reco
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,21 +27,17 @@ def _environment() -> SandboxedEnvironment:
 
 
 def _load_fewshot(path: Path) -> list[dict[str, str]]:
+    from synth.seeds import read_jsonl_objects
+
     if not path.is_file():
         raise ValueError(f"template.fewshot: {path} does not exist")
+    example = '{"user": "...", "assistant": "..."}'
     turns: list[dict[str, str]] = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"template.fewshot: {path} line {lineno} is not valid JSON ({exc.msg})") from None
+    for lineno, row in read_jsonl_objects(path, "template.fewshot", example):
         for key in ("user", "assistant"):
-            if not isinstance(row, dict) or not isinstance(row.get(key), str) or not row[key].strip():
+            if not isinstance(row.get(key), str) or not row[key].strip():
                 raise ValueError(
-                    f"template.fewshot: {path} line {lineno} needs a non-empty string field '{key}' "
-                    '(each line: {"user": "...", "assistant": "..."})'
+                    f"template.fewshot: {path} line {lineno} needs a non-empty string field '{key}' (each line: {example})"
                 )
         turns.append({"user": row["user"], "assistant": row["assistant"]})
     return turns
