@@ -1,15 +1,17 @@
 """`sft eval`: the student against the teacher on the held-out split.
 
-Metrics: perplexity of the teacher's answers under the student before training (adapter
-off) and after (adapter on); the student's greedy answers before and after compared with
-the teacher's by ROUGE-L (F1 over words) and exact match; and, when configured, a task
-verifier run on student and teacher answers. Generation uses vLLM with the adapter as a
-LoRARequest where vLLM is installed, transformers' generate otherwise. Writes
-eval_report.json and eval_report.md beside the adapter.
+Metrics: perplexity of the teacher's answers under the student before training (the base
+model: adapter off, or the untouched weights of a full fine-tune) and after; the student's
+greedy answers before and after compared with the teacher's by ROUGE-L (F1 over words) and
+exact match; and, when configured, a task verifier and a pairwise judge. Generation uses
+vLLM where it is installed (the adapter as a LoRARequest on the base engine; a second engine
+for a fully fine-tuned model), transformers' generate otherwise. Writes eval_report.json,
+eval_report.md and eval.png beside the adapter (or model).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -42,14 +44,11 @@ def _perplexity(model: Any, tokenizer: Any, conversations: list[list[dict[str, s
     return math.exp(total_nll / max(total_tokens, 1))
 
 
-def _generate_transformers(model: Any, tokenizer: Any, prompts: list[list[dict[str, str]]], max_new: int, adapter_on: bool) -> list[str]:
-    import contextlib
-
+def _generate_transformers(model: Any, tokenizer: Any, prompts: list[list[dict[str, str]]], max_new: int) -> list[str]:
     import torch
 
-    ctx = contextlib.nullcontext() if adapter_on else model.disable_adapter()
     out = []
-    with ctx, torch.no_grad():
+    with torch.no_grad():
         for messages in prompts:
             ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
             gen = model.generate(**ids, max_new_tokens=max_new, do_sample=False, eos_token_id=tokenizer.eos_token_id,
@@ -58,24 +57,41 @@ def _generate_transformers(model: Any, tokenizer: Any, prompts: list[list[dict[s
     return out
 
 
-def _generate_vllm(cfg: SftConfig, model_id: str, adapter: Path, prompts: list, max_new: int) -> tuple[list[str], list[str]]:
-    """(answers before, answers after): base model, then base + adapter as a LoRARequest."""
+def _vllm_engine(cfg: SftConfig, model: str, max_new: int, lora: bool) -> Any:
     import vllm
-    from vllm.lora.request import LoRARequest
     from vllm.platforms import current_platform
 
     from synth.backends.vllm_engine import _in_process_engine
 
-    kwargs: dict[str, Any] = {"model": model_id, "enable_lora": True, "max_lora_rank": max(cfg.lora.r, 8),
-                              "max_model_len": cfg.max_length + max_new, "distributed_executor_backend": "uni"}
+    kwargs: dict[str, Any] = {"model": model, "max_model_len": cfg.max_length + max_new, "distributed_executor_backend": "uni"}
+    if lora:
+        kwargs.update(enable_lora=True, max_lora_rank=max(cfg.lora.r, 8))
     if current_platform.is_cpu():
         kwargs.update(dtype="float32", enforce_eager=True, gpu_memory_utilization=0.1, enable_chunked_prefill=False)
     with _in_process_engine(True):
-        llm = vllm.LLM(**kwargs)
+        return vllm.LLM(**kwargs)
+
+
+def _generate_vllm(cfg: SftConfig, model_id: str, trained: Path, prompts: list, max_new: int) -> tuple[list[str], list[str]]:
+    """(answers before, answers after): the base model, then the base + adapter as a
+    LoRARequest (one engine), or the fully fine-tuned model (a second engine)."""
+    import gc
+
+    import vllm
+
     params = vllm.SamplingParams(temperature=0.0, max_tokens=max_new)
+    llm = _vllm_engine(cfg, model_id, max_new, lora=not cfg.full_finetune)
     before = [o.outputs[0].text for o in llm.chat(prompts, params, use_tqdm=False)]
-    lora = LoRARequest("student", 1, str(adapter))
-    after = [o.outputs[0].text for o in llm.chat(prompts, params, lora_request=lora, use_tqdm=False)]
+    if cfg.full_finetune:
+        del llm
+        gc.collect()
+        llm = _vllm_engine(cfg, str(trained), max_new, lora=False)
+        after = [o.outputs[0].text for o in llm.chat(prompts, params, use_tqdm=False)]
+    else:
+        from vllm.lora.request import LoRARequest
+
+        lora = LoRARequest("student", 1, str(trained))
+        after = [o.outputs[0].text for o in llm.chat(prompts, params, lora_request=lora, use_tqdm=False)]
     return before, after
 
 
@@ -98,19 +114,26 @@ def run_eval(recipe: Recipe) -> dict[str, Any]:
     _, eval_path, out = cfg.resolved_paths(recipe.output.dir)
     if eval_path is None:
         raise ValueError("sft eval: no held-out split; set curate.eval_fraction (then rerun synth curate) or sft.eval")
-    adapter = out / "adapter"
-    if not (adapter / "adapter_config.json").is_file():
-        raise ValueError(f"sft eval: no adapter in {adapter}; run `sft train` first")
+    trained = out / ("model" if cfg.full_finetune else "adapter")
+    marker = "config.json" if cfg.full_finetune else "adapter_config.json"
+    if not (trained / marker).is_file():
+        raise ValueError(f"sft eval: no trained {'model' if cfg.full_finetune else 'adapter'} in {trained}; run `sft train` first")
     conversations = read_conversations(eval_path, "sft.eval")[: cfg.eval_limit]
     prompts = [m[:-1] for m in conversations]
     references = [m[-1]["content"] for m in conversations]
     model_id = resolve_student(cfg.model)
-    tokenizer = AutoTokenizer.from_pretrained(adapter)
-    base = AutoModelForCausalLM.from_pretrained(model_id, dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32)
-    model = PeftModel.from_pretrained(base, adapter).eval()
-    with model.disable_adapter():
-        ppl_before = _perplexity(model, tokenizer, conversations)
-    ppl_after = _perplexity(model, tokenizer, conversations)
+    tokenizer = AutoTokenizer.from_pretrained(trained)
+    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    base = AutoModelForCausalLM.from_pretrained(model_id, dtype=dtype).eval()
+    if cfg.full_finetune:
+        tuned = AutoModelForCausalLM.from_pretrained(trained, dtype=dtype).eval()
+        before_ctx = contextlib.nullcontext()
+    else:
+        tuned = base = PeftModel.from_pretrained(base, trained).eval()
+        before_ctx = base.disable_adapter()
+    with before_ctx:
+        ppl_before = _perplexity(base, tokenizer, conversations)
+    ppl_after = _perplexity(tuned, tokenizer, conversations)
 
     engine = cfg.eval_engine
     if engine == "auto":
@@ -121,10 +144,12 @@ def run_eval(recipe: Recipe) -> dict[str, Any]:
         except ImportError:
             engine = "transformers"
     if engine == "vllm":
-        before, after = _generate_vllm(cfg, model_id, adapter, prompts, cfg.eval_max_new_tokens)
+        before, after = _generate_vllm(cfg, model_id, trained, prompts, cfg.eval_max_new_tokens)
     else:
-        before = _generate_transformers(model, tokenizer, prompts, cfg.eval_max_new_tokens, adapter_on=False)
-        after = _generate_transformers(model, tokenizer, prompts, cfg.eval_max_new_tokens, adapter_on=True)
+        before_ctx = contextlib.nullcontext() if cfg.full_finetune else base.disable_adapter()
+        with before_ctx:
+            before = _generate_transformers(base, tokenizer, prompts, cfg.eval_max_new_tokens)
+        after = _generate_transformers(tuned, tokenizer, prompts, cfg.eval_max_new_tokens)
 
     def scores(answers: list[str]) -> dict[str, float]:
         n = len(answers)

@@ -33,6 +33,8 @@ def run_merge(recipe: Recipe, dtype: str = "float32", samples: int = 4) -> dict[
     cfg = load_sft(recipe.sft)
     train_path, _, out = cfg.resolved_paths(recipe.output.dir)
     adapter = out / "adapter"
+    if cfg.full_finetune:
+        raise ValueError(f"sft merge: sft.full_finetune is true, so {out / 'model'} is already a standalone model; nothing to merge")
     if not (adapter / "adapter_config.json").is_file():
         raise ValueError(f"sft merge: no adapter in {adapter}; run `sft train` first (full fine-tunes need no merge)")
     model_id = resolve_student(cfg.model)

@@ -4,7 +4,7 @@ curate, card, and (with an `sft` section) train and evaluate the student.
 Each stage skips the work already done: generate sends only missing requests; curation is
 deterministic and cheap; training is skipped when the student was trained on exactly this
 train.jsonl with this sft config (and resumes from its last checkpoint otherwise);
-evaluation is skipped when its report belongs to the current adapter. `report.md` at the
+evaluation is skipped when its report belongs to the current trained weights. `report.md` at the
 top of the output tree says what each stage did.
 """
 
@@ -31,6 +31,14 @@ def _sha(path: Path) -> str | None:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def _weights_sha(directory: Path) -> str | None:
+    """One hash over the safetensors files of an adapter or model dir (sharded or not)."""
+    files = sorted(directory.glob("*.safetensors")) if directory.is_dir() else []
+    if not files:
+        return None
+    return hashlib.sha256("".join(f"{f.name}:{_sha(f)}" for f in files).encode()).hexdigest()
 
 
 def run_all(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
@@ -86,20 +94,20 @@ def run_all(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
         metrics = stage("train", train, "trained on this data and config already" if done else None)
         if metrics:
             report["stages"][-1]["summary"] = f"{metrics['global_step']} steps, loss {metrics['first_loss']:.3f} -> {metrics['last_loss']:.3f}"
-        adapter_sha = _sha(student / "adapter" / "adapter_model.safetensors")
+        weights_sha = _weights_sha(student / ("model" if cfg.full_finetune else "adapter"))
         eval_report = student / "eval_report.json"
-        evaluated = eval_report.exists() and json.loads(eval_report.read_text()).get("adapter_sha") == adapter_sha
+        evaluated = eval_report.exists() and json.loads(eval_report.read_text()).get("weights_sha") == weights_sha
 
         def evaluate() -> dict[str, Any]:
             from sft.evaluate import run_eval
 
             r = run_eval(recipe)
-            r["adapter_sha"] = adapter_sha
+            r["weights_sha"] = weights_sha
             eval_report.write_text(json.dumps(r, indent=2) + "\n", encoding="utf-8")
             return r
 
         skip = "no held-out split (curate.eval_fraction is 0)" if eval_path is None else (
-            "this adapter was evaluated already" if evaluated else None)
+            "these trained weights were evaluated already" if evaluated else None)
         ev = stage("eval", evaluate, skip)
         if ev:
             ppl = ev["perplexity_of_teacher_answers"]
