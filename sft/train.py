@@ -221,6 +221,15 @@ def last_complete_checkpoint(ckpt_dir: Path) -> str | None:
     return None
 
 
+def loss_summary(metrics: dict[str, Any]) -> str:
+    """'loss A -> B' from the logged losses, or the run's mean loss when no step was logged
+    (fewer steps than logging_steps)."""
+    if metrics.get("first_loss") is not None:
+        return f"loss {metrics['first_loss']:.4f} -> {metrics['last_loss']:.4f}"
+    mean = (metrics.get("train") or {}).get("train_loss")
+    return f"mean loss {mean:.4f}" if mean is not None else "no loss logged"
+
+
 def train_and_save(p: Prepared) -> dict[str, Any]:
     """Train (resuming from the last complete checkpoint) and write adapter, config, metrics, plot."""
     started = time.monotonic()

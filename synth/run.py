@@ -93,7 +93,9 @@ def run_all(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
 
         metrics = stage("train", train, "trained on this data and config already" if done else None)
         if metrics:
-            report["stages"][-1]["summary"] = f"{metrics['global_step']} steps, loss {metrics['first_loss']:.3f} -> {metrics['last_loss']:.3f}"
+            from sft.train import loss_summary
+
+            report["stages"][-1]["summary"] = f"{metrics['global_step']} steps, {loss_summary(metrics)}"
         weights_sha = _weights_sha(student / ("model" if cfg.full_finetune else "adapter"))
         eval_report = student / "eval_report.json"
         evaluated = eval_report.exists() and json.loads(eval_report.read_text()).get("weights_sha") == weights_sha

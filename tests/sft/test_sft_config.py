@@ -53,3 +53,12 @@ def test_incomplete_checkpoints_are_set_aside(tmp_path):
     assert last_complete_checkpoint(ckpts) == str(ckpts / "checkpoint-5")
     assert sorted(p.name for p in ckpts.iterdir()) == ["checkpoint-5", "incomplete-checkpoint-10", "incomplete-checkpoint-15"]
     assert last_complete_checkpoint(tmp_path / "none") is None
+
+
+def test_loss_summary_when_no_step_was_logged():
+    """Fewer steps than logging_steps: no logged loss, the run's mean loss instead (no crash)."""
+    from sft.train import loss_summary
+
+    assert loss_summary({"first_loss": 2.0, "last_loss": 0.5}) == "loss 2.0000 -> 0.5000"
+    assert loss_summary({"first_loss": None, "last_loss": None, "train": {"train_loss": 1.25}}) == "mean loss 1.2500"
+    assert loss_summary({"first_loss": None, "train": {}}) == "no loss logged"
