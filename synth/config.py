@@ -173,6 +173,7 @@ class OutputConfig:
     dir: str = help_field(help="output directory (raw.jsonl, failures.jsonl, manifest.json, run.log)")
     sync_every: int = help_field(256, help="fsync the raw log after this many new records")
     sync_interval_s: float = help_field(5.0, help="... or after this many seconds, whichever comes first")
+    version_by_teacher: bool = help_field(True, help="a different teacher writes a new version beside dir (dir.v2, dir.v3, ...), never into the old one")
 
     def __post_init__(self) -> None:
         if not self.dir:
@@ -225,9 +226,13 @@ class Recipe:
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Load and validate a recipe YAML file, applying `a.b=c` overrides first."""
+    """Load and validate a recipe YAML file, applying `a.b=c` overrides first.
+
+    output.dir is resolved to the recipe teacher's dataset version (synth.versions)."""
+    from synth.versions import resolve_version
+
     data = apply_overrides(load_yaml(path), overrides or [])
-    return from_dict(Recipe, data)
+    return resolve_version(from_dict(Recipe, data))
 
 
 def redacted(recipe: Recipe) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from synth.rawlog import DirLock, JsonlAppender, iter_records, repair_tail, rewr
 from synth.requests import Request, estimate_prompt_tokens, request_id, sample_sampling
 from synth.seeds import load_seeds
 from synth.templates import PromptTemplate
+from synth.versions import claim
 
 logger = logging.getLogger(__name__)
 
@@ -216,6 +217,7 @@ def run_generate(
         teacher = backend.identity() if backend is not None else None
         plan = plan_requests(recipe, teacher)
         teacher = plan.teacher
+        claim(recipe, teacher)  # this teacher's version of the dataset (synth.versions)
         raw_path, fail_path = out / RAW, out / FAILURES
         for path in (raw_path, fail_path):
             repair_tail(path)

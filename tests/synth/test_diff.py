@@ -23,24 +23,52 @@ def test_new_teacher_writes_a_new_version_and_diff_is_right(tmp_path, tiny_model
     a_before = (tmp_path / "out" / "raw.jsonl").read_bytes()
 
     teacher_b = build_tiny_model(tmp_path / "teacher-b", seed=1)  # other weights: other answers
+    # The same recipe and output.dir with another teacher: a new version beside the old one.
     res = subprocess.run([sys.executable, "-m", "synth.cli", "generate", str(path), "--no-progress",
-                          "--set", f"teacher.model={teacher_b}", "--set", f"output.dir={tmp_path / 'out-b'}"],
-                         capture_output=True, text=True, timeout=300)
+                          "--set", f"teacher.model={teacher_b}"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
+    assert f"uses the version {tmp_path / 'out.v2'}" in res.stderr
     assert (tmp_path / "out" / "raw.jsonl").read_bytes() == a_before, "the old version is never written over"
+    assert json.loads((tmp_path / "out.v2" / "teacher.json").read_text())["model"] == str(teacher_b)
 
-    res = subprocess.run([sys.executable, "-m", "synth.cli", "diff", str(tmp_path / "out"), str(tmp_path / "out-b")],
+    # Every command resolves the same version: the first teacher keeps out, the second out.v2
+    # (also when named by another path), a third gets out.v3; the switch turns it off.
+    assert load_recipe(path).output.dir == str(tmp_path / "out")
+    assert load_recipe(path, [f"teacher.model={teacher_b}"]).output.dir == str(tmp_path / "out.v2")
+    relative = f"teacher.model={teacher_b.relative_to(tmp_path)}"
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        assert load_recipe(path, [relative]).output.dir == str(tmp_path / "out.v2")
+    finally:
+        os.chdir(cwd)
+    teacher_c = build_tiny_model(tmp_path / "teacher-c", seed=2)
+    assert load_recipe(path, [f"teacher.model={teacher_c}"]).output.dir == str(tmp_path / "out.v3")
+    assert load_recipe(path, [f"teacher.model={teacher_c}", "output.version_by_teacher=false"]).output.dir == str(tmp_path / "out")
+    # A recipe built without load_recipe cannot write one teacher's data into another's dir.
+    from synth.config import Recipe
+    from synth.configtools import from_dict, to_dict
+
+    data = to_dict(load_recipe(path, ["output.version_by_teacher=false"]))
+    data["teacher"]["model"], data["output"]["version_by_teacher"] = str(teacher_c), True
+    with pytest.raises(ValueError, match="holds the data of teacher"):
+        run_generate(from_dict(Recipe, data), progress=False)
+    assert (tmp_path / "out" / "raw.jsonl").read_bytes() == a_before
+
+    res = subprocess.run([sys.executable, "-m", "synth.cli", "diff", str(tmp_path / "out"), str(tmp_path / "out.v2")],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
-    report = json.loads((tmp_path / "out-b" / "diff.json").read_text())
-    a, b = read_jsonl(tmp_path / "out" / "raw.jsonl"), read_jsonl(tmp_path / "out-b" / "raw.jsonl")
+    report = json.loads((tmp_path / "out.v2" / "diff.json").read_text())
+    a, b = read_jsonl(tmp_path / "out" / "raw.jsonl"), read_jsonl(tmp_path / "out.v2" / "raw.jsonl")
     assert report["prompts_in_both"] == 8 and report["only_in_a"] == report["only_in_b"] == 0
     assert report["a"]["teacher"]["fingerprint"] != report["b"]["teacher"]["fingerprint"]
     assert report["a"]["answer_chars_mean"] == round(statistics.mean(len(r["messages"][-1]["content"]) for r in a), 1)
     assert report["b"]["answer_chars_mean"] == round(statistics.mean(len(r["messages"][-1]["content"]) for r in b), 1)
     sims = [c["similarity"] for c in report["changed_most"]]
     assert sims == sorted(sims) and report["mean_answer_similarity"] < 1.0
-    assert "# Dataset diff" in (tmp_path / "out-b" / "diff.md").read_text()
+    assert "# Dataset diff" in (tmp_path / "out.v2" / "diff.md").read_text()
 
 
 @pytest.mark.parametrize("text, expected", [

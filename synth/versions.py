@@ -1,0 +1,107 @@
+"""Dataset versions: a new teacher writes beside the old data, never over it.
+
+The first stage that writes teacher data into `output.dir` (generate, or expand) records the
+teacher's identity there (`teacher.json`: backend, model, revision, endpoint, weights
+fingerprint, dtype, ...; no key). When a recipe's teacher differs from the one recorded,
+its data goes to a sibling version instead: `OUTPUT.v2`, `OUTPUT.v3`, ... (the first
+sibling that holds this teacher's data, else the first free one). Every command that reads
+the recipe resolves the same directory, so `synth run`, `synth curate`, `sft train` and
+`sft eval` with the new teacher all work on the new version, and `synth diff OUTPUT
+OUTPUT.v2` compares the two. `output.version_by_teacher: false` turns this off.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from synth.config import Recipe
+
+logger = logging.getLogger(__name__)
+
+OWNER = "teacher.json"
+
+
+def teacher_identity(recipe: Recipe) -> dict[str, Any]:
+    """What identifies the recipe's teacher (the identity that goes into request ids)."""
+    from synth.backends import load_backend_class
+
+    return load_backend_class(recipe.teacher.backend).identity_for(recipe.teacher)
+
+
+def recorded_teacher(directory: Path) -> dict[str, Any] | None:
+    """The teacher whose data `directory` holds: its teacher.json, or for directories written
+    before versions existed, the teacher in its generate manifest; None when unclaimed."""
+    for name, key in ((OWNER, None), ("manifest.json", "teacher")):
+        try:
+            data = json.loads((directory / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        found = data.get(key) if key else data
+        if isinstance(found, dict) and found.get("backend"):
+            return found
+    return None
+
+
+def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Same teacher: equal identities; a local model is known by its weights fingerprint, so
+    the same directory named by another path (relative, absolute) is the same teacher."""
+    keys = set(a) | set(b)
+    if a.get("fingerprint") and b.get("fingerprint"):
+        keys.discard("model")
+    return all(a.get(k) == b.get(k) for k in keys)
+
+
+def resolve_version(recipe: Recipe) -> Recipe:
+    """The recipe with output.dir pointing at this teacher's version of the dataset."""
+    base = Path(recipe.output.dir)
+    if not recipe.output.version_by_teacher:
+        return recipe
+    owner = recorded_teacher(base)
+    if owner is None:
+        return recipe
+    try:
+        mine = teacher_identity(recipe)
+    except (ValueError, ImportError):
+        return recipe  # the stage that needs the teacher reports the problem
+    if _same(owner, mine):
+        return recipe
+    n = 2
+    while True:
+        candidate = base.with_name(f"{base.name}.v{n}")
+        other = recorded_teacher(candidate)
+        if other is None or _same(other, mine):
+            break
+        n += 1
+    logger.warning(
+        "teacher %s differs from the one whose data is in %s (%s): this run uses the version %s "
+        "(compare them with `synth diff %s %s`)",
+        mine.get("model"), base, owner.get("model"), candidate, base, candidate,
+    )
+    return dataclasses.replace(recipe, output=dataclasses.replace(recipe.output, dir=str(candidate)))
+
+
+def claim(recipe: Recipe, identity: dict[str, Any] | None = None) -> None:
+    """Record the recipe's teacher as the owner of output.dir (once; never overwritten).
+
+    Refuses to write one teacher's data into another teacher's directory (a recipe built
+    without `load_recipe`, which resolves the version), unless output.version_by_teacher is
+    false."""
+    out = Path(recipe.output.dir)
+    data = identity if identity is not None else teacher_identity(recipe)
+    owner = recorded_teacher(out)
+    if owner is not None:
+        if recipe.output.version_by_teacher and not _same(owner, data):
+            raise ValueError(
+                f"output.dir: {out} holds the data of teacher {owner.get('model')}, not {data.get('model')}; "
+                f"load the recipe with synth.config.load_recipe (it picks the version {out.name}.vN for a new teacher), "
+                "give another output.dir, or set output.version_by_teacher: false to mix them"
+            )
+        return
+    path = out / OWNER
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
