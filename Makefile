@@ -59,6 +59,7 @@ bench: setup
 	$(BIN)/python bench/dedup.py
 	$(BIN)/python bench/curate_memory.py
 	$(BIN)/python bench/sft_throughput.py
+	$(BIN)/python bench/distill_quality.py
 
 clean:
-	rm -rf .demo runs .pytest_cache
+	rm -rf .demo runs .bench .pytest_cache
