@@ -7,8 +7,12 @@ weights can be downloaded). On CPU the tiny local model's steps/s shows regressi
 Needs torch, transformers, trl, peft, datasets (`pip install 'stillhouse[sft]'`).
 
     python bench/sft_throughput.py [--shape tiny|qwen05b] [--steps 30] [--batch 8]
+        [--variant NAME:key=value,key=value ...]
 
-Last line: RESULT sft_throughput ratio=<sft/plain tok/s> tok_s=<sft tok/s>
+Each --variant also runs sft with those `sft.*` overrides (e.g.
+`flex32:attn_implementation=flex_attention,batch_size=32`; the data grows with the batch so
+every run sees fresh examples) and prints its line, so one GPU call can compare candidate
+defaults. Last line: RESULT sft_throughput ratio=<sft default/plain tok/s> tok_s=<sft tok/s>
 """
 
 from __future__ import annotations
@@ -107,41 +111,72 @@ def run_plain(model_dir: Path, data: Path, steps: int, batch: int, out: Path) ->
     return tokens / dt, dt
 
 
+def parse_variant(text: str) -> tuple[str, dict]:
+    """'NAME:key=value,key=value' -> (NAME, {key: YAML value})."""
+    import yaml
+
+    name, _, body = text.partition(":")
+    if not name or not body:
+        raise SystemExit(f"--variant {text!r}: expected NAME:key=value[,key=value]")
+    overrides = {}
+    for pair in body.split(","):
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--variant {text!r}: {pair!r} is not key=value")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return name, overrides
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", choices=["tiny", "qwen05b"], default="tiny")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--variant", action="append", default=[], help="NAME:key=value,... extra sft runs (repeatable)")
     args = ap.parse_args()
+    variants = [parse_variant(v) for v in args.variant]
     _need()
     import torch
     import yaml
 
     work = Path(tempfile.mkdtemp(prefix="bench-sft-"))
     model = make_model(args.shape, work)
+    biggest = max([args.batch] + [v.get("batch_size", args.batch) for _, v in variants])
     out = work / "out"
     out.mkdir()
-    make_data(out / "train.jsonl", args.steps * args.batch)
+    make_data(out / "train.jsonl", args.steps * biggest)
     seeds = work / "s.txt"
     seeds.write_text("x\n")
     (work / "t.j2").write_text("{{ prompt }}")
-    recipe = work / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "seeds": {"path": str(seeds)}, "template": {"path": str(work / "t.j2")},
-        "teacher": {"model": "org/unused"}, "output": {"dir": str(out)},
-        "sft": {"model": str(model), "max_steps": args.steps, "batch_size": args.batch, "logging_steps": 5,
-                "save_steps": 10_000, "max_length": 1024, "lora": {"r": 16, "alpha": 32}},
-    }))
+    base_sft = {"model": str(model), "max_steps": args.steps, "batch_size": args.batch, "logging_steps": 5,
+                "save_steps": 10_000, "max_length": 1024, "lora": {"r": 16, "alpha": 32}}
+
+    def recipe(name: str, overrides: dict) -> Path:
+        path = work / f"recipe-{name}.yaml"
+        path.write_text(yaml.safe_dump({
+            "seeds": {"path": str(seeds)}, "template": {"path": str(work / "t.j2")},
+            "teacher": {"model": "org/unused"}, "output": {"dir": str(out)},
+            "sft": {**base_sft, "output_dir": str(work / f"student-{name}"), **overrides},
+        }))
+        return path
+
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     print(f"device: {device}; shape {args.shape}; {args.steps} steps x batch {args.batch}")
     plain_tok, plain_dt = run_plain(model, out / "train.jsonl", args.steps, args.batch, work / "plain")
-    plain_mem = peak_memory_mib()
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    sft_tok, sft_dt = run_sft(recipe)
-    sft_mem = peak_memory_mib()
-    print(f"plain TRL defaults: {plain_tok:,.0f} real tok/s, {args.steps / plain_dt:.2f} steps/s, peak {plain_mem:,.0f} MiB")
-    print(f"sft default recipe: {sft_tok:,.0f} real tok/s, {args.steps / sft_dt:.2f} steps/s, peak {sft_mem:,.0f} MiB")
+    print(f"plain TRL defaults: {plain_tok:,.0f} real tok/s, {args.steps / plain_dt:.2f} steps/s, peak {peak_memory_mib():,.0f} MiB", flush=True)
+    results = {}
+    for name, overrides in [("default", {}), *variants]:
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        try:
+            tok, dt = run_sft(recipe(name, overrides))
+        except Exception as exc:  # one variant failing (an attention kernel missing) leaves the others
+            print(f"sft {name} {overrides}: failed: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
+            continue
+        results[name] = tok
+        print(f"sft {name} {overrides or '(default recipe)'}: {tok:,.0f} real tok/s ({tok / plain_tok:.2f}x plain), "
+              f"{args.steps / dt:.2f} steps/s, peak {peak_memory_mib():,.0f} MiB", flush=True)
+    sft_tok = results.get("default", 0.0)
     print(f"RESULT sft_throughput ratio={sft_tok / plain_tok:.2f} tok_s={sft_tok:.0f}")
 
 

@@ -3,7 +3,7 @@
 Assistant-only loss by default, checked before training: every example must have
 trainable assistant tokens including the end-of-turn token, and one example's trainable
 tokens are logged decoded. BFD packing where the attention implementation handles packed
-rows without a dense mask (flash attention), padded batches otherwise. Resumes from the
+rows without a dense mask (flash attention, FlexAttention), padded batches otherwise. Resumes from the
 last checkpoint. Writes the adapter (or model), tokenizer and chat template, the resolved
 config, metrics and a loss-curve PNG to sft.output_dir.
 """
@@ -49,6 +49,14 @@ def resolve_student(model: str) -> str:
     if model.startswith(("/", "./", "../", "~")) or model.count("/") > 1:
         raise ValueError(f"sft.model: {model} does not exist; give an existing model directory or an HF id")
     return model
+
+
+def handles_packed_rows(attn: str) -> bool:
+    """Whether an attention implementation keeps packed examples apart without a dense
+    (tokens x tokens) mask: flash attention's varlen kernels (cu_seq_lens), or FlexAttention's
+    block-sparse document mask. SDPA and eager build a dense mask over the packed row, which
+    costs more than the padding it saves, so they get padded batches."""
+    return "flash" in attn or attn == "flex_attention"
 
 
 def check_assistant_masks(rows: list[list[dict[str, str]]], tokenizer: Any, end_token: str) -> str:
@@ -149,7 +157,7 @@ def prepare(recipe: Recipe, progress: bool = True) -> Prepared:
         model_kwargs["attn_implementation"] = cfg.attn_implementation
     model = transformers.AutoModelForCausalLM.from_pretrained(model_id, **model_kwargs)
     attn = getattr(model.config, "_attn_implementation", None) or ""
-    packing = attn.startswith("flash_attention") if cfg.packing == "auto" else bool(cfg.packing)
+    packing = handles_packed_rows(attn) if cfg.packing == "auto" else bool(cfg.packing)
 
     peft_config = None
     if not cfg.full_finetune:

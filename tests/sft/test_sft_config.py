@@ -62,3 +62,13 @@ def test_loss_summary_when_no_step_was_logged():
     assert loss_summary({"first_loss": 2.0, "last_loss": 0.5}) == "loss 2.0000 -> 0.5000"
     assert loss_summary({"first_loss": None, "last_loss": None, "train": {"train_loss": 1.25}}) == "mean loss 1.2500"
     assert loss_summary({"first_loss": None, "train": {}}) == "no loss logged"
+
+
+@pytest.mark.parametrize("attn, packed", [
+    ("flash_attention_2", True), ("flash_attention_3", True), ("kernels-community/flash-attn", True),
+    ("flex_attention", True), ("sdpa", False), ("eager", False), ("", False),
+])
+def test_packing_auto_only_where_attention_needs_no_dense_mask(attn, packed):
+    from sft.train import handles_packed_rows
+
+    assert handles_packed_rows(attn) is packed
