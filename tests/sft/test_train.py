@@ -169,3 +169,22 @@ def test_cli_error_is_one_line(tmp_path, tiny_model):
     assert res.returncode == 2
     lines = [line for line in res.stderr.splitlines() if line.startswith("sft: error:")]
     assert len(lines) == 1 and "missing-student does not exist" in lines[0]
+
+
+@pytest.mark.parametrize("attn", ["flex_attention", "sdpa"])
+def test_packed_rows_keep_examples_apart(tiny_model, attn):
+    """What packing relies on: with position_ids restarting at each example and no attention
+    mask (TRL's padding-free batches, use_cache off as in training), transformers masks
+    attention across examples, so a packed row gives each example's logits alone
+    (forward only: FlexAttention has no CPU backward)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32, attn_implementation=attn).eval()
+    a, b = torch.randint(10, 500, (1, 5)), torch.randint(10, 500, (1, 7))
+    packed_ids = torch.cat([a, b], dim=1)
+    positions = torch.cat([torch.arange(5), torch.arange(7)])[None]
+    with torch.no_grad():
+        packed = model(input_ids=packed_ids, position_ids=positions, use_cache=False).logits[0]
+        alone_a, alone_b = model(input_ids=a).logits[0], model(input_ids=b).logits[0]
+    assert torch.allclose(packed[:5], alone_a, atol=1e-5)
+    assert torch.allclose(packed[5:], alone_b, atol=1e-5), "the second example saw the first"
