@@ -139,7 +139,11 @@ def test_full_finetune_trains_every_weight_then_evaluates_with_two_engines(tmp_p
 
     with pytest.raises(ValueError, match="already a standalone model"):
         run_merge(load_recipe(path))
-    by_vllm = run_eval(load_recipe(path, ["sft.eval_engine=vllm"]))
+    # vLLM in a child process, as a user runs it (engines built in the test process keep their memory).
+    res = subprocess.run([sys.executable, "-m", "sft.cli", "eval", str(path), "--set", "sft.eval_engine=vllm"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    by_vllm = json.loads((tmp_path / "out" / "student" / "eval_report.json").read_text())
     by_hf = run_eval(load_recipe(path, ["sft.eval_engine=transformers"]))
     assert by_vllm["engine"] == "vllm" and by_vllm["examples"] == 6
     ppl = by_hf["perplexity_of_teacher_answers"]
