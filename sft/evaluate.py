@@ -75,24 +75,40 @@ def _vllm_engine(cfg: SftConfig, model: str, max_new: int, lora: bool) -> Any:
 def _generate_vllm(cfg: SftConfig, model_id: str, trained: Path, prompts: list, max_new: int) -> tuple[list[str], list[str]]:
     """(answers before, answers after): the base model, then the base + adapter as a
     LoRARequest (one engine), or the fully fine-tuned model (a second engine)."""
-    import gc
-
     import vllm
 
     params = vllm.SamplingParams(temperature=0.0, max_tokens=max_new)
     llm = _vllm_engine(cfg, model_id, max_new, lora=not cfg.full_finetune)
-    before = [o.outputs[0].text for o in llm.chat(prompts, params, use_tqdm=False)]
-    if cfg.full_finetune:
-        del llm
-        gc.collect()
-        llm = _vllm_engine(cfg, str(trained), max_new, lora=False)
-        after = [o.outputs[0].text for o in llm.chat(prompts, params, use_tqdm=False)]
-    else:
-        from vllm.lora.request import LoRARequest
+    try:
+        before = [o.outputs[0].text for o in llm.chat(prompts, params, use_tqdm=False)]
+        if cfg.full_finetune:
+            _close_engine(llm)
+            llm = _vllm_engine(cfg, str(trained), max_new, lora=False)
+            after = [o.outputs[0].text for o in llm.chat(prompts, params, use_tqdm=False)]
+        else:
+            from vllm.lora.request import LoRARequest
 
-        lora = LoRARequest("student", 1, str(trained))
-        after = [o.outputs[0].text for o in llm.chat(prompts, params, lora_request=lora, use_tqdm=False)]
+            lora = LoRARequest("student", 1, str(trained))
+            after = [o.outputs[0].text for o in llm.chat(prompts, params, lora_request=lora, use_tqdm=False)]
+    finally:
+        _close_engine(llm)
     return before, after
+
+
+def _close_engine(llm: Any) -> None:
+    """Shut the engine down and hand its memory back (vLLM keeps it until told)."""
+    import gc
+
+    shutdown = getattr(getattr(getattr(llm, "llm_engine", None), "engine_core", None), "shutdown", None)
+    if callable(shutdown):
+        shutdown()
+    try:
+        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+        cleanup_dist_env_and_memory()
+    except ImportError:  # older vLLM
+        pass
+    gc.collect()
 
 
 def _verifier(spec: str | None):
