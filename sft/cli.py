@@ -18,9 +18,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_sft(recipe.sft)
     out = cfg.resolved_paths(recipe.output.dir)[2]
     _setup_logging(out / "train.log", args.verbose)
-    from sft.train import loss_summary, run_train
+    from sft.train import is_main_process, loss_summary, run_train
 
     m = run_train(recipe, progress=not args.no_progress)
+    if not is_main_process():  # several processes: rank 0 reports
+        return 0
     print(f"sft train: {m['global_step']} steps, {loss_summary(m)}"
           + (f", eval loss {m['eval_loss']:.4f}" if m["eval_loss"] is not None else "")
           + (f" (resumed from {m['resumed_from']})" if m["resumed_from"] else ""))

@@ -23,7 +23,8 @@ import yaml
 from sft.config import SftConfig, load_sft
 from sft.data import DataReport, fit_to_length, read_conversations
 from synth.config import Recipe
-from synth.configtools import to_dict
+from synth.configtools import canonical_dict, to_dict
+from synth.manifest import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +120,7 @@ class Prepared:
     packing: bool
     attn: str
     on_gpu: bool
+    train_path: Path
 
 
 def run_train(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
@@ -204,7 +206,7 @@ def prepare(recipe: Recipe, progress: bool = True) -> Prepared:
         if "target module" in str(exc).lower() or "target_modules" in str(exc).lower():
             raise ValueError(f"sft.lora.target_modules: {cfg.lora.target_modules} match no module of {cfg.model} ({exc})") from None
         raise
-    return Prepared(trainer, cfg, out, tokenizer, report, packing, attn, on_gpu)
+    return Prepared(trainer, cfg, out, tokenizer, report, packing, attn, on_gpu, train_path)
 
 
 def last_complete_checkpoint(ckpt_dir: Path) -> str | None:
@@ -229,6 +231,33 @@ def last_complete_checkpoint(ckpt_dir: Path) -> str | None:
     return None
 
 
+STAMP = "trained_on.json"
+
+
+def _training_stamp(cfg: SftConfig, train_path: Path) -> dict[str, Any]:
+    return {"train_sha": file_sha256(train_path), "sft": canonical_dict(cfg)}
+
+
+def trained_already(cfg: SftConfig, train_path: Path, out: Path) -> bool:
+    """Whether `out` holds a student trained to the end on exactly this train file with this
+    sft config (the stamp train_and_save writes last)."""
+    try:
+        stamp = json.loads((out / STAMP).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if stamp != _training_stamp(cfg, train_path):
+        logger.info("train: the data or the sft config changed since the last training")
+        return False
+    return True
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun / accelerate launch job, or a plain single process."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def loss_summary(metrics: dict[str, Any]) -> str:
     """'loss A -> B' from the logged losses, or the run's mean loss when no step was logged
     (fewer steps than logging_steps)."""
@@ -249,9 +278,7 @@ def train_and_save(p: Prepared) -> dict[str, Any]:
     result = trainer.train(resume_from_checkpoint=last)
 
     final = out / ("model" if cfg.full_finetune else "adapter")
-    trainer.save_model(str(final))
-    tokenizer.save_pretrained(str(final))
-    (out / "sft_config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+    trainer.save_model(str(final))  # every rank calls it (sharded setups gather); rank 0 writes
     history = trainer.state.log_history
     losses = [h["loss"] for h in history if "loss" in h]
     metrics = {
@@ -269,6 +296,11 @@ def train_and_save(p: Prepared) -> dict[str, Any]:
         "wall_s": round(time.monotonic() - started, 2),
         "log_history": history,
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n", encoding="utf-8")
-    _loss_curve(history, out / "loss.png")
+    if trainer.is_world_process_zero():  # several processes (accelerate launch): one writer
+        tokenizer.save_pretrained(str(final))
+        (out / "sft_config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n", encoding="utf-8")
+        _loss_curve(history, out / "loss.png")
+        # Last: the stamp says the student in `out` is complete for this data and config.
+        (out / STAMP).write_text(json.dumps(_training_stamp(cfg, p.train_path), indent=2), encoding="utf-8")
     return metrics

@@ -26,6 +26,9 @@ def _setup_logging(log_file: Path | None, verbose: bool) -> None:
 
     console.addFilter(_ConsoleFilter())
     root.addHandler(console)
+    if int(os.environ.get("RANK", "0")) > 0:  # torchrun / accelerate launch: rank 0 keeps the log
+        console.setLevel(logging.WARNING)
+        return
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(log_file, encoding="utf-8")

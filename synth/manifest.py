@@ -32,6 +32,19 @@ def package_versions() -> dict[str, str]:
     return found
 
 
+def file_sha256(path: Path) -> str | None:
+    """sha256 of a file's bytes, None when it does not exist."""
+    import hashlib
+
+    if not path.exists():
+        return None
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def write_json_atomically(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w", encoding="utf-8") as fh:

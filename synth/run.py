@@ -18,19 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from synth.config import Recipe
-from synth.configtools import canonical_dict
+from synth.manifest import file_sha256
 
 logger = logging.getLogger(__name__)
-
-
-def _sha(path: Path) -> str | None:
-    if not path.exists():
-        return None
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _weights_sha(directory: Path) -> str | None:
@@ -38,7 +28,7 @@ def _weights_sha(directory: Path) -> str | None:
     files = sorted(directory.glob("*.safetensors")) if directory.is_dir() else []
     if not files:
         return None
-    return hashlib.sha256("".join(f"{f.name}:{_sha(f)}" for f in files).encode()).hexdigest()
+    return hashlib.sha256("".join(f"{f.name}:{file_sha256(f)}" for f in files).encode()).hexdigest()
 
 
 def run_all(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
@@ -75,21 +65,16 @@ def run_all(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
 
     if recipe.sft:
         from sft.config import load_sft
+        from sft.train import trained_already
 
         cfg = load_sft(recipe.sft)
         train_path, eval_path, student = cfg.resolved_paths(recipe.output.dir)
-        fingerprint = {"train_sha": _sha(train_path), "sft": canonical_dict(cfg)}
-        stamp = student / "trained_on.json"
-        done = stamp.exists() and json.loads(stamp.read_text()) == fingerprint
-        if stamp.exists() and not done:
-            logger.info("train: data or sft config changed since the last training")
+        done = trained_already(cfg, train_path, student)
 
         def train() -> dict[str, Any]:
             from sft.train import run_train
 
-            metrics = run_train(recipe, progress=progress)
-            stamp.write_text(json.dumps(fingerprint, indent=2), encoding="utf-8")
-            return metrics
+            return run_train(recipe, progress=progress)
 
         metrics = stage("train", train, "trained on this data and config already" if done else None)
         if metrics:

@@ -188,3 +188,30 @@ def test_packed_rows_keep_examples_apart(tiny_model, attn):
         alone_a, alone_b = model(input_ids=a).logits[0], model(input_ids=b).logits[0]
     assert torch.allclose(packed[:5], alone_a, atol=1e-5)
     assert torch.allclose(packed[5:], alone_b, atol=1e-5), "the second example saw the first"
+
+
+def test_several_processes_under_torchrun(tmp_path, tiny_model):
+    """`sft train` unchanged under a multi-process launcher (torchrun: what `accelerate launch
+    --multi_gpu` runs; on CPU the processes talk over gloo): data parallel (each step sees
+    world_size x batch examples), one process reports and writes, the adapter loads."""
+    from pathlib import Path
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    torchrun = Path(sys.executable).parent / "torchrun"
+    assert torchrun.exists(), "torchrun ships with torch"
+    path = sft_recipe(tmp_path, tiny_model, rows=teacher_rows(40), max_steps=5, batch_size=4, logging_steps=1)
+    res = subprocess.run([str(torchrun), "--nproc_per_node", "2", "-m", "sft.cli", "train", str(path), "--no-progress"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("sft train: 5 steps") == 1, res.stdout
+    student = tmp_path / "out" / "student"
+    metrics = json.loads((student / "metrics.json").read_text())
+    epochs = [h["epoch"] for h in metrics["log_history"] if "loss" in h]
+    assert epochs[-1] == pytest.approx(5 * 4 * 2 / 40), "two processes: 2 x 4 examples per step"
+    assert (student / "trained_on.json").exists()
+    train_log = (student / "train.log").read_text()
+    assert train_log.count("data: 40 rows") == 1, "one writer for the log"
+    base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    PeftModel.from_pretrained(base, student / "adapter")
