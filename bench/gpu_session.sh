@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# One prepared GPU check for a session that has a device machine (see bench/RESULTS.md,
+# sft_throughput). Two steps:
+#
+#   here:    bash bench/gpu_session.sh fetch     # wheels the device lacks, into .whl/ (git-ignored)
+#   device:  bash bench/gpu_session.sh run       # carry [".whl"]; ~6 minutes on an H200
+#
+# `run` installs the wheels into /tmp/site, then runs bench/sft_throughput.py on the
+# Qwen2.5-0.5B shape: plain TRL vs sft's default, and the candidate defaults (FlexAttention
+# with BFD packing at several batch sizes, padded batch 32), then the GPU-marked tests.
+# Everything it prints ends up in the run's output; $OUT/sft_throughput.log keeps a copy.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+case "${1:-}" in
+fetch)
+    grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo /.whl/ >> .git/info/exclude
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+        -d .whl trl==1.16.0 datasets==5.2.0 multiprocess==0.70.19 dill==0.4.1
+    ls -la .whl
+    ;;
+run)
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+    python3 -c "import torch, transformers, trl, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'trl', trl.__version__, 'peft', peft.__version__)"
+    out=${OUT:-/tmp}
+    timeout 420 python3 bench/sft_throughput.py --shape qwen05b --steps 30 --batch 8 \
+        --variant "flex8:attn_implementation=flex_attention" \
+        --variant "flex16:attn_implementation=flex_attention,batch_size=16" \
+        --variant "flex32:attn_implementation=flex_attention,batch_size=32" \
+        --variant "padded32:batch_size=32" 2>&1 | grep -v "it/s\]" | tee "$out/sft_throughput.log" || true
+    timeout 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/sft 2>&1 | tail -15 || true
+    ;;
+*)
+    echo "usage: bash bench/gpu_session.sh fetch|run" >&2
+    exit 2
+    ;;
+esac
