@@ -58,6 +58,26 @@ def _dist(values: list[int]) -> str:
     return f"mean {statistics.mean(values):.0f}, median {statistics.median(values):.0f}, p95 {p95}, max {ordered[-1]}"
 
 
+def _versions_section(out: Path) -> list[str]:
+    """A table of the dataset's versions (one per teacher), when there is more than one."""
+    from synth.versions import versions_of
+
+    versions = versions_of(out)
+    if len(versions) < 2:
+        return []
+    lines = ["## Versions", "", "One directory per teacher; a new teacher never writes over an older version.", "",
+             "| version | teacher | kept by curation |", "| --- | --- | --- |"]
+    for d, teacher in versions:
+        try:
+            kept = json.loads((d / "stats.json").read_text(encoding="utf-8")).get("kept", "")
+        except (OSError, ValueError):
+            kept = "not curated"
+        here = " (this one)" if d.resolve() == out.resolve() else ""
+        lines.append(f"| `{d}`{here} | `{teacher.get('model')}` | {kept} |")
+    first, last = versions[0][0], versions[-1][0]
+    return [*lines, "", f"Compare two versions prompt by prompt: `synth diff {first} {last}`.", ""]
+
+
 def write_card(recipe: Recipe) -> Path:
     """Write OUTPUT/README.md (the dataset card) and its plots; returns the card's path."""
     out = Path(recipe.output.dir)
@@ -106,6 +126,7 @@ def write_card(recipe: Recipe) -> Path:
         "",
         *[f"![{p}]({p})" for p in plots],
         "",
+        *_versions_section(out),
         "## Load it",
         "",
         "```python",

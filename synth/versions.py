@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -105,3 +106,22 @@ def claim(recipe: Recipe, identity: dict[str, Any] | None = None) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     tmp.replace(path)
+
+
+def versions_of(directory: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """Every version of the dataset that `directory` belongs to (the base first, then .v2,
+    .v3, ...), each with the teacher recorded in it."""
+    base_name = re.sub(r"\.v\d+$", "", directory.name)
+    base = directory.with_name(base_name)
+    numbered = []
+    if base.parent.is_dir():
+        for d in base.parent.iterdir():
+            m = re.fullmatch(re.escape(base_name) + r"\.v(\d+)", d.name)
+            if m and d.is_dir():
+                numbered.append((int(m.group(1)), d))
+    found = []
+    for d in [base, *(d for _, d in sorted(numbered))]:
+        teacher = recorded_teacher(d)
+        if teacher is not None:
+            found.append((d, teacher))
+    return found

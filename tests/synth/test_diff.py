@@ -70,6 +70,15 @@ def test_new_teacher_writes_a_new_version_and_diff_is_right(tmp_path, tiny_model
     assert sims == sorted(sims) and report["mean_answer_similarity"] < 1.0
     assert "# Dataset diff" in (tmp_path / "out.v2" / "diff.md").read_text()
 
+    # The card of a version lists every version with its teacher.
+    from synth.card import write_card
+
+    card = write_card(load_recipe(path, [f"teacher.model={teacher_b}"])).read_text()
+    section = card.split("## Versions", 1)[1].split("## Load it", 1)[0]
+    assert f"| `{tmp_path / 'out'}` | `{tiny_model}` | not curated |" in section
+    assert f"| `{tmp_path / 'out.v2'}` (this one) | `{teacher_b}` | not curated |" in section
+    assert f"synth diff {tmp_path / 'out'} {tmp_path / 'out.v2'}" in section
+
 
 @pytest.mark.parametrize("text, expected", [
     ("Answer 2 is more precise.\nWinner: 2", "2"),
