@@ -66,8 +66,13 @@ def resolve_version(recipe: Recipe) -> Recipe:
         return recipe
     try:
         mine = teacher_identity(recipe)
-    except (ValueError, ImportError):
-        return recipe  # the stage that needs the teacher reports the problem
+    except (ValueError, ImportError) as exc:
+        if len(versions_of(base)) > 1:  # cannot tell which version is meant: never guess
+            raise ValueError(
+                f"output.dir: {base} has versions for several teachers and this recipe's teacher cannot be "
+                f"identified ({exc}); set output.dir to the version you mean"
+            ) from None
+        return recipe  # one version: the stage that needs the teacher reports the problem
     if _same(owner, mine):
         return recipe
     n = 2

@@ -47,6 +47,9 @@ def test_new_teacher_writes_a_new_version_and_diff_is_right(tmp_path, tiny_model
     teacher_c = build_tiny_model(tmp_path / "teacher-c", seed=2)
     assert load_recipe(path, [f"teacher.model={teacher_c}"]).output.dir == str(tmp_path / "out.v3")
     assert load_recipe(path, [f"teacher.model={teacher_c}", "output.version_by_teacher=false"]).output.dir == str(tmp_path / "out")
+    # A teacher that cannot be identified (its directory gone) never falls back to a guess.
+    with pytest.raises(ValueError, match="versions for several teachers"):
+        load_recipe(path, [f"teacher.model={tmp_path / 'deleted-teacher'}"])
     # A recipe built without load_recipe cannot write one teacher's data into another's dir.
     from synth.config import Recipe
     from synth.configtools import from_dict, to_dict
