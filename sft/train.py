@@ -303,4 +303,16 @@ def train_and_save(p: Prepared) -> dict[str, Any]:
         _loss_curve(history, out / "loss.png")
         # Last: the stamp says the student in `out` is complete for this data and config.
         (out / STAMP).write_text(json.dumps(_training_stamp(cfg, p.train_path), indent=2), encoding="utf-8")
+    _end_process_group()
     return metrics
+
+
+def _end_process_group() -> None:
+    """Several processes: wait until rank 0 has written everything, then close the process
+    group (a process that exits with it open can abort: "terminate called without an active
+    exception")."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -202,7 +202,7 @@ def test_several_processes_under_torchrun(tmp_path, tiny_model):
     torchrun = Path(sys.executable).parent / "torchrun"
     assert torchrun.exists(), "torchrun ships with torch"
     path = sft_recipe(tmp_path, tiny_model, rows=teacher_rows(40), max_steps=5, batch_size=4, logging_steps=1)
-    res = subprocess.run([str(torchrun), "--nproc_per_node", "2", "-m", "sft.cli", "train", str(path), "--no-progress"],
+    res = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "sft.cli", "train", str(path), "--no-progress"],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.count("sft train: 5 steps") == 1, res.stdout
