@@ -310,9 +310,12 @@ def train_and_save(p: Prepared) -> dict[str, Any]:
 def _end_process_group() -> None:
     """Several processes: wait until rank 0 has written everything, then close the process
     group (a process that exits with it open can abort: "terminate called without an active
-    exception")."""
+    exception"). Only a launcher's group (WORLD_SIZE > 1): an in-process vLLM engine holds a
+    one-process group of its own, which is not ours to close."""
+    import os
+
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 
@@ -215,3 +216,20 @@ def test_several_processes_under_torchrun(tmp_path, tiny_model):
     assert train_log.count("data: 40 rows") == 1, "one writer for the log"
     base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
     PeftModel.from_pretrained(base, student / "adapter")
+
+
+def test_training_leaves_a_process_group_it_did_not_launch(tmp_path, tiny_model):
+    """An in-process vLLM engine holds a one-process torch.distributed group; training in the
+    same process must not close it (only a launcher's group, WORLD_SIZE > 1, is closed)."""
+    path = sft_recipe(tmp_path, tiny_model, max_steps=2)
+    script = (
+        "import sys, torch.distributed as dist\n"
+        "dist.init_process_group('gloo', init_method='tcp://127.0.0.1:0', rank=0, world_size=1)\n"
+        "from sft.train import run_train\nfrom synth.config import load_recipe\n"
+        "run_train(load_recipe(sys.argv[1]), progress=False)\n"
+        "assert dist.is_initialized(), 'the group was closed'\n"
+        "dist.destroy_process_group()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    res = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
