@@ -99,9 +99,9 @@ def _close_engine(llm: Any) -> None:
     """Shut the engine down and hand its memory back (vLLM keeps it until told)."""
     import gc
 
-    shutdown = getattr(getattr(getattr(llm, "llm_engine", None), "engine_core", None), "shutdown", None)
-    if callable(shutdown):
-        shutdown()
+    from synth.backends.vllm_engine import shutdown_engine
+
+    shutdown_engine(llm)
     try:
         from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 
@@ -143,11 +143,14 @@ def run_eval(recipe: Recipe) -> dict[str, Any]:
     base = AutoModelForCausalLM.from_pretrained(model_id, dtype=dtype).eval()
     if cfg.full_finetune:
         tuned = AutoModelForCausalLM.from_pretrained(trained, dtype=dtype).eval()
-        before_ctx = contextlib.nullcontext()
     else:
         tuned = base = PeftModel.from_pretrained(base, trained).eval()
-        before_ctx = base.disable_adapter()
-    with before_ctx:
+
+    def as_before():
+        """`base` answers as the untrained student: the adapter off (a full fine-tune's base is untouched)."""
+        return contextlib.nullcontext() if cfg.full_finetune else base.disable_adapter()
+
+    with as_before():
         ppl_before = _perplexity(base, tokenizer, conversations)
     ppl_after = _perplexity(tuned, tokenizer, conversations)
 
@@ -162,8 +165,7 @@ def run_eval(recipe: Recipe) -> dict[str, Any]:
     if engine == "vllm":
         before, after = _generate_vllm(cfg, model_id, trained, prompts, cfg.eval_max_new_tokens)
     else:
-        before_ctx = contextlib.nullcontext() if cfg.full_finetune else base.disable_adapter()
-        with before_ctx:
+        with as_before():
             before = _generate_transformers(base, tokenizer, prompts, cfg.eval_max_new_tokens)
         after = _generate_transformers(tuned, tokenizer, prompts, cfg.eval_max_new_tokens)
 

@@ -1,8 +1,7 @@
 """Dataset versions: a new teacher writes beside the old data, never over it.
 
-The first stage that writes teacher data into `output.dir` (generate, or expand) records the
-teacher's identity there (`teacher.json`: backend, model, revision, endpoint, weights
-fingerprint, dtype, ...; no key). When a recipe's teacher differs from the one recorded,
+The first `synth generate` into `output.dir` records the teacher's identity there
+(`teacher.json`: backend, model, revision, endpoint, weights fingerprint, dtype, ...; no key). When a recipe's teacher differs from the one recorded,
 its data goes to a sibling version instead: `OUTPUT.v2`, `OUTPUT.v3`, ... (the first
 sibling that holds this teacher's data, else the first free one). Every command that reads
 the recipe resolves the same directory, so `synth run`, `synth curate`, `sft train` and
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from synth.config import Recipe
+from synth.manifest import write_json_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -107,10 +107,7 @@ def claim(recipe: Recipe, identity: dict[str, Any] | None = None) -> None:
                 "give another output.dir, or set output.version_by_teacher: false to mix them"
             )
         return
-    path = out / OWNER
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_json_atomically(out / OWNER, data)
 
 
 def versions_of(directory: Path) -> list[tuple[Path, dict[str, Any]]]:

@@ -99,6 +99,13 @@ def _in_process_engine(enabled: bool):
             os.environ[key] = old
 
 
+def shutdown_engine(llm: Any) -> None:
+    """Stop a `vllm.LLM`'s engine core (its busy loop and, out of process, its child)."""
+    shutdown = getattr(getattr(getattr(llm, "llm_engine", None), "engine_core", None), "shutdown", None)
+    if callable(shutdown):
+        shutdown()
+
+
 class VllmBackend:
     """vLLM's offline engine as a teacher."""
 
@@ -260,8 +267,5 @@ class VllmBackend:
     def close(self) -> None:
         llm = getattr(self, "llm", None)
         if llm is not None:
-            engine = getattr(llm, "llm_engine", None)
-            shutdown = getattr(getattr(engine, "engine_core", None), "shutdown", None)
-            if callable(shutdown):
-                shutdown()
+            shutdown_engine(llm)
             self.llm = None
