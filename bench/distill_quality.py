@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import calendar
 import json
+import math
 import os
 import random
 import re
@@ -42,6 +43,7 @@ sys.path.insert(0, str(REPO))
 MONTHS = list(calendar.month_name)[1:]
 ABBR = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
 INSTRUCTION = "Write this date as YYYY-MM-DD: "
+TEST_PROMPTS = 400  # held-out prompts every model is scored on
 
 
 def _ordinal(d: int) -> str:
@@ -145,7 +147,7 @@ def accuracy(work: Path, name: str, model: Path) -> float:
     cli("synth", "generate", str(recipe(work / f"acc-{name}.yaml", work / "test.jsonl", model, out)), "--no-progress")
     records = list(iter_records(out / "raw.jsonl"))
     ok = sum(check(r) is True for r in records)
-    return ok / 400
+    return ok / TEST_PROMPTS  # a prompt without an answer counts as wrong
 
 
 def main() -> None:
@@ -169,7 +171,7 @@ def main() -> None:
     # ever sees what the teacher wrote (and the checker let through).
     rng = random.Random(0)
     taken: set[str] = set()
-    test = sample_prompts(rng, 400, taken)
+    test = sample_prompts(rng, TEST_PROMPTS, taken)
     teacher_train = sample_prompts(rng, args.teacher_examples, taken)
     distill = sample_prompts(rng, args.distill_prompts, taken)
     write_jsonl(work / "test.jsonl", [{"date": t} for t in test])
@@ -217,23 +219,16 @@ def main() -> None:
         from safetensors import safe_open
 
         with safe_open(str(path / "model.safetensors"), "pt") as fh:
-            params[name] = sum(_numel(fh.get_slice(k).get_shape()) for k in fh.keys())
+            params[name] = sum(math.prod(fh.get_slice(k).get_shape()) for k in fh.keys())
     print()
     print(f"teacher: {params['teacher'] / 1e6:.2f}M params, trained {teacher_s:.0f} s on {args.teacher_examples} ground-truth examples")
     print(f"student: {params['student'] / 1e6:.2f}M params, full fine-tune on the teacher's checked answers")
     print(f"curation: {json.dumps(stats)[:300]}")
     print(f"sft eval on the curated eval split: verifier {ev.get('verifier')}")
     print(f"distillation (synth run: generate, curate, card, train, eval): {distill_s:.0f} s")
-    print(f"held-out accuracy (400 prompts, exact checker): teacher {teacher_acc:.3f}, student before {before:.3f}, "
+    print(f"held-out accuracy ({TEST_PROMPTS} prompts, exact checker): teacher {teacher_acc:.3f}, student before {before:.3f}, "
           f"student after {after:.3f}; total {time.monotonic() - started:.0f} s")
     print(f"RESULT distill_quality ratio={after / teacher_acc if teacher_acc else 0:.3f} before={before:.3f}")
-
-
-def _numel(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
 
 
 if __name__ == "__main__":
