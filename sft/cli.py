@@ -18,7 +18,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_sft(recipe.sft)
     out = cfg.resolved_paths(recipe.output.dir)[2]
     _setup_logging(out / "train.log", args.verbose)
-    from sft.train import is_main_process, loss_summary, run_train
+    from sft.train import loss_summary, run_train
+    from synth.cli import is_main_process
 
     m = run_train(recipe, progress=not args.no_progress)
     if not is_main_process():  # several processes: rank 0 reports

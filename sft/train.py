@@ -251,13 +251,6 @@ def trained_already(cfg: SftConfig, train_path: Path, out: Path) -> bool:
     return True
 
 
-def is_main_process() -> bool:
-    """Rank 0 of a torchrun / accelerate launch job, or a plain single process."""
-    import os
-
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def loss_summary(metrics: dict[str, Any]) -> str:
     """'loss A -> B' from the logged losses, or the run's mean loss when no step was logged
     (fewer steps than logging_steps)."""

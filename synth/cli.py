@@ -11,6 +11,11 @@ from pathlib import Path
 from synth import __version__
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun / accelerate launch job, or a plain single process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def _setup_logging(log_file: Path | None, verbose: bool) -> None:
     """Console: synth's INFO and everyone's warnings. run.log: everything at INFO."""
     # vLLM installs its own stdout handler unless told not to; route it through ours.
@@ -26,7 +31,7 @@ def _setup_logging(log_file: Path | None, verbose: bool) -> None:
 
     console.addFilter(_ConsoleFilter())
     root.addHandler(console)
-    if int(os.environ.get("RANK", "0")) > 0:  # torchrun / accelerate launch: rank 0 keeps the log
+    if not is_main_process():  # torchrun / accelerate launch: rank 0 keeps the log
         console.setLevel(logging.WARNING)
         return
     if log_file is not None:
