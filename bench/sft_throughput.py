@@ -10,9 +10,11 @@ Needs torch, transformers, trl, peft, datasets (`pip install 'stillhouse[sft]'`)
         [--variant NAME:key=value,key=value ...]
 
 Each --variant also runs sft with those `sft.*` overrides (e.g.
-`flex32:attn_implementation=flex_attention,batch_size=32`; the data grows with the batch so
-every run sees fresh examples) and prints its line, so one GPU call can compare candidate
-defaults. Last line: RESULT sft_throughput ratio=<sft default/plain tok/s> tok_s=<sft tok/s>
+`flex32:attn_implementation=flex_attention,batch_size=32`) and prints its line, so one GPU
+call can compare candidate defaults. Every run trains exactly one epoch over steps x batch
+examples drawn from the same generator: the same length mix whatever the batch size or the
+order the sampler picks (a length-grouped sampler that ran part of an epoch would see only
+its longest mega-batch). Last line: RESULT sft_throughput ratio=<sft default/plain tok/s> tok_s=<sft tok/s>
 """
 
 from __future__ import annotations
@@ -141,10 +143,14 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench-sft-"))
     model = make_model(args.shape, work)
-    biggest = max([args.batch] + [v.get("batch_size", args.batch) for _, v in variants])
     out = work / "out"
     out.mkdir()
-    make_data(out / "train.jsonl", args.steps * biggest)
+
+    def data(batch: int) -> Path:
+        path = work / f"train-{batch}.jsonl"
+        if not path.exists():
+            make_data(path, args.steps * batch)
+        return path
     seeds = work / "s.txt"
     seeds.write_text("x\n")
     (work / "t.j2").write_text("{{ prompt }}")
@@ -156,13 +162,14 @@ def main() -> None:
         path.write_text(yaml.safe_dump({
             "seeds": {"path": str(seeds)}, "template": {"path": str(work / "t.j2")},
             "teacher": {"model": "org/unused"}, "output": {"dir": str(out)},
-            "sft": {**base_sft, "output_dir": str(work / f"student-{name}"), **overrides},
+            "sft": {**base_sft, "output_dir": str(work / f"student-{name}"),
+                    "train": str(data(overrides.get("batch_size", args.batch))), **overrides},
         }))
         return path
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     print(f"device: {device}; shape {args.shape}; {args.steps} steps x batch {args.batch}")
-    plain_tok, plain_dt = run_plain(model, out / "train.jsonl", args.steps, args.batch, work / "plain")
+    plain_tok, plain_dt = run_plain(model, data(args.batch), args.steps, args.batch, work / "plain")
     print(f"plain TRL defaults: {plain_tok:,.0f} real tok/s, {args.steps / plain_dt:.2f} steps/s, peak {peak_memory_mib():,.0f} MiB", flush=True)
     results = {}
     for name, overrides in [("default", {}), *variants]:

@@ -103,7 +103,8 @@ def _loss_curve(history: list[dict[str, Any]], path: Path) -> None:
         ax.plot(*zip(*evals, strict=True), marker="o", label="eval loss")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    ax.legend()
+    if train or evals:
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
@@ -160,6 +161,9 @@ def prepare(recipe: Recipe, progress: bool = True) -> Prepared:
     model = transformers.AutoModelForCausalLM.from_pretrained(model_id, **model_kwargs)
     attn = getattr(model.config, "_attn_implementation", None) or ""
     packing = handles_packed_rows(attn) if cfg.packing == "auto" else bool(cfg.packing)
+    # Padded batches of random lengths are mostly padding (lengths 64-1024: about half);
+    # batches drawn from length-sorted mega-batches are not. Packed rows are all full already.
+    grouped = (not packing) if cfg.group_by_length == "auto" else bool(cfg.group_by_length)
 
     peft_config = None
     if not cfg.full_finetune:
@@ -187,6 +191,7 @@ def prepare(recipe: Recipe, progress: bool = True) -> Prepared:
         eval_steps=cfg.eval_steps,
         max_length=cfg.max_length,
         packing=packing,
+        train_sampling_strategy="group_by_length" if grouped else "random",
         assistant_only_loss=cfg.assistant_only_loss,
         gradient_checkpointing=cfg.gradient_checkpointing,
         bf16=on_gpu,

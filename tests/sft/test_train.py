@@ -109,6 +109,28 @@ def test_label_mask_is_exactly_the_assistant_turns_and_end_of_turn(tmp_path, tin
     assert p.packing is packing
 
 
+def _padding_share(trainer):
+    """Share of padding in one epoch of the trainer's padded batches; checks every example is seen once."""
+    real = padded = 0
+    for batch in trainer.get_train_dataloader():
+        real += int(batch["attention_mask"].sum())
+        padded += batch["attention_mask"].numel()
+    assert real == sum(len(ids) for ids in trainer.train_dataset["input_ids"])
+    return 1 - real / padded
+
+
+def test_padded_batches_group_similar_lengths_by_default(tmp_path, tiny_model):
+    rows = teacher_rows(200, max_chars=1500)  # from one line to a page: mixed lengths
+    grouped = prepare(load_recipe(sft_recipe(tmp_path, tiny_model, rows=rows, batch_size=4)), progress=False)
+    assert not grouped.packing and grouped.trainer.args.train_sampling_strategy == "group_by_length"
+    shuffled = prepare(load_recipe(sft_recipe(tmp_path, tiny_model, rows=rows, batch_size=4, group_by_length=False)), progress=False)
+    assert shuffled.trainer.args.train_sampling_strategy == "random"
+    grouped_share, shuffled_share = _padding_share(grouped.trainer), _padding_share(shuffled.trainer)
+    assert grouped_share < 0.5 * shuffled_share, (grouped_share, shuffled_share)
+    packed = prepare(load_recipe(sft_recipe(tmp_path, tiny_model, rows=rows, packing=True)), progress=False)
+    assert packed.trainer.args.train_sampling_strategy == "random", "packed rows are full: nothing to group"
+
+
 def test_resume_from_the_last_checkpoint(tmp_path, tiny_model):
     path = sft_recipe(tmp_path, tiny_model, max_steps=4, save_steps=2)
     first = run_train(load_recipe(path), progress=False)
