@@ -78,3 +78,24 @@ def fit_to_length(rows: list[list[dict[str, str]]], tokenizer: Any, max_length: 
     if not kept:
         raise ValueError(f"sft.max_length: every example is longer than {max_length} tokens; raise it or use overlong: truncate")
     return kept, report
+
+
+def conversations_dataset(rows: list[list[dict[str, str]]]) -> Any:
+    """A `datasets.Dataset` with one `messages` column, fingerprinted by its content.
+
+    `Dataset.from_list` fingerprints a new dataset by pickling its Arrow table and features
+    with dill, which once failed on a GPU machine under Python 3.12 ("could not pickle a
+    pyarrow type"). A content hash given as the fingerprint skips that step; later
+    `.map` fingerprints (TRL's tokenisation) hash only the function and its arguments."""
+    import hashlib
+    import json
+
+    import datasets
+    import pyarrow as pa
+
+    digest = hashlib.sha256()
+    for messages in rows:
+        digest.update(json.dumps(messages, ensure_ascii=False, sort_keys=True).encode())
+        digest.update(b"\n")
+    table = datasets.table.InMemoryTable(pa.Table.from_pylist([{"messages": m} for m in rows]))
+    return datasets.Dataset(table, fingerprint=digest.hexdigest()[:16])

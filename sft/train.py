@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from sft.config import SftConfig, load_sft
-from sft.data import DataReport, fit_to_length, read_conversations
+from sft.data import DataReport, conversations_dataset, fit_to_length, read_conversations
 from synth.config import Recipe
 from synth.configtools import canonical_dict, to_dict
 from synth.manifest import file_sha256
@@ -200,8 +200,8 @@ def prepare(recipe: Recipe, progress: bool = True) -> Prepared:
         disable_tqdm=not progress,
         dataset_num_proc=None,
     )
-    train_ds = datasets.Dataset.from_list([{"messages": m} for m in train_rows])
-    eval_ds = datasets.Dataset.from_list([{"messages": m} for m in eval_rows]) if eval_rows else None
+    train_ds = conversations_dataset(train_rows)
+    eval_ds = conversations_dataset(eval_rows) if eval_rows else None
     try:
         trainer = trl.SFTTrainer(
             model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,

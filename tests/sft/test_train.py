@@ -131,6 +131,21 @@ def test_padded_batches_group_similar_lengths_by_default(tmp_path, tiny_model):
     assert packed.trainer.args.train_sampling_strategy == "random", "packed rows are full: nothing to group"
 
 
+def test_training_never_hashes_a_dataset_table(tmp_path, tiny_model, monkeypatch):
+    """On a GPU machine under Python 3.12, fingerprinting a new Dataset (dill pickling its
+    Arrow table and features) once failed; sft must not depend on it."""
+    import datasets.arrow_dataset
+
+    def unpicklable(dataset):
+        raise TypeError("cannot pickle 'pyarrow.lib.DataType' object (simulated)")
+
+    monkeypatch.setattr(datasets.arrow_dataset, "generate_fingerprint", unpicklable)
+    path = sft_recipe(tmp_path, tiny_model, max_steps=2, eval_steps=1)
+    write_jsonl(tmp_path / "out" / "eval.jsonl", teacher_rows(44)[40:])
+    metrics = run_train(load_recipe(path), progress=False)
+    assert metrics["global_step"] == 2 and metrics["eval_loss"] is not None
+
+
 def test_resume_from_the_last_checkpoint(tmp_path, tiny_model):
     path = sft_recipe(tmp_path, tiny_model, max_steps=4, save_steps=2)
     first = run_train(load_recipe(path), progress=False)
