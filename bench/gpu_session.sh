@@ -6,9 +6,9 @@
 #   device:  bash bench/gpu_session.sh run       # carry [".whl"]; ~6 minutes on an H200
 #
 # `run` installs the wheels into /tmp/site, then runs bench/sft_throughput.py on the
-# Qwen2.5-0.5B shape: plain TRL vs sft's default (padded, length-grouped, batch 8), and the
-# candidates: shuffled padded batches (the old default), grouped batch 32, FlexAttention with
-# BFD packing at batch 8/16/32; then the GPU-marked tests.
+# Qwen2.5-0.5B shape: plain TRL vs sft's default (padded batches of 8, as TRL's), and the
+# candidates: padded batch 32, length-grouped batch 8 and 32, FlexAttention with BFD packing
+# at batch 8/16/32; then the GPU-marked tests.
 # Everything it prints ends up in the run's output; $OUT/sft_throughput.log keeps a copy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,8 +28,9 @@ run)
     python3 -c "import torch, transformers, trl, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'trl', trl.__version__, 'peft', peft.__version__)"
     out=${OUT:-/tmp}
     timeout 420 python3 bench/sft_throughput.py --shape qwen05b --steps 30 --batch 8 \
-        --variant "shuffled8:group_by_length=false" \
-        --variant "grouped32:batch_size=32" \
+        --variant "padded32:batch_size=32" \
+        --variant "grouped8:group_by_length=true" \
+        --variant "grouped32:group_by_length=true,batch_size=32" \
         --variant "flex8:attn_implementation=flex_attention" \
         --variant "flex16:attn_implementation=flex_attention,batch_size=16" \
         --variant "flex32:attn_implementation=flex_attention,batch_size=32" 2>&1 | grep -v "it/s\]" | tee "$out/sft_throughput.log" || true

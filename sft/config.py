@@ -40,7 +40,7 @@ class SftConfig:
     chat_template: str | None = help_field(None, help="a chat template file with generation markers, if the model's has none")
     packing: str | bool = help_field("auto", help="auto (BFD packing where attention handles it without a dense mask: flash attention, flex_attention), true or false")
     attn_implementation: str | None = help_field(None, help="attention implementation (sdpa, eager, flash_attention_2, flex_attention); none lets transformers pick")
-    group_by_length: str | bool = help_field("auto", help="padded batches of similar lengths (less padding): auto (on when not packing), true or false")
+    group_by_length: bool = help_field(False, help="padded batches of similar lengths: less padding, but batches and the order of steps follow length (see README)")
     gradient_checkpointing: bool = help_field(False, help="recompute activations to save memory")
     epochs: float = help_field(3.0, help="passes over the training set")
     max_steps: int = help_field(-1, help="stop after this many optimizer steps (-1: use epochs)")
@@ -67,8 +67,6 @@ class SftConfig:
             raise ValueError(f"overlong: unknown '{self.overlong}'; choose truncate or drop")
         if self.packing not in ("auto", True, False):
             raise ValueError(f"packing: unknown '{self.packing}'; choose auto, true or false")
-        if self.group_by_length not in ("auto", True, False):
-            raise ValueError(f"group_by_length: unknown '{self.group_by_length}'; choose auto, true or false")
         for name in ("max_length", "batch_size", "grad_accum", "logging_steps", "save_steps", "save_total_limit"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")

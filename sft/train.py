@@ -3,8 +3,8 @@
 Assistant-only loss by default, checked before training: every example must have
 trainable assistant tokens including the end-of-turn token, and one example's trainable
 tokens are logged decoded. BFD packing where the attention implementation handles packed
-rows without a dense mask (flash attention, FlexAttention), padded batches of similar lengths
-otherwise. Resumes from the last checkpoint. Writes the adapter (or model), tokenizer and chat template, the resolved
+rows without a dense mask (flash attention, FlexAttention), padded batches otherwise
+(optionally of similar lengths). Resumes from the last checkpoint. Writes the adapter (or model), tokenizer and chat template, the resolved
 config, metrics and a loss-curve PNG to sft.output_dir.
 """
 
@@ -161,9 +161,10 @@ def prepare(recipe: Recipe, progress: bool = True) -> Prepared:
     model = transformers.AutoModelForCausalLM.from_pretrained(model_id, **model_kwargs)
     attn = getattr(model.config, "_attn_implementation", None) or ""
     packing = handles_packed_rows(attn) if cfg.packing == "auto" else bool(cfg.packing)
-    # Padded batches of random lengths are mostly padding (lengths 64-1024: about half);
-    # batches drawn from length-sorted mega-batches are not. Packed rows are all full already.
-    grouped = (not packing) if cfg.group_by_length == "auto" else bool(cfg.group_by_length)
+    # Packed rows are all full already: nothing to group.
+    grouped = cfg.group_by_length and not packing
+    if cfg.group_by_length and packing:
+        logger.info("group_by_length: ignored, the rows are packed")
 
     peft_config = None
     if not cfg.full_finetune:

@@ -22,7 +22,7 @@ def test_readme_names_every_sft_key():
         ({}, "sft: the recipe has no sft section"),
         ({"model": "m", "overlong": "cut"}, "sft.overlong: unknown 'cut'"),
         ({"model": "m", "packing": "sometimes"}, "sft.packing: unknown 'sometimes'"),
-        ({"model": "m", "group_by_length": "yes"}, "sft.group_by_length: unknown 'yes'"),
+        ({"model": "m", "group_by_length": "yes"}, "sft.group_by_length: expected true or false, got 'yes'"),
         ({"model": "m", "lora": {"dropout": 1.5}}, "sft.lora.dropout: must be in [0, 1)"),
         ({"model": "m", "batch_size": 0}, "sft.batch_size: must be at least 1"),
         ({"model": "m", "warmup_ratio": 2}, "sft.warmup_ratio: must be in [0, 1)"),

@@ -119,15 +119,15 @@ def _padding_share(trainer):
     return 1 - real / padded
 
 
-def test_padded_batches_group_similar_lengths_by_default(tmp_path, tiny_model):
+def test_group_by_length_cuts_the_padding(tmp_path, tiny_model):
     rows = teacher_rows(200, max_chars=1500)  # from one line to a page: mixed lengths
-    grouped = prepare(load_recipe(sft_recipe(tmp_path, tiny_model, rows=rows, batch_size=4)), progress=False)
-    assert not grouped.packing and grouped.trainer.args.train_sampling_strategy == "group_by_length"
-    shuffled = prepare(load_recipe(sft_recipe(tmp_path, tiny_model, rows=rows, batch_size=4, group_by_length=False)), progress=False)
-    assert shuffled.trainer.args.train_sampling_strategy == "random"
+    shuffled = prepare(load_recipe(sft_recipe(tmp_path, tiny_model, rows=rows, batch_size=4)), progress=False)
+    assert not shuffled.packing and shuffled.trainer.args.train_sampling_strategy == "random", "off by default"
+    grouped = prepare(load_recipe(sft_recipe(tmp_path, tiny_model, rows=rows, batch_size=4, group_by_length=True)), progress=False)
+    assert grouped.trainer.args.train_sampling_strategy == "group_by_length"
     grouped_share, shuffled_share = _padding_share(grouped.trainer), _padding_share(shuffled.trainer)
     assert grouped_share < 0.5 * shuffled_share, (grouped_share, shuffled_share)
-    packed = prepare(load_recipe(sft_recipe(tmp_path, tiny_model, rows=rows, packing=True)), progress=False)
+    packed = prepare(load_recipe(sft_recipe(tmp_path, tiny_model, rows=rows, packing=True, group_by_length=True)), progress=False)
     assert packed.trainer.args.train_sampling_strategy == "random", "packed rows are full: nothing to group"
 
 
