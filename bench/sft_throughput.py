@@ -74,12 +74,13 @@ def make_data(path: Path, n: int, seed: int = 0) -> None:
                                               {"role": "assistant", "content": " ".join(words[cut:])}]}) + "\n")
 
 
-def peak_memory_mib() -> float:
+def peak_memory() -> str:
+    """This run's peak GPU memory; on CPU the process's largest RSS so far (all runs up to now)."""
     import torch
 
     if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return f"peak {torch.cuda.max_memory_allocated() / 2**20:,.0f} MiB"
+    return f"max RSS so far {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB"
 
 
 def run_sft(recipe_path: Path) -> tuple[float, float]:
@@ -170,7 +171,7 @@ def main() -> None:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     print(f"device: {device}; shape {args.shape}; {args.steps} steps x batch {args.batch}")
     plain_tok, plain_dt = run_plain(model, data(args.batch), args.steps, args.batch, work / "plain")
-    print(f"plain TRL defaults: {plain_tok:,.0f} real tok/s, {args.steps / plain_dt:.2f} steps/s, peak {peak_memory_mib():,.0f} MiB", flush=True)
+    print(f"plain TRL defaults: {plain_tok:,.0f} real tok/s, {args.steps / plain_dt:.2f} steps/s, {peak_memory()}", flush=True)
     results = {}
     for name, overrides in [("default", {}), *variants]:
         if torch.cuda.is_available():
@@ -182,7 +183,7 @@ def main() -> None:
             continue
         results[name] = tok
         print(f"sft {name} {overrides or '(default recipe)'}: {tok:,.0f} real tok/s ({tok / plain_tok:.2f}x plain), "
-              f"{args.steps / dt:.2f} steps/s, peak {peak_memory_mib():,.0f} MiB", flush=True)
+              f"{args.steps / dt:.2f} steps/s, {peak_memory()}", flush=True)
     sft_tok = results.get("default", 0.0)
     print(f"RESULT sft_throughput ratio={sft_tok / plain_tok:.2f} tok_s={sft_tok:.0f}")
 
