@@ -40,7 +40,7 @@ class SftConfig:
     chat_template: str | None = help_field(None, help="a chat template file with generation markers, if the model's has none")
     packing: str | bool = help_field("auto", help="auto (BFD packing where attention handles it without a dense mask: flash attention, flex_attention), true or false")
     attn_implementation: str | None = help_field(None, help="attention implementation (sdpa, eager, flash_attention_2, flex_attention); none lets transformers pick")
-    group_by_length: bool = help_field(False, help="padded batches of similar lengths: less padding, but batches and the order of steps follow length (see README)")
+    group_by_length: bool = help_field(False, help="padded batches of similar lengths, in random order: less padding, but where length goes with content it can cost quality (see README)")
     gradient_checkpointing: bool = help_field(False, help="recompute activations to save memory")
     epochs: float = help_field(3.0, help="passes over the training set")
     max_steps: int = help_field(-1, help="stop after this many optimizer steps (-1: use epochs)")

@@ -122,6 +122,7 @@ class Prepared:
     attn: str
     on_gpu: bool
     train_path: Path
+    grouped: bool = False
 
 
 def run_train(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
@@ -192,7 +193,6 @@ def prepare(recipe: Recipe, progress: bool = True) -> Prepared:
         eval_steps=cfg.eval_steps,
         max_length=cfg.max_length,
         packing=packing,
-        train_sampling_strategy="group_by_length" if grouped else "random",
         assistant_only_loss=cfg.assistant_only_loss,
         gradient_checkpointing=cfg.gradient_checkpointing,
         bf16=on_gpu,
@@ -212,7 +212,13 @@ def prepare(recipe: Recipe, progress: bool = True) -> Prepared:
         if "target module" in str(exc).lower() or "target_modules" in str(exc).lower():
             raise ValueError(f"sft.lora.target_modules: {cfg.lora.target_modules} match no module of {cfg.model} ({exc})") from None
         raise
-    return Prepared(trainer, cfg, out, tokenizer, report, packing, attn, on_gpu, train_path)
+    if grouped:
+        from sft.batching import GroupedBatchSampler
+
+        lengths = [len(row["input_ids"]) for row in trainer.train_dataset.select_columns(["input_ids"])]
+        # The Trainer's hook for its train sampler (random order unless replaced).
+        trainer._get_train_sampler = lambda dataset=None: GroupedBatchSampler(lengths, cfg.batch_size)
+    return Prepared(trainer, cfg, out, tokenizer, report, packing, attn, on_gpu, train_path, grouped)
 
 
 def last_complete_checkpoint(ckpt_dir: Path) -> str | None:
@@ -289,6 +295,7 @@ def train_and_save(p: Prepared) -> dict[str, Any]:
         "eval_loss": next((h["eval_loss"] for h in reversed(history) if "eval_loss" in h), None),
         "data": {"rows": report.rows, "kept": report.kept, "truncated": report.truncated, "dropped": report.dropped},
         "packing": p.packing,
+        "group_by_length": p.grouped,
         "attn_implementation": p.attn,
         "device": "cuda" if p.on_gpu else "cpu",
         "saved": str(final),

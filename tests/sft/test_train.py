@@ -122,13 +122,13 @@ def _padding_share(trainer):
 def test_group_by_length_cuts_the_padding(tmp_path, tiny_model):
     rows = teacher_rows(200, max_chars=1500)  # from one line to a page: mixed lengths
     shuffled = prepare(load_recipe(sft_recipe(tmp_path, tiny_model, rows=rows, batch_size=4)), progress=False)
-    assert not shuffled.packing and shuffled.trainer.args.train_sampling_strategy == "random", "off by default"
+    assert not shuffled.packing and not shuffled.grouped, "off by default"
     grouped = prepare(load_recipe(sft_recipe(tmp_path, tiny_model, rows=rows, batch_size=4, group_by_length=True)), progress=False)
-    assert grouped.trainer.args.train_sampling_strategy == "group_by_length"
+    assert grouped.grouped
     grouped_share, shuffled_share = _padding_share(grouped.trainer), _padding_share(shuffled.trainer)
     assert grouped_share < 0.5 * shuffled_share, (grouped_share, shuffled_share)
     packed = prepare(load_recipe(sft_recipe(tmp_path, tiny_model, rows=rows, packing=True, group_by_length=True)), progress=False)
-    assert packed.trainer.args.train_sampling_strategy == "random", "packed rows are full: nothing to group"
+    assert packed.packing and not packed.grouped, "packed rows are full: nothing to group"
 
 
 def test_training_never_hashes_a_dataset_table(tmp_path, tiny_model, monkeypatch):
