@@ -4,8 +4,9 @@ Assistant-only loss by default, checked before training: every example must have
 trainable assistant tokens including the end-of-turn token, and one example's trainable
 tokens are logged decoded. BFD packing where the attention implementation handles packed
 rows without a dense mask (flash attention, FlexAttention), padded batches otherwise
-(optionally of similar lengths). Resumes from the last checkpoint. Writes the adapter (or model), tokenizer and chat template, the resolved
-config, metrics and a loss-curve PNG to sft.output_dir.
+(optionally of similar lengths). Resumes from the last checkpoint. Writes the adapter (or
+model), tokenizer and chat template, the resolved config, metrics and a loss-curve PNG to
+sft.output_dir.
 """
 
 from __future__ import annotations
