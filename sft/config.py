@@ -84,6 +84,11 @@ class SftConfig:
         evals = Path(self.eval) if self.eval else (out / "eval.jsonl" if (out / "eval.jsonl").exists() else None)
         return train, evals, Path(self.output_dir) if self.output_dir else out / "student"
 
+    def trained_dir(self, student_dir: Path) -> Path:
+        """Where `sft train` saves the result in its output dir: `model/` for a full
+        fine-tune, `adapter/` otherwise."""
+        return student_dir / ("model" if self.full_finetune else "adapter")
+
 
 def load_sft(section: dict[str, Any]) -> SftConfig:
     if not section:

@@ -130,10 +130,10 @@ def run_eval(recipe: Recipe) -> dict[str, Any]:
     _, eval_path, out = cfg.resolved_paths(recipe.output.dir)
     if eval_path is None:
         raise ValueError("sft eval: no held-out split; set curate.eval_fraction (then rerun synth curate) or sft.eval")
-    trained = out / ("model" if cfg.full_finetune else "adapter")
+    trained = cfg.trained_dir(out)
     marker = "config.json" if cfg.full_finetune else "adapter_config.json"
     if not (trained / marker).is_file():
-        raise ValueError(f"sft eval: no trained {'model' if cfg.full_finetune else 'adapter'} in {trained}; run `sft train` first")
+        raise ValueError(f"sft eval: no trained {trained.name} in {trained}; run `sft train` first")
     conversations = read_conversations(eval_path, "sft.eval")[: cfg.eval_limit]
     prompts = [m[:-1] for m in conversations]
     references = [m[-1]["content"] for m in conversations]

@@ -81,7 +81,7 @@ def run_all(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
             from sft.train import loss_summary
 
             report["stages"][-1]["summary"] = f"{metrics['global_step']} steps, {loss_summary(metrics)}"
-        weights_sha = _weights_sha(student / ("model" if cfg.full_finetune else "adapter"))
+        weights_sha = _weights_sha(cfg.trained_dir(student))
         eval_report = student / "eval_report.json"
         evaluated = eval_report.exists() and json.loads(eval_report.read_text()).get("weights_sha") == weights_sha
 
