@@ -123,7 +123,11 @@ class Prepared:
     attn: str
     on_gpu: bool
     train_path: Path
-    grouped: bool = False
+
+    @property
+    def grouped(self) -> bool:
+        """Padded batches of similar lengths (sft.group_by_length; packed rows have nothing to group)."""
+        return self.cfg.group_by_length and not self.packing
 
 
 def run_train(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
@@ -163,8 +167,6 @@ def prepare(recipe: Recipe, progress: bool = True) -> Prepared:
     model = transformers.AutoModelForCausalLM.from_pretrained(model_id, **model_kwargs)
     attn = getattr(model.config, "_attn_implementation", None) or ""
     packing = handles_packed_rows(attn) if cfg.packing == "auto" else bool(cfg.packing)
-    # Packed rows are all full already: nothing to group.
-    grouped = cfg.group_by_length and not packing
     if cfg.group_by_length and packing:
         logger.info("group_by_length: ignored, the rows are packed")
 
@@ -213,13 +215,14 @@ def prepare(recipe: Recipe, progress: bool = True) -> Prepared:
         if "target module" in str(exc).lower() or "target_modules" in str(exc).lower():
             raise ValueError(f"sft.lora.target_modules: {cfg.lora.target_modules} match no module of {cfg.model} ({exc})") from None
         raise
-    if grouped:
+    prepared = Prepared(trainer, cfg, out, tokenizer, report, packing, attn, on_gpu, train_path)
+    if prepared.grouped:
         from sft.batching import GroupedBatchSampler
 
         lengths = [len(row["input_ids"]) for row in trainer.train_dataset.select_columns(["input_ids"])]
         # The Trainer's hook for its train sampler (random order unless replaced).
         trainer._get_train_sampler = lambda dataset=None: GroupedBatchSampler(lengths, cfg.batch_size)
-    return Prepared(trainer, cfg, out, tokenizer, report, packing, attn, on_gpu, train_path, grouped)
+    return prepared
 
 
 def last_complete_checkpoint(ckpt_dir: Path) -> str | None:
@@ -283,7 +286,7 @@ def train_and_save(p: Prepared) -> dict[str, Any]:
         logger.info("resuming from %s", last)
     result = trainer.train(resume_from_checkpoint=last)
 
-    final = out / ("model" if cfg.full_finetune else "adapter")
+    final = cfg.trained_dir(out)
     trainer.save_model(str(final))  # every rank calls it (sharded setups gather); rank 0 writes
     history = trainer.state.log_history
     losses = [h["loss"] for h in history if "loss" in h]
