@@ -165,6 +165,7 @@ def main() -> None:
             import vllm  # noqa: F401
         except ImportError:
             sys.exit("the vLLM half needs vllm (pip install 'stillhouse[cpu]'), or pass --no-vllm")
+        from synth.runtime import CPU_KV_CACHE_GIB
         from synth.tiny_model import build_tiny_model
 
         model = build_tiny_model(work / "tiny-model")
@@ -172,7 +173,7 @@ def main() -> None:
         server = _start([
             sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
             "--served-model-name", "tiny", "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-            "--enforce-eager", "--gpu-memory-utilization", "0.1", "--max-model-len", "512",
+            "--enforce-eager", "--kv-cache-memory-bytes", str(int(CPU_KV_CACHE_GIB * 2**30)), "--max-model-len", "512",
             "--no-enable-chunked-prefill", "--disable-log-stats", "--uvicorn-log-level", "warning",
         ], port, work / "vllm.log", 300)
         try:

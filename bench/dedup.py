@@ -117,7 +117,7 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=100_000)
     ap.add_argument("--dup-rate", type=float, default=0.1)
     args = ap.parse_args()
-    for module, extra in (("rensa", "curate"), ("datasketch", "dev")):
+    for module, extra in (("rensa", "curate"), ("datasketch", "bench")):
         try:
             __import__(module)
         except ImportError:

@@ -24,91 +24,24 @@ over. Last line: RESULT distill_quality ratio=<student_after/teacher> before=<st
 from __future__ import annotations
 
 import argparse
-import calendar
 import json
 import math
 import os
-import random
-import re
 import shutil
 import subprocess
 import sys
 import time
-from datetime import date
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-MONTHS = list(calendar.month_name)[1:]
-ABBR = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
-INSTRUCTION = "Write this date as YYYY-MM-DD: "
+from synth.examples.dates import check, prepare  # noqa: E402
+
 TEST_PROMPTS = 400  # held-out prompts every model is scored on
 
 
-def _ordinal(d: int) -> str:
-    return "th" if 11 <= d % 100 <= 13 else {1: "st", 2: "nd", 3: "rd"}.get(d % 10, "th")
-
-
-# (writer, parser regex, group order) per format; the parser is the checker's, written
-# independently of the writer (it reads month names and abbreviations back by lookup).
-FORMATS = [
-    (lambda d: f"{MONTHS[d.month - 1]} {d.day}, {d.year}", r"([A-Z][a-z]+) (\d{1,2}), (\d{4})", "MDY"),
-    (lambda d: f"{d.day} {MONTHS[d.month - 1]} {d.year}", r"(\d{1,2}) ([A-Z][a-z]+) (\d{4})", "DMY"),
-    (lambda d: f"{d.day}{_ordinal(d.day)} of {MONTHS[d.month - 1]} {d.year}", r"(\d{1,2})(?:st|nd|rd|th) of ([A-Z][a-z]+) (\d{4})", "DMY"),
-    (lambda d: f"{ABBR[d.month - 1]} {d.day} {d.year}", r"([A-Z][a-z]{2}) (\d{1,2}) (\d{4})", "MDY"),
-    (lambda d: f"{d.day:02d}-{ABBR[d.month - 1]}-{d.year}", r"(\d{2})-([A-Z][a-z]{2})-(\d{4})", "DMY"),
-    (lambda d: f"{d.year}/{d.month}/{d.day}", r"(\d{4})/(\d{1,2})/(\d{1,2})", "YMD"),
-    (lambda d: f"{MONTHS[d.month - 1]} {d.day}{_ordinal(d.day)}, {d.year}", r"([A-Z][a-z]+) (\d{1,2})(?:st|nd|rd|th), (\d{4})", "MDY"),
-]
-
-
-def _month(token: str) -> int:
-    if token.isdigit():
-        return int(token)
-    for names in (MONTHS, ABBR):
-        if token in names:
-            return names.index(token) + 1
-    raise ValueError(f"unknown month {token!r}")
-
-
-def expected(prompt: str) -> str:
-    """The checker's own reading of the prompt: the ISO date it asks for."""
-    text = prompt.removeprefix(INSTRUCTION).strip()
-    for _, pattern, order in FORMATS:
-        m = re.fullmatch(pattern, text)
-        if m:
-            parts = dict(zip(order, m.groups(), strict=True))
-            return date(int(parts["Y"]), _month(parts["M"]), int(parts["D"])).isoformat()
-    raise ValueError(f"no known date format in {text!r}")
-
-
-def check(record: dict) -> bool | tuple[bool, str]:
-    """The exact checker, as a stillhouse verifier: the answer is the ISO date, nothing else."""
-    user = next(m["content"] for m in record["messages"] if m["role"] == "user")
-    answer = record["messages"][-1]["content"].strip()
-    want = expected(user)
-    return True if answer == want else (False, f"wanted {want}, got {answer[:40]!r}")
-
-
-def sample_prompts(rng: random.Random, n: int, taken: set[str]) -> list[str]:
-    start, days = date(1900, 1, 1).toordinal(), (date(2099, 12, 31) - date(1900, 1, 1)).days
-    out = []
-    while len(out) < n:
-        d = date.fromordinal(start + rng.randrange(days + 1))
-        text = rng.choice(FORMATS)[0](d)
-        if text not in taken:
-            taken.add(text)
-            out.append(text)
-    return out
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-
-
-CPU_VLLM = {"dtype": "float32", "enforce_eager": True, "gpu_memory_utilization": 0.1, "max_model_len": 256}
+CPU_VLLM = {"dtype": "float32", "enforce_eager": True, "max_model_len": 256}
 
 
 def recipe(path: Path, seeds: Path, teacher: Path, out: Path, **sections) -> Path:
@@ -128,9 +61,8 @@ def recipe(path: Path, seeds: Path, teacher: Path, out: Path, **sections) -> Pat
 
 
 def cli(*args: str) -> None:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "bench"), os.environ.get("PYTHONPATH", "")])}
     print("$", " ".join(args), flush=True)
-    res = subprocess.run([str(Path(sys.executable).parent / args[0]), *args[1:]], env=env, cwd=REPO,
+    res = subprocess.run([str(Path(sys.executable).parent / args[0]), *args[1:]], cwd=REPO,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     tail = "\n".join(res.stdout.strip().splitlines()[-6:])
     print("  " + tail.replace("\n", "\n  "), flush=True)
@@ -165,31 +97,20 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    from synth.tiny_model import build_tiny_model
-
-    # Data: three disjoint prompt sets. The teacher learns from ground truth; the student only
-    # ever sees what the teacher wrote (and the checker let through).
-    rng = random.Random(0)
-    taken: set[str] = set()
-    test = sample_prompts(rng, TEST_PROMPTS, taken)
-    teacher_train = sample_prompts(rng, args.teacher_examples, taken)
-    distill = sample_prompts(rng, args.distill_prompts, taken)
-    write_jsonl(work / "test.jsonl", [{"date": t} for t in test])
-    write_jsonl(work / "distill.jsonl", [{"date": t} for t in distill])
-    write_jsonl(work / "teacher_train.jsonl", [
-        {"messages": [{"role": "user", "content": INSTRUCTION + t}, {"role": "assistant", "content": expected(INSTRUCTION + t)}]}
-        for t in teacher_train])
-    (work / "date.j2").write_text("{% block user %}" + INSTRUCTION + "{{ date }}{% endblock %}\n", encoding="utf-8")
-
-    # Near character-level tokenizer (vocab 320: bytes + a few merges), so digits are tokens.
-    teacher_init = build_tiny_model(work / "teacher-init", vocab_size=320, hidden_size=256, num_layers=4, num_heads=4)
-    student_init = build_tiny_model(work / "student-init", vocab_size=320, hidden_size=128, num_layers=2, num_heads=2)
+    # Data: three disjoint prompt sets (synth.examples.dates, the task of `make demo`). The
+    # teacher learns from ground truth; the student only ever sees what the teacher wrote (and
+    # the checker let through). This bench keeps its recorded configuration: a 4-layer
+    # hidden-256 teacher and a near character-level tokenizer (vocab 320, no task merges).
+    paths = prepare(work, prompts=args.distill_prompts, teacher_examples=args.teacher_examples, held_out=TEST_PROMPTS,
+                    teacher_shape=(256, 4, 4), student_shape=(128, 2, 2), vocab_size=320, task_tokenizer=False)
+    teacher_init, student_init = paths["teacher_init"], paths["student_init"]
+    (work / "date.j2").write_text((REPO / "prompts" / "dates" / "date.j2").read_text(), encoding="utf-8")
 
     # 1. The teacher: full fine-tuning on ground truth, with stillhouse's own trainer.
     teacher = work / "teacher" / "student" / "model"
     t0 = time.monotonic()
     if not (teacher / "model.safetensors").exists():
-        cli("sft", "train", str(recipe(work / "teacher.yaml", work / "test.jsonl", teacher_init, work / "teacher", sft={
+        cli("sft", "train", str(recipe(work / "teacher.yaml", paths["test"], teacher_init, work / "teacher", sft={
             "model": str(teacher_init), "train": str(work / "teacher_train.jsonl"), "full_finetune": True,
             "max_steps": args.teacher_steps, "batch_size": 32, "learning_rate": 2e-3, "warmup_ratio": 0.05,
             "weight_decay": 0.01, "max_length": 128, "logging_steps": 100, "save_steps": 500})), "--no-progress")
@@ -198,13 +119,13 @@ def main() -> None:
     # 2. stillhouse, one command: generate with the teacher, curate with the checker, train, eval.
     t0 = time.monotonic()
     run_out = work / "run"
-    cli("synth", "run", str(recipe(work / "distill.yaml", work / "distill.jsonl", teacher, run_out,
-        curate={"filters": ["empty", {"name": "verifier", "function": "distill_quality:check"},
+    cli("synth", "run", str(recipe(work / "distill.yaml", paths["prompts"], teacher, run_out,
+        curate={"filters": ["empty", {"name": "verifier", "function": "synth.examples.dates:check"},
                             {"name": "exact_dedup", "field": "prompt"}], "eval_fraction": 0.05},
         sft={"model": str(student_init), "full_finetune": True, "max_steps": args.student_steps, "batch_size": 32,
              "learning_rate": 2e-3, "warmup_ratio": 0.05, "weight_decay": 0.01, "max_length": 128,
              "logging_steps": 100, "save_steps": 500, "eval_steps": 400, "eval_limit": 100, "eval_max_new_tokens": 16,
-             "eval_verifier": "distill_quality:check"})), "--no-progress")
+             "eval_verifier": "synth.examples.dates:check"})), "--no-progress")
     distill_s = time.monotonic() - t0
 
     # 3. The same held-out prompts and checker for every model.

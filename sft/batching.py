@@ -50,3 +50,17 @@ class GroupedBatchSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         return iter(grouped_batches(self.lengths, self.batch_size))
+
+
+def grouped_trainer(base: type) -> type:
+    """A subclass of the Trainer class `base` whose train sampler deals length-grouped
+    batches in random order (GroupedBatchSampler over the tokenised lengths)."""
+
+    class GroupedTrainer(base):
+        def _get_train_sampler(self, train_dataset=None):
+            dataset = self.train_dataset if train_dataset is None else train_dataset
+            lengths = [len(row["input_ids"]) for row in dataset.select_columns(["input_ids"])]
+            return GroupedBatchSampler(lengths, self.args.per_device_train_batch_size)
+
+    GroupedTrainer.__name__ = GroupedTrainer.__qualname__ = f"Grouped{base.__name__}"
+    return GroupedTrainer

@@ -6,22 +6,31 @@ import argparse
 import sys
 
 from sft import __version__
+from synth.cli import dispatch, recipe_arguments
+from synth.runtime import is_main_process, setup_logging
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from synth.cli import _setup_logging
+def _recipe(args: argparse.Namespace):
+    from sft.config import sft_of
     from synth.config import load_recipe
 
     recipe = load_recipe(args.recipe, args.set)
-    from sft.config import load_sft
+    return recipe, sft_of(recipe).student(recipe.layout)
 
-    cfg = load_sft(recipe.sft)
-    out = cfg.resolved_paths(recipe.output.dir)[2]
-    _setup_logging(out / "train.log", args.verbose)
+
+def cmd_train(args: argparse.Namespace) -> int:
+    recipe, student = _recipe(args)
+    setup_logging(student.train_log, args.verbose)
     from sft.train import loss_summary, run_train
-    from synth.cli import is_main_process
+    from synth.stages import read_stamp, train_key
 
-    m = run_train(recipe, progress=not args.no_progress)
+    key = train_key(recipe)
+    if not args.fresh and read_stamp(student.train_stamp) == key and student.trained_marker.is_file():
+        if is_main_process():
+            print(f"sft train: {student.trained} was trained on exactly this data, student and config already; "
+                  "nothing to do (--fresh trains again from the start)")
+        return 0
+    m = run_train(recipe, progress=not args.no_progress, key=key, fresh=args.fresh)
     if not is_main_process():  # several processes: rank 0 reports
         return 0
     print(f"sft train: {m['global_step']} steps, {loss_summary(m)}"
@@ -29,16 +38,13 @@ def cmd_train(args: argparse.Namespace) -> int:
           + (f" (resumed from {m['resumed_from']})" if m["resumed_from"] else ""))
     print(f"  data: {m['data']['kept']} of {m['data']['rows']} examples, {m['data']['truncated']} truncated"
           + (f", dropped {m['data']['dropped']}" if m["data"]["dropped"] else ""))
-    print(f"  saved: {m['saved']}; metrics and loss.png in {out}")
+    print(f"  saved: {m['saved']}; metrics and loss.png in {student.root}")
     return 0
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from synth.cli import _setup_logging
-    from synth.config import load_recipe
-
-    recipe = load_recipe(args.recipe, args.set)
-    _setup_logging(None, args.verbose)
+    recipe, _ = _recipe(args)
+    setup_logging(recipe.layout.log, args.verbose)
     from sft.merge import run_merge
 
     r = run_merge(recipe, dtype=args.dtype)
@@ -48,11 +54,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from synth.cli import _setup_logging
-    from synth.config import load_recipe
-
-    recipe = load_recipe(args.recipe, args.set)
-    _setup_logging(None, args.verbose)
+    recipe, student = _recipe(args)
+    setup_logging(recipe.layout.log, args.verbose)
     from sft.evaluate import run_eval
 
     r = run_eval(recipe)
@@ -63,33 +66,32 @@ def cmd_eval(args: argparse.Namespace) -> int:
           f"exact match {r['student_before']['exact_match']:.3f} -> {r['student_after']['exact_match']:.3f}")
     if "verifier" in r:
         v = r["verifier"]
-        print(f"  verifier pass rate: teacher {v['teacher']:.3f}, student {v['student_before']:.3f} -> {v['student_after']:.3f}")
-    print("  report: eval_report.json, eval_report.md beside the adapter")
+        print(f"  task check pass rate: teacher {v['teacher']:.3f}, student {v['student_before']:.3f} -> {v['student_after']:.3f}")
+    print(f"  report: {student.eval_report}, {student.eval_markdown.name}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from synth.cli import _recipe_arguments
-
     parser = argparse.ArgumentParser(prog="sft", description="Fine-tune a small student on curated data (LoRA via TRL + PEFT).")
     parser.add_argument("--version", action="version", version=f"stillhouse {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    train = sub.add_parser("train", help="train the student of the recipe's sft section; resumes from the last checkpoint")
-    _recipe_arguments(train)
+    train = sub.add_parser("train", help="train the student of the recipe's sft section; resumes from its last checkpoint",
+                           description="Train the student; skipped when it was trained on exactly these inputs already, "
+                           "resumed from the last checkpoint of the same inputs, started fresh otherwise.")
+    recipe_arguments(train)
+    train.add_argument("--fresh", action="store_true", help="train from the start (earlier checkpoints are moved aside)")
     train.set_defaults(func=cmd_train)
     merge = sub.add_parser("merge", help="merge the trained adapter into the base weights (bf16 or fp32) and check the logits")
-    _recipe_arguments(merge)
+    recipe_arguments(merge)
     merge.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="dtype of the merged model")
     merge.set_defaults(func=cmd_merge)
     ev = sub.add_parser("eval", help="compare the student with the teacher on the held-out split")
-    _recipe_arguments(ev)
+    recipe_arguments(ev)
     ev.set_defaults(func=cmd_eval)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from synth.cli import dispatch
-
     return dispatch(build_parser(), argv)
 
 

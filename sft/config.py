@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from synth.configtools import from_dict, help_field
+from synth.configtools import help_field
+from synth.layout import Layout, StudentLayout
+
+if TYPE_CHECKING:
+    from synth.config import Recipe
 
 
 @dataclass
@@ -28,37 +32,38 @@ class LoraOptions:
 
 @dataclass
 class SftConfig:
-    model: str = help_field(help="student model: HF id or local directory")
+    model: str = help_field(help="student model: HF id or local directory", stage=("train", "eval"))
     train: str | None = help_field(None, help="training JSONL (messages); default OUTPUT/train.jsonl")
     eval: str | None = help_field(None, help="eval JSONL; default OUTPUT/eval.jsonl when it exists")
     output_dir: str | None = help_field(None, help="where the adapter, checkpoints and metrics go; default OUTPUT/student")
-    full_finetune: bool = help_field(False, help="train every weight instead of a LoRA adapter (for very small students)")
-    lora: LoraOptions = help_field(default_factory=LoraOptions, help="LoRA settings")
-    max_length: int = help_field(1024, help="longest example in tokens")
-    overlong: str = help_field("truncate", help="examples longer than max_length: truncate or drop")
-    assistant_only_loss: bool = help_field(True, help="loss only on assistant turns (needs {% generation %} markers in the chat template)")
-    chat_template: str | None = help_field(None, help="a chat template file with generation markers, if the model's has none")
-    packing: str | bool = help_field("auto", help="auto (BFD packing where attention handles it without a dense mask: flash attention, flex_attention), true or false")
-    attn_implementation: str | None = help_field(None, help="attention implementation (sdpa, eager, flash_attention_2, flex_attention); none lets transformers pick")
-    group_by_length: bool = help_field(False, help="padded batches of similar lengths, in random order: less padding, but where length goes with content it can cost quality (see README)")
+    full_finetune: bool = help_field(False, help="train every weight instead of a LoRA adapter (for very small students)", stage="train")
+    lora: LoraOptions = help_field(default_factory=LoraOptions, help="LoRA settings", stage="train")
+    max_length: int = help_field(1024, help="longest example in tokens", stage=("train", "eval"))
+    overlong: str = help_field("truncate", help="examples longer than max_length: truncate or drop", stage="train")
+    assistant_only_loss: bool = help_field(True, help="loss only on assistant turns (needs {% generation %} markers in the chat template)", stage="train")
+    chat_template: str | None = help_field(None, help="a chat template file with generation markers, if the model's has none", stage="train")
+    packing: str | bool = help_field("auto", help="auto (BFD packing where attention handles it without a dense mask: flash attention, flex_attention), true or false", stage="train")
+    attn_implementation: str | None = help_field(None, help="attention implementation (sdpa, eager, flash_attention_2, flex_attention); none lets transformers pick", stage="train")
+    group_by_length: bool = help_field(False, help="padded batches of similar lengths, in random order: less padding, but where length goes with content it can cost quality (see README)", stage="train")
     gradient_checkpointing: bool = help_field(False, help="recompute activations to save memory")
-    epochs: float = help_field(3.0, help="passes over the training set")
-    max_steps: int = help_field(-1, help="stop after this many optimizer steps (-1: use epochs)")
-    batch_size: int = help_field(8, help="examples per device per step")
-    grad_accum: int = help_field(1, help="gradient accumulation steps")
-    learning_rate: float = help_field(2e-4, help="peak learning rate")
-    warmup_ratio: float = help_field(0.03, help="share of steps spent warming up")
-    weight_decay: float = help_field(0.0, help="AdamW weight decay")
-    seed: int = help_field(0, help="random seed")
+    epochs: float = help_field(3.0, help="passes over the training set", stage="train")
+    max_steps: int = help_field(-1, help="stop after this many optimizer steps (-1: use epochs)", stage="train")
+    batch_size: int = help_field(8, help="examples per device per step", stage="train")
+    grad_accum: int = help_field(1, help="gradient accumulation steps", stage="train")
+    learning_rate: float = help_field(2e-4, help="peak learning rate", stage="train")
+    warmup_ratio: float = help_field(0.03, help="share of steps spent warming up", stage="train")
+    weight_decay: float = help_field(0.0, help="AdamW weight decay", stage="train")
+    seed: int = help_field(0, help="random seed", stage="train")
     logging_steps: int = help_field(10, help="log the loss every N steps")
     save_steps: int = help_field(200, help="checkpoint every N steps (resume starts from the last)")
     save_total_limit: int = help_field(2, help="checkpoints kept")
     eval_steps: int | None = help_field(None, help="evaluate every N steps; none evaluates once per epoch when there is an eval set")
-    eval_engine: str = help_field("auto", help="`sft eval` generation: vllm (adapter via LoRARequest), transformers, or auto (vllm if installed)")
-    eval_max_new_tokens: int = help_field(256, help="`sft eval`: most tokens per student answer (greedy)")
-    eval_limit: int | None = help_field(None, help="`sft eval`: evaluate only the first N held-out examples")
-    eval_judge: str | None = help_field(None, help="`sft eval`: a JUDGE.yaml (as for synth diff --judge) for the judge win rate of student vs teacher")
-    eval_verifier: str | None = help_field(None, help="`sft eval`: 'module:function' task check run on student and teacher answers")
+    eval_engine: str = help_field("auto", help="`sft eval` generation: vllm (adapter via LoRARequest), transformers, or auto (vllm if installed)", stage="eval")
+    eval_max_new_tokens: int = help_field(256, help="`sft eval`: most tokens per student answer (greedy)", stage="eval")
+    eval_limit: int | None = help_field(None, help="`sft eval`: evaluate only the first N held-out examples", stage="eval")
+    eval_judge: str | None = help_field(None, help="`sft eval`: a JUDGE.yaml (as for synth diff --judge) for the judge win rate of student vs teacher", stage="eval")
+    eval_verifier: str | None = help_field(None, help="`sft eval`: 'module:function' task check run on student and teacher answers", stage="eval")
+    eval_kv_cache_gib: float | None = help_field(None, help="`sft eval` with vLLM: KV cache size in GiB; none: 0.5 on a CPU, vLLM's share of GPU memory (0.9) on a GPU")
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -76,21 +81,35 @@ class SftConfig:
             raise ValueError(f"eval_engine: unknown '{self.eval_engine}'; choose auto, vllm or transformers")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate: must be > 0, got {self.learning_rate}")
+        if self.eval_kv_cache_gib is not None and self.eval_kv_cache_gib <= 0:
+            raise ValueError(f"eval_kv_cache_gib: must be a size in GiB above 0, got {self.eval_kv_cache_gib}")
 
-    def resolved_paths(self, output_dir: str) -> tuple[Path, Path | None, Path]:
-        """(train file, eval file or None, output dir), defaults beside the curated data."""
-        out = Path(output_dir)
-        train = Path(self.train) if self.train else out / "train.jsonl"
-        evals = Path(self.eval) if self.eval else (out / "eval.jsonl" if (out / "eval.jsonl").exists() else None)
-        return train, evals, Path(self.output_dir) if self.output_dir else out / "student"
+        if self.chat_template is not None and not Path(self.chat_template).is_file():
+            raise ValueError(f"chat_template: {self.chat_template} does not exist")
+        if self.eval_judge is not None and not Path(self.eval_judge).is_file():
+            raise ValueError(f"eval_judge: {self.eval_judge} does not exist; give a JUDGE.yaml (see README, synth diff --judge)")
+        if self.eval_verifier is not None:
+            from synth.filters.verifier import load_function
 
-    def trained_dir(self, student_dir: Path) -> Path:
-        """Where `sft train` saves the result in its output dir: `model/` for a full
-        fine-tune, `adapter/` otherwise."""
-        return student_dir / ("model" if self.full_finetune else "adapter")
+            load_function(self.eval_verifier, "eval_verifier")
+
+    def train_path(self, layout: Layout) -> Path:
+        """The training data: sft.train, or OUTPUT/train.jsonl."""
+        return Path(self.train) if self.train else layout.train
+
+    def eval_path(self, layout: Layout) -> Path | None:
+        """The held-out data: sft.eval, or OUTPUT/eval.jsonl when curation wrote one."""
+        if self.eval:
+            return Path(self.eval)
+        return layout.eval if layout.eval.exists() else None
+
+    def student(self, layout: Layout) -> StudentLayout:
+        """The files of the trained student: sft.output_dir, or OUTPUT/student."""
+        return layout.student(self.output_dir, self.full_finetune)
 
 
-def load_sft(section: dict[str, Any]) -> SftConfig:
-    if not section:
+def sft_of(recipe: Recipe) -> SftConfig:
+    """The recipe's validated sft section; an error naming the fix when it has none."""
+    if recipe.sft is None:
         raise ValueError("sft: the recipe has no sft section; add one with at least sft.model (the student)")
-    return from_dict(SftConfig, section, prefix="sft")
+    return recipe.sft

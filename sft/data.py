@@ -46,7 +46,7 @@ def _check_messages(messages: Any, where: str) -> None:
 
 def read_conversations(path: Path, field: str = "sft.train") -> list[list[dict[str, str]]]:
     """The `messages` of every row of a JSONL file, validated; errors name `field`."""
-    from synth.seeds import read_jsonl_objects
+    from synth.runtime import read_jsonl_objects
 
     if not path.is_file():
         raise ValueError(f"{field}: {path} does not exist; run `synth curate` first or set {field}")

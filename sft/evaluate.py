@@ -15,13 +15,15 @@ import contextlib
 import json
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sft.config import SftConfig, load_sft
+from sft.config import SftConfig, sft_of
 from sft.data import read_conversations
 from sft.train import resolve_student
 from synth.config import Recipe
+from synth.layout import StudentLayout
 from synth.textmetrics import exact_match, rouge_l
 
 logger = logging.getLogger(__name__)
@@ -35,8 +37,8 @@ def _perplexity(model: Any, tokenizer: Any, conversations: list[list[dict[str, s
     with torch.no_grad():
         for messages in conversations:
             enc = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
-            ids = torch.tensor([enc["input_ids"]])
-            mask = torch.tensor(enc["assistant_masks"][1:], dtype=torch.bool)
+            ids = torch.tensor([enc["input_ids"]], device=model.device)
+            mask = torch.tensor(enc["assistant_masks"][1:], dtype=torch.bool, device=model.device)
             logits = model(input_ids=ids).logits[0, :-1].float()
             nll = torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="none")
             total_nll += float(nll[mask].sum())
@@ -51,6 +53,7 @@ def _generate_transformers(model: Any, tokenizer: Any, prompts: list[list[dict[s
     with torch.no_grad():
         for messages in prompts:
             ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+            ids = {k: v.to(model.device) for k, v in ids.items()}
             gen = model.generate(**ids, max_new_tokens=max_new, do_sample=False, eos_token_id=tokenizer.eos_token_id,
                                  pad_token_id=tokenizer.pad_token_id)
             out.append(tokenizer.decode(gen[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))
@@ -58,18 +61,14 @@ def _generate_transformers(model: Any, tokenizer: Any, prompts: list[list[dict[s
 
 
 def _vllm_engine(cfg: SftConfig, model: str, max_new: int, lora: bool) -> Any:
-    import vllm
-    from vllm.platforms import current_platform
-
-    from synth.backends.vllm_engine import _in_process_engine
+    from synth.runtime import on_cpu, start_llm
 
     kwargs: dict[str, Any] = {"model": model, "max_model_len": cfg.max_length + max_new, "distributed_executor_backend": "uni"}
     if lora:
         kwargs.update(enable_lora=True, max_lora_rank=max(cfg.lora.r, 8))
-    if current_platform.is_cpu():
-        kwargs.update(dtype="float32", enforce_eager=True, gpu_memory_utilization=0.1, enable_chunked_prefill=False)
-    with _in_process_engine(True):
-        return vllm.LLM(**kwargs)
+    if on_cpu():
+        kwargs.update(dtype="float32", enforce_eager=True, enable_chunked_prefill=False)
+    return start_llm(kwargs, cfg.eval_kv_cache_gib, "sft.eval_kv_cache_gib")
 
 
 def _generate_vllm(cfg: SftConfig, model_id: str, trained: Path, prompts: list, max_new: int) -> tuple[list[str], list[str]]:
@@ -77,12 +76,14 @@ def _generate_vllm(cfg: SftConfig, model_id: str, trained: Path, prompts: list, 
     LoRARequest (one engine), or the fully fine-tuned model (a second engine)."""
     import vllm
 
+    from synth.runtime import release_engine
+
     params = vllm.SamplingParams(temperature=0.0, max_tokens=max_new)
     llm = _vllm_engine(cfg, model_id, max_new, lora=not cfg.full_finetune)
     try:
         before = [o.outputs[0].text for o in llm.chat(prompts, params, use_tqdm=False)]
         if cfg.full_finetune:
-            _close_engine(llm)
+            release_engine(llm)
             llm = _vllm_engine(cfg, str(trained), max_new, lora=False)
             after = [o.outputs[0].text for o in llm.chat(prompts, params, use_tqdm=False)]
         else:
@@ -91,83 +92,105 @@ def _generate_vllm(cfg: SftConfig, model_id: str, trained: Path, prompts: list, 
             lora = LoRARequest("student", 1, str(trained))
             after = [o.outputs[0].text for o in llm.chat(prompts, params, lora_request=lora, use_tqdm=False)]
     finally:
-        _close_engine(llm)
+        release_engine(llm)
     return before, after
 
 
-def _close_engine(llm: Any) -> None:
-    """Shut the engine down and hand its memory back (vLLM keeps it until told)."""
-    import gc
+@dataclass
+class _Models:
+    """The student before (`base`, adapter off) and after (`tuned`) training, on the GPU
+    when there is one."""
 
-    from synth.backends.vllm_engine import shutdown_engine
+    base: Any
+    tuned: Any
+    tokenizer: Any
+    full_finetune: bool
 
-    shutdown_engine(llm)
-    try:
-        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+    def before(self):
+        """A context in which `base` answers as the untrained student: the adapter off (a
+        full fine-tune's base is untouched)."""
+        return contextlib.nullcontext() if self.full_finetune else self.base.disable_adapter()
 
-        cleanup_dist_env_and_memory()
-    except ImportError:  # older vLLM
-        pass
-    gc.collect()
+    def release(self) -> None:
+        """Free the models' memory (GPU memory included) before an engine starts."""
+        import gc
+
+        import torch
+
+        self.base = self.tuned = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
-def _verifier(spec: str | None):
-    if not spec:
-        return None
-    from synth.filters.verifier import Verifier
-
-    return Verifier({"function": spec}, "sft.eval_verifier")
-
-
-def run_eval(recipe: Recipe) -> dict[str, Any]:
+def _load_models(cfg: SftConfig, model_id: str, trained: Path) -> _Models:
     try:
         import torch
         from peft import PeftModel
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError as exc:
         raise ImportError(f"sft eval needs torch, transformers and peft ({exc}): pip install 'stillhouse[sft]'") from None
-    cfg = load_sft(recipe.sft)
-    _, eval_path, out = cfg.resolved_paths(recipe.output.dir)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    tokenizer = AutoTokenizer.from_pretrained(trained)
+    base = AutoModelForCausalLM.from_pretrained(model_id, dtype=dtype).to(device).eval()
+    if cfg.full_finetune:
+        tuned = AutoModelForCausalLM.from_pretrained(trained, dtype=dtype).to(device).eval()
+    else:
+        tuned = base = PeftModel.from_pretrained(base, trained).to(device).eval()
+    return _Models(base, tuned, tokenizer, cfg.full_finetune)
+
+
+def _engine(cfg: SftConfig) -> str:
+    if cfg.eval_engine != "auto":
+        return cfg.eval_engine
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        return "transformers"
+    return "vllm"
+
+
+def run_eval(recipe: Recipe, key: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The student against the teacher on the held-out split; writes the reports and, last,
+    the eval stamp. `key` is the eval stage's key when the caller computed it already."""
+    from synth.rawlog import DirLock
+    from synth.stages import eval_key, write_stamp
+
+    cfg = sft_of(recipe)
+    student = cfg.student(recipe.layout)
+    eval_path = cfg.eval_path(recipe.layout)
     if eval_path is None:
         raise ValueError("sft eval: no held-out split; set curate.eval_fraction (then rerun synth curate) or sft.eval")
-    trained = cfg.trained_dir(out)
-    marker = "config.json" if cfg.full_finetune else "adapter_config.json"
-    if not (trained / marker).is_file():
-        raise ValueError(f"sft eval: no trained {trained.name} in {trained}; run `sft train` first")
-    conversations = read_conversations(eval_path, "sft.eval")[: cfg.eval_limit]
+    if not student.trained_marker.is_file():
+        raise ValueError(f"sft eval: no trained {student.trained.name} in {student.trained}; run `sft train` first")
+    with DirLock(recipe.layout.root):
+        key = key if key is not None else eval_key(recipe)
+        conversations = read_conversations(eval_path, "sft.eval")[: cfg.eval_limit]
+        report = _evaluate(cfg, student, conversations)
+        student.eval_report.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        student.eval_markdown.write_text(_markdown(report), encoding="utf-8")
+        _plot(report, student.eval_plot)
+        write_stamp(student.eval_stamp, key)
+    return report
+
+
+def _evaluate(cfg: SftConfig, student: StudentLayout, conversations: list[list[dict[str, str]]]) -> dict[str, Any]:
     prompts = [m[:-1] for m in conversations]
     references = [m[-1]["content"] for m in conversations]
     model_id = resolve_student(cfg.model)
-    tokenizer = AutoTokenizer.from_pretrained(trained)
-    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    base = AutoModelForCausalLM.from_pretrained(model_id, dtype=dtype).eval()
-    if cfg.full_finetune:
-        tuned = AutoModelForCausalLM.from_pretrained(trained, dtype=dtype).eval()
-    else:
-        tuned = base = PeftModel.from_pretrained(base, trained).eval()
-
-    def as_before():
-        """`base` answers as the untrained student: the adapter off (a full fine-tune's base is untouched)."""
-        return contextlib.nullcontext() if cfg.full_finetune else base.disable_adapter()
-
-    with as_before():
-        ppl_before = _perplexity(base, tokenizer, conversations)
-    ppl_after = _perplexity(tuned, tokenizer, conversations)
-
-    engine = cfg.eval_engine
-    if engine == "auto":
-        try:
-            import vllm  # noqa: F401
-
-            engine = "vllm"
-        except ImportError:
-            engine = "transformers"
+    models = _load_models(cfg, model_id, student.trained)
+    with models.before():
+        ppl_before = _perplexity(models.base, models.tokenizer, conversations)
+    ppl_after = _perplexity(models.tuned, models.tokenizer, conversations)
+    engine = _engine(cfg)
     if engine == "vllm":
-        before, after = _generate_vllm(cfg, model_id, trained, prompts, cfg.eval_max_new_tokens)
+        models.release()  # the engine sizes its memory from what is free
+        before, after = _generate_vllm(cfg, model_id, student.trained, prompts, cfg.eval_max_new_tokens)
     else:
-        with as_before():
-            before = _generate_transformers(base, tokenizer, prompts, cfg.eval_max_new_tokens)
-        after = _generate_transformers(tuned, tokenizer, prompts, cfg.eval_max_new_tokens)
+        with models.before():
+            before = _generate_transformers(models.base, models.tokenizer, prompts, cfg.eval_max_new_tokens)
+        after = _generate_transformers(models.tuned, models.tokenizer, prompts, cfg.eval_max_new_tokens)
 
     def scores(answers: list[str]) -> dict[str, float]:
         n = len(answers)
@@ -183,29 +206,51 @@ def run_eval(recipe: Recipe) -> dict[str, Any]:
         "student_before": scores(before),
         "student_after": scores(after),
     }
-    verifier = _verifier(cfg.eval_verifier)
-    if verifier is not None:
-        def passed(answers: list[str]) -> float:
-            ok = sum(verifier({"messages": [*p, {"role": "assistant", "content": a}]}) is None for p, a in zip(prompts, answers, strict=True))
-            return ok / len(answers)
-
-        report["verifier"] = {"teacher": passed(references), "student_before": passed(before), "student_after": passed(after)}
+    if cfg.eval_verifier:
+        report["verifier"] = _verifier_rates(cfg.eval_verifier, prompts, {"teacher": references, "student_before": before,
+                                                                          "student_after": after})
     if cfg.eval_judge:
-        from synth.diff import judge_preference
-
-        # A = the teacher, B = the trained student: B's win rate is the student's.
-        j = judge_preference([(p[-1]["content"], r, a) for p, r, a in zip(prompts, references, after, strict=True)],
-                             cfg.eval_judge, out / "eval_judge.jsonl")
-        report["judge"] = {"teacher_wins": j["a"], "student_wins": j["b"], "ties": j["tie"],
-                           "unparseable": j["unparseable"], "failed": j["failed"], "student_win_rate": j["b_win_rate"]}
+        report["judge"] = _judge(cfg.eval_judge, prompts, references, after, student.eval_judge)
     report["samples"] = [
         {"prompt": p[-1]["content"][:300], "teacher": r[:300], "student_before": b[:300], "student_after": a[:300]}
         for p, r, b, a in list(zip(prompts, references, before, after, strict=True))[:5]
     ]
-    (out / "eval_report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    (out / "eval_report.md").write_text(_markdown(report), encoding="utf-8")
-    _plot(report, out / "eval.png")
     return report
+
+
+def _verifier_rates(spec: str, prompts: list, answers: dict[str, list[str]]) -> dict[str, float]:
+    """Share of each side's answers the task check accepts."""
+    from synth.filters.verifier import Verifier
+
+    verifier = Verifier({"function": spec}, "sft.eval_verifier")
+
+    def passed(side: list[str]) -> float:
+        ok = sum(verifier.check({"messages": [*p, {"role": "assistant", "content": a}]}) is None
+                 for p, a in zip(prompts, side, strict=True))
+        return ok / len(side)
+
+    return {name: passed(side) for name, side in answers.items()}
+
+
+def _judge(judge_file: str, prompts: list, references: list[str], after: list[str], log: Path) -> dict[str, Any]:
+    """The judge's preference between the teacher (A) and the trained student (B)."""
+    from synth.diff import judge_preference
+
+    j = judge_preference([(p[-1]["content"], r, a) for p, r, a in zip(prompts, references, after, strict=True)], judge_file, log)
+    return {"teacher_wins": j["a"], "student_wins": j["b"], "ties": j["tie"], "unparseable": j["unparseable"],
+            "failed": j["failed"], "student_win_rate": j["b_win_rate"]}
+
+
+def eval_summary(r: dict[str, Any]) -> str:
+    """One line: the student before and after training, against the teacher."""
+    ppl = r["perplexity_of_teacher_answers"]
+    line = (f"teacher-answer perplexity {ppl['before']:.1f} -> {ppl['after']:.1f}, "
+            f"ROUGE-L {r['student_before']['rouge_l']:.3f} -> {r['student_after']['rouge_l']:.3f}")
+    if "verifier" in r:
+        v = r["verifier"]
+        line += (f"; task check: teacher {v['teacher']:.3f}, student {v['student_before']:.3f} -> "
+                 f"{v['student_after']:.3f}")
+    return line
 
 
 def _plot(r: dict[str, Any], path: Path) -> None:

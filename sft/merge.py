@@ -11,10 +11,11 @@ import json
 import logging
 from typing import Any
 
-from sft.config import load_sft
+from sft.config import sft_of
 from sft.data import read_conversations
 from sft.train import resolve_student
 from synth.config import Recipe
+from synth.rawlog import DirLock
 
 logger = logging.getLogger(__name__)
 
@@ -23,20 +24,32 @@ TOLERANCE = {"float32": 1e-4, "bfloat16": 5e-2}
 
 def run_merge(recipe: Recipe, dtype: str = "float32", samples: int = 4) -> dict[str, Any]:
     try:
-        import torch
-        from peft import PeftModel
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+        import peft  # noqa: F401
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
     except ImportError as exc:
         raise ImportError(f"sft merge needs torch, transformers and peft ({exc}): pip install 'stillhouse[sft]'") from None
     if dtype not in TOLERANCE:
         raise ValueError(f"--dtype: choose float32 or bfloat16 (never a quantised type), got {dtype!r}")
-    cfg = load_sft(recipe.sft)
-    train_path, _, out = cfg.resolved_paths(recipe.output.dir)
-    adapter = out / "adapter"
+    cfg = sft_of(recipe)
+    student = cfg.student(recipe.layout)
+    adapter = student.trained
     if cfg.full_finetune:
-        raise ValueError(f"sft merge: sft.full_finetune is true, so {out / 'model'} is already a standalone model; nothing to merge")
-    if not (adapter / "adapter_config.json").is_file():
+        raise ValueError(f"sft merge: sft.full_finetune is true, so {adapter} is already a standalone model; nothing to merge")
+    if not student.trained_marker.is_file():
         raise ValueError(f"sft merge: no adapter in {adapter}; run `sft train` first (full fine-tunes need no merge)")
+    with DirLock(recipe.layout.root):
+        return _merge(recipe, dtype, samples)
+
+
+def _merge(recipe: Recipe, dtype: str, samples: int) -> dict[str, Any]:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    cfg = sft_of(recipe)
+    student = cfg.student(recipe.layout)
+    adapter = student.trained
     model_id = resolve_student(cfg.model)
     base_config = AutoConfig.from_pretrained(model_id)
     if getattr(base_config, "quantization_config", None):
@@ -46,7 +59,7 @@ def run_merge(recipe: Recipe, dtype: str = "float32", samples: int = 4) -> dict[
     base = AutoModelForCausalLM.from_pretrained(model_id, dtype=torch_dtype)
     model = PeftModel.from_pretrained(base, adapter).eval()
 
-    texts = [tokenizer.apply_chat_template(m, tokenize=False) for m in read_conversations(train_path)[:samples]]
+    texts = [tokenizer.apply_chat_template(m, tokenize=False) for m in read_conversations(cfg.train_path(recipe.layout))[:samples]]
     with torch.no_grad():
         unmerged = [model(**tokenizer(t, return_tensors="pt", truncation=True, max_length=256)).logits for t in texts]
         merged_model = model.merge_and_unload()
@@ -54,11 +67,11 @@ def run_merge(recipe: Recipe, dtype: str = "float32", samples: int = 4) -> dict[
     diff = max(float((a - b).abs().max()) for a, b in zip(unmerged, merged, strict=True))
     if diff > TOLERANCE[dtype]:
         raise ValueError(f"sft merge: merged and unmerged logits differ by {diff:.3g} (> {TOLERANCE[dtype]:g} for {dtype}); not saved")
-    target = out / "merged"
+    target = student.merged
     merged_model.save_pretrained(target, safe_serialization=True)
     tokenizer.save_pretrained(target)
     report = {"merged": str(target), "dtype": dtype, "max_abs_logit_diff": diff, "checked_inputs": len(texts)}
-    (out / "merge.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    student.merge_report.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     logger.info("merged into %s (max |logit diff| %.3g over %d inputs)", target, diff, len(texts))
     return report
 

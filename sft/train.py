@@ -4,9 +4,10 @@ Assistant-only loss by default, checked before training: every example must have
 trainable assistant tokens including the end-of-turn token, and one example's trainable
 tokens are logged decoded. BFD packing where the attention implementation handles packed
 rows without a dense mask (flash attention, FlexAttention), padded batches otherwise
-(optionally of similar lengths). Resumes from the last checkpoint. Writes the adapter (or
-model), tokenizer and chat template, the resolved config, metrics and a loss-curve PNG to
-sft.output_dir.
+(optionally of similar lengths). Resumes from the last checkpoint written for the same key
+(data, student, training config: synth.stages.train_key); checkpoints of other inputs are
+moved aside. Writes the adapter (or model), tokenizer and chat template, the resolved
+config, metrics and a loss-curve PNG to sft.output_dir, and last the stamp of its key.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +23,13 @@ from typing import Any
 
 import yaml
 
-from sft.config import SftConfig, load_sft
+from sft.config import SftConfig, sft_of
 from sft.data import DataReport, conversations_dataset, fit_to_length, read_conversations
 from synth.config import Recipe
-from synth.configtools import canonical_dict, to_dict
-from synth.manifest import file_sha256
+from synth.configtools import to_dict
+from synth.fingerprint import resolve_model
+from synth.layout import StudentLayout
+from synth.runtime import read_json, write_json_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -43,14 +47,8 @@ def _imports():
 
 
 def resolve_student(model: str) -> str:
-    path = Path(model).expanduser()
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise ValueError(f"sft.model: {path} is not a model directory (no config.json)")
-        return str(path)
-    if model.startswith(("/", "./", "../", "~")) or model.count("/") > 1:
-        raise ValueError(f"sft.model: {model} does not exist; give an existing model directory or an HF id")
-    return model
+    """The student to load: a local model directory or an HF id (errors name sft.model)."""
+    return resolve_model(model, "sft.model")[0]
 
 
 def handles_packed_rows(attn: str) -> bool:
@@ -116,13 +114,14 @@ class Prepared:
 
     trainer: Any
     cfg: SftConfig
-    out: Path
+    student: StudentLayout
     tokenizer: Any
     report: DataReport
     packing: bool
     attn: str
     on_gpu: bool
-    train_path: Path
+    key: dict[str, Any]  # the train stage's key (synth.stages.train_key)
+    lock_dir: Path  # the recipe's output dir, locked while training writes
 
     @property
     def grouped(self) -> bool:
@@ -130,38 +129,34 @@ class Prepared:
         return self.cfg.group_by_length and not self.packing
 
 
-def run_train(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
-    """Train the student described by the recipe's `sft` section; returns the metrics."""
-    p = prepare(recipe, progress)
-    return train_and_save(p)
+def run_train(recipe: Recipe, progress: bool = True, key: dict[str, Any] | None = None, fresh: bool = False) -> dict[str, Any]:
+    """Train the student described by the recipe's `sft` section; returns the metrics.
+    `key` is the train stage's key when the caller computed it already (synth run); `fresh`
+    starts from step 0 even where checkpoints of the same inputs exist."""
+    return train_and_save(prepare(recipe, progress, key), fresh=fresh)
 
 
-def prepare(recipe: Recipe, progress: bool = True) -> Prepared:
+def prepare(recipe: Recipe, progress: bool = True, key: dict[str, Any] | None = None) -> Prepared:
     """Validate config and data, check the loss mask, load the student, build the trainer."""
-    cfg: SftConfig = load_sft(recipe.sft)
-    torch, transformers, trl, peft, datasets = _imports()
-    train_path, eval_path, out = cfg.resolved_paths(recipe.output.dir)
-    model_id = resolve_student(cfg.model)
+    from synth.stages import train_key
 
-    tokenizer = transformers.AutoTokenizer.from_pretrained(model_id)
-    if cfg.chat_template:
-        template_path = Path(cfg.chat_template)
-        if not template_path.is_file():
-            raise ValueError(f"sft.chat_template: {template_path} does not exist")
-        tokenizer.chat_template = template_path.read_text(encoding="utf-8")
-    if not tokenizer.chat_template:
-        raise ValueError("sft.chat_template: the student's tokenizer has no chat template; give one (with {% generation %} markers)")
-    end_token = tokenizer.eos_token
-    train_rows, report = fit_to_length(read_conversations(train_path), tokenizer, cfg.max_length, cfg.overlong)
+    cfg = sft_of(recipe)
+    torch, transformers, trl, peft, _ = _imports()
+    layout = recipe.layout
+    student = cfg.student(layout)
+    key = key if key is not None else train_key(recipe)
+    model_id = resolve_student(cfg.model)
+    tokenizer = _load_tokenizer(transformers, cfg, model_id)
+    train_rows, report = fit_to_length(read_conversations(cfg.train_path(layout)), tokenizer, cfg.max_length, cfg.overlong)
+    eval_path = cfg.eval_path(layout)
     eval_rows = read_conversations(eval_path, "sft.eval") if eval_path else None
     if cfg.assistant_only_loss:
-        sample = check_assistant_masks(train_rows, tokenizer, end_token)
+        sample = check_assistant_masks(train_rows, tokenizer, tokenizer.eos_token)
         logger.info("trainable tokens of example 1 (assistant turns + end of turn): %r", sample[:500])
     logger.info("data: %d rows, %d kept, %d to be truncated, dropped %s", report.rows, report.kept, report.truncated, report.dropped or "none")
 
     on_gpu = torch.cuda.is_available()
-    dtype = torch.bfloat16 if on_gpu else torch.float32  # TRL loads a path in fp32 unless told
-    model_kwargs: dict[str, Any] = {"dtype": dtype}
+    model_kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if on_gpu else torch.float32}  # TRL loads a path in fp32 unless told
     if cfg.attn_implementation:
         model_kwargs["attn_implementation"] = cfg.attn_implementation
     model = transformers.AutoModelForCausalLM.from_pretrained(model_id, **model_kwargs)
@@ -169,17 +164,81 @@ def prepare(recipe: Recipe, progress: bool = True) -> Prepared:
     packing = handles_packed_rows(attn) if cfg.packing == "auto" else bool(cfg.packing)
     if cfg.group_by_length and packing:
         logger.info("group_by_length: ignored, the rows are packed")
-
     peft_config = None
     if not cfg.full_finetune:
         peft_config = peft.LoraConfig(
             r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
             target_modules=cfg.lora.target_modules, use_rslora=cfg.lora.rslora, task_type="CAUSAL_LM",
         )
+    args = _training_args(trl, cfg, student, has_eval=bool(eval_rows), packing=packing, on_gpu=on_gpu, progress=progress)
+    trainer_cls = trl.SFTTrainer
+    if cfg.group_by_length and not packing:
+        from sft.batching import grouped_trainer
 
-    ckpt_dir = out / "checkpoints"
-    args = trl.SFTConfig(
-        output_dir=str(ckpt_dir),
+        trainer_cls = grouped_trainer(trl.SFTTrainer)
+    try:
+        trainer = trainer_cls(
+            model=model, args=args, train_dataset=conversations_dataset(train_rows),
+            eval_dataset=conversations_dataset(eval_rows) if eval_rows else None,
+            processing_class=tokenizer, peft_config=peft_config,
+        )
+    except ValueError as exc:
+        if "target module" in str(exc).lower() or "target_modules" in str(exc).lower():
+            raise ValueError(f"sft.lora.target_modules: {cfg.lora.target_modules} match no module of {cfg.model} ({exc})") from None
+        raise
+    for default in (transformers.PrinterCallback, transformers.ProgressCallback):
+        trainer.remove_callback(default)
+    trainer.add_callback(progress_callback(transformers, progress))
+    return Prepared(trainer, cfg, student, tokenizer, report, packing, attn, on_gpu, key, layout.root)
+
+
+def progress_callback(transformers: Any, enabled: bool) -> Any:
+    """The trainer's console: one bar (steps, rate, ETA, the last loss) when `enabled`; its
+    log lines (loss, learning rate, eval loss) go to the log file instead of the console."""
+    from tqdm.auto import tqdm
+
+    from synth.runtime import FILE_ONLY
+
+    class TrainProgress(transformers.TrainerCallback):
+        bar = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if enabled and state.is_world_process_zero:
+                self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="train", unit="step", dynamic_ncols=True)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.update(state.global_step - self.bar.n)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or not logs:
+                return
+            logger.info("step %d: %s", state.global_step, json.dumps(logs, default=str), extra=FILE_ONLY)
+            if self.bar is not None and "loss" in logs:
+                self.bar.set_postfix(loss=f"{logs['loss']:.4f}", refresh=False)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+
+    return TrainProgress()
+
+
+def _load_tokenizer(transformers: Any, cfg: SftConfig, model_id: str) -> Any:
+    """The student's tokenizer, with sft.chat_template when given (it must have one)."""
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model_id)
+    if cfg.chat_template:
+        tokenizer.chat_template = Path(cfg.chat_template).read_text(encoding="utf-8")
+    if not tokenizer.chat_template:
+        raise ValueError("sft.chat_template: the student's tokenizer has no chat template; give one (with {% generation %} markers)")
+    return tokenizer
+
+
+def _training_args(trl: Any, cfg: SftConfig, student: StudentLayout, *, has_eval: bool, packing: bool,
+                   on_gpu: bool, progress: bool) -> Any:
+    return trl.SFTConfig(
+        output_dir=str(student.checkpoints),
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
         per_device_train_batch_size=cfg.batch_size,
@@ -192,7 +251,7 @@ def prepare(recipe: Recipe, progress: bool = True) -> Prepared:
         logging_steps=cfg.logging_steps,
         save_steps=cfg.save_steps,
         save_total_limit=cfg.save_total_limit,
-        eval_strategy=("steps" if cfg.eval_steps else "epoch") if eval_rows else "no",
+        eval_strategy=("steps" if cfg.eval_steps else "epoch") if has_eval else "no",
         eval_steps=cfg.eval_steps,
         max_length=cfg.max_length,
         packing=packing,
@@ -204,25 +263,6 @@ def prepare(recipe: Recipe, progress: bool = True) -> Prepared:
         disable_tqdm=not progress,
         dataset_num_proc=None,
     )
-    train_ds = conversations_dataset(train_rows)
-    eval_ds = conversations_dataset(eval_rows) if eval_rows else None
-    try:
-        trainer = trl.SFTTrainer(
-            model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-            processing_class=tokenizer, peft_config=peft_config,
-        )
-    except ValueError as exc:
-        if "target module" in str(exc).lower() or "target_modules" in str(exc).lower():
-            raise ValueError(f"sft.lora.target_modules: {cfg.lora.target_modules} match no module of {cfg.model} ({exc})") from None
-        raise
-    prepared = Prepared(trainer, cfg, out, tokenizer, report, packing, attn, on_gpu, train_path)
-    if prepared.grouped:
-        from sft.batching import GroupedBatchSampler
-
-        lengths = [len(row["input_ids"]) for row in trainer.train_dataset.select_columns(["input_ids"])]
-        # The Trainer's hook for its train sampler (random order unless replaced).
-        trainer._get_train_sampler = lambda dataset=None: GroupedBatchSampler(lengths, cfg.batch_size)
-    return prepared
 
 
 def last_complete_checkpoint(ckpt_dir: Path) -> str | None:
@@ -247,24 +287,25 @@ def last_complete_checkpoint(ckpt_dir: Path) -> str | None:
     return None
 
 
-STAMP = "trained_on.json"
+def checkpoints_for(student: StudentLayout, key: dict[str, Any], fresh: bool = False) -> str | None:
+    """The checkpoint to resume from: the last complete one, only if the checkpoints were
+    written for this key (the same data, student and training config). Checkpoints of another
+    key (or all, when `fresh`) are moved aside to checkpoints.previous (replacing an older set)
+    and training starts fresh; the key is recorded before the first checkpoint is written."""
+    from synth.stages import changed
 
-
-def _training_stamp(cfg: SftConfig, train_path: Path) -> dict[str, Any]:
-    return {"train_sha": file_sha256(train_path), "sft": canonical_dict(cfg)}
-
-
-def trained_already(cfg: SftConfig, train_path: Path, out: Path) -> bool:
-    """Whether `out` holds a student trained to the end on exactly this train file with this
-    sft config (the stamp train_and_save writes last)."""
-    try:
-        stamp = json.loads((out / STAMP).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    if stamp != _training_stamp(cfg, train_path):
-        logger.info("train: the data or the sft config changed since the last training")
-        return False
-    return True
+    ckpts = student.checkpoints
+    if ckpts.is_dir() and any(ckpts.iterdir()):
+        old = read_json(student.checkpoints_key)
+        if old != key or fresh:
+            why = "--fresh" if fresh else ", ".join(changed(old, key)) if isinstance(old, dict) else "they record no key"
+            shutil.rmtree(student.previous_checkpoints, ignore_errors=True)
+            ckpts.rename(student.previous_checkpoints)
+            logger.warning("checkpoints in %s set aside (%s): moved to %s; training starts fresh",
+                           ckpts, why, student.previous_checkpoints.name)
+    ckpts.mkdir(parents=True, exist_ok=True)
+    write_json_atomically(student.checkpoints_key, key)
+    return last_complete_checkpoint(ckpts)
 
 
 def loss_summary(metrics: dict[str, Any]) -> str:
@@ -276,24 +317,42 @@ def loss_summary(metrics: dict[str, Any]) -> str:
     return f"mean loss {mean:.4f}" if mean is not None else "no loss logged"
 
 
-def train_and_save(p: Prepared) -> dict[str, Any]:
-    """Train (resuming from the last complete checkpoint) and write adapter, config, metrics, plot."""
-    started = time.monotonic()
-    trainer, cfg, out, tokenizer, report = p.trainer, p.cfg, p.out, p.tokenizer, p.report
-    ckpt_dir = out / "checkpoints"
-    last = last_complete_checkpoint(ckpt_dir)
-    if last:
-        logger.info("resuming from %s", last)
-    result = trainer.train(resume_from_checkpoint=last)
+def train_and_save(p: Prepared, fresh: bool = False) -> dict[str, Any]:
+    """Train (resuming only from checkpoints of the same key) and write the adapter (or
+    model), config, metrics, plot, and last the stamp (synth.stages)."""
+    from synth.rawlog import DirLock
+    from synth.stages import write_stamp
 
-    final = cfg.trained_dir(out)
-    trainer.save_model(str(final))  # every rank calls it (sharded setups gather); rank 0 writes
-    history = trainer.state.log_history
+    with DirLock(p.lock_dir):
+        started = time.monotonic()
+        trainer, cfg, student = p.trainer, p.cfg, p.student
+        last = checkpoints_for(student, p.key, fresh) if trainer.is_world_process_zero() else None
+        _barrier()  # the other ranks look for checkpoints once rank 0 has sorted them out
+        if not trainer.is_world_process_zero():
+            last = last_complete_checkpoint(student.checkpoints)
+        if last:
+            logger.info("resuming from %s", last)
+        result = trainer.train(resume_from_checkpoint=last)
+        trainer.save_model(str(student.trained))  # every rank calls it (sharded setups gather); rank 0 writes
+        metrics = _metrics(p, result, last, time.monotonic() - started)
+        if trainer.is_world_process_zero():  # several processes (accelerate launch): one writer
+            p.tokenizer.save_pretrained(str(student.trained))
+            student.sft_config.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+            student.metrics.write_text(json.dumps(metrics, indent=2, default=str) + "\n", encoding="utf-8")
+            _loss_curve(metrics["log_history"], student.loss_plot)
+            write_stamp(student.train_stamp, p.key)  # last: the student is complete for this key
+        _end_process_group()
+    return metrics
+
+
+def _metrics(p: Prepared, result: Any, resumed_from: str | None, wall_s: float) -> dict[str, Any]:
+    history = p.trainer.state.log_history
     losses = [h["loss"] for h in history if "loss" in h]
-    metrics = {
+    report = p.report
+    return {
         "train": result.metrics,
-        "global_step": trainer.state.global_step,
-        "resumed_from": last,
+        "global_step": p.trainer.state.global_step,
+        "resumed_from": resumed_from,
         "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None,
         "eval_loss": next((h["eval_loss"] for h in reversed(history) if "eval_loss" in h), None),
@@ -302,19 +361,25 @@ def train_and_save(p: Prepared) -> dict[str, Any]:
         "group_by_length": p.grouped,
         "attn_implementation": p.attn,
         "device": "cuda" if p.on_gpu else "cpu",
-        "saved": str(final),
-        "wall_s": round(time.monotonic() - started, 2),
+        "saved": str(p.student.trained),
+        "wall_s": round(wall_s, 2),
         "log_history": history,
     }
-    if trainer.is_world_process_zero():  # several processes (accelerate launch): one writer
-        tokenizer.save_pretrained(str(final))
-        (out / "sft_config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n", encoding="utf-8")
-        _loss_curve(history, out / "loss.png")
-        # Last: the stamp says the student in `out` is complete for this data and config.
-        (out / STAMP).write_text(json.dumps(_training_stamp(cfg, p.train_path), indent=2), encoding="utf-8")
-    _end_process_group()
-    return metrics
+
+
+def _several_processes() -> bool:
+    import os
+
+    import torch.distributed as dist
+
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available() and dist.is_initialized()
+
+
+def _barrier() -> None:
+    if _several_processes():
+        import torch.distributed as dist
+
+        dist.barrier()
 
 
 def _end_process_group() -> None:
@@ -322,10 +387,8 @@ def _end_process_group() -> None:
     group (a process that exits with it open can abort: "terminate called without an active
     exception"). Only a launcher's group (WORLD_SIZE > 1): an in-process vLLM engine holds a
     one-process group of its own, which is not ours to close."""
-    import os
+    if _several_processes():
+        import torch.distributed as dist
 
-    import torch.distributed as dist
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

@@ -6,20 +6,22 @@ was trained, its metrics and eval report; it calls nothing and changes no data.
 
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 from typing import Any
 
 from synth.config import Recipe
-from synth.rawlog import iter_records
+from synth.layout import Layout
+from synth.manifest import read_manifest
+from synth.rawlog import DirLock, iter_records
+from synth.runtime import read_json
 
 
 def _lengths(path: Path) -> list[int]:
     return [int((r.get("usage") or {}).get("completion_tokens") or 0) for r in iter_records(path)] if path.exists() else []
 
 
-def _plots(out: Path, kept: list[int], rejected: list[int], funnel: list[dict[str, Any]]) -> list[str]:
+def _plots(layout: Layout, kept: list[int], rejected: list[int], funnel: list[dict[str, Any]]) -> list[str]:
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -34,8 +36,8 @@ def _plots(out: Path, kept: list[int], rejected: list[int], funnel: list[dict[st
     ax.set_ylabel("records")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "lengths.png", dpi=100)
-    made.append("lengths.png")
+    fig.savefig(layout.lengths_plot, dpi=100)
+    made.append(layout.lengths_plot.name)
     if funnel:
         fig = Figure(figsize=(6, 3.2))
         FigureCanvasAgg(fig)
@@ -45,8 +47,8 @@ def _plots(out: Path, kept: list[int], rejected: list[int], funnel: list[dict[st
         ax.barh(labels[::-1], values[::-1])
         ax.set_xlabel("records remaining")
         fig.tight_layout()
-        fig.savefig(out / "funnel.png", dpi=100)
-        made.append("funnel.png")
+        fig.savefig(layout.funnel_plot, dpi=100)
+        made.append(layout.funnel_plot.name)
     return made
 
 
@@ -68,10 +70,8 @@ def _versions_section(out: Path) -> list[str]:
     lines = ["## Versions", "", "One directory per teacher; a new teacher never writes over an older version.", "",
              "| version | teacher | kept by curation |", "| --- | --- | --- |"]
     for d, teacher in versions:
-        try:
-            kept = json.loads((d / "stats.json").read_text(encoding="utf-8")).get("kept", "")
-        except (OSError, ValueError):
-            kept = "not curated"
+        stats = read_json(Layout(d).stats)
+        kept = stats.get("kept", "") if isinstance(stats, dict) else "not curated"
         here = " (this one)" if d.resolve() == out.resolve() else ""
         lines.append(f"| `{d}`{here} | `{teacher.get('model')}` | {kept} |")
     first, last = versions[0][0], versions[-1][0]
@@ -80,17 +80,23 @@ def _versions_section(out: Path) -> list[str]:
 
 def write_card(recipe: Recipe) -> Path:
     """Write OUTPUT/README.md (the dataset card) and its plots; returns the card's path."""
-    out = Path(recipe.output.dir)
-    manifest = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").exists() else {}
+    with DirLock(recipe.layout.root):
+        return _write_card(recipe)
+
+
+def _write_card(recipe: Recipe) -> Path:
+    layout = recipe.layout
+    out = layout.root
+    manifest = read_manifest(layout.manifest)
     gen, cur = manifest.get("counts", {}), manifest.get("curate", {})
     stats = cur.get("stats", {})
-    kept, rejected = _lengths(out / "train.jsonl") + _lengths(out / "eval.jsonl"), _lengths(out / "rejected.jsonl")
-    plots = _plots(out, kept, rejected, cur.get("funnel", []))
+    kept, rejected = _lengths(layout.train) + _lengths(layout.eval), _lengths(layout.rejected)
+    plots = _plots(layout, kept, rejected, cur.get("funnel", []))
     teacher, sampling = manifest.get("teacher", {}), recipe.sampling.identity()
     lines = [
         f"# {recipe.name}: a distillation dataset made with stillhouse",
         "",
-        f"Teacher answers to {gen.get('requests', '?')} requests from `{recipe.seeds.path}` "
+        f"Teacher answers to {gen.get('requests', '?')} requests from `{recipe.prompts.path}` "
         f"(template `{recipe.template.path}`), curated for fine-tuning a student.",
         "",
         "## Teacher and sampling",
@@ -131,13 +137,12 @@ def write_card(recipe: Recipe) -> Path:
         "",
         "```python",
         "from datasets import load_dataset",
-        f'ds = load_dataset("json", data_files={{"train": "{out}/train.jsonl"'
-        + (f', "eval": "{out}/eval.jsonl"' if stats.get("eval") else "")
+        f'ds = load_dataset("json", data_files={{"train": "{layout.train}"'
+        + (f', "eval": "{layout.eval}"' if stats.get("eval") else "")
         + "})",
         "# ds['train'][0]['messages'] is TRL's conversational format",
         "```",
         "",
     ]
-    card = out / "README.md"
-    card.write_text("\n".join(lines), encoding="utf-8")
-    return card
+    layout.card.write_text("\n".join(lines), encoding="utf-8")
+    return layout.card

@@ -3,42 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
 from pathlib import Path
 
 from synth import __version__
-
-
-def is_main_process() -> bool:
-    """Rank 0 of a torchrun / accelerate launch job, or a plain single process."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def _setup_logging(log_file: Path | None, verbose: bool) -> None:
-    """Console: synth's INFO and everyone's warnings. run.log: everything at INFO."""
-    # vLLM installs its own stdout handler unless told not to; route it through ours.
-    os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
-    root = logging.getLogger()
-    root.setLevel(logging.INFO)
-    console = logging.StreamHandler(sys.stderr)
-    console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-
-    class _ConsoleFilter(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
-            return verbose or record.levelno >= logging.WARNING or record.name.startswith("synth")
-
-    console.addFilter(_ConsoleFilter())
-    root.addHandler(console)
-    if not is_main_process():  # torchrun / accelerate launch: rank 0 keeps the log
-        console.setLevel(logging.WARNING)
-        return
-    if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(log_file, encoding="utf-8")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        root.addHandler(handler)
+from synth.runtime import setup_logging
 
 
 def _summary(manifest: dict, out_dir: str) -> str:
@@ -80,12 +49,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe, args.set)
     if args.dry_run:
-        _setup_logging(None, args.verbose)
+        setup_logging(None, args.verbose)
         from synth.generate import dry_run
 
         print(_dry_run_report(dry_run(recipe, only_failed=args.only_failed)))
         return 0
-    _setup_logging(Path(recipe.output.dir) / "run.log", args.verbose)
+    setup_logging(recipe.layout.log, args.verbose)
     from synth.generate import run_generate
 
     try:
@@ -102,7 +71,7 @@ def cmd_curate(args: argparse.Namespace) -> int:
     from synth.config import load_recipe
 
     recipe = load_recipe(args.recipe, args.set)
-    _setup_logging(Path(recipe.output.dir) / "run.log", args.verbose)
+    setup_logging(recipe.layout.log, args.verbose)
     from synth.curate import run_curate
 
     stats = run_curate(recipe, progress=not args.no_progress)
@@ -124,7 +93,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from synth.config import load_recipe
 
     recipe = load_recipe(args.recipe, args.set)
-    _setup_logging(Path(recipe.output.dir) / "run.log", args.verbose)
+    setup_logging(recipe.layout.log, args.verbose)
     from synth.run import run_all
 
     try:
@@ -134,8 +103,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 130
     print(f"synth run: {recipe.name}")
     for s in report["stages"]:
-        print(f"  {s['stage']:<9} {s['status']:<8} {s.get('summary') or s.get('why', '')}")
-    print(f"  report: {recipe.output.dir}/report.md; dataset card: {report['card']}")
+        print(f"  {s['stage']:<9} {s['status']:<8} {s.get('summary') or s.get('why') or ''}")
+    print(f"  report: {recipe.layout.report}; dataset card: {recipe.layout.card}")
+    if recipe.sft is not None:
+        from synth.runtime import read_json
+
+        student = recipe.sft.student(recipe.layout)
+        ev = read_json(student.eval_report)
+        if isinstance(ev, dict) and "verifier" in ev:
+            v = ev["verifier"]
+            print(f"  the task check ({recipe.sft.eval_verifier}) on {ev['examples']} held-out prompts passes: "
+                  f"teacher {v['teacher']:.3f}, student before training {v['student_before']:.3f}, "
+                  f"after {v['student_after']:.3f} ({student.eval_markdown})")
     return 0
 
 
@@ -143,18 +122,18 @@ def cmd_expand(args: argparse.Namespace) -> int:
     from synth.config import load_recipe
 
     recipe = load_recipe(args.recipe, args.set)
-    _setup_logging(Path(recipe.output.dir) / "run.log", args.verbose)
+    setup_logging(recipe.layout.log, args.verbose)
     from synth.expand import run_expand
 
     r = run_expand(recipe)
     print(f"synth expand: {r['seeds']} seeds -> {r['new']} new prompts ({r['calls_sent']} teacher calls sent, "
           f"{r['calls_cached']} cached); discarded {r['discarded'] or 'none'}")
-    print(f"  output: {r['output']} (set seeds.path to it, seeds.fields to {{}} and the template to use 'prompt')")
+    print(f"  output: {r['output']} (`synth generate` with this recipe reads it: every seed, then the new prompts)")
     return 0
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    _setup_logging(None, args.verbose)
+    setup_logging(None, args.verbose)
     from synth.diff import run_diff
 
     r = run_diff(args.a, args.b, args.out, judge=args.judge)
@@ -169,7 +148,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_tiny_model(args: argparse.Namespace) -> int:
-    _setup_logging(None, args.verbose)
+    setup_logging(None, args.verbose)
     from synth.tiny_model import build_tiny_model
 
     out = Path(args.out_dir)
@@ -182,8 +161,8 @@ def cmd_tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
-def _recipe_arguments(parser: argparse.ArgumentParser) -> None:
-    """The arguments every recipe command takes."""
+def recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments every recipe command takes (synth's and sft's)."""
     parser.add_argument("recipe", help="recipe YAML (see prompts/demo/recipe.yaml)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe value, e.g. --set sampling.temperature=0.2 (repeatable)")
@@ -205,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Render seeds through the template, send them to the teacher and append the "
         "answers to OUTPUT/raw.jsonl. Rerun the same command to resume after a crash or Ctrl-C.",
     )
-    _recipe_arguments(gen)
+    recipe_arguments(gen)
     gen.add_argument("--dry-run", action="store_true",
                      help="print how many requests would be sent, estimated tokens and cost; send nothing")
     gen.add_argument("--only-failed", action="store_true",
@@ -218,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Apply the recipe's curate.filters to OUTPUT/raw.jsonl. Deterministic: a rerun "
         "with the same raw log and config writes byte-identical files.",
     )
-    _recipe_arguments(cur)
+    recipe_arguments(cur)
     cur.set_defaults(func=cmd_curate)
 
     run = sub.add_parser(
@@ -226,11 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the whole loop: generate, curate, dataset card, and with an sft section train and evaluate",
         description="Run every stage of the recipe, each skipping work already done; writes OUTPUT/report.md.",
     )
-    _recipe_arguments(run)
+    recipe_arguments(run)
     run.set_defaults(func=cmd_run)
 
     exp = sub.add_parser("expand", help="grow the seed prompts with the teacher (self-instruct or evol-instruct); resumable")
-    _recipe_arguments(exp)
+    recipe_arguments(exp)
     exp.set_defaults(func=cmd_expand)
 
     diff = sub.add_parser("diff", help="compare two dataset versions (e.g. two teachers) prompt by prompt")

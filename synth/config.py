@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sft.config import SftConfig
 from synth.configtools import apply_overrides, from_dict, help_field, load_yaml, reference, to_dict
+from synth.layout import Layout
 
 SEED_FORMATS = ("auto", "jsonl", "csv", "txt", "hf", "parquet")
 
@@ -86,7 +88,8 @@ class VllmConfig:
     dtype: str = help_field("auto", help="weights dtype: auto, bfloat16, float16, float32")
     max_model_len: int | None = help_field(None, help="context length; none takes the model's")
     tensor_parallel_size: int = help_field(1, help="GPUs to shard the teacher over")
-    gpu_memory_utilization: float = help_field(0.9, help="share of GPU memory for weights and KV cache (on CPU: share of RAM for the KV cache, use ~0.1)")
+    gpu_memory_utilization: float = help_field(0.9, help="share of GPU memory for weights and KV cache (GPU only; on CPU kv_cache_gib sizes the cache)")
+    kv_cache_gib: float | None = help_field(None, help="KV cache size in GiB; none: 0.5 on a CPU, gpu_memory_utilization's share on a GPU")
     enable_prefix_caching: bool | None = help_field(None, help="reuse KV cache across prompts with a shared prefix; none keeps vLLM's default")
     enforce_eager: bool = help_field(False, help="disable CUDA graphs / compilation (faster start, needed on CPU)")
     trust_remote_code: bool = help_field(False, help="run code shipped with the model; off unless you trust the model's source")
@@ -104,6 +107,8 @@ class VllmConfig:
             raise ValueError(f"tensor_parallel_size: must be at least 1, got {self.tensor_parallel_size}")
         if not (0 < self.gpu_memory_utilization <= 1):
             raise ValueError(f"gpu_memory_utilization: must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.kv_cache_gib is not None and not (0 < self.kv_cache_gib < 4096):
+            raise ValueError(f"kv_cache_gib: must be a size in GiB above 0, got {self.kv_cache_gib}")
         if self.in_flight < 1:
             raise ValueError(f"in_flight: must be at least 1, got {self.in_flight}")
 
@@ -196,10 +201,10 @@ class CurateConfig:
     only_planned: bool = help_field(True, help="curate only records of this recipe's requests (not other configs in the same raw log)")
 
     def __post_init__(self) -> None:
-        from synth.filters import parse_spec  # names only, no heavy imports
+        from synth.filters import validate_spec  # options only: nothing loads or connects
 
         for i, spec in enumerate(self.filters):
-            parse_spec(spec, i)
+            validate_spec(spec, i)
         if not (0 <= self.eval_fraction < 1):
             raise ValueError(f"eval_fraction: must be in [0, 1), got {self.eval_fraction}")
         if not (0 < self.split_threshold <= 1):
@@ -211,6 +216,41 @@ class CardConfig:
     teacher_terms: str | None = help_field(None, help="the teacher's licence or terms of use, stated on the dataset card")
 
 
+EXPAND_METHODS = ("self_instruct", "evol_instruct")
+
+
+@dataclass
+class ExpandOptions:
+    method: str = help_field("self_instruct", help="self_instruct or evol_instruct")
+    field: str = help_field("prompt", help="seed column (after seeds.fields mapping) that holds the instruction")
+    target: int = help_field(100, help="self_instruct: stop once this many new prompts are kept")
+    rounds: int = help_field(10, help="self_instruct: most rounds; evol_instruct: generations of evolution")
+    requests_per_round: int = help_field(16, help="self_instruct: teacher calls per round")
+    examples: int = help_field(8, help="self_instruct: prompts shown per call (the paper: 6 seeds + 2 generated)")
+    generated_examples: int = help_field(2, help="self_instruct: how many of those come from generated prompts")
+    novelty: float = help_field(0.7, help="keep a prompt only if its ROUGE-L with every pool prompt is below this")
+    minhash_above: int = help_field(5000, help="pool size above which MinHash LSH replaces the ROUGE-L scan")
+    min_words: int = help_field(3, help="shortest prompt kept, in words")
+    max_words: int = help_field(150, help="longest prompt kept, in words")
+    breadth_share: float = help_field(0.2, help="evol_instruct: share of in-breadth evolutions")
+    temperature: float = help_field(1.0, help="sampling temperature of expansion calls")
+    max_tokens: int = help_field(512, help="most tokens per expansion answer")
+    seed: int = help_field(0, help="seed of every random choice (examples, operations): reruns rebuild the same requests")
+
+    def __post_init__(self) -> None:
+        if self.method not in EXPAND_METHODS:
+            raise ValueError(f"method: unknown '{self.method}'; choose {' or '.join(EXPAND_METHODS)}")
+        if not (0 < self.novelty <= 1):
+            raise ValueError(f"novelty: must be in (0, 1], got {self.novelty}")
+        for name in ("target", "rounds", "requests_per_round", "examples", "min_words", "max_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be at least 1")
+        if self.max_words < self.min_words:
+            raise ValueError(f"max_words: must be at least min_words ({self.min_words})")
+        if not (0 <= self.breadth_share <= 1):
+            raise ValueError(f"breadth_share: must be in [0, 1], got {self.breadth_share}")
+
+
 @dataclass
 class Recipe:
     seeds: SeedsConfig = help_field(help="where the seed prompts come from")
@@ -220,9 +260,23 @@ class Recipe:
     sampling: SamplingConfig = help_field(default_factory=SamplingConfig, help="sampling parameters")
     curate: CurateConfig = help_field(default_factory=CurateConfig, help="how raw answers become the training set")
     card: CardConfig = help_field(default_factory=CardConfig, help="what the dataset card (OUTPUT/README.md) states")
-    expand: dict[str, Any] = help_field({}, help="prompt expansion (`synth expand`): self_instruct or evol_instruct; keys validated by synth.expand, see README")
-    sft: dict[str, Any] = help_field({}, help="student training (`sft train`); its keys are validated by the sft package, see README")
+    expand: ExpandOptions | None = help_field(None, help="prompt expansion (`synth expand`); with it, generation reads OUTPUT/expanded.jsonl")
+    sft: SftConfig | None = help_field(None, help="student training (`sft train`, `sft eval`)")
     name: str = help_field("recipe", help="a name for this recipe, shown in the manifest")
+
+    @property
+    def layout(self) -> Layout:
+        """The files of output.dir."""
+        return Layout(Path(self.output.dir))
+
+    @property
+    def prompts(self) -> SeedsConfig:
+        """The rows generation reads: the seeds, or with an expand section the expanded
+        prompts (OUTPUT/expanded.jsonl, one `prompt` column, given to the template under the
+        variable expand.field). Every command sees the same rows."""
+        if self.expand is None:
+            return self.seeds
+        return SeedsConfig(path=str(self.layout.expanded), format="jsonl", fields={self.expand.field: "prompt"})
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:

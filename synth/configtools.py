@@ -20,15 +20,26 @@ import yaml
 T = TypeVar("T")
 
 
-def help_field(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any) -> Any:
-    """A dataclass field with a one-line help text (shown in the config reference)."""
+def help_field(default: Any = dataclasses.MISSING, help: str = "", stage: str | tuple[str, ...] | None = None, **kwargs: Any) -> Any:
+    """A dataclass field with a one-line help text (shown in the config reference).
+
+    `stage` names the stage (or stages) whose key includes this field (see `stage_fields`): changing
+    the value makes that stage's earlier work stale."""
+    metadata = {"help": help, "stage": stage}
     if isinstance(default, (list, dict)):
         factory = type(default)
         value = default
-        return dataclasses.field(
-            default_factory=lambda: factory(value), metadata={"help": help}, **kwargs
-        )
-    return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
+        return dataclasses.field(default_factory=lambda: factory(value), metadata=metadata, **kwargs)
+    return dataclasses.field(default=default, metadata=metadata, **kwargs)
+
+
+def stage_fields(obj: Any, stage: str) -> dict[str, Any]:
+    """The fields of config `obj` that declare `stage`, as canonical plain data."""
+    def declares(f: dataclasses.Field) -> bool:
+        tags = f.metadata.get("stage")
+        return stage == tags or (isinstance(tags, tuple) and stage in tags)
+
+    return canonical_dict({f.name: getattr(obj, f.name) for f in dataclasses.fields(obj) if declares(f)})
 
 
 def _suggest(key: str, valid: list[str]) -> str:
@@ -147,6 +158,8 @@ def canonical_dict(obj: Any) -> Any:
     """A config as plain data that compares equal across runs (for "already done" stamps)."""
     import json
 
+    if isinstance(obj, dict):
+        obj = {k: to_dict(v) for k, v in obj.items()}
     return json.loads(json.dumps(to_dict(obj), sort_keys=True, default=str))
 
 
@@ -171,6 +184,17 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = child
         node[parts[-1]] = value
     return data
+
+
+def _optional_dataclass(tp: Any) -> type | None:
+    """The dataclass of a section annotated `Section` or `Section | None`, else None."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and dataclasses.is_dataclass(args[0]):
+            return args[0]
+    return None
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -198,8 +222,9 @@ def reference(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
     for f in dataclasses.fields(cls):
         key = f"{prefix}.{f.name}" if prefix else f.name
         tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            rows.extend(reference(tp, key))
+        section = _optional_dataclass(tp)
+        if section is not None:
+            rows.extend(reference(section, key))
             continue
         if f.default is not dataclasses.MISSING:
             default = repr(f.default)

@@ -3,11 +3,13 @@
 Deterministic: records are taken in request-id order (not in the order the teacher
 finished them), filters run in the recipe's order, and outputs carry no timestamps, so a
 rerun gives byte-identical files. Streaming: records are read one at a time from the raw
-log by offset; only the dedup indexes and the id list stay in memory.
+log by offset and flow through the filters as a chain of generators; only the dedup
+indexes and the id list stay in memory.
 
 Outputs beside raw.jsonl: train.jsonl, eval.jsonl (when curate.eval_fraction > 0),
-rejected.jsonl (each row with `rejection: {filter, reason}`), stats.json, and a
-`curate` section in manifest.json. Counts add up: records = kept + rejected.
+rejected.jsonl (each row with `rejection: {filter, reason}`), stats.json, a `curate`
+section in manifest.json and the stage stamp (synth.stages). Counts add up:
+records = kept + rejected.
 """
 
 from __future__ import annotations
@@ -17,26 +19,27 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from synth.config import CurateConfig, Recipe, redacted
-from synth.filters import build_filter, prompt_text
-from synth.generate import MANIFEST, RAW, plan_requests
-from synth.manifest import utc_now, write_json_atomically
-from synth.rawlog import iter_records
+from synth.filters import Filter, build_filter, prompt_text
+from synth.generate import plan_requests
+from synth.layout import Layout
+from synth.manifest import update_manifest
+from synth.rawlog import DirLock, iter_records
+from synth.runtime import utc_now, write_json_atomically
 
 logger = logging.getLogger(__name__)
-
-TRAIN, EVAL, REJECTED, STATS = "train.jsonl", "eval.jsonl", "rejected.jsonl", "stats.json"
-
 
 @dataclass
 class _Entry:
     id: str
     offset: int
     length: int
+    line: int
 
 
 def _index_raw(raw: Path, planned: set[str] | None) -> tuple[list[_Entry], int]:
@@ -52,11 +55,17 @@ def _index_raw(raw: Path, planned: set[str] | None) -> tuple[list[_Entry], int]:
                 except (ValueError, KeyError, TypeError):
                     raise ValueError(f"{raw} line {lineno} is not a valid record; fix or delete that line") from None
                 if planned is None or rid in planned:
-                    entries.append(_Entry(rid, offset, len(line)))
+                    entries.append(_Entry(rid, offset, len(line), lineno))
                 else:
                     skipped += 1
             offset += len(line)
-    entries.sort(key=lambda e: e.id)
+    entries.sort(key=lambda e: (e.id, e.line))
+    for a, b in zip(entries, entries[1:], strict=False):
+        if a.id == b.id:
+            raise ValueError(
+                f"{raw} line {b.line} repeats request {a.id} of line {a.line}; synth writes each request once, "
+                "so the log was edited or merged by hand: delete one of the two lines"
+            )
     return entries, skipped
 
 
@@ -118,88 +127,85 @@ def _split(kept_path: Path, cfg: CurateConfig) -> dict[str, str]:
     return out
 
 
-def run_curate(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
-    """Curate OUTPUT/raw.jsonl into train/eval/rejected files; returns the stats."""
-    cfg = recipe.curate
-    wall0 = time.monotonic()
-    out = Path(recipe.output.dir)
-    filters = [build_filter(spec, i) for i, spec in enumerate(cfg.filters)]
-    planned = {r.id for r in plan_requests(recipe).requests} if cfg.only_planned else None
-    entries, skipped = _index_raw(out / RAW, planned)
-    if skipped:
-        logger.info("%d records in %s belong to other configurations; left out (curate.only_planned)", skipped, out / RAW)
+def run_curate(recipe: Recipe, progress: bool = True, key: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Curate OUTPUT/raw.jsonl into train/eval/rejected files; returns the stats.
 
-    per_filter = {f"{i}:{f.name}": 0 for i, f in enumerate(filters)}
+    `key` is the stage key when the caller computed it already (synth run)."""
+    from synth.stages import curate_key, write_stamp
+
+    layout = recipe.layout
+    with DirLock(layout.root):
+        key = key if key is not None else curate_key(recipe)
+        wall0 = time.monotonic()
+        filters = [build_filter(spec, i) for i, spec in enumerate(recipe.curate.filters)]
+        planned = {r.id for r in plan_requests(recipe).requests} if recipe.curate.only_planned else None
+        entries, skipped = _index_raw(layout.raw, planned)
+        if skipped:
+            logger.info("%d records in %s belong to other configurations; left out (curate.only_planned)", skipped, layout.raw)
+        counts = _filter_all(layout, filters, entries, progress)
+        split = _write_split(layout, recipe.curate) if recipe.curate.eval_fraction > 0 and counts["kept"] else None
+        if split is None:
+            layout.eval.unlink(missing_ok=True)
+            split = {"train": counts["kept"], "eval": 0}
+        stats = {
+            "records": len(entries),
+            "kept": counts["kept"],
+            "rejected": counts["rejected"],
+            **split,
+            "records_of_other_configs": skipped,
+            "rejected_by_filter": {f"{i}:{f.name}": f.rejected for i, f in enumerate(filters)},
+            "pii_redacted": counts["pii"],
+            "filters": [f.name for f in filters],
+        }
+        assert stats["records"] == stats["kept"] + stats["rejected"]
+        write_json_atomically(layout.stats, stats)  # a function of data and config only: no run facts
+        # What this run had to do (judge calls sent vs cached) goes to the manifest, not stats.json.
+        calls = {f"{f.name}_calls": f.stats for f in filters if f.batch}
+        _update_manifest(layout, recipe, stats, calls, time.monotonic() - wall0)
+        write_stamp(layout.stamp("curate"), key)
+    return {**stats, **calls}
+
+
+def _filter_all(layout: Layout, filters: list[Filter], entries: list[_Entry], progress: bool) -> dict[str, Any]:
+    """Run every record through the filters (first rejection wins) into train.jsonl and
+    rejected.jsonl, written under temporary names and renamed into place at the end."""
+    kept, rejected = _Writer(layout.train), _Writer(layout.rejected)
+    scratch: list[_Writer] = []
     pii: dict[str, int] = {}
-    kept_writer, rejected_writer = _Writer(out / TRAIN), _Writer(out / REJECTED)
-    writers = [kept_writer, rejected_writer]
 
-    def run(records, first: int, last: int, keep) -> None:
-        """Apply filters[first:last] to records; rejections are written, survivors kept."""
-        for rec in records:
-            for i in range(first, last):
-                reason = filters[i](rec)
-                if reason is not None:
-                    per_filter[f"{i}:{filters[i].name}"] += 1
-                    rejected_writer.write({**rec, "rejection": {"filter": filters[i].name, "reason": reason}})
-                    break
-            else:
-                keep(rec)
-
-    def keep_final(rec: dict[str, Any]) -> None:
-        for k, v in (rec.get("pii") or {}).items():
-            pii[k] = pii.get(k, 0) + v
-        kept_writer.write(rec)
+    def reject(rec: dict[str, Any], name: str, reason: str) -> None:
+        rejected.write({**rec, "rejection": {"filter": name, "reason": reason}})
 
     try:
-        with (out / RAW).open("rb") as fh:
-            records = _read_entries(fh, entries, progress)
-            start = 0
-            # A batch filter (the judge) needs all survivors of the filters before it: those
-            # go to a stage file, the filter prepares on it, and the rest runs from there.
+        with layout.raw.open("rb") as fh:
+            records: Iterable[dict[str, Any]] = _read_entries(fh, entries, progress)
             for k, f in enumerate(filters):
-                if getattr(f, "batch", False):
-                    stage = _Writer(out / f".curate-stage-{k}.jsonl")
-                    writers.append(stage)
-                    run(records, start, k, stage.write)
+                if f.batch:
+                    # A batch filter needs every survivor of the filters before it: they go to a
+                    # scratch file, the filter prepares on it, and the chain goes on from there.
+                    stage = _Writer(layout.curate_stage_file(k))
+                    scratch.append(stage)
+                    for rec in records:
+                        stage.write(rec)
                     stage.commit()
-                    f.out_dir = out  # where the judge keeps its call cache
-                    f.prepare(iter_records(stage.path))
-                    records, start = iter_records(stage.path), k
-            run(records, start, len(filters), keep_final)
-        kept_writer.commit()
-        rejected_writer.commit()
-        split_counts = {"train": kept_writer.count, "eval": 0}
-        if cfg.eval_fraction > 0 and kept_writer.count:
-            split_counts = _write_split(out, cfg)
-        else:
-            (out / EVAL).unlink(missing_ok=True)
+                    f.prepare(iter_records(stage.path), layout.root)
+                    records = iter_records(stage.path)
+                records = f.apply(records, reject)
+            for rec in records:
+                for name, n in (rec.get("pii") or {}).items():
+                    pii[name] = pii.get(name, 0) + n
+                kept.write(rec)
+        kept.commit()
+        rejected.commit()
     except BaseException:
-        for w in writers:
+        for w in (kept, rejected, *scratch):
             if not w.fh.closed:
                 w.abort()
         raise
     finally:
-        for w in writers[2:]:
+        for w in scratch:
             w.path.unlink(missing_ok=True)
-
-    stats = {
-        "records": len(entries),
-        "kept": kept_writer.count,
-        "rejected": rejected_writer.count,
-        "train": split_counts["train"],
-        "eval": split_counts["eval"],
-        "records_of_other_configs": skipped,
-        "rejected_by_filter": per_filter,
-        "pii_redacted": dict(sorted(pii.items())),
-        "filters": [f.name for f in filters],
-    }
-    assert stats["records"] == stats["kept"] + stats["rejected"]
-    write_json_atomically(out / STATS, stats)  # a function of data and config only: no run facts
-    # What this run had to do (judge calls sent vs cached) goes to the manifest, not stats.json.
-    calls = {f"{f.name}_calls": f.stats for f in filters if getattr(f, "batch", False)}
-    _update_manifest(out, recipe, stats, calls, time.monotonic() - wall0)
-    return {**stats, **calls}
+    return {"kept": kept.count, "rejected": rejected.count, "pii": dict(sorted(pii.items()))}
 
 
 def _read_entries(fh, entries: list[_Entry], progress: bool):
@@ -210,31 +216,32 @@ def _read_entries(fh, entries: list[_Entry], progress: bool):
         yield json.loads(fh.read(entry.length))
 
 
-def _write_split(out: Path, cfg: CurateConfig) -> dict[str, int]:
-    assignment = _split(out / TRAIN, cfg)
-    train, evals = _Writer(out / (TRAIN + ".split")), _Writer(out / EVAL)
-    for rec in iter_records(out / TRAIN):
+def _write_split(layout: Layout, cfg: CurateConfig) -> dict[str, int]:
+    assignment = _split(layout.train, cfg)
+    staged = layout.train.with_name(layout.train.name + ".split")
+    train, evals = _Writer(staged), _Writer(layout.eval)
+    for rec in iter_records(layout.train):
         (evals if assignment[rec["id"]] == "eval" else train).write(rec)
     train.commit()
     evals.commit()
-    os.replace(out / (TRAIN + ".split"), out / TRAIN)
+    os.replace(staged, layout.train)
     return {"train": train.count, "eval": evals.count}
 
 
-def _update_manifest(out: Path, recipe: Recipe, stats: dict[str, Any], calls: dict[str, Any], wall_s: float) -> None:
-    path = out / MANIFEST
-    manifest = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+def _update_manifest(layout: Layout, recipe: Recipe, stats: dict[str, Any], calls: dict[str, Any], wall_s: float) -> None:
     funnel, remaining = [{"stage": "raw", "count": stats["records"]}], stats["records"]
     for key, rejected in stats["rejected_by_filter"].items():
         remaining -= rejected
         funnel.append({"stage": key.split(":", 1)[1], "rejected": rejected, "remaining": remaining})
-    manifest["curate"] = {
+    files = {name: getattr(layout, name).name for name in ("train", "eval", "rejected", "stats")}
+    if not stats["eval"]:
+        files["eval"] = None
+    update_manifest(layout.manifest, {"curate": {
         "finished_at": utc_now(),
         "wall_s": round(wall_s, 3),
         "funnel": funnel,
         "stats": stats,
         **calls,
         "config": redacted(recipe)["curate"],
-        "files": {"train": TRAIN, "eval": EVAL if stats["eval"] else None, "rejected": REJECTED, "stats": STATS},
-    }
-    write_json_atomically(path, manifest)
+        "files": files,
+    }})

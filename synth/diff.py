@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 import re
 import statistics
@@ -21,10 +22,14 @@ from synth.config import TeacherConfig, TemplateConfig
 from synth.configtools import from_dict, help_field, load_yaml
 from synth.filters import answer_text, prompt_text
 from synth.filters.quality import Refusal
+from synth.layout import Layout
+from synth.manifest import read_manifest
 from synth.rawlog import iter_records
 from synth.requests import Request, request_id
-from synth.templates import PromptTemplate
+from synth.templates import PromptTemplate, builtin_template
 from synth.textmetrics import rouge_l
+
+logger = logging.getLogger(__name__)
 
 
 def _prompt_key(rec: dict[str, Any]) -> str:
@@ -32,16 +37,48 @@ def _prompt_key(rec: dict[str, Any]) -> str:
     return hashlib.sha256(chat.encode()).hexdigest()[:16]
 
 
+def planned_ids(d: Path) -> set[str] | None:
+    """The request ids of the recipe that last generated into `d` (its config.yaml, with the
+    teacher recorded in it), or None when they cannot be rebuilt (no config, inputs moved)."""
+    from synth.config import Recipe
+    from synth.configtools import from_dict, load_yaml
+    from synth.generate import plan_requests
+    from synth.versions import recorded_teacher
+
+    layout = Layout(d)
+    teacher = recorded_teacher(d)
+    if not layout.config.exists() or teacher is None:
+        return None
+    try:
+        data = load_yaml(layout.config)
+        data["output"]["dir"] = str(d)  # the directory as given, wherever the run was
+        for section in ("curate", "sft", "card"):  # not needed to plan; their files may be gone
+            data.pop(section, None)
+        return {r.id for r in plan_requests(from_dict(Recipe, data), teacher).requests}
+    except (ValueError, KeyError, TypeError, ImportError) as exc:
+        logger.warning("synth diff: cannot rebuild the requests of %s from its config.yaml (%s); comparing every "
+                       "record of its raw.jsonl, which may hold records of earlier configurations", d, exc)
+        return None
+
+
 def _load(d: Path) -> dict[str, Any]:
-    raw = d / "raw.jsonl"
-    if not raw.exists():
+    layout = Layout(d)
+    if not layout.raw.exists():
         raise ValueError(f"synth diff: {d} has no raw.jsonl; give two output dirs of synth generate")
+    planned = planned_ids(d)
     by_prompt: dict[str, list[dict[str, Any]]] = {}
-    for rec in iter_records(raw):
+    other = 0
+    for rec in iter_records(layout.raw):
+        if planned is not None and rec["id"] not in planned:
+            other += 1
+            continue
         by_prompt.setdefault(_prompt_key(rec), []).append(rec)
-    rejected = {r["id"] for r in iter_records(d / "rejected.jsonl")} if (d / "rejected.jsonl").exists() else None
-    manifest = json.loads((d / "manifest.json").read_text()) if (d / "manifest.json").exists() else {}
-    return {"dir": str(d), "by_prompt": by_prompt, "rejected": rejected, "teacher": manifest.get("teacher", {})}
+    for records in by_prompt.values():  # sample 0 first, whatever order the teacher finished in
+        records.sort(key=lambda r: (r.get("sample_index", 0), r["id"]))
+    rejected = {r["id"] for r in iter_records(layout.rejected)} if layout.rejected.exists() else None
+    manifest = read_manifest(layout.manifest)
+    return {"dir": str(d), "by_prompt": by_prompt, "rejected": rejected, "teacher": manifest.get("teacher", {}),
+            "records_of_other_configs": other}
 
 
 def _summary(v: dict[str, Any], refusal: Refusal) -> dict[str, Any]:
@@ -51,10 +88,11 @@ def _summary(v: dict[str, Any], refusal: Refusal) -> dict[str, Any]:
         "dir": v["dir"],
         "teacher": {k: v["teacher"].get(k) for k in ("backend", "model", "base_url", "fingerprint")},
         "records": len(recs),
+        "records_of_other_configs": v["records_of_other_configs"],
         "prompts": len(v["by_prompt"]),
         "answer_chars_mean": round(statistics.mean(lengths), 1) if lengths else 0,
         "answer_chars_median": statistics.median(lengths) if lengths else 0,
-        "refusal_rate": round(sum(refusal(r) is not None for r in recs) / max(len(recs), 1), 4),
+        "refusal_rate": round(sum(refusal.check(r) is not None for r in recs) / max(len(recs), 1), 4),
     }
     if v["rejected"] is not None:
         out["rejection_rate"] = round(sum(r["id"] in v["rejected"] for r in recs) / max(len(recs), 1), 4)
@@ -73,8 +111,7 @@ def parse_winner(text: str) -> str | None:
 @dataclass
 class DiffJudgeOptions:
     teacher: TeacherConfig = help_field(help="the judge model: a teacher block (backend vllm or openai)")
-    template: str = help_field(str(Path(__file__).resolve().parent.parent / "prompts" / "judge" / "pairwise.j2"),
-                               help="pairwise template; variables prompt, answer_1, answer_2")
+    template: str | None = help_field(None, help="pairwise template (variables prompt, answer_1, answer_2); none: the packaged judge/pairwise.j2")
     limit: int = help_field(200, help="judge at most this many prompts (those that changed most first)")
     max_tokens: int = help_field(128, help="most tokens per judge answer")
     seed: int = help_field(0, help="seed of the answer order shown to the judge (against position bias)")
@@ -86,7 +123,7 @@ def judge_preference(pairs: list[tuple[str, str, str]], judge_file: str | Path, 
     from synth.calls import CachedCalls
 
     o = from_dict(DiffJudgeOptions, load_yaml(judge_file), prefix="judge")
-    template = PromptTemplate.load(TemplateConfig(path=o.template))
+    template = PromptTemplate.load(TemplateConfig(path=o.template or str(builtin_template("judge/pairwise.j2"))))
     calls = CachedCalls(o.teacher, log)
     sampling = {"temperature": 0.0, "top_p": 1.0, "top_k": None, "max_tokens": o.max_tokens, "seed": o.seed, "stop": []}
     rng = random.Random(o.seed)
@@ -124,7 +161,7 @@ def run_diff(a_dir: str | Path, b_dir: str | Path, out_dir: str | Path | None = 
     common = sorted(set(a["by_prompt"]) & set(b["by_prompt"]))
     changes = []
     for key in common:
-        ra, rb = a["by_prompt"][key][0], b["by_prompt"][key][0]  # sample 0 of each (ids sort stably)
+        ra, rb = a["by_prompt"][key][0], b["by_prompt"][key][0]  # sample 0 of each
         ans_a, ans_b = answer_text(ra), answer_text(rb)
         changes.append({
             "prompt": prompt_text(ra)[:200],
@@ -147,16 +184,16 @@ def run_diff(a_dir: str | Path, b_dir: str | Path, out_dir: str | Path | None = 
         "mean_answer_similarity": round(statistics.mean(c["similarity"] for c in changes), 4) if changes else None,
         "changed_most": changes[:top],
     }
-    target = Path(out_dir) if out_dir else Path(b_dir)
-    target.mkdir(parents=True, exist_ok=True)
+    target = Layout(Path(out_dir) if out_dir else Path(b_dir))
+    target.root.mkdir(parents=True, exist_ok=True)
     if judge is not None:
         pairs = [(c["prompt_full"], c["answer_a_full"], c["answer_b_full"]) for c in changes]
-        report["judge"] = judge_preference(pairs, judge, target / "diff_judge.jsonl")
+        report["judge"] = judge_preference(pairs, judge, target.diff_judge)
     for c in changes:
         for k in ("prompt_full", "answer_a_full", "answer_b_full"):
             c.pop(k)
-    (target / "diff.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    (target / "diff.md").write_text(_markdown(report), encoding="utf-8")
+    target.diff_json.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    target.diff.write_text(_markdown(report), encoding="utf-8")
     return report
 
 

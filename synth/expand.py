@@ -19,57 +19,24 @@ one {"prompt", "origin"} per line, seeds first; point seeds.path at it to genera
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import re
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from synth.config import Recipe, TemplateConfig
-from synth.configtools import from_dict, help_field
+from synth.config import ExpandOptions, Recipe, TemplateConfig
+from synth.rawlog import DirLock, rewrite_atomically
 from synth.requests import Request, request_id
 from synth.seeds import load_seeds
-from synth.templates import PromptTemplate
+from synth.templates import PromptTemplate, builtin_template
 from synth.textmetrics import rouge_l
 
 logger = logging.getLogger(__name__)
-
-PROMPTS = Path(__file__).resolve().parent.parent / "prompts" / "expand"
 EVOL_DEPTH = ("constraints", "deepen", "concretize", "reasoning")
 # Tasks a text-only model cannot do (the Self-Instruct paper's keyword filter).
 BLOCKLIST = re.compile(r"\b(image|images|graph|graphs|picture|pictures|file|files|map|maps|draw|plot|go to|video|audio|flowchart|diagram)\b", re.IGNORECASE)
 _ITEM = re.compile(r"^\s*(?:(?:task|instruction|prompt)\s*\d+\s*[:.)-]|\d+\s*[.):-]|[-*•])\s*(.+?)\s*$", re.IGNORECASE)
 _COPY_MARKERS = ("given prompt", "rewritten prompt", "#rewritten", "prompt rewriter", "new prompt:", "#created prompt#")
-
-
-@dataclass
-class ExpandOptions:
-    method: str = help_field("self_instruct", help="self_instruct or evol_instruct")
-    field: str = help_field("prompt", help="seed column (after seeds.fields mapping) that holds the instruction")
-    target: int = help_field(100, help="self_instruct: stop once this many new prompts are kept")
-    rounds: int = help_field(10, help="self_instruct: most rounds; evol_instruct: generations of evolution")
-    requests_per_round: int = help_field(16, help="self_instruct: teacher calls per round")
-    examples: int = help_field(8, help="self_instruct: prompts shown per call (the paper: 6 seeds + 2 generated)")
-    generated_examples: int = help_field(2, help="self_instruct: how many of those come from generated prompts")
-    novelty: float = help_field(0.7, help="keep a prompt only if its ROUGE-L with every pool prompt is below this")
-    minhash_above: int = help_field(5000, help="pool size above which MinHash LSH replaces the ROUGE-L scan")
-    min_words: int = help_field(3, help="shortest prompt kept, in words")
-    max_words: int = help_field(150, help="longest prompt kept, in words")
-    breadth_share: float = help_field(0.2, help="evol_instruct: share of in-breadth evolutions")
-    temperature: float = help_field(1.0, help="sampling temperature of expansion calls")
-    max_tokens: int = help_field(512, help="most tokens per expansion answer")
-    seed: int = help_field(0, help="seed of every random choice (examples, operations): reruns rebuild the same requests")
-
-    def __post_init__(self) -> None:
-        if self.method not in ("self_instruct", "evol_instruct"):
-            raise ValueError(f"method: unknown '{self.method}'; choose self_instruct or evol_instruct")
-        if not (0 < self.novelty <= 1):
-            raise ValueError(f"novelty: must be in (0, 1], got {self.novelty}")
-        for name in ("target", "rounds", "requests_per_round", "examples"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: must be at least 1")
 
 
 def parse_items(text: str) -> list[str]:
@@ -133,7 +100,7 @@ class _Caller:
         from synth.calls import CachedCalls
 
         self.o = o
-        self.calls = CachedCalls(recipe.teacher, Path(recipe.output.dir) / "expand_raw.jsonl", backend)
+        self.calls = CachedCalls(recipe.teacher, recipe.layout.expand_raw, backend)
         self.identity = self.calls.identity
         self.sampling = {"temperature": o.temperature, "top_p": 1.0, "top_k": None, "max_tokens": o.max_tokens, "seed": o.seed, "stop": []}
 
@@ -151,7 +118,14 @@ class _Caller:
 
 
 def run_expand(recipe: Recipe, backend: Any = None) -> dict[str, Any]:
-    o = from_dict(ExpandOptions, recipe.expand, prefix="expand")
+    """Grow the recipe's seeds into OUTPUT/expanded.jsonl (seeds first); returns counts."""
+    if recipe.expand is None:
+        raise ValueError("expand: the recipe has no expand section; add one, e.g. expand: {method: self_instruct, target: 200}")
+    with DirLock(recipe.layout.root):
+        return _expand(recipe, recipe.expand, backend)
+
+
+def _expand(recipe: Recipe, o: ExpandOptions, backend: Any) -> dict[str, Any]:
     seeds = load_seeds(recipe.seeds)
     missing = [s for s in seeds if not isinstance(s.fields.get(o.field), str)]
     if missing:
@@ -168,9 +142,8 @@ def run_expand(recipe: Recipe, backend: Any = None) -> dict[str, Any]:
             _evol_instruct(caller, o, rng, seed_prompts, new, discarded)
     finally:
         caller.close()
-    out = Path(recipe.output.dir) / "expanded.jsonl"
-    rows = [{"prompt": p, "origin": {"method": "seed"}} for p in seed_prompts] + new
-    out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    out = recipe.layout.expanded
+    rewrite_atomically(out, [{"prompt": p, "origin": {"method": "seed"}} for p in seed_prompts] + new)
     return {"seeds": len(seed_prompts), "new": len(new), "discarded": discarded, "calls_sent": caller.calls.sent,
             "calls_cached": len(caller.calls.answers) - caller.calls.sent, "output": str(out)}
 
@@ -186,7 +159,7 @@ def _consider(candidate: str, pool: NoveltyPool, o: ExpandOptions, discarded: di
 
 
 def _self_instruct(caller, o, rng, seeds, new, discarded) -> None:
-    template = PromptTemplate.load(TemplateConfig(path=str(PROMPTS / "self_instruct.j2")))
+    template = PromptTemplate.load(TemplateConfig(path=str(builtin_template("expand/self_instruct.j2"))))
     pool = NoveltyPool(seeds, o.novelty, o.minhash_above)
     index = 0
     for round_no in range(o.rounds):
@@ -208,8 +181,8 @@ def _self_instruct(caller, o, rng, seeds, new, discarded) -> None:
 
 
 def _evol_instruct(caller, o, rng, seeds, new, discarded) -> None:
-    depth = PromptTemplate.load(TemplateConfig(path=str(PROMPTS / "evol_in_depth.j2")))
-    breadth = PromptTemplate.load(TemplateConfig(path=str(PROMPTS / "evol_in_breadth.j2")))
+    depth = PromptTemplate.load(TemplateConfig(path=str(builtin_template("expand/evol_in_depth.j2"))))
+    breadth = PromptTemplate.load(TemplateConfig(path=str(builtin_template("expand/evol_in_breadth.j2"))))
     pool = NoveltyPool(seeds, o.novelty, o.minhash_above)
     current, index = list(seeds), 0
     for generation in range(o.rounds):

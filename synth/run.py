@@ -1,123 +1,152 @@
-"""`synth run`: the whole loop from one recipe: (with an `expand` section) expand, generate,
-curate, card, and (with an `sft` section) train and evaluate the student.
+"""`synth run`: the whole loop from one recipe, as a loop over stages.
 
-Each stage skips the work already done: generate sends only missing requests; curation is
-deterministic and cheap; training is skipped when the student was trained on exactly this
-train.jsonl with this sft config (and resumes from its last checkpoint otherwise);
-evaluation is skipped when its report belongs to the current trained weights. `report.md` at the
-top of the output tree says what each stage did.
+expand (with an `expand` section) -> generate -> curate -> card -> train -> eval (with an
+`sft` section). Each stage's skip or resume decision follows from its key (synth.stages):
+expand and generate send only the calls their logs do not hold; curate, train and eval run
+when the key of what they would read differs from the one they last finished with (or
+their outputs are gone) and are skipped otherwise; the card is rebuilt every run.
+`report.md` says for each stage what it did, or why it was skipped.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from synth.config import Recipe
-from synth.manifest import file_sha256
+from synth.rawlog import DirLock
+from synth.runtime import write_json_atomically
 
 logger = logging.getLogger(__name__)
 
 
-def _weights_sha(directory: Path) -> str | None:
-    """One hash over the safetensors files of an adapter or model dir (sharded or not)."""
-    files = sorted(directory.glob("*.safetensors")) if directory.is_dir() else []
-    if not files:
-        return None
-    return hashlib.sha256("".join(f"{f.name}:{file_sha256(f)}" for f in files).encode()).hexdigest()
+@dataclass
+class Stage:
+    """One step of the loop. A keyed stage has `key` (its inputs now), `stamp` (where it
+    records the key it finished with) and `outputs` (files that must still be there)."""
+
+    name: str
+    run: Callable[[dict[str, Any] | None], str]  # does the work (given the key), returns a summary
+    key: Callable[[], dict[str, Any]] | None = None
+    stamp: Path | None = None
+    outputs: tuple[Path, ...] = ()
+    unkeyed_why: str = ""  # why an unkeyed stage always runs
+    absent: Callable[[], str | None] = lambda: None  # why the stage does not apply to this recipe
+
+
+def stages(recipe: Recipe, progress: bool) -> list[Stage]:
+    """The stages of the recipe, in order."""
+    from synth import stages as keys
+
+    layout = recipe.layout
+    out: list[Stage] = []
+    if recipe.expand is not None:
+        out.append(Stage("expand", lambda _: _expand(recipe),
+                         unkeyed_why="sends only the calls not in expand_raw.jsonl (each call's id is its key)"))
+    out += [
+        Stage("generate", lambda _: _generate(recipe, progress),
+              unkeyed_why="sends only the requests not in raw.jsonl (each request's id is its key)"),
+        Stage("curate", lambda key: _curate(recipe, progress, key), key=lambda: keys.curate_key(recipe),
+              stamp=layout.stamp("curate"), outputs=(layout.train, layout.stats)),
+        Stage("card", lambda _: _card(recipe), unkeyed_why="rebuilt from the files every run"),
+    ]
+    if recipe.sft is None:
+        return out
+    student = recipe.sft.student(layout)
+    out += [
+        Stage("train", lambda key: _train(recipe, progress, key), key=lambda: keys.train_key(recipe),
+              stamp=student.train_stamp, outputs=(student.trained_marker,)),
+        Stage("eval", lambda key: _eval(recipe, key), key=lambda: keys.eval_key(recipe),
+              stamp=student.eval_stamp, outputs=(student.eval_report,),
+              absent=lambda: None if recipe.sft.eval_path(layout) else "no held-out split (curate.eval_fraction is 0)"),
+    ]
+    return out
 
 
 def run_all(recipe: Recipe, progress: bool = True) -> dict[str, Any]:
-    from synth.card import write_card
-    from synth.curate import run_curate
-    from synth.generate import run_generate
+    """Run every stage of the recipe that has work to do; returns the report."""
+    from synth.stages import read_stamp, why_run
 
-    out = Path(recipe.output.dir)
+    layout = recipe.layout
+    layout.root.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"recipe": recipe.name, "stages": []}
-
-    def stage(name: str, fn, skip_reason: str | None = None) -> Any:
-        t = time.monotonic()
-        if skip_reason:
-            logger.info("%s: skipped (%s)", name, skip_reason)
-            report["stages"].append({"stage": name, "status": "skipped", "why": skip_reason})
-            return None
-        result = fn()
-        report["stages"].append({"stage": name, "status": "done", "wall_s": round(time.monotonic() - t, 1)})
-        return result
-
-    if recipe.expand:
-        from synth.expand import run_expand
-
-        exp = stage("expand", lambda: run_expand(recipe))
-        report["stages"][-1]["summary"] = f"{exp['seeds']} seeds -> {exp['new']} new prompts ({exp['calls_sent']} calls sent)"
-        recipe = expanded_recipe(recipe, exp["output"])
-
-    gen = stage("generate", lambda: run_generate(recipe, progress=progress))
-    report["stages"][-1]["summary"] = f"{gen['counts']['kept']} of {gen['counts']['requests']} answered, {gen['counts']['generated']} new, {gen['counts']['failed']} failed"
-    cur = stage("curate", lambda: run_curate(recipe, progress=progress))
-    report["stages"][-1]["summary"] = f"kept {cur['kept']} (train {cur['train']}, eval {cur['eval']}), rejected {cur['rejected']}"
-    card = write_card(recipe)
-    report["card"] = str(card)
-
-    if recipe.sft:
-        from sft.config import load_sft
-        from sft.train import trained_already
-
-        cfg = load_sft(recipe.sft)
-        train_path, eval_path, student = cfg.resolved_paths(recipe.output.dir)
-        done = trained_already(cfg, train_path, student)
-
-        def train() -> dict[str, Any]:
-            from sft.train import run_train
-
-            return run_train(recipe, progress=progress)
-
-        metrics = stage("train", train, "trained on this data and config already" if done else None)
-        if metrics:
-            from sft.train import loss_summary
-
-            report["stages"][-1]["summary"] = f"{metrics['global_step']} steps, {loss_summary(metrics)}"
-        weights_sha = _weights_sha(cfg.trained_dir(student))
-        eval_report = student / "eval_report.json"
-        evaluated = eval_report.exists() and json.loads(eval_report.read_text()).get("weights_sha") == weights_sha
-
-        def evaluate() -> dict[str, Any]:
-            from sft.evaluate import run_eval
-
-            r = run_eval(recipe)
-            r["weights_sha"] = weights_sha
-            eval_report.write_text(json.dumps(r, indent=2) + "\n", encoding="utf-8")
-            return r
-
-        skip = "no held-out split (curate.eval_fraction is 0)" if eval_path is None else (
-            "these trained weights were evaluated already" if evaluated else None)
-        ev = stage("eval", evaluate, skip)
-        if ev:
-            ppl = ev["perplexity_of_teacher_answers"]
-            report["stages"][-1]["summary"] = (f"teacher-answer perplexity {ppl['before']:.1f} -> {ppl['after']:.1f}, "
-                                               f"ROUGE-L {ev['student_before']['rouge_l']:.3f} -> {ev['student_after']['rouge_l']:.3f}")
-    _write_report(out, report)
+    with DirLock(layout.root):
+        for stage in stages(recipe, progress):
+            entry: dict[str, Any] = {"stage": stage.name}
+            report["stages"].append(entry)
+            absent = stage.absent()
+            key = stage.key() if stage.key is not None and absent is None else None
+            if absent is not None:
+                why = None
+                entry.update(status="skipped", why=absent)
+            elif key is None:
+                why = stage.unkeyed_why
+            else:
+                why = why_run(read_stamp(stage.stamp), key, all(p.exists() for p in stage.outputs))
+                if why is None:
+                    entry.update(status="skipped", why="inputs unchanged since it last finished")
+            if "status" in entry:
+                logger.info("%s: skipped (%s)", stage.name, entry["why"])
+                continue
+            logger.info("%s: running (%s)", stage.name, why)
+            started = time.monotonic()
+            summary = stage.run(key)
+            entry.update(status="done", why=why, summary=summary, wall_s=round(time.monotonic() - started, 1))
+        _write_report(recipe, report)
     return report
 
 
-def expanded_recipe(recipe: Recipe, expanded: str) -> Recipe:
-    """The recipe with its seeds replaced by the expanded prompts, under the same template
-    variable (expand.field), so the template is unchanged."""
-    import dataclasses
+def _expand(recipe: Recipe) -> str:
+    from synth.expand import run_expand
 
-    field = recipe.expand.get("field", "prompt")
-    seeds = dataclasses.replace(recipe.seeds, path=expanded, format="jsonl", fields={field: "prompt"}, limit=None)
-    return dataclasses.replace(recipe, seeds=seeds)
+    r = run_expand(recipe)
+    return f"{r['seeds']} seeds -> {r['new']} new prompts ({r['calls_sent']} calls sent)"
 
 
-def _write_report(out: Path, report: dict[str, Any]) -> None:
-    lines = [f"# {report['recipe']}: run report", "", "| stage | status | what happened |", "| --- | --- | --- |"]
+def _generate(recipe: Recipe, progress: bool) -> str:
+    from synth.generate import run_generate
+
+    c = run_generate(recipe, progress=progress)["counts"]
+    return f"{c['kept']} of {c['requests']} answered, {c['generated']} new, {c['failed']} failed"
+
+
+def _curate(recipe: Recipe, progress: bool, key: dict[str, Any] | None) -> str:
+    from synth.curate import run_curate
+
+    s = run_curate(recipe, progress=progress, key=key)
+    return f"kept {s['kept']} (train {s['train']}, eval {s['eval']}), rejected {s['rejected']}"
+
+
+def _card(recipe: Recipe) -> str:
+    from synth.card import write_card
+
+    return f"dataset card {write_card(recipe)}"
+
+
+def _train(recipe: Recipe, progress: bool, key: dict[str, Any] | None) -> str:
+    from sft.train import loss_summary, run_train
+
+    m = run_train(recipe, progress=progress, key=key)
+    resumed = f", resumed from {Path(m['resumed_from']).name}" if m["resumed_from"] else ""
+    return f"{m['global_step']} steps, {loss_summary(m)}{resumed}"
+
+
+def _eval(recipe: Recipe, key: dict[str, Any] | None) -> str:
+    from sft.evaluate import eval_summary, run_eval
+
+    return eval_summary(run_eval(recipe, key=key))
+
+
+def _write_report(recipe: Recipe, report: dict[str, Any]) -> None:
+    layout = recipe.layout
+    lines = [f"# {report['recipe']}: run report", "", "| stage | status | why | what happened |", "| --- | --- | --- | --- |"]
     for s in report["stages"]:
-        lines.append(f"| {s['stage']} | {s['status']} | {s.get('summary') or s.get('why', '')} |")
-    lines += ["", "Dataset card: [README.md](README.md). Student report: student/eval_report.md (when trained).", ""]
-    (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        lines.append(f"| {s['stage']} | {s['status']} | {s.get('why') or ''} | {s.get('summary', '')} |")
+    student = f"{recipe.sft.student(layout).eval_markdown} (when evaluated)" if recipe.sft else "no sft section"
+    lines += ["", f"Dataset card: [README.md](README.md). Student report: {student}.", ""]
+    layout.report.write_text("\n".join(lines), encoding="utf-8")
+    write_json_atomically(layout.report_json, report)

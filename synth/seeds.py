@@ -6,13 +6,13 @@ Every error names the file, the line (or row) and the field, and says how to fix
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from synth.config import SeedsConfig
+from synth.runtime import read_jsonl_objects
 
 _EXTENSIONS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".txt": "txt", ".parquet": "parquet"}
 
@@ -41,28 +41,6 @@ def detect_format(path: Path, fmt: str) -> str:
             f"set seeds.format to one of jsonl, csv, txt, parquet, hf"
         )
     return found
-
-
-def read_jsonl_objects(path: Path, field: str, example: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for each non-blank line of a JSONL file. A bad line is an error
-    naming `field` (the config key that points at the file), the file and the line."""
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(
-                    f"{field}: {path} line {lineno} is not valid JSON ({exc.msg} at column {exc.colno}); "
-                    "fix or remove that line"
-                ) from None
-            if not isinstance(row, dict):
-                raise ValueError(
-                    f"{field}: {path} line {lineno} is a JSON {type(row).__name__}, not an object; "
-                    f"each line must be an object such as {example}"
-                )
-            yield lineno, row
 
 
 def _read_csv(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -18,6 +18,13 @@ from jinja2.sandbox import SandboxedEnvironment, SecurityError
 
 from synth.config import TemplateConfig
 
+BUILTIN = Path(__file__).resolve().parent / "prompts"  # package data: expansion and judge prompts
+
+
+def builtin_template(name: str) -> Path:
+    """A template shipped with the package, e.g. builtin_template("judge/rubric.j2")."""
+    return BUILTIN / name
+
 
 def _environment() -> SandboxedEnvironment:
     # StrictUndefined: a misspelt variable is an error, not an empty string in the prompt.
@@ -27,7 +34,7 @@ def _environment() -> SandboxedEnvironment:
 
 
 def _load_fewshot(path: Path) -> list[dict[str, str]]:
-    from synth.seeds import read_jsonl_objects
+    from synth.runtime import read_jsonl_objects
 
     if not path.is_file():
         raise ValueError(f"template.fewshot: {path} does not exist")

@@ -1,7 +1,7 @@
 """Build a tiny random chat model locally, for demos and tests (no model hub needed).
 
 The model writes nonsense: it exists so that the whole pipeline (a real vLLM engine, real
-TRL training) can run on a laptop CPU in seconds. Recipe (DESIGN.md): a byte-level BPE
+TRL training) can run on a laptop CPU in seconds. Recipe: a byte-level BPE
 tokenizer trained on a small text, a ChatML chat template with `{% generation %}` markers
 (so TRL's assistant-only loss works), and a random Llama (hidden 128, 2 layers, 2 heads:
 head dim 64, which the vLLM CPU attention kernel accepts).
@@ -60,6 +60,19 @@ def _strings(value):
             yield from _strings(v)
 
 
+def _imports():
+    try:
+        import torch
+        import transformers
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            f"building the tiny model needs torch, transformers and tokenizers ({exc}): "
+            "pip install 'stillhouse[cpu]'"
+        ) from exc
+    return torch, transformers, (Tokenizer, decoders, models, pre_tokenizers, trainers)
+
+
 def build_tiny_model(
     out_dir: str | Path,
     *,
@@ -71,34 +84,54 @@ def build_tiny_model(
     architecture: str = "llama",
     seed: int = 0,
     corpus: Path | None = None,
+    split_digits: bool = False,
 ) -> Path:
     """Write a tiny random chat model (config, safetensors weights, tokenizer) to `out_dir`.
 
+    The tokenizer is trained on `corpus` (a JSONL or text file; default: the Self-Instruct
+    seed tasks); `split_digits` keeps every digit a token of its own (numbers are then
+    learnt digit by digit, as in Llama's tokenizer).
     Deterministic for a given set of arguments, so its weights fingerprint is stable.
     Needs torch, transformers and tokenizers (`pip install 'stillhouse[cpu]'`).
     """
-    try:
-        import torch
-        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-        from transformers import (
-            GenerationConfig,
-            LlamaConfig,
-            LlamaForCausalLM,
-            PreTrainedTokenizerFast,
-            Qwen2Config,
-            Qwen2ForCausalLM,
-        )
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            f"building the tiny model needs torch, transformers and tokenizers ({exc}): "
-            "pip install 'stillhouse[cpu]'"
-        ) from exc
-
+    torch, transformers, _ = _imports()
+    families = {"llama": ("LlamaConfig", "LlamaForCausalLM"), "qwen2": ("Qwen2Config", "Qwen2ForCausalLM")}
+    if architecture not in families:
+        raise ValueError(f"architecture: unknown '{architecture}'; choose one of {sorted(families)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(vocab_size, max_position_embeddings, corpus, split_digits)
+    tokenizer.save_pretrained(out)
 
+    config_name, model_name = families[architecture]
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    config = getattr(transformers, config_name)(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        max_position_embeddings=max_position_embeddings,
+        eos_token_id=eos,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = getattr(transformers, model_name)(config)
+    model.generation_config = transformers.GenerationConfig(eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
+    model.save_pretrained(out, safe_serialization=True)
+    return out
+
+
+def build_tokenizer(vocab_size: int, max_length: int, corpus: Path | None = None, split_digits: bool = False):
+    """A byte-level BPE tokenizer trained on the corpus, with the ChatML template."""
+    _, transformers, (Tokenizer, decoders, models, pre_tokenizers, trainers) = _imports()
     tok = Tokenizer(models.BPE(unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+                         if split_digits else byte_level)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -107,38 +140,13 @@ def build_tiny_model(
         show_progress=False,
     )
     tok.train_from_iterator(_corpus_lines(corpus), trainer=trainer)
-    fast = PreTrainedTokenizerFast(
+    fast = transformers.PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token=None,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         unk_token=None,
-        model_max_length=max_position_embeddings,
+        model_max_length=max_length,
     )
     fast.chat_template = CHATML_TEMPLATE
-    fast.save_pretrained(out)
-
-    common = dict(
-        vocab_size=len(fast),
-        hidden_size=hidden_size,
-        intermediate_size=hidden_size * 2,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_heads,
-        max_position_embeddings=max_position_embeddings,
-        eos_token_id=fast.convert_tokens_to_ids("<|im_end|>"),
-        pad_token_id=fast.pad_token_id,
-        bos_token_id=None,
-        tie_word_embeddings=False,
-    )
-    families = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}
-    if architecture not in families:
-        raise ValueError(f"architecture: unknown '{architecture}'; choose one of {sorted(families)}")
-    config_cls, model_cls = families[architecture]
-    torch.manual_seed(seed)
-    model = model_cls(config_cls(**common))
-    model.generation_config = GenerationConfig(
-        eos_token_id=common["eos_token_id"], pad_token_id=common["pad_token_id"]
-    )
-    model.save_pretrained(out, safe_serialization=True)
-    return out
+    return fast

@@ -12,18 +12,16 @@ OUTPUT.v2` compares the two. `output.version_by_teacher: false` turns this off.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import re
 from pathlib import Path
 from typing import Any
 
 from synth.config import Recipe
-from synth.manifest import write_json_atomically
+from synth.layout import Layout
+from synth.runtime import read_json, write_json_atomically
 
 logger = logging.getLogger(__name__)
-
-OWNER = "teacher.json"
 
 
 def teacher_identity(recipe: Recipe) -> dict[str, Any]:
@@ -36,10 +34,10 @@ def teacher_identity(recipe: Recipe) -> dict[str, Any]:
 def recorded_teacher(directory: Path) -> dict[str, Any] | None:
     """The teacher whose data `directory` holds: its teacher.json, or for directories written
     before versions existed, the teacher in its generate manifest; None when unclaimed."""
-    for name, key in ((OWNER, None), ("manifest.json", "teacher")):
-        try:
-            data = json.loads((directory / name).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+    layout = Layout(directory)
+    for path, key in ((layout.teacher, None), (layout.manifest, "teacher")):
+        data = read_json(path)
+        if not isinstance(data, dict):
             continue
         found = data.get(key) if key else data
         if isinstance(found, dict) and found.get("backend"):
@@ -107,7 +105,7 @@ def claim(recipe: Recipe, identity: dict[str, Any] | None = None) -> None:
                 "give another output.dir, or set output.version_by_teacher: false to mix them"
             )
         return
-    write_json_atomically(out / OWNER, data)
+    write_json_atomically(Layout(out).teacher, data)
 
 
 def versions_of(directory: Path) -> list[tuple[Path, dict[str, Any]]]:

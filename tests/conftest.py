@@ -20,8 +20,9 @@ REPO = Path(__file__).resolve().parent.parent
 TEST_DATA = REPO / "tests" / "data" / "self-instruct"
 SEED_TASKS = REPO / "prompts" / "self-instruct" / "seed_tasks.jsonl"
 
-# CPU settings for the tiny model (DESIGN.md): float32, eager, a small KV-cache share.
-ENGINE = {"dtype": "float32", "enforce_eager": True, "gpu_memory_utilization": 0.1, "max_model_len": 512}
+# CPU settings for the tiny model: float32, eager (no graph capture). The KV cache takes the
+# project's CPU default (synth.runtime.CPU_KV_CACHE_GIB), as a user's engine does.
+ENGINE = {"dtype": "float32", "enforce_eager": True, "max_model_len": 512}
 
 
 @pytest.fixture(scope="session")
@@ -128,13 +129,15 @@ def vllm_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
     import time
     import urllib.request
 
+    from synth.runtime import CPU_KV_CACHE_GIB
+
     port = _free_port()
     log = tmp_path_factory.mktemp("vllm-server") / "server.log"
     cmd = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(tiny_model), "--served-model-name", SERVED_MODEL,
         "--host", "127.0.0.1", "--port", str(port),
-        "--dtype", "float32", "--enforce-eager", "--gpu-memory-utilization", "0.1",
+        "--dtype", "float32", "--enforce-eager", "--kv-cache-memory-bytes", str(int(CPU_KV_CACHE_GIB * 2**30)),
         "--max-model-len", "512", "--no-enable-chunked-prefill",  # per-request seeds on CPU
         "--api-key", SERVER_KEY, "--disable-log-stats", "--uvicorn-log-level", "warning",
     ]

@@ -13,97 +13,18 @@ both faster (21k vs 17k output tok/s) and safe: vLLM's default child processes
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import logging
-import os
 import time
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 from typing import Any
 
 from synth.backends.base import Completion, Failure
 from synth.config import TeacherConfig
+from synth.fingerprint import resolve_model
 from synth.requests import Request
+from synth.runtime import FILE_ONLY, shutdown_engine, start_llm
 
 logger = logging.getLogger(__name__)
-
-_SMALL_FILE = 4 << 20  # files up to this size are hashed whole
-_SAMPLES = 16  # larger files: this many 64 KiB blocks spread over the file, plus the tail
-_BLOCK = 1 << 16
-
-
-def _looks_like_path(model: str) -> bool:
-    return model.startswith(("/", "./", "../", "~")) or model.count("/") > 1 or model.endswith("/")
-
-
-def fingerprint_dir(path: Path) -> str:
-    """A fingerprint of a local model directory: config, tokenizer and chat template whole,
-    weight files by size and 17 sampled 64 KiB blocks (new weights change it, in practice
-    always, without reading gigabytes)."""
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        rel = file.relative_to(path).as_posix()
-        if any(part.startswith(".") for part in Path(rel).parts):
-            continue  # caches and lock files, not the model
-        size = file.stat().st_size
-        digest.update(f"{rel}\0{size}\0".encode())
-        with file.open("rb") as fh:
-            if size <= _SMALL_FILE:
-                digest.update(fh.read())
-            else:
-                for i in range(_SAMPLES):
-                    fh.seek((size - _BLOCK) * i // _SAMPLES)
-                    digest.update(fh.read(_BLOCK))
-                fh.seek(size - _BLOCK)
-                digest.update(fh.read(_BLOCK))
-    return digest.hexdigest()[:16]
-
-
-def resolve_model(model: str) -> tuple[str, str | None]:
-    """(model to load, fingerprint) for a local directory or an HF id (fingerprint None)."""
-    path = Path(model).expanduser()
-    if path.exists():
-        if not (path.is_dir() and (path / "config.json").is_file()):
-            raise ValueError(
-                f"teacher.model: {path} is not a model directory (no config.json); "
-                "give a directory saved with save_pretrained, or an HF model id"
-            )
-        return str(path.resolve()), fingerprint_dir(path)
-    if _looks_like_path(model):
-        raise ValueError(
-            f"teacher.model: {model} does not exist; give an existing model directory or an HF id such as Qwen/Qwen2.5-7B-Instruct"
-        )
-    return model, None
-
-
-@contextlib.contextmanager
-def _in_process_engine(enabled: bool):
-    """Make vLLM build its engine core in this process, for the duration of construction.
-
-    vLLM reads the switch from the environment when the engine is built; it is restored
-    afterwards so nothing else in the process sees a changed setting.
-    """
-    if not enabled:
-        yield
-        return
-    key = "VLLM_ENABLE_V1_MULTIPROCESSING"
-    old = os.environ.get(key)
-    os.environ[key] = "0"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = old
-
-
-def shutdown_engine(llm: Any) -> None:
-    """Stop a `vllm.LLM`'s engine core (its busy loop and, out of process, its child)."""
-    shutdown = getattr(getattr(getattr(llm, "llm_engine", None), "engine_core", None), "shutdown", None)
-    if callable(shutdown):
-        shutdown()
 
 
 class VllmBackend:
@@ -114,7 +35,7 @@ class VllmBackend:
     @staticmethod
     def identity_for(cfg: TeacherConfig) -> dict[str, Any]:
         """The teacher's identity without starting the engine (validates the model path)."""
-        _, fingerprint = resolve_model(cfg.model)
+        _, fingerprint = resolve_model(cfg.model, "teacher.model")
         return {
             "backend": "vllm",
             "model": cfg.model,
@@ -126,7 +47,6 @@ class VllmBackend:
 
     def __init__(self, cfg: TeacherConfig):
         try:
-            import vllm
             from vllm import SamplingParams
             from vllm.platforms import current_platform
         except ImportError as exc:
@@ -145,7 +65,7 @@ class VllmBackend:
             self._request_errors += (VLLMClientError,)
         except ImportError:  # older vLLM: validation errors are ValueErrors
             pass
-        model, _ = resolve_model(cfg.model)
+        model, _ = resolve_model(cfg.model, "teacher.model")
         v = cfg.vllm
         kwargs: dict[str, Any] = {
             "model": model,
@@ -171,12 +91,14 @@ class VllmBackend:
             # crashes the CPU sampler ("CPU Generator does not use offset").
             kwargs["enable_chunked_prefill"] = False
         kwargs.update(v.engine_kwargs)
-        logger.info("starting vLLM engine for %s (%s)", cfg.model, ", ".join(f"{k}={val}" for k, val in kwargs.items() if k != "model"))
+        logger.info("starting vLLM engine for %s", cfg.model)
+        logger.info("vLLM engine arguments: %s", ", ".join(f"{k}={val}" for k, val in kwargs.items() if k != "model"), extra=FILE_ONLY)
         started = time.monotonic()
         try:
-            with _in_process_engine(single_device):
-                self.llm = vllm.LLM(**kwargs)
+            self.llm = start_llm(kwargs, v.kv_cache_gib, "teacher.vllm.kv_cache_gib", in_process=single_device)
         except (OSError, ValueError) as exc:
+            if str(exc).startswith("teacher.vllm.kv_cache_gib"):
+                raise
             raise ValueError(f"teacher.model: vLLM could not load '{cfg.model}': {exc}") from exc
         self.startup_s = time.monotonic() - started
         logger.info("vLLM engine ready in %.1f s", self.startup_s)

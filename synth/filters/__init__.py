@@ -1,15 +1,17 @@
 """Curation filters: one module per family, chosen by name from FILTERS.
 
-A filter is a callable on one record (a raw-log dict) that returns None to keep it or a
-short reason string to reject it; it may edit the record (PII redaction). Filters run in
-the recipe's order and the first rejection wins. Stateful filters (dedup) see records in
-a fixed order, so curation is deterministic.
+Each filter is a `Filter` subclass (synth/filters/base.py) whose `check(record)` returns
+None to keep a record or a short reason to reject it. Filters run in the recipe's order and
+the first rejection wins. Stateful filters (dedup) see records in a fixed order, so
+curation is deterministic.
 """
 
 from __future__ import annotations
 
 import importlib
 from typing import Any
+
+from synth.filters.base import Filter, answer_text, field_text, prompt_text
 
 FILTERS: dict[str, str] = {
     "truncated": "synth.filters.quality:Truncated",
@@ -40,27 +42,33 @@ def parse_spec(spec: Any, index: int) -> tuple[str, dict[str, Any]]:
         raise ValueError(f"{where}: give a filter name or a mapping with 'name', e.g. {{name: length, max_chars: 4000}}")
     if name not in FILTERS:
         raise ValueError(f"{where}: unknown filter '{name}'; valid filters: {', '.join(sorted(FILTERS))}")
-    if not isinstance(options, dict):
-        raise ValueError(f"{where}: options must be a mapping")
     return name, options
 
 
-def build_filter(spec: Any, index: int) -> Any:
-    name, options = parse_spec(spec, index)
+def filter_class(name: str) -> type[Filter]:
     module_name, cls_name = FILTERS[name].split(":")
-    cls = getattr(importlib.import_module(module_name), cls_name)
-    return cls(options, f"curate.filters[{index}]")
+    return getattr(importlib.import_module(module_name), cls_name)
 
 
-def prompt_text(rec: dict[str, Any]) -> str:
-    """The last user turn of a record's chat."""
-    for message in reversed(rec["messages"]):
-        if message["role"] == "user":
-            return message["content"]
-    return ""
+def validate_spec(spec: Any, index: int) -> Any:
+    """Check a filter entry and its options (unknown keys, bad values, missing files) without
+    building the filter: nothing is loaded, nothing is called. Returns the options."""
+    from synth.filters.base import options
+
+    name, opts = parse_spec(spec, index)
+    return options(filter_class(name).Options, opts, f"curate.filters[{index}]")
 
 
-def answer_text(rec: dict[str, Any]) -> str:
-    """The teacher's answer: the last assistant turn."""
-    message = rec["messages"][-1]
-    return message["content"] if message["role"] == "assistant" else ""
+def build_filter(spec: Any, index: int) -> Filter:
+    name, options = parse_spec(spec, index)
+    return filter_class(name)(options, f"curate.filters[{index}]")
+
+
+def filter_inputs(spec: Any, index: int) -> dict[str, Any]:
+    """What a filter entry depends on besides its options (files, models), for stage keys."""
+    name, _ = parse_spec(spec, index)
+    return filter_class(name).inputs(validate_spec(spec, index))
+
+
+__all__ = ["FILTERS", "Filter", "answer_text", "build_filter", "field_text", "filter_inputs", "parse_spec",
+           "prompt_text", "validate_spec"]

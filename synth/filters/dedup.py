@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from synth.configtools import help_field
-from synth.filters import answer_text, prompt_text
-from synth.filters.base import options
+from synth.filters.base import FieldOptions, Filter, field_text
 
 _PUNCT = re.compile(r"[^\w\s]")
 
@@ -27,57 +26,43 @@ def normalise(text: str) -> str:
 
 
 def _key_text(rec: dict[str, Any], field: str) -> str:
-    if field == "prompt":
-        return prompt_text(rec)
-    if field == "answer":
-        return answer_text(rec)
-    return prompt_text(rec) + "\n\x00\n" + answer_text(rec)
-
-
-# Option named `field`, not `on`: YAML reads a bare `on` key as the boolean true.
-FIELDS = ("prompt", "answer", "both")
+    return field_text(rec, field, joiner="\n\x00\n")
 
 
 @dataclass
-class ExactOptions:
+class ExactOptions(FieldOptions):
     field: str = help_field("both", help="what must repeat: prompt, answer or both (normalised)")
 
-    def __post_init__(self) -> None:
-        if self.field not in FIELDS:
-            raise ValueError(f"field: unknown '{self.field}'; choose one of {', '.join(FIELDS)}")
 
-
-class ExactDedup:
+class ExactDedup(Filter):
     """Reject records whose normalised prompt, answer or both were seen before."""
 
     name = "exact_dedup"
+    Options = ExactOptions
 
-    def __init__(self, opts: dict[str, Any], where: str):
-        self.o = options(ExactOptions, opts, where)
+    def setup(self) -> None:
         self._seen: dict[bytes, str] = {}
 
-    def __call__(self, rec: dict[str, Any]) -> str | None:
+    def check(self, rec: dict[str, Any]) -> str | None:
         digest = hashlib.blake2b(normalise(_key_text(rec, self.o.field)).encode(), digest_size=16).digest()
         first = self._seen.setdefault(digest, rec["id"])
         return f"exact duplicate ({self.o.field}) of {first}" if first != rec["id"] else None
 
 
 @dataclass
-class NearOptions:
+class NearOptions(FieldOptions):
     threshold: float = help_field(0.8, help="Jaccard similarity at or above which two texts are near-duplicates")
     shingle: int = help_field(5, help="word n-gram size of the shingles")
     num_perm: int = help_field(128, help="MinHash permutations (more: more exact, slower)")
     num_bands: int | None = help_field(None, help="LSH bands; none picks them from threshold and num_perm")
-    field: str = help_field("answer", help="text compared: prompt, answer or both")
     seed: int = help_field(42, help="MinHash seed")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not (0 < self.threshold <= 1):
             raise ValueError(f"threshold: must be in (0, 1], got {self.threshold}")
         if self.shingle < 1 or self.num_perm < 8:
             raise ValueError("shingle: must be >= 1 and num_perm >= 8")
-        if self.field not in FIELDS:
-            raise ValueError(f"field: unknown '{self.field}'; choose one of {', '.join(FIELDS)}")
         if self.num_bands is not None and (self.num_bands < 1 or self.num_perm % self.num_bands):
             raise ValueError(f"num_bands: must divide num_perm ({self.num_perm})")
 
@@ -159,15 +144,16 @@ class NearIndex:
         self.keys.append(key)
 
 
-class NearDedup:
+class NearDedup(Filter):
     """Reject records whose text is a near-duplicate (MinHash LSH) of an earlier one."""
 
     name = "near_dedup"
+    Options = NearOptions
 
-    def __init__(self, opts: dict[str, Any], where: str):
-        o = self.o = options(NearOptions, opts, where)
+    def setup(self) -> None:
+        o = self.o
         self.index = NearIndex(o.threshold, o.shingle, o.num_perm, o.num_bands, o.seed)
 
-    def __call__(self, rec: dict[str, Any]) -> str | None:
+    def check(self, rec: dict[str, Any]) -> str | None:
         match = self.index.add(rec["id"], _key_text(rec, self.o.field))
         return f"near duplicate ({self.o.field}, Jaccard ~{match[1]:.2f}) of {match[0]}" if match else None

@@ -12,20 +12,18 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from synth.config import TeacherConfig, TemplateConfig
 from synth.configtools import help_field
-from synth.filters import answer_text, prompt_text
-from synth.filters.base import options
+from synth.filters.base import Filter, answer_text, prompt_text
 from synth.requests import Request, request_id
 
 logger = logging.getLogger(__name__)
 
-JUDGE_LOG = "judge.jsonl"
 _PATTERNS = [
     re.compile(r"\"score\"\s*:\s*(-?\d+(?:\.\d+)?)", re.IGNORECASE),  # {"score": 7}
     re.compile(r"\[\[\s*(-?\d+(?:\.\d+)?)\s*\]\]"),  # [[7]]
@@ -47,7 +45,7 @@ def parse_score(text: str, lo: float, hi: float) -> float | None:
 @dataclass
 class JudgeOptions:
     teacher: TeacherConfig = help_field(help="the judge model: a teacher block (backend vllm or openai)")
-    template: str = help_field("prompts/judge/rubric.j2", help="rubric template; variables prompt and answer; must ask for 'Score: N'")
+    template: str | None = help_field(None, help="rubric template (variables prompt and answer; must ask for 'Score: N'); none: the packaged judge/rubric.j2")
     threshold: float = help_field(7.0, help="keep records scored at or above this")
     min_score: float = help_field(1.0, help="lowest valid score")
     max_score: float = help_field(10.0, help="highest valid score")
@@ -60,26 +58,39 @@ class JudgeOptions:
             raise ValueError("min_score: must be below max_score")
         if not (self.min_score <= self.threshold <= self.max_score):
             raise ValueError(f"threshold: must be between min_score and max_score, got {self.threshold}")
+        if self.template is not None and not Path(self.template).is_file():
+            raise ValueError(f"template: {self.template} does not exist; give a rubric template or leave it out for the packaged one")
+
+    @property
+    def template_path(self) -> Path:
+        from synth.templates import builtin_template
+
+        return Path(self.template) if self.template else builtin_template("judge/rubric.j2")
 
 
-class Judge:
+class Judge(Filter):
     """Keep records the judge scores at or above the threshold; scores go on the record."""
 
     name = "judge"
+    Options = JudgeOptions
     batch = True  # needs every surviving record before deciding (one batch of judge calls)
 
-    def __init__(self, opts: dict[str, Any], where: str):
+    @classmethod
+    def inputs(cls, o: JudgeOptions) -> dict[str, Any]:
+        from synth.backends import load_backend_class
+        from synth.runtime import file_sha256
+
+        return {"template": file_sha256(o.template_path), "judge": load_backend_class(o.teacher.backend).identity_for(o.teacher)}
+
+    def setup(self) -> None:
         from synth.backends import load_backend_class
         from synth.templates import PromptTemplate
 
-        self.o = options(JudgeOptions, opts, where)
-        self.where = where
-        self.template = PromptTemplate.load(TemplateConfig(path=self.o.template))
+        self.template = PromptTemplate.load(TemplateConfig(path=str(self.o.template_path)))
         self.backend_cls = load_backend_class(self.o.teacher.backend)
         self.identity = self.backend_cls.identity_for(self.o.teacher)
         self.sampling = {"temperature": self.o.temperature, "top_p": 1.0, "top_k": None,
                          "max_tokens": self.o.max_tokens, "seed": self.o.seed, "stop": []}
-        self.out_dir: Path | None = None
         self.verdicts: dict[str, tuple[float | None, str]] = {}
         self.stats = {"judged": 0, "cached": 0, "sent": 0, "unparseable": 0, "failed": 0}
 
@@ -91,12 +102,12 @@ class Judge:
                        seed={"source": "record", "line": 0, "fields": {"record": rec["id"]}},
                        template=self.template.provenance())
 
-    def prepare(self, records: Iterator[dict[str, Any]]) -> None:
+    def prepare(self, records: Iterable[dict[str, Any]], out_dir: Path) -> None:
         """Score every record (sending only judge calls not already in judge.jsonl)."""
         from synth.calls import CachedCalls
+        from synth.layout import Layout
 
-        assert self.out_dir is not None, "curate sets out_dir before prepare()"
-        calls = CachedCalls(self.o.teacher, self.out_dir / JUDGE_LOG)
+        calls = CachedCalls(self.o.teacher, Layout(out_dir).judge)
         by_record: dict[str, str] = {}
         requests: list[Request] = []
         for rec in records:
@@ -123,7 +134,7 @@ class Judge:
             else:
                 self.verdicts[rec_id] = (score, "")
 
-    def __call__(self, rec: dict[str, Any]) -> str | None:
+    def check(self, rec: dict[str, Any]) -> str | None:
         score, why = self.verdicts[rec["id"]]
         if score is None:
             return why

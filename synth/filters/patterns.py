@@ -7,53 +7,51 @@ from dataclasses import dataclass
 from typing import Any
 
 from synth.configtools import help_field
-from synth.filters import answer_text, prompt_text
-from synth.filters.base import options
-
-FIELDS = ("answer", "prompt", "both")
+from synth.filters.base import FieldOptions, Filter, field_text
 
 
 @dataclass
-class RegexOptions:
+class RegexOptions(FieldOptions):
     block: list[str] = help_field([], help="regexes: an answer matching any is rejected")
     allow: list[str] = help_field([], help="regexes: when given, an answer must match at least one")
     block_keywords: list[str] = help_field([], help="plain words or phrases that reject (case-insensitive)")
     allow_keywords: list[str] = help_field([], help="plain words or phrases of which one must appear (case-insensitive)")
-    field: str = help_field("answer", help="text to check: answer, prompt or both")
     ignore_case: bool = help_field(True, help="case-insensitive regexes")
 
     def __post_init__(self) -> None:
-        if self.field not in FIELDS:
-            raise ValueError(f"field: unknown '{self.field}'; choose one of {', '.join(FIELDS)}")
+        super().__post_init__()
+        flags = re.IGNORECASE if self.ignore_case else 0
+        for key in ("block", "allow"):
+            _compile(getattr(self, key), flags, key)
 
 
-def _compile(patterns: list[str], flags: int, where: str, key: str) -> list[re.Pattern]:
+def _compile(patterns: list[str], flags: int, key: str) -> list[re.Pattern]:
     out = []
     for i, pattern in enumerate(patterns):
         try:
             out.append(re.compile(pattern, flags))
         except re.error as exc:
-            raise ValueError(f"{where}.{key}[{i}]: invalid regex {pattern!r}: {exc}") from None
+            raise ValueError(f"{key}[{i}]: invalid regex {pattern!r}: {exc}") from None
     return out
 
 
-class Regex:
+class Regex(Filter):
     """Reject by regex or keyword block lists; require allow-list matches when given."""
 
     name = "regex"
+    Options = RegexOptions
 
-    def __init__(self, opts: dict[str, Any], where: str):
-        self.o = o = options(RegexOptions, opts, where)
+    def setup(self) -> None:
+        o = self.o
         flags = re.IGNORECASE if o.ignore_case else 0
-        self.block = _compile(o.block, flags, where, "block")
-        self.allow = _compile(o.allow, flags, where, "allow")
+        self.block = _compile(o.block, flags, "block")
+        self.allow = _compile(o.allow, flags, "allow")
         self.block += [re.compile(r"\b" + re.escape(k) + r"\b", re.IGNORECASE) for k in o.block_keywords]
         allow_kw = [re.compile(r"\b" + re.escape(k) + r"\b", re.IGNORECASE) for k in o.allow_keywords]
         self.allow_groups = [g for g in (self.allow, allow_kw) if g]
 
-    def __call__(self, rec: dict[str, Any]) -> str | None:
-        f = self.o.field
-        text = answer_text(rec) if f == "answer" else prompt_text(rec) if f == "prompt" else prompt_text(rec) + "\n" + answer_text(rec)
+    def check(self, rec: dict[str, Any]) -> str | None:
+        text = field_text(rec, self.o.field)
         for pattern in self.block:
             match = pattern.search(text)
             if match:

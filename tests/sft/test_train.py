@@ -146,12 +146,46 @@ def test_training_never_hashes_a_dataset_table(tmp_path, tiny_model, monkeypatch
     assert metrics["global_step"] == 2 and metrics["eval_loss"] is not None
 
 
-def test_resume_from_the_last_checkpoint(tmp_path, tiny_model):
+def test_resume_from_the_last_checkpoint_of_the_same_inputs(tmp_path, tiny_model):
+    import shutil
+
+    path = sft_recipe(tmp_path, tiny_model, max_steps=6, save_steps=2)
+    first = run_train(load_recipe(path), progress=False)
+    assert first["global_step"] == 6 and first["resumed_from"] is None
+    ckpts = tmp_path / "out" / "student" / "checkpoints"
+    shutil.rmtree(ckpts / "checkpoint-6")  # as if the run had stopped after step 4
+    second = run_train(load_recipe(path), progress=False)
+    assert second["resumed_from"].endswith("checkpoint-4") and second["global_step"] == 6
+
+
+@pytest.mark.parametrize("change", ["data", "lora_rank"])
+def test_checkpoints_of_other_inputs_are_never_resumed(tmp_path, tiny_model, change):
+    """A finished run's checkpoints, then new data (or a new LoRA rank): training starts
+    fresh (a "resume" would train 0 steps and certify the old weights for the new data, or
+    fail to load the old rank), the old checkpoints moved aside, the stamp names the new data."""
+    from peft import PeftConfig
+
+    from synth.stages import read_stamp, train_key
+
     path = sft_recipe(tmp_path, tiny_model, max_steps=4, save_steps=2)
     first = run_train(load_recipe(path), progress=False)
-    assert first["global_step"] == 4 and first["resumed_from"] is None
-    second = run_train(load_recipe(path, ["sft.max_steps=6"]), progress=False)
-    assert second["resumed_from"].endswith("checkpoint-4") and second["global_step"] == 6
+    assert first["global_step"] == 4
+    student = tmp_path / "out" / "student"
+    first_weights = (student / "adapter" / "adapter_model.safetensors").read_bytes()
+    overrides = []
+    if change == "data":
+        write_jsonl(tmp_path / "out" / "train.jsonl", teacher_rows(60)[20:])
+    else:
+        overrides = ["sft.lora.r=4", "sft.lora.alpha=8"]
+    recipe = load_recipe(path, overrides)
+    second = run_train(recipe, progress=False)
+    assert second["resumed_from"] is None and second["global_step"] == 4
+    assert (student / "adapter" / "adapter_model.safetensors").read_bytes() != first_weights, "new weights were trained"
+    assert (student / "checkpoints.previous" / "checkpoint-4").is_dir(), "the old checkpoints are kept aside"
+    assert read_stamp(student / "trained_on.json") == train_key(recipe)
+    assert json.loads((student / "checkpoints" / "key.json").read_text()) == train_key(recipe)
+    if change == "lora_rank":
+        assert PeftConfig.from_pretrained(student / "adapter").r == 4
 
 
 def test_save_and_reload_give_the_same_outputs(tmp_path, tiny_model):

@@ -122,7 +122,6 @@ def test_readme_documents_every_config_key():
 
 @pytest.mark.parametrize("name", ["demo/recipe.yaml", "demo/api-recipe.yaml", "compliance/recipe.yaml"])
 def test_example_recipes_are_valid(name):
-    from sft.config import load_sft
     from synth.generate import plan_requests
 
     r = load_recipe(REPO / "prompts" / name)
@@ -130,8 +129,6 @@ def test_example_recipes_are_valid(name):
     teacher = {"backend": r.teacher.backend, "model": r.teacher.model}  # no model files needed to plan
     plan = plan_requests(r, teacher)
     assert len(plan.requests) == len(Path(r.seeds.path).read_text().splitlines()) * r.sampling.n - plan.duplicates
-    if r.sft:
-        load_sft(r.sft)
 
 
 def test_saved_config_redacts_a_key_given_in_the_recipe(tmp_path):

@@ -72,7 +72,7 @@ def test_judge_config_errors(tmp_path):
         build_filter({"name": "judge"}, 0)
     with pytest.raises(ValueError, match=r"curate.filters\[0\].threshold: must be between"):
         build_filter({"name": "judge", "threshold": 11, "teacher": {"backend": "openai", "model": "m"}}, 0)
-    with pytest.raises(ValueError, match=r"template.path: .*missing.j2 does not exist"):
+    with pytest.raises(ValueError, match=r"curate.filters\[0\].template: .*missing.j2 does not exist"):
         build_filter({"name": "judge", "template": str(tmp_path / "missing.j2"), "teacher": {"backend": "openai", "model": "m"}}, 0)
 
 

@@ -44,10 +44,20 @@ def test_corrupt_middle_line_is_an_error_naming_the_line(tmp_path):
         list(iter_records(p))
 
 
-def test_dir_lock_refuses_a_second_writer(tmp_path):
+def test_dir_lock_refuses_another_process_and_nests_within_one(tmp_path):
+    import re
+    import subprocess
+    import sys
+
+    probe = ("import sys\nfrom pathlib import Path\nfrom synth.rawlog import DirLock\n"
+             "try:\n    with DirLock(Path(sys.argv[1])):\n        print('got it')\n"
+             "except ValueError as exc:\n    print(exc)\n")
+
+    def other_process() -> str:
+        return subprocess.run([sys.executable, "-c", probe, str(tmp_path)], capture_output=True, text=True, timeout=60).stdout
+
     with DirLock(tmp_path):
-        with pytest.raises(ValueError, match=r"output.dir: .* is in use by pid \d+"):
-            with DirLock(tmp_path):
-                pass
-    with DirLock(tmp_path):  # released
-        pass
+        with DirLock(tmp_path):  # the same process (a stage inside synth run) holds it already
+            assert re.search(r"output.dir: .* is in use by pid \d+", other_process())
+        assert re.search(r"is in use by pid \d+", other_process()), "the outer hold still locks"
+    assert other_process().strip() == "got it", "released"

@@ -4,8 +4,9 @@ import shutil
 
 import pytest
 
-from synth.backends.vllm_engine import VllmBackend, fingerprint_dir
+from synth.backends.vllm_engine import VllmBackend
 from synth.config import load_recipe
+from synth.fingerprint import fingerprint_dir
 from synth.generate import plan_requests
 
 from conftest import make_recipe

@@ -31,29 +31,46 @@ def test_whole_loop_then_rerun_skips_done_work(tmp_path, tiny_model):
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     out = tmp_path / "out"
-    report = json.loads((out / "report.json").read_text())
-    assert [(s["stage"], s["status"]) for s in report["stages"]] == [
-        ("generate", "done"), ("curate", "done"), ("train", "done"), ("eval", "done")]
+
+    def stages():
+        report = json.loads((out / "report.json").read_text())
+        return {s["stage"]: s for s in report["stages"]}
+
+    assert [(name, s["status"]) for name, s in stages().items()] == [
+        ("generate", "done"), ("curate", "done"), ("card", "done"), ("train", "done"), ("eval", "done")]
+    assert stages()["train"]["why"] == "no earlier run finished"
     for name in ("raw.jsonl", "train.jsonl", "eval.jsonl", "README.md", "lengths.png", "funnel.png", "report.md",
                  "student/adapter/adapter_model.safetensors", "student/eval_report.md", "student/loss.png"):
         assert (out / name).exists(), name
     card = (out / "README.md").read_text()
     assert "test model, no terms" in card and "| requests | 40 |" in card and "load_dataset" in card
 
-    second = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert second.returncode == 0, second.stderr[-3000:]
-    report = json.loads((out / "report.json").read_text())
-    assert [(s["stage"], s["status"]) for s in report["stages"]] == [
-        ("generate", "done"), ("curate", "done"), ("train", "skipped"), ("eval", "skipped")]
-    assert "0 new" in report["stages"][0]["summary"]
+    def run(*overrides):
+        res = subprocess.run(cmd + [x for o in overrides for x in ("--set", o)], capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stderr[-3000:]
+        return stages()
 
-    # Changing the data the student learns from retrains (resuming from its checkpoints).
-    recipe["curate"]["filters"].append({"name": "length", "min_chars": 5})
-    path.write_text(yaml.safe_dump(recipe))
-    third = subprocess.run(cmd + ["--set", "sft.max_steps=6"], capture_output=True, text=True, timeout=600)
-    assert third.returncode == 0, third.stderr[-3000:]
-    report = json.loads((out / "report.json").read_text())
-    assert report["stages"][2]["status"] == "done" and report["stages"][3]["status"] == "done"
+    # Nothing changed: every keyed stage is skipped, generation sends nothing.
+    second = run()
+    assert {n: s["status"] for n, s in second.items()} == {
+        "generate": "done", "curate": "skipped", "card": "done", "train": "skipped", "eval": "skipped"}
+    assert "0 new" in second["generate"]["summary"]
+    assert second["train"]["why"] == "inputs unchanged since it last finished"
+
+    # Only an eval key changed: the evaluation reruns, the training does not.
+    third = run("sft.eval_limit=2")
+    assert third["train"]["status"] == "skipped" and third["eval"]["status"] == "done"
+    assert third["eval"]["why"] == "changed: sft.eval_limit"
+    assert json.loads((out / "student" / "eval_report.json").read_text())["examples"] == 2
+
+    # Another train/eval split: curation reruns, the student retrains from scratch (never from
+    # the checkpoints of the old data) and is evaluated again.
+    fourth = run("sft.eval_limit=2", "curate.eval_seed=1")
+    assert fourth["curate"]["why"] == "changed: curate.eval_seed"
+    assert fourth["train"]["status"] == "done" and fourth["train"]["why"] == "changed: train_data"
+    assert "resumed" not in fourth["train"]["summary"]
+    assert fourth["eval"]["status"] == "done" and "weights" in fourth["eval"]["why"]
+    assert (out / "student" / "checkpoints.previous").is_dir()
 
 
 def test_expand_stage_and_a_kill_inside_training_resume(tmp_path, tiny_model):
@@ -86,8 +103,18 @@ def test_expand_stage_and_a_kill_inside_training_resume(tmp_path, tiny_model):
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     stages = {s["stage"]: s for s in report["stages"]}
-    assert list(stages) == ["expand", "generate", "curate", "train", "eval"]
+    assert list(stages) == ["expand", "generate", "curate", "card", "train", "eval"]
     assert "(0 calls sent)" in stages["expand"]["summary"], "expansion calls come from expand_raw.jsonl"
     assert "0 new" in stages["generate"]["summary"]
     metrics = json.loads((tmp_path / "out" / "student" / "metrics.json").read_text())
     assert metrics["resumed_from"] and "checkpoint-" in metrics["resumed_from"] and metrics["global_step"] == 200
+
+    # synth curate on its own sees the same requests as synth run: the expanded prompts too.
+    raw = [json.loads(line) for line in (tmp_path / "out" / "raw.jsonl").read_text().splitlines()]
+    before = {n: (tmp_path / "out" / n).read_bytes() for n in ("train.jsonl", "eval.jsonl", "rejected.jsonl")}
+    res = subprocess.run([sys.executable, "-m", "synth.cli", "curate", str(path), "--no-progress"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert stats["records"] == len(raw) and stats["records_of_other_configs"] == 0
+    assert {n: (tmp_path / "out" / n).read_bytes() for n in before} == before

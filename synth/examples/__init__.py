@@ -1,0 +1,1 @@
+"""Worked examples that ship with stillhouse (the `make demo` task lives here)."""
