@@ -63,12 +63,25 @@ def _generate_transformers(model: Any, tokenizer: Any, prompts: list[list[dict[s
 def _vllm_engine(cfg: SftConfig, model: str, max_new: int, lora: bool) -> Any:
     from synth.runtime import on_cpu, start_llm
 
-    kwargs: dict[str, Any] = {"model": model, "max_model_len": cfg.max_length + max_new, "distributed_executor_backend": "uni"}
+    # Room for the longest prompt and the answer, within the model's own context.
+    max_len = cfg.max_length + max_new
+    context = _context_length(model)
+    kwargs: dict[str, Any] = {"model": model, "max_model_len": min(max_len, context) if context else max_len,
+                              "distributed_executor_backend": "uni"}
     if lora:
         kwargs.update(enable_lora=True, max_lora_rank=max(cfg.lora.r, 8))
     if on_cpu():
         kwargs.update(dtype="float32", enforce_eager=True, enable_chunked_prefill=False)
     return start_llm(kwargs, cfg.eval_kv_cache_gib, "sft.eval_kv_cache_gib")
+
+
+def _context_length(model: str) -> int | None:
+    """The model's context length (max_position_embeddings), None when its config has none."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model)
+    config = getattr(config, "text_config", None) or config
+    return getattr(config, "max_position_embeddings", None)
 
 
 def _generate_vllm(cfg: SftConfig, model_id: str, trained: Path, prompts: list, max_new: int) -> tuple[list[str], list[str]]:

@@ -1,0 +1,139 @@
+"""Every command the docs show runs as written.
+
+The commands are collected from README.md's ```bash blocks and from the comments of every
+recipe under prompts/ (lines `#   synth ...`, `#   sft ...`, `#   make ...`, `#   python ...`,
+with `\\` continuations). Each one either runs here, in the documents' order, in one scratch
+copy of the repository (so later commands find what earlier ones made, as a reader following
+the docs would), or is listed in NOT_HERE with the reason it cannot run on this machine (a
+GPU, a hub model, a hosted API key). A documented command in neither list fails the test:
+new docs must say which it is. The NOT_HERE list is printed with every run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+# Documented commands that cannot run on a 2-core CPU machine without a network, and why.
+NOT_HERE = {
+    "make test": "it is this test run",
+    "make bench": "the benchmarks take about 25 minutes; their results are in bench/RESULTS.md",
+    "make distill RECIPE=prompts/compliance/recipe.yaml": "the compliance recipe's teacher and student are hub models "
+    "(Qwen/Qwen2.5-7B-Instruct, Qwen/Qwen2.5-0.5B-Instruct): a GPU and the hub; its CPU variant runs below",
+    ".venv/bin/synth run prompts/demo/recipe.yaml --set teacher.model=Qwen/Qwen2.5-7B-Instruct "
+    "--set teacher.vllm.dtype=auto --set teacher.vllm.gpu_memory_utilization=0.9 --set teacher.vllm.enforce_eager=false "
+    "--set sft.model=Qwen/Qwen2.5-0.5B-Instruct --set output.dir=runs/qwen7b": "a 7B teacher from the hub on a GPU",
+    "synth generate prompts/compliance/recipe.yaml && synth curate prompts/compliance/recipe.yaml":
+        "the teacher Qwen/Qwen2.5-7B-Instruct comes from the hub, on a GPU",
+    "sft train prompts/compliance/recipe.yaml && sft eval prompts/compliance/recipe.yaml":
+        "the student Qwen/Qwen2.5-0.5B-Instruct comes from the hub (and needs the generated data)",
+    "export OPENAI_API_KEY=...": "sets your own API key",
+    "synth generate prompts/demo/api-recipe.yaml": "calls OpenAI with your key (tests/synth/test_generate_openai.py "
+    "runs the same client against a local vLLM server)",
+    "python -m vllm.entrypoints.openai.api_server --model Qwen/Qwen2.5-7B-Instruct --port 8000":
+        "a server for a hub model that runs until stopped",
+    "synth generate prompts/demo/api-recipe.yaml --set teacher.model=Qwen/Qwen2.5-7B-Instruct "
+    "--set teacher.openai.base_url=http://127.0.0.1:8000/v1": "needs the server above",
+}
+
+COMMAND = re.compile(r"^(?:synth|sft|make|python|export|\.venv/bin/)\S*")
+TIMEOUT_S = 900  # per command; `make demo` takes about 4 minutes here
+
+
+def _join_continuations(lines: list[str]) -> list[str]:
+    out: list[str] = []
+    pending = ""
+    for line in lines:
+        line = line.strip()
+        if line.endswith("\\"):
+            pending += line[:-1].strip() + " "
+            continue
+        out.append((pending + line).strip())
+        pending = ""
+    return out
+
+
+def _strip_comment(line: str) -> str:
+    """A shell line without its trailing `# comment` (quotes are not parsed: docs avoid '#')."""
+    return re.sub(r"\s+#\s.*$", "", line).strip()
+
+
+def documented_commands() -> list[tuple[str, str]]:
+    """(where, command) for every command in README.md's bash blocks and the recipes' comments."""
+    found: list[tuple[str, str]] = []
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    for block in re.findall(r"```bash\n(.*?)```", readme, flags=re.DOTALL):
+        for line in _join_continuations(block.splitlines()):
+            command = _strip_comment(line)
+            if command:
+                found.append(("README.md", command))
+    for recipe in sorted((REPO / "prompts").rglob("*.yaml")):
+        comments = []
+        for line in recipe.read_text(encoding="utf-8").splitlines():
+            if not line.startswith("#"):
+                break  # the header comment only
+            comments.append(line[1:])
+        for line in _join_continuations([c for c in comments if c.startswith("   ")]):
+            command = _strip_comment(line)
+            if COMMAND.match(command):
+                found.append((str(recipe.relative_to(REPO)), command))
+    return found
+
+
+def test_the_collector_finds_the_documented_commands():
+    commands = [c for _, c in documented_commands()]
+    assert "make demo" in commands and "make test" in commands
+    assert "synth run prompts/dates/recipe.yaml" in commands
+    assert any(c.startswith("synth run prompts/compliance/recipe.yaml --set output.dir=runs/compliance-cpu") for c in commands)
+    assert all("\\" not in c and " # " not in c for c in commands), "continuations joined, comments dropped"
+
+
+def _scratch_copy(dest: Path) -> None:
+    """The repository's files (tracked and new, not ignored) with their times, and its .venv."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = REPO / name
+        if source.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)  # times kept: make sees .venv up to date
+    (dest / ".venv").symlink_to(REPO / ".venv")
+
+
+def test_every_documented_command_runs_as_written_or_says_why_not(tmp_path, capsys):
+    commands = documented_commands()
+    with capsys.disabled():
+        print("\ndocumented commands not run here (tests/test_docs.py NOT_HERE):")
+        for where, command in commands:
+            if command in NOT_HERE:
+                print(f"  {where}: {command}\n      because {NOT_HERE[command]}")
+    stale = set(NOT_HERE) - {c for _, c in commands}
+    assert not stale, f"NOT_HERE lists commands the docs no longer show: {stale}"
+
+    work = tmp_path / "repo"
+    _scratch_copy(work)
+    # The scratch copy shares this .venv: `make` there must find it installed, never reinstall
+    # it (an editable install would then point at the scratch copy).
+    up_to_date = subprocess.run(["make", "-q", "setup"], cwd=work, capture_output=True)
+    assert up_to_date.returncode == 0, ".venv is older than pyproject.toml or constraints/: run `make setup` first"
+    env = {**os.environ, "PATH": f"{work / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("PYTEST_CURRENT_TEST", None)
+    for where, command in commands:
+        if command in NOT_HERE:
+            continue
+        started = time.monotonic()
+        res = subprocess.run(["bash", "-c", command], cwd=work, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+        assert res.returncode == 0, (
+            f"{where}: `{command}` failed ({res.returncode}):\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}")
+        with capsys.disabled():
+            print(f"  ran {where}: {command[:100]} ({time.monotonic() - started:.0f} s)")
