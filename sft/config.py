@@ -30,6 +30,35 @@ class LoraOptions:
             raise ValueError("target_modules: give all-linear or a non-empty list of module names")
 
 
+DISTILL_LOSSES = ("topk_kl",)
+
+
+@dataclass
+class DistillOptions:
+    loss: str = help_field("topk_kl", help="topk_kl: KL from the teacher's top-k distribution (sampling.logprobs) to the student's, on the answer tokens")
+    top_k: int | None = help_field(None, help="teacher tokens used per position (at most what was captured); none: all captured")
+    temperature: float = help_field(1.0, help="softens both distributions (the loss is scaled by its square); the tail bucket needs 1.0")
+    alpha: float = help_field(0.5, help="weight of the KL term; 1 - alpha weighs the cross-entropy on the teacher's text")
+    tail: bool = help_field(True, help="add the mass outside the top k as one bucket (at temperature 1); false renormalises the top k")
+    logprobs: str | None = help_field(None, help="the teacher's logprobs file; default OUTPUT/logprobs.bin")
+    require: bool = help_field(False, help="every example must have aligned teacher logprobs (else an error); false: those without train on cross-entropy only, counted")
+
+    def __post_init__(self) -> None:
+        if self.loss not in DISTILL_LOSSES:
+            raise ValueError(f"loss: unknown '{self.loss}'; choose {', '.join(DISTILL_LOSSES)}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k: must be at least 1 (or none for all captured), got {self.top_k}")
+        if not (self.temperature > 0):
+            raise ValueError(f"temperature: must be > 0, got {self.temperature}")
+        if not (0 <= self.alpha <= 1):
+            raise ValueError(f"alpha: must be in [0, 1], got {self.alpha}")
+        if self.tail and self.temperature != 1.0:
+            raise ValueError("tail: the tail bucket needs temperature 1.0 (the captured logprobs are at 1); set tail: false")
+
+    def path(self, layout: Layout) -> Path:
+        return Path(self.logprobs) if self.logprobs else layout.logprobs
+
+
 @dataclass
 class SftConfig:
     model: str = help_field(help="student model: HF id or local directory", stage=("train", "eval"))
@@ -63,6 +92,7 @@ class SftConfig:
     eval_limit: int | None = help_field(None, help="`sft eval`: evaluate only the first N held-out examples", stage="eval")
     eval_judge: str | None = help_field(None, help="`sft eval`: a JUDGE.yaml (as for synth diff --judge) for the judge win rate of student vs teacher", stage="eval")
     eval_verifier: str | None = help_field(None, help="`sft eval`: 'module:function' task check run on student and teacher answers", stage="eval")
+    distill: DistillOptions | None = help_field(None, help="train on the teacher's top-k logprobs too (knowledge distillation); see README", stage="train")
     eval_kv_cache_gib: float | None = help_field(None, help="`sft eval` with vLLM: KV cache size in GiB; none: 0.5 on a CPU, vLLM's share of GPU memory (0.9) on a GPU")
 
     def __post_init__(self) -> None:

@@ -22,6 +22,7 @@ class DataReport:
     kept: int = 0
     truncated: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
+    distill: dict[str, int] | None = None  # sft.distill: examples with teacher logprobs, and without (why)
 
 
 def _check_messages(messages: Any, where: str) -> None:
@@ -60,6 +61,13 @@ def read_conversations(path: Path, field: str = "sft.train") -> list[list[dict[s
     if not rows:
         raise ValueError(f"{field}: {path} has no rows; nothing to train on")
     return rows
+
+
+def read_record_ids(path: Path, field: str = "sft.train") -> list[str | None]:
+    """The `id` of every row (None where a row has none), in read_conversations' order."""
+    from synth.runtime import read_jsonl_objects
+
+    return [row.get("id") if isinstance(row.get("id"), str) else None for _, row in read_jsonl_objects(path, field, "{}")]
 
 
 def fit_to_length(rows: list[list[dict[str, str]]], tokenizer: Any, max_length: int, overlong: str) -> tuple[list, DataReport]:

@@ -147,7 +147,8 @@ def prepare(recipe: Recipe, progress: bool = True, key: dict[str, Any] | None = 
     key = key if key is not None else train_key(recipe)
     model_id = resolve_student(cfg.model)
     tokenizer = _load_tokenizer(transformers, cfg, model_id)
-    train_rows, report = fit_to_length(read_conversations(cfg.train_path(layout)), tokenizer, cfg.max_length, cfg.overlong)
+    all_rows = read_conversations(cfg.train_path(layout))
+    train_rows, report = fit_to_length(all_rows, tokenizer, cfg.max_length, cfg.overlong)
     eval_path = cfg.eval_path(layout)
     eval_rows = read_conversations(eval_path, "sft.eval") if eval_path else None
     if cfg.assistant_only_loss:
@@ -175,7 +176,15 @@ def prepare(recipe: Recipe, progress: bool = True, key: dict[str, Any] | None = 
     if cfg.group_by_length and not packing:
         from sft.batching import grouped_trainer
 
-        trainer_cls = grouped_trainer(trl.SFTTrainer)
+        trainer_cls = grouped_trainer(trainer_cls)
+    targets = None
+    if cfg.distill is not None:
+        from sft.data import read_record_ids
+        from sft.distill import build_targets, distill_trainer
+
+        ids = read_record_ids(cfg.train_path(layout))
+        targets = build_targets(cfg.distill, cfg.distill.path(layout), list(zip(all_rows, ids, strict=True)), tokenizer)
+        trainer_cls = distill_trainer(trainer_cls, cfg.distill)
     try:
         trainer = trainer_cls(
             model=model, args=args, train_dataset=conversations_dataset(train_rows),
@@ -186,6 +195,11 @@ def prepare(recipe: Recipe, progress: bool = True, key: dict[str, Any] | None = 
         if "target module" in str(exc).lower() or "target_modules" in str(exc).lower():
             raise ValueError(f"sft.lora.target_modules: {cfg.lora.target_modules} match no module of {cfg.model} ({exc})") from None
         raise
+    if targets is not None:
+        from sft.distill import TargetCollator
+
+        trainer.data_collator = TargetCollator(trainer.data_collator, targets)
+        report.distill = dict(targets.counts)
     for default in (transformers.PrinterCallback, transformers.ProgressCallback):
         trainer.remove_callback(default)
     trainer.add_callback(progress_callback(transformers, progress))
@@ -356,7 +370,8 @@ def _metrics(p: Prepared, result: Any, resumed_from: str | None, wall_s: float) 
         "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None,
         "eval_loss": next((h["eval_loss"] for h in reversed(history) if "eval_loss" in h), None),
-        "data": {"rows": report.rows, "kept": report.kept, "truncated": report.truncated, "dropped": report.dropped},
+        "data": {"rows": report.rows, "kept": report.kept, "truncated": report.truncated, "dropped": report.dropped,
+                 **({"distill": report.distill} if report.distill is not None else {})},
         "packing": p.packing,
         "group_by_length": p.grouped,
         "attn_implementation": p.attn,

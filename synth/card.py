@@ -78,6 +78,15 @@ def _versions_section(out: Path) -> list[str]:
     return [*lines, "", f"Compare two versions prompt by prompt: `synth diff {first} {last}`.", ""]
 
 
+def _logprob_lines(stats: dict[str, Any], recipe: Recipe) -> list[str]:
+    lp = stats.get("logprobs")
+    if not lp:
+        return []
+    return [f"- teacher logprobs (top {recipe.sampling.logprobs} per answer token, `{recipe.layout.logprobs.name}`): "
+            f"{lp['ok']} kept records have them; {lp['changed']} had their answer edited by curation (PII redaction) "
+            f"and train on the text only; {lp['missing']} have none"]
+
+
 def write_card(recipe: Recipe) -> Path:
     """Write OUTPUT/README.md (the dataset card) and its plots; returns the card's path."""
     with DirLock(recipe.layout.root):
@@ -106,6 +115,7 @@ def _write_card(recipe: Recipe) -> Path:
         + (f", weights fingerprint `{teacher['fingerprint']}`" if teacher.get("fingerprint") else ""),
         f"- teacher licence or terms of use: {recipe.card.teacher_terms or 'NOT STATED: check the teacher model licence or API terms before using these outputs for training'}",
         f"- sampling: n={recipe.sampling.n}, " + ", ".join(f"{k}={v}" for k, v in sampling.items()),
+        *_logprob_lines(stats, recipe),
         "",
         "## Counts per stage",
         "",

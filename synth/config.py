@@ -56,6 +56,7 @@ class SamplingConfig:
     max_tokens: int = help_field(512, help="most tokens the teacher writes per answer")
     seed: int | None = help_field(None, help="base random seed; sample i of every prompt uses seed+i, so reruns are reproducible")
     stop: list[str] = help_field([], help="strings that end the answer")
+    logprobs: int = help_field(0, help="capture the teacher's top-k logprobs of every answer token (OUTPUT/logprobs.bin) for sft.distill; 0: off")
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -70,10 +71,13 @@ class SamplingConfig:
             raise ValueError(f"max_tokens: must be at least 1, got {self.max_tokens}")
         if any(not s for s in self.stop):
             raise ValueError("stop: stop strings must not be empty")
+        if not (0 <= self.logprobs <= 64):
+            raise ValueError(f"logprobs: must be between 0 (off) and 64, got {self.logprobs}")
 
     def identity(self) -> dict[str, Any]:
-        """Everything here that changes the teacher's output (n only sets how many samples)."""
-        return {
+        """Everything here that changes the teacher's output (n only sets how many samples;
+        logprobs only when on, so turning it on asks for answers with logprobs)."""
+        out = {
             "temperature": self.temperature,
             "top_p": self.top_p,
             "top_k": self.top_k,
@@ -81,6 +85,9 @@ class SamplingConfig:
             "seed": self.seed,
             "stop": list(self.stop),
         }
+        if self.logprobs:
+            out["logprobs"] = self.logprobs
+        return out
 
 
 @dataclass

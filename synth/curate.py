@@ -157,6 +157,8 @@ def run_curate(recipe: Recipe, progress: bool = True, key: dict[str, Any] | None
             "pii_redacted": counts["pii"],
             "filters": [f.name for f in filters],
         }
+        if recipe.sampling.logprobs:
+            stats["logprobs"] = _logprob_counts(layout)
         assert stats["records"] == stats["kept"] + stats["rejected"]
         write_json_atomically(layout.stats, stats)  # a function of data and config only: no run facts
         # What this run had to do (judge calls sent vs cached) goes to the manifest, not stats.json.
@@ -214,6 +216,22 @@ def _read_entries(fh, entries: list[_Entry], progress: bool):
     for entry in tqdm(entries, unit="rec", desc="curate", disable=not progress, dynamic_ncols=True):
         fh.seek(entry.offset)
         yield json.loads(fh.read(entry.length))
+
+
+def _logprob_counts(layout: Layout) -> dict[str, int]:
+    """How many kept records have the teacher's logprobs for exactly their answer ("ok"), had
+    their answer edited by a filter since ("changed": PII redaction), or have none ("missing")."""
+    from synth.logprobs import LogprobStore
+
+    store = LogprobStore(layout.logprobs)
+    counts = {"ok": 0, "changed": 0, "missing": 0}
+    try:
+        for path in (layout.train, layout.eval):
+            for rec in iter_records(path):
+                counts[store.status(rec["id"], rec["messages"])] += 1
+    finally:
+        store.close()
+    return counts
 
 
 def _write_split(layout: Layout, cfg: CurateConfig) -> dict[str, int]:

@@ -7,6 +7,7 @@ writing each result as it arrives. Rerunning the same recipe resumes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import time
@@ -103,6 +104,7 @@ def make_record(result: Completion, teacher: dict[str, Any]) -> dict[str, Any]:
         "template": req.template,
         "finish_reason": result.finish_reason,
         "usage": {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens},
+        **({"logprobs": {"k": result.topk.k, "tokens": len(result.topk.token_ids)}} if result.topk is not None else {}),
         "latency_s": result.latency_s,
         "created_at": utc_now(),
     }
@@ -130,6 +132,8 @@ class Counts:
     new_prompt_tokens: int = 0
     new_completion_tokens: int = 0
     finish_reasons: dict[str, int] = field(default_factory=dict)
+    logprobs_missing: int = 0  # answers written without the logprobs sampling.logprobs asked for
+    logprob_bytes_per_1k_tokens: int | None = None
 
     @property
     def kept(self) -> int:
@@ -266,9 +270,16 @@ def run_generate(
             except ValueError:  # not the main thread: leave signals alone
                 previous_sigterm = None
             if todo:
-                with JsonlAppender(raw_path, recipe.output.sync_every, recipe.output.sync_interval_s) as raw, \
-                        JsonlAppender(fail_path, 1, recipe.output.sync_interval_s) as failures:
-                    _consume(backend, todo, raw, failures, counts, done, teacher, progress)
+                with contextlib.ExitStack() as stack:
+                    sinks = _Sinks(
+                        stack.enter_context(JsonlAppender(raw_path, recipe.output.sync_every, recipe.output.sync_interval_s)),
+                        stack.enter_context(JsonlAppender(fail_path, 1, recipe.output.sync_interval_s)),
+                        stack.enter_context(_logprob_appender(recipe)) if recipe.sampling.logprobs else None,
+                        getattr(backend, "vocab", None),
+                    )
+                    _consume(backend, todo, sinks, counts, done, teacher, progress)
+                    if sinks.logprobs is not None and sinks.logprobs.tokens_written:
+                        counts.logprob_bytes_per_1k_tokens = round(1000 * sinks.logprobs.bytes_written / sinks.logprobs.tokens_written)
         except (KeyboardInterrupt, _Interrupted):
             status = "interrupted"
             logger.warning("interrupted: finished records are saved; rerun the same command to resume")
@@ -302,11 +313,37 @@ def _add_usage(counts: Counts, rec: dict[str, Any], new: bool) -> None:
     counts.finish_reasons[reason] = counts.finish_reasons.get(reason, 0) + 1
 
 
+@dataclass
+class _Sinks:
+    """Where results go: the raw log, the failure ledger, and the logprobs sidecar."""
+
+    raw: JsonlAppender
+    failures: JsonlAppender
+    logprobs: Any = None  # synth.logprobs.LogprobAppender when sampling.logprobs asks for them
+    vocab: bytes | None = None  # the digest of the teacher's vocabulary
+
+    def completion(self, result: Completion, rec: dict[str, Any]) -> bool:
+        """Write one answer; False when logprobs were asked for and the teacher gave none."""
+        from synth.logprobs import UNKNOWN_VOCAB
+
+        if self.logprobs is not None and result.topk is not None:
+            # The logprobs first: a kill between the two writes leaves an entry that the
+            # rerun's answer supersedes (the last entry of an id wins), never a record without.
+            self.logprobs.append(rec["id"], rec["messages"], result.topk, self.vocab or UNKNOWN_VOCAB)
+        self.raw.append(rec)
+        return self.logprobs is None or result.topk is not None
+
+
+def _logprob_appender(recipe: Recipe) -> Any:
+    from synth.logprobs import LogprobAppender
+
+    return LogprobAppender(recipe.layout.logprobs, recipe.output.sync_every, recipe.output.sync_interval_s)
+
+
 def _consume(
     backend: Backend,
     todo: list[Request],
-    raw: JsonlAppender,
-    failures: JsonlAppender,
+    sinks: _Sinks,
     counts: Counts,
     done: set[str],
     teacher: dict[str, Any],
@@ -321,13 +358,14 @@ def _consume(
         for result in backend.generate(iter(todo)):
             if isinstance(result, Completion):
                 rec = make_record(result, teacher)
-                raw.append(rec)
+                if not sinks.completion(result, rec):
+                    counts.logprobs_missing += 1
                 done.add(rec["id"])
                 counts.generated += 1
                 _add_usage(counts, rec, new=True)
             else:
                 row = make_failure(result)
-                failures.append(row)
+                sinks.failures.append(row)
                 failed += 1
                 logger.warning("request %s failed: %s: %s", row["id"], result.error_type, result.message)
             if bar.disable:
@@ -385,6 +423,9 @@ def _manifest(
             "records_of_other_configs": stale,
         },
         "finish_reasons": counts.finish_reasons,
+        **({"logprobs": {"k": recipe.sampling.logprobs, "file": recipe.layout.logprobs.name,
+                         "answers_without_this_run": counts.logprobs_missing,
+                         "bytes_per_1k_answer_tokens": counts.logprob_bytes_per_1k_tokens}} if recipe.sampling.logprobs else {}),
         "tokens": {
             "prompt": counts.prompt_tokens,
             "completion": counts.completion_tokens,

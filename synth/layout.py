@@ -8,6 +8,7 @@
       expand_raw.jsonl         prompt expansion: teacher calls, cached by request id
       expanded.jsonl           prompt expansion: the prompts generation reads
       raw.jsonl                every finished teacher answer (the cache, the resume point)
+      logprobs.bin             the teacher's top-k logprobs of each answer (sampling.logprobs)
       failures.jsonl           requests that failed, with the error
       judge.jsonl              curation judge calls, cached by request id
       train.jsonl, eval.jsonl, rejected.jsonl, stats.json     curation's outputs
@@ -71,6 +72,7 @@ class Layout:
     expand_raw = property(lambda self: self.root / "expand_raw.jsonl")
     expanded = property(lambda self: self.root / "expanded.jsonl")
     raw = property(lambda self: self.root / "raw.jsonl")
+    logprobs = property(lambda self: self.root / "logprobs.bin")
     failures = property(lambda self: self.root / "failures.jsonl")
     judge = property(lambda self: self.root / "judge.jsonl")
     train = property(lambda self: self.root / "train.jsonl")

@@ -19,6 +19,7 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     latency_s: float
+    topk: Any = None  # synth.logprobs.TopK when sampling.logprobs asked for them
 
 
 @dataclass

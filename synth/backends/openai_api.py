@@ -87,6 +87,7 @@ class OpenAIBackend:
             key = "EMPTY"  # a local server started without --api-key accepts any key
         self._key = key
         self._identity = self.identity_for(cfg)
+        self.vocab = b"\0" * 8  # the endpoint's tokenizer is not known here (synth.logprobs.UNKNOWN_VOCAB)
         self.stats = {"retries": 0, "rate_limited": 0, "concurrency": cfg.openai.max_concurrency}
 
     def identity(self) -> dict[str, Any]:
@@ -119,8 +120,35 @@ class OpenAIBackend:
             body["top_k"] = s["top_k"]  # not in OpenAI's API; vLLM and others accept it
         if o.response_format is not None:
             body["response_format"] = o.response_format
+        if s.get("logprobs"):
+            body["logprobs"] = True
+            body["top_logprobs"] = s["logprobs"]
         body.update(o.extra_body)
         return body
+
+    def _topk(self, choice: dict[str, Any], k: int) -> Any:
+        """The answer's top-k logprobs from a chat completion's `logprobs.content`. Training
+        needs token ids: a vLLM server gives them as "token_id:N" with
+        `extra_body: {return_tokens_as_token_ids: true}`; token strings alone are refused."""
+        from synth.logprobs import TopK
+
+        content = (choice.get("logprobs") or {}).get("content")
+        if content is None:
+            raise FatalTeacherError(
+                f"teacher: {self.base_url} returned no logprobs although sampling.logprobs={k} asked for them; "
+                "use an endpoint that gives logprobs (or set sampling.logprobs: 0)")
+
+        def token_id(token: str) -> int:
+            if not token.startswith("token_id:"):
+                raise FatalTeacherError(
+                    f"teacher: {self.base_url} returned logprobs as token strings ({token!r}), not token ids, so they "
+                    "cannot be lined up with the student's tokens; a vLLM server returns ids with "
+                    "teacher.openai.extra_body: {return_tokens_as_token_ids: true}")
+            return int(token.split(":", 1)[1])
+
+        ids = [token_id(t["token"]) for t in content]
+        top = [[(token_id(c["token"]), float(c["logprob"])) for c in t.get("top_logprobs") or []] for t in content]
+        return TopK.from_lists(ids, top, k)
 
     async def _send(self, client: Any, req: Request) -> Completion:
         import httpx2
@@ -144,6 +172,7 @@ class OpenAIBackend:
             prompt_tokens=int(usage.get("prompt_tokens") or 0),
             completion_tokens=int(usage.get("completion_tokens") or 0),
             latency_s=round(time.monotonic() - started, 4),
+            topk=self._topk(choice, req.sampling["logprobs"]) if req.sampling.get("logprobs") else None,
         )
 
     def _after_success(self, headers: Any) -> None:
@@ -237,7 +266,7 @@ class OpenAIBackend:
                 f"({self.redact(str(exc.message))[:300]}); check the API key "
                 f"(${self.cfg.openai.api_key_env}), teacher.model and teacher.openai.base_url"
             ) from None
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, FatalTeacherError):
             raise
         except Exception as exc:
             status = getattr(exc, "status_code", None)

@@ -120,7 +120,30 @@ class VllmBackend:
             kwargs["seed"] = s["seed"]
         if s.get("stop"):
             kwargs["stop"] = list(s["stop"])
+        if s.get("logprobs"):
+            kwargs["logprobs"] = s["logprobs"]
         return self._SamplingParams(**kwargs)
+
+    @staticmethod
+    def _topk(sample: Any, k: int) -> Any:
+        """The answer's top-k logprobs (synth.logprobs.TopK), when they were asked for. vLLM
+        gives per token a dict id -> Logprob(rank) holding the top k and the sampled token."""
+        if not k or sample.logprobs is None:
+            return None
+        from synth.logprobs import TopK
+
+        top = [sorted(((tid, lp.logprob) for tid, lp in pos.items() if lp.rank is not None and lp.rank <= k),
+                      key=lambda item: -item[1]) for pos in sample.logprobs]
+        return TopK.from_lists(list(sample.token_ids), top, k)
+
+    @property
+    def vocab(self) -> bytes:
+        """The digest of the teacher's vocabulary (the ids in its logprobs)."""
+        if getattr(self, "_vocab", None) is None:
+            from synth.logprobs import vocab_digest
+
+            self._vocab = vocab_digest(self.llm.get_tokenizer())
+        return self._vocab
 
     def _enqueue(self, batch: list[Request], inflight: dict[str, tuple[Request, float]]) -> list[Failure]:
         """Hand a batch to the engine; requests the engine refuses become failures."""
@@ -180,6 +203,7 @@ class VllmBackend:
                         prompt_tokens=len(out.prompt_token_ids or ()),
                         completion_tokens=len(sample.token_ids),
                         latency_s=round(time.monotonic() - submitted, 4),
+                        topk=self._topk(sample, req.sampling.get("logprobs") or 0),
                     )
         finally:
             if inflight:

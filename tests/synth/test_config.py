@@ -107,10 +107,11 @@ def test_bad_yaml_and_missing_file(tmp_path):
         load_recipe(_write(tmp_path, BASE), ["sampling.temperature"])
 
 
-def test_sampling_identity_leaves_out_n_only():
+def test_sampling_identity_leaves_out_n_only_and_logprobs_when_off():
     ident = SamplingConfig().identity()
     names = {f.name for f in dataclasses.fields(SamplingConfig)}
-    assert set(ident) == names - {"n"}
+    assert set(ident) == names - {"n", "logprobs"}, "ids of recipes without logprobs stay as they were"
+    assert SamplingConfig(logprobs=5).identity()["logprobs"] == 5
 
 
 def test_readme_documents_every_config_key():

@@ -1,0 +1,145 @@
+"""Knowledge distillation from the teacher's top-k logprobs (sft.distill)."""
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from sft.distill import last_assistant_span, topk_kl
+from synth.config import load_recipe
+
+from conftest import make_recipe, read_jsonl, write_jsonl
+
+
+def test_topk_kl_is_zero_for_the_same_distribution_and_falls_as_the_student_learns():
+    torch.manual_seed(0)
+    teacher_logits = torch.randn(6, 50) * 3
+    teacher = torch.log_softmax(teacher_logits, -1)
+    logprobs, ids = teacher.topk(5, dim=-1)
+    for tail in (True, False):
+        assert float(topk_kl(teacher_logits.clone(), ids, logprobs, 1.0, tail)) == pytest.approx(0.0, abs=1e-5)
+    student = torch.zeros(6, 50, requires_grad=True)
+    optimiser = torch.optim.Adam([student], lr=0.3)
+    losses = []
+    for _ in range(100):
+        loss = topk_kl(student, ids, logprobs, 1.0, True)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(float(loss))
+    assert losses[0] > 0.5 and losses[-1] < 0.05 * losses[0]
+    # A position with fewer than k teacher tokens (-inf) counts only the ones it has.
+    partial = logprobs.clone()
+    partial[:, 3:] = float("-inf")
+    assert torch.isfinite(topk_kl(student.detach(), ids, partial, 1.0, True))
+    assert torch.isfinite(topk_kl(student.detach(), ids, partial, 2.0, False))
+
+
+def test_last_assistant_span():
+    assert last_assistant_span([0, 1, 1, 0, 0, 1, 1, 1, 0]) == (5, 8)
+    assert last_assistant_span([1, 1]) == (0, 2)
+    assert last_assistant_span([0, 0]) is None
+
+
+def _kd_recipe(tmp_path, tiny_model, student=None, **distill):
+    return make_recipe(tmp_path, tiny_model, seeds=[{"question": f"Tell me about item {i}."} for i in range(24)],
+                       sampling={"n": 1, "max_tokens": 12, "logprobs": 5, "temperature": 1.0},
+                       extra={"curate": {"filters": ["empty"]},
+                              "sft": {"model": str(student or tiny_model), "max_steps": 3, "batch_size": 8,
+                                      "logging_steps": 1, "save_steps": 100, "max_length": 256, "learning_rate": 1e-3,
+                                      "distill": {"top_k": 5, **distill}}})
+
+
+@pytest.mark.slow
+def test_distillation_trains_on_the_teachers_logprobs(tmp_path, tiny_model, vllm_backend):
+    """Teacher and student are the same tiny model: before the first update the student's
+    distribution is the teacher's, so the first KL is ~0; an answer edited after generation
+    (as PII redaction does) falls back to cross-entropy and is counted."""
+    from sft.train import run_train
+    from synth.curate import run_curate
+    from synth.generate import run_generate
+
+    path = _kd_recipe(tmp_path, tiny_model)
+    recipe = load_recipe(path)
+    run_generate(recipe, vllm_backend, progress=False)
+    run_curate(recipe, progress=False)
+    train = tmp_path / "out" / "train.jsonl"
+    rows = read_jsonl(train)
+    rows[0]["messages"][-1]["content"] += " [REDACTED]"
+    write_jsonl(train, rows)
+    metrics = run_train(load_recipe(path), progress=False)
+    counts = metrics["data"]["distill"]
+    assert counts["changed"] == 1 and counts.get("with", 0) + counts.get("partly aligned", 0) >= len(rows) // 2
+    assert sum(counts.values()) == len(rows)
+    kls = [h["kd_kl"] for h in metrics["log_history"] if "kd_kl" in h]
+    assert len(kls) == 3 and kls[0] < 0.01, kls
+    assert metrics["global_step"] == 3 and (tmp_path / "out" / "student" / "adapter" / "adapter_model.safetensors").exists()
+
+    # Bad input: one clear error each.
+    with pytest.raises(ValueError, match=r"sft.distill.top_k: 8 is more than the 5 logprobs captured"):
+        run_train(load_recipe(path, ["sft.distill.top_k=8"]), progress=False)
+    with pytest.raises(ValueError, match=r"sft.distill.require: 1 training examples|sft.distill.require: \d+ training examples"):
+        run_train(load_recipe(path, ["sft.distill.require=true"]), progress=False)
+    with pytest.raises(ValueError, match=r"sft.distill: .*nowhere.bin does not exist; generate with sampling.logprobs"):
+        run_train(load_recipe(path, [f"sft.distill.logprobs={tmp_path / 'nowhere.bin'}"]), progress=False)
+
+
+@pytest.mark.slow
+def test_a_student_with_another_vocabulary_is_refused(tmp_path, tiny_model, vllm_backend):
+    from sft.train import run_train
+    from synth.curate import run_curate
+    from synth.generate import run_generate
+    from synth.tiny_model import build_tiny_model
+
+    other = build_tiny_model(tmp_path / "other-student", vocab_size=1024)
+    path = _kd_recipe(tmp_path, tiny_model, student=other)
+    recipe = load_recipe(path)
+    run_generate(recipe, vllm_backend, progress=False)
+    run_curate(recipe, progress=False)
+    with pytest.raises(ValueError, match="use another vocabulary than the student") as err:
+        run_train(recipe, progress=False)
+    assert "share a tokenizer" in str(err.value)
+
+
+def test_distill_options_are_validated(tmp_path, tiny_model):
+    for override, message in [
+        ("sft.distill.loss=reverse_kl", "sft.distill.loss: unknown 'reverse_kl'"),
+        ("sft.distill.alpha=1.5", "sft.distill.alpha: must be in [0, 1]"),
+        ("sft.distill.temperature=2", "sft.distill.tail: the tail bucket needs temperature 1.0"),
+    ]:
+        with pytest.raises(ValueError) as err:
+            load_recipe(_kd_recipe(tmp_path, tiny_model), [override])
+        assert message in str(err.value)
+    data = yaml.safe_load(_kd_recipe(tmp_path, tiny_model).read_text())
+    assert json.dumps(data["sft"]["distill"]) == '{"top_k": 5}'
+
+
+@pytest.mark.slow
+def test_one_recipe_captures_and_distils_with_synth_run(tmp_path, tiny_model):
+    """sampling.logprobs + sft.distill: `synth run` generates with logprobs, curates (a PII
+    redaction breaks one answer's tie to its logprobs, and the card says so), trains with KD."""
+    import subprocess
+    import sys
+
+    path = _kd_recipe(tmp_path, tiny_model)
+    data = yaml.safe_load(path.read_text())
+    seeds = [{"question": f"Tell me about item {i}."} for i in range(23)] + [{"question": "Mail jane.doe@example.com?"}]
+    write_jsonl(tmp_path / "seeds.jsonl", seeds)
+    data["curate"] = {"filters": ["empty", {"name": "pii"}], "eval_fraction": 0.2}
+    data["sft"].update(eval_limit=2, eval_max_new_tokens=4, eval_engine="transformers")
+    path.write_text(yaml.safe_dump(data))
+    res = subprocess.run([sys.executable, "-m", "synth.cli", "run", str(path), "--no-progress"],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = tmp_path / "out"
+    report = {s["stage"]: s for s in json.loads((out / "report.json").read_text())["stages"]}
+    assert all(s["status"] == "done" for s in report.values()), report
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["logprobs"] == {"ok": stats["kept"] - 1, "changed": 1, "missing": 0}, "the redacted chat is changed"
+    assert "teacher logprobs (top 5 per answer token" in (out / "README.md").read_text()
+    metrics = json.loads((out / "student" / "metrics.json").read_text())
+    assert sum(metrics["data"]["distill"].values()) == stats["train"]
+    assert any("kd_kl" in h for h in metrics["log_history"])
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["logprobs"]["bytes_per_1k_answer_tokens"] > 0

@@ -1,0 +1,132 @@
+"""The teacher's top-k logprobs beside the raw log: the sidecar's guarantees, capture through
+the real in-process engine and a real vLLM server, and a SIGKILL mid-run."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from synth.config import load_recipe
+from synth.generate import plan_requests, run_generate
+from synth.logprobs import LogprobAppender, LogprobStore, TopK, chat_digest, scan
+
+from conftest import SERVER_KEY, make_api_recipe, make_recipe, read_jsonl
+from killing import lines, sigkill_when
+
+RID = "0123456789abcdef0123456789abcdef"
+
+
+def _topk(n=3, k=2, shift=0):
+    return TopK.from_lists([10 + i + shift for i in range(n)], [[(10 + i + shift, -0.1), (99, -2.5)] for i in range(n)], k)
+
+
+def _chat(answer):
+    return [{"role": "user", "content": "Question?"}, {"role": "assistant", "content": answer}]
+
+
+def test_sidecar_round_trip_last_entry_wins_and_text_ties(tmp_path):
+    path = tmp_path / "logprobs.bin"
+    with LogprobAppender(path) as out:
+        out.append(RID, _chat("first answer"), _topk(), b"v" * 8)
+        out.append(RID, _chat("second answer"), _topk(n=4, shift=1), b"v" * 8)  # a rerun's answer supersedes
+        out.append("f" * 32, _chat("other"), _topk(n=1), b"v" * 8)
+        assert out.bytes_written > 0 and out.tokens_written == 8
+    store = LogprobStore(path)
+    assert len(store) == 2
+    topk, entry = store.get(RID)
+    assert topk.token_ids.tolist() == [11, 12, 13, 14] and topk.ids[0].tolist() == [11, 99]
+    assert np.allclose(topk.logprobs[0].astype(float), [-0.1, -2.5], atol=1e-3)
+    assert store.status(RID, _chat("second answer")) == "ok"
+    assert store.status(RID, _chat("second answer, redacted")) == "changed"
+    redacted_prompt = [{"role": "user", "content": "[EMAIL]?"}, _chat("second answer")[1]]
+    assert store.status(RID, redacted_prompt) == "changed", "a prompt edited by curation breaks the tie too"
+    assert store.status("e" * 32, _chat("x")) == "missing"
+    assert entry.text == chat_digest(_chat("second answer"))
+    store.close()
+
+
+def test_a_torn_last_entry_is_cut_and_a_damaged_middle_is_an_error(tmp_path):
+    path = tmp_path / "logprobs.bin"
+    with LogprobAppender(path) as out:
+        out.append(RID, _chat("a"), _topk(), b"v" * 8)
+        out.append("f" * 32, _chat("b"), _topk(), b"v" * 8)
+    whole = path.read_bytes()
+    path.write_bytes(whole[:-7])  # the second entry cut short by a kill
+    index, end = scan(path)
+    assert list(index) == [RID] and end == len(whole) // 2
+    with LogprobAppender(path) as out:  # reopening repairs the tail, then appends
+        out.append("f" * 32, _chat("b"), _topk(), b"v" * 8)
+    assert path.read_bytes() == whole
+    damaged = bytearray(whole)
+    damaged[60] ^= 0xFF  # inside the first entry's data, with an entry after it
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(ValueError, match=r"logprobs.bin: the entry at byte 0 is damaged and data follows it"):
+        scan(path)
+
+
+@pytest.mark.slow
+def test_capture_through_the_real_engine(tmp_path, tiny_model, vllm_backend):
+    from synth.logprobs import vocab_digest
+
+    recipe = load_recipe(make_recipe(tmp_path, tiny_model, sampling={"logprobs": 4, "max_tokens": 6}))
+    manifest = run_generate(recipe, vllm_backend, progress=False)
+    records = read_jsonl(tmp_path / "out" / "raw.jsonl")
+    store = LogprobStore(tmp_path / "out" / "logprobs.bin")
+    tokenizer = vllm_backend.llm.get_tokenizer()
+    assert len(records) == len(store) == 12
+    for rec in records:
+        answer = rec["messages"][-1]["content"]
+        assert store.status(rec["id"], rec["messages"]) == "ok"
+        topk, entry = store.get(rec["id"])
+        assert entry.vocab == vocab_digest(tokenizer) and topk.k == 4
+        assert rec["logprobs"] == {"k": 4, "tokens": len(topk.token_ids)} == {"k": 4, "tokens": rec["usage"]["completion_tokens"]}
+        # The tokens spell the answer (vLLM holds back a last token that is half a UTF-8 character).
+        assert tokenizer.decode(topk.token_ids.tolist(), skip_special_tokens=True).rstrip("\ufffd") == answer
+        assert np.all(np.diff(topk.logprobs.astype(float), axis=1) <= 1e-6), "best first"
+    assert manifest["logprobs"]["bytes_per_1k_answer_tokens"] > 0
+    # Asking for logprobs is another request: the ids of the same recipe without them differ.
+    plain = load_recipe(make_recipe(tmp_path, tiny_model, sampling={"max_tokens": 6}))
+    assert not {r.id for r in plan_requests(plain).requests} & {r["id"] for r in records}
+    store.close()
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_loses_no_logprobs(tmp_path, tiny_model):
+    seeds = [{"question": f"Write about topic number {i}, please."} for i in range(300)]
+    path = make_recipe(tmp_path, tiny_model, seeds=seeds, sampling={"n": 2, "max_tokens": 48, "logprobs": 5})
+    raw = tmp_path / "out" / "raw.jsonl"
+    cmd = [sys.executable, "-m", "synth.cli", "generate", str(path), "--no-progress"]
+    sigkill_when(cmd, lambda: lines(raw) >= 100, 240)
+    assert 100 <= lines(raw) < 600, "the kill must land mid-run"
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    records = read_jsonl(raw)
+    assert len(records) == len({r["id"] for r in records}) == 600
+    store = LogprobStore(tmp_path / "out" / "logprobs.bin")
+    assert all(store.status(r["id"], r["messages"]) == "ok" for r in records), "every record has its logprobs"
+    assert set(store.index) == {r["id"] for r in records}
+    store.close()
+
+
+@pytest.mark.slow
+def test_capture_through_a_real_vllm_server_needs_token_ids(tmp_path, vllm_server, monkeypatch):
+    monkeypatch.setenv("STILLHOUSE_TEST_KEY", SERVER_KEY)
+    path = make_api_recipe(tmp_path, vllm_server.url, sampling={"logprobs": 3, "max_tokens": 6},
+                           openai={"extra_body": {"return_tokens_as_token_ids": True}})
+    run_generate(load_recipe(path), progress=False)
+    records = read_jsonl(tmp_path / "out" / "raw.jsonl")
+    store = LogprobStore(tmp_path / "out" / "logprobs.bin")
+    assert len(records) == len(store) == 12
+    assert all(store.status(r["id"], r["messages"]) == "ok" for r in records)
+    store.close()
+    # Without token ids the logprobs cannot be lined up with tokens: one error, the run stops.
+    other = make_api_recipe(tmp_path, vllm_server.url, out="strings", sampling={"logprobs": 3, "max_tokens": 6})
+    res = subprocess.run([sys.executable, "-m", "synth.cli", "generate", str(other), "--no-progress"],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "STILLHOUSE_TEST_KEY": SERVER_KEY})
+    assert res.returncode == 2, res.stderr[-2000:]
+    err = [line for line in res.stderr.splitlines() if line.startswith("synth: error:")]
+    assert len(err) == 1 and "logprobs as token strings" in err[0] and "return_tokens_as_token_ids" in err[0]
+    assert json.loads((tmp_path / "strings" / "manifest.json").read_text())["status"] == "failed"
