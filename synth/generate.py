@@ -133,7 +133,7 @@ class Counts:
     new_completion_tokens: int = 0
     finish_reasons: dict[str, int] = field(default_factory=dict)
     logprobs_missing: int = 0  # answers written without the logprobs sampling.logprobs asked for
-    logprob_bytes_per_1k_tokens: int | None = None
+    logprob_tokens: int = 0  # answer tokens whose logprobs are in logprobs.bin
 
     @property
     def kept(self) -> int:
@@ -278,8 +278,6 @@ def run_generate(
                         getattr(backend, "vocab", None),
                     )
                     _consume(backend, todo, sinks, counts, done, teacher, progress)
-                    if sinks.logprobs is not None and sinks.logprobs.tokens_written:
-                        counts.logprob_bytes_per_1k_tokens = round(1000 * sinks.logprobs.bytes_written / sinks.logprobs.tokens_written)
         except (KeyboardInterrupt, _Interrupted):
             status = "interrupted"
             logger.warning("interrupted: finished records are saved; rerun the same command to resume")
@@ -309,6 +307,7 @@ def _add_usage(counts: Counts, rec: dict[str, Any], new: bool) -> None:
     if new:
         counts.new_prompt_tokens += p
         counts.new_completion_tokens += c
+    counts.logprob_tokens += int((rec.get("logprobs") or {}).get("tokens") or 0)
     reason = rec.get("finish_reason") or "unknown"
     counts.finish_reasons[reason] = counts.finish_reasons.get(reason, 0) + 1
 
@@ -400,6 +399,14 @@ def _compact_failures(fail_path: Path, planned: set[str], done: set[str]) -> int
     return len(current)
 
 
+def _logprob_summary(recipe: Recipe, counts: Counts) -> dict[str, Any]:
+    path = recipe.layout.logprobs
+    size = path.stat().st_size if path.exists() else 0
+    return {"k": recipe.sampling.logprobs, "file": path.name, "answers_without_this_run": counts.logprobs_missing,
+            "answer_tokens": counts.logprob_tokens,
+            "bytes_per_1k_answer_tokens": round(1000 * size / counts.logprob_tokens) if counts.logprob_tokens else None}
+
+
 def _manifest(
     recipe: Recipe, plan: Plan, counts: Counts, stale: int, started: str, wall0: float, status: str
 ) -> dict[str, Any]:
@@ -423,9 +430,7 @@ def _manifest(
             "records_of_other_configs": stale,
         },
         "finish_reasons": counts.finish_reasons,
-        **({"logprobs": {"k": recipe.sampling.logprobs, "file": recipe.layout.logprobs.name,
-                         "answers_without_this_run": counts.logprobs_missing,
-                         "bytes_per_1k_answer_tokens": counts.logprob_bytes_per_1k_tokens}} if recipe.sampling.logprobs else {}),
+        **({"logprobs": _logprob_summary(recipe, counts)} if recipe.sampling.logprobs else {}),
         "tokens": {
             "prompt": counts.prompt_tokens,
             "completion": counts.completion_tokens,

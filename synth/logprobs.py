@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import struct
-import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from synth.rawlog import Appender
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +80,19 @@ class TopK:
                 ids[i, j] = tid
                 lps[i, j] = max(lp, -65000.0)  # float16's range; -inf stays for "absent"
         return cls(np.asarray(token_ids, dtype=np.int32), ids, lps)
+
+    @classmethod
+    def from_ranked(cls, token_ids: list[int], positions: np.ndarray, ids: np.ndarray, logprobs: np.ndarray,
+                    ranks: np.ndarray, k: int) -> TopK:
+        """From flat arrays (one row per (position, token) pair, its rank among the
+        vocabulary), as vLLM's FlatLogprobs gives them; ranks above k are left out."""
+        n = len(token_ids)
+        out_ids = np.full((n, k), -1, dtype=np.int32)
+        out_lps = np.full((n, k), -np.inf, dtype=np.float16)
+        keep = (ranks >= 1) & (ranks <= k)
+        out_ids[positions[keep], ranks[keep] - 1] = ids[keep]
+        out_lps[positions[keep], ranks[keep] - 1] = np.maximum(logprobs[keep], -65000.0)
+        return cls(np.asarray(token_ids, dtype=np.int32), out_ids, out_lps)
 
     def encode(self, request_id: str, messages: list[dict[str, Any]], vocab: bytes) -> bytes:
         n, k = self.ids.shape
@@ -174,8 +188,9 @@ class LogprobStore:
             self._fh = None
 
 
-class LogprobAppender:
-    """Appends entries (one write each; fsync every N entries or T seconds, as raw.jsonl)."""
+class LogprobAppender(Appender):
+    """Appends entries (one write each, fsync in batches, as raw.jsonl); a torn last entry
+    is cut off first."""
 
     def __init__(self, path: Path, sync_every: int = 256, sync_interval_s: float = 5.0):
         _, end = scan(path)
@@ -185,36 +200,7 @@ class LogprobAppender:
             with path.open("r+b") as fh:
                 fh.truncate(end)
                 os.fsync(fh.fileno())
-        self.path, self.sync_every, self.sync_interval_s = path, sync_every, sync_interval_s
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        self._unsynced, self._last_sync = 0, time.monotonic()
-        self.bytes_written = 0
-        self.tokens_written = 0
+        super().__init__(path, sync_every, sync_interval_s)
 
     def append(self, request_id: str, messages: list[dict[str, Any]], topk: TopK, vocab: bytes) -> None:
-        view = memoryview(topk.encode(request_id, messages, vocab))
-        self.bytes_written += len(view)
-        self.tokens_written += len(topk.token_ids)
-        while view:
-            view = view[os.write(self._fd, view):]
-        self._unsynced += 1
-        if self._unsynced >= self.sync_every or time.monotonic() - self._last_sync >= self.sync_interval_s:
-            self.sync()
-
-    def sync(self) -> None:
-        if self._unsynced:
-            os.fsync(self._fd)
-            self._unsynced = 0
-        self._last_sync = time.monotonic()
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            self.sync()
-            os.close(self._fd)
-            self._fd = -1
-
-    def __enter__(self) -> LogprobAppender:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        self.write(topk.encode(request_id, messages, vocab))

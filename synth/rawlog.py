@@ -83,8 +83,9 @@ def iter_numbered_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             yield lineno, record
 
 
-class JsonlAppender:
-    """Appends records to a JSONL file: one write per record, fsync in batches."""
+class Appender:
+    """Appends whole entries to a file: one write per entry (a kill loses nothing written),
+    fsync in batches (every `sync_every` entries or `sync_interval_s` seconds)."""
 
     def __init__(self, path: Path, sync_every: int = 256, sync_interval_s: float = 5.0):
         self.path = path
@@ -94,9 +95,8 @@ class JsonlAppender:
         self._unsynced = 0
         self._last_sync = time.monotonic()
 
-    def append(self, record: dict[str, Any]) -> None:
-        line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
-        view = memoryview(line)
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
         while view:  # os.write may write less than asked (signals, full pipes)
             written = os.write(self._fd, view)
             view = view[written:]
@@ -116,11 +116,18 @@ class JsonlAppender:
             os.close(self._fd)
             self._fd = -1
 
-    def __enter__(self) -> JsonlAppender:
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class JsonlAppender(Appender):
+    """Appends records to a JSONL file, one line each."""
+
+    def append(self, record: dict[str, Any]) -> None:
+        self.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
 def rewrite_atomically(path: Path, records: list[dict[str, Any]]) -> None:
