@@ -74,6 +74,7 @@ bench: setup
 	$(BIN)/python bench/curate_memory.py
 	$(BIN)/python bench/sft_throughput.py
 	$(BIN)/python bench/distill_quality.py
+	$(BIN)/python bench/kd_quality.py
 
 clean:
 	rm -rf .demo runs .bench .pytest_cache

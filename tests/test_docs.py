@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 # Documented commands that cannot run on a 2-core CPU machine without a network, and why.
 NOT_HERE = {
     "make test": "it is this test run",
-    "make bench": "the benchmarks take about 25 minutes; their results are in bench/RESULTS.md",
+    "make bench": "the benchmarks take about 45 minutes; their results are in bench/RESULTS.md",
     "make distill RECIPE=prompts/compliance/recipe.yaml": "the compliance recipe's teacher and student are hub models "
     "(Qwen/Qwen2.5-7B-Instruct, Qwen/Qwen2.5-0.5B-Instruct): a GPU and the hub; its CPU variant runs below",
     ".venv/bin/synth run prompts/demo/recipe.yaml --set teacher.model=Qwen/Qwen2.5-7B-Instruct "
