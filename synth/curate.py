@@ -29,7 +29,7 @@ from synth.filters import Filter, build_filter, prompt_text
 from synth.generate import plan_requests
 from synth.layout import Layout
 from synth.manifest import update_manifest
-from synth.rawlog import DirLock, iter_records
+from synth.rawlog import DirLock, iter_records, repeated_request
 from synth.runtime import utc_now, write_json_atomically
 
 logger = logging.getLogger(__name__)
@@ -62,10 +62,7 @@ def _index_raw(raw: Path, planned: set[str] | None) -> tuple[list[_Entry], int]:
     entries.sort(key=lambda e: (e.id, e.line))
     for a, b in zip(entries, entries[1:], strict=False):
         if a.id == b.id:
-            raise ValueError(
-                f"{raw} line {b.line} repeats request {a.id} of line {a.line}; synth writes each request once, "
-                "so the log was edited or merged by hand: delete one of the two lines"
-            )
+            raise repeated_request(raw, a.id, a.line, b.line)
     return entries, skipped
 
 

@@ -26,6 +26,7 @@ from synth.rawlog import (
     iter_numbered_records,
     iter_records,
     repair_tail,
+    repeated_request,
     rewrite_atomically,
 )
 from synth.requests import Request, estimate_prompt_tokens, request_id, sample_sampling
@@ -167,10 +168,7 @@ def _scan_raw(raw_path: Path, planned: set[str], counts: Counts) -> tuple[set[st
     stale = 0
     for lineno, rec in iter_numbered_records(raw_path):
         if rec["id"] in first_line:
-            raise ValueError(
-                f"{raw_path} line {lineno} repeats request {rec['id']} of line {first_line[rec['id']]}; synth writes "
-                "each request once, so the log was edited or merged by hand: delete one of the two lines"
-            )
+            raise repeated_request(raw_path, rec["id"], first_line[rec["id"]], lineno)
         first_line[rec["id"]] = lineno
         if rec["id"] not in planned:
             stale += 1

@@ -83,6 +83,12 @@ def iter_numbered_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             yield lineno, record
 
 
+def repeated_request(path: Path, request_id: str, first_line: int, line: int) -> ValueError:
+    """The error for a request id a log holds twice (synth writes each once)."""
+    return ValueError(f"{path} line {line} repeats request {request_id} of line {first_line}; synth writes each "
+                      "request once, so the log was edited or merged by hand: delete one of the two lines")
+
+
 class Appender:
     """Appends whole entries to a file: one write per entry (a kill loses nothing written),
     fsync in batches (every `sync_every` entries or `sync_interval_s` seconds)."""
