@@ -82,7 +82,9 @@ def _logprob_lines(stats: dict[str, Any], recipe: Recipe) -> list[str]:
     lp = stats.get("logprobs")
     if not lp:
         return []
-    return [f"- teacher logprobs (top {recipe.sampling.logprobs} per answer token, `{recipe.layout.logprobs.name}`): "
+    how = (f"the top {recipe.sampling.logprobs} per answer token, captured with the answers" if recipe.sampling.logprobs
+           else "scored afterwards by `synth score`")
+    return [f"- teacher logprobs (`{recipe.layout.logprobs.name}`, {how}): "
             f"{lp['ok']} kept records have them; {lp['changed']} had their answer edited by curation (PII redaction) "
             f"and train on the text only; {lp['missing']} have none"]
 

@@ -132,6 +132,18 @@ def cmd_expand(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_score(args: argparse.Namespace) -> int:
+    from synth.config import load_recipe
+
+    recipe = load_recipe(args.recipe, args.set)
+    setup_logging(recipe.layout.log, args.verbose)
+    from synth.score import run_score, score_summary
+
+    counts = run_score(recipe, args.top_k, args.teacher, progress=not args.no_progress)
+    print(score_summary(counts, recipe.layout.logprobs))
+    return 0
+
+
 def cmd_diff(args: argparse.Namespace) -> int:
     setup_logging(None, args.verbose)
     from synth.diff import run_diff
@@ -211,6 +223,17 @@ def build_parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("expand", help="grow the seed prompts with the teacher (self-instruct or evol-instruct); resumable")
     recipe_arguments(exp)
     exp.set_defaults(func=cmd_expand)
+
+    score = sub.add_parser(
+        "score",
+        help="a local teacher computes the top-k logprobs of the answers already in raw.jsonl (for sft.distill)",
+        description="Score the raw log's answers with a local model (the recipe's vllm teacher, or --teacher): "
+        "their top-k logprobs go to OUTPUT/logprobs.bin, as sampling.logprobs would have captured them. Resumable.",
+    )
+    recipe_arguments(score)
+    score.add_argument("--top-k", type=int, default=20, help="logprobs per answer token (default 20)")
+    score.add_argument("--teacher", metavar="MODEL", help="the scoring model (a directory or HF id), if not the recipe's teacher")
+    score.set_defaults(func=cmd_score)
 
     diff = sub.add_parser("diff", help="compare two dataset versions (e.g. two teachers) prompt by prompt")
     diff.add_argument("a", help="output dir of the first version")

@@ -154,7 +154,7 @@ def run_curate(recipe: Recipe, progress: bool = True, key: dict[str, Any] | None
             "pii_redacted": counts["pii"],
             "filters": [f.name for f in filters],
         }
-        if recipe.sampling.logprobs:
+        if recipe.sampling.logprobs or layout.logprobs.exists():  # captured, or scored (synth score)
             stats["logprobs"] = _logprob_counts(layout)
         assert stats["records"] == stats["kept"] + stats["rejected"]
         write_json_atomically(layout.stats, stats)  # a function of data and config only: no run facts

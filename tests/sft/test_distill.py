@@ -137,7 +137,7 @@ def test_one_recipe_captures_and_distils_with_synth_run(tmp_path, tiny_model):
     assert all(s["status"] == "done" for s in report.values()), report
     stats = json.loads((out / "stats.json").read_text())
     assert stats["logprobs"] == {"ok": stats["kept"] - 1, "changed": 1, "missing": 0}, "the redacted chat is changed"
-    assert "teacher logprobs (top 5 per answer token" in (out / "README.md").read_text()
+    assert "teacher logprobs (`logprobs.bin`, the top 5 per answer token, captured" in (out / "README.md").read_text()
     metrics = json.loads((out / "student" / "metrics.json").read_text())
     assert sum(metrics["data"]["distill"].values()) == stats["train"]
     assert any("kd_kl" in h for h in metrics["log_history"])

@@ -134,3 +134,39 @@ def test_capture_through_a_real_vllm_server_needs_token_ids(tmp_path, vllm_serve
     err = [line for line in res.stderr.splitlines() if line.startswith("synth: error:")]
     assert len(err) == 1 and "logprobs as token strings" in err[0] and "return_tokens_as_token_ids" in err[0]
     assert json.loads((tmp_path / "strings" / "manifest.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.slow
+def test_synth_score_gives_existing_answers_the_logprobs_generation_would_have(tmp_path, tiny_model, vllm_backend):
+    """Greedy answers written without logprobs, scored afterwards by `synth score` with the same
+    model: the same top-k as capturing them during generation; a rerun scores nothing."""
+    captured = load_recipe(make_recipe(tmp_path, tiny_model, out="captured",
+                                       sampling={"n": 1, "max_tokens": 8, "temperature": 0.0, "logprobs": 5}))
+    run_generate(captured, vllm_backend, progress=False)
+    path = make_recipe(tmp_path, tiny_model, out="scored", sampling={"n": 1, "max_tokens": 8, "temperature": 0.0})
+    run_generate(load_recipe(path), vllm_backend, progress=False)
+    cmd = [sys.executable, "-m", "synth.cli", "score", str(path), "--top-k", "5", "--no-progress"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "synth score: 6 records scored" in res.stdout
+
+    by_chat = {json.dumps(r["messages"]): r for r in read_jsonl(tmp_path / "captured" / "raw.jsonl")}
+    scored = LogprobStore(tmp_path / "scored" / "logprobs.bin")
+    reference = LogprobStore(tmp_path / "captured" / "logprobs.bin")
+    compared = 0
+    for rec in read_jsonl(tmp_path / "scored" / "raw.jsonl"):
+        assert scored.status(rec["id"], rec["messages"]) == "ok"
+        mine, entry = scored.get(rec["id"])
+        theirs, their_entry = reference.get(by_chat[json.dumps(rec["messages"])]["id"])
+        assert entry.vocab == their_entry.vocab
+        n = min(len(mine.token_ids), len(theirs.token_ids))
+        if mine.token_ids[:n].tolist() != theirs.token_ids[:n].tolist():
+            continue  # the answer re-tokenises differently from how it was generated
+        assert (mine.ids[:n, 0] == theirs.ids[:n, 0]).all()
+        assert np.allclose(mine.logprobs[:n, 0].astype(float), theirs.logprobs[:n, 0].astype(float), atol=0.05)
+        compared += 1
+    assert compared >= 3
+    scored.close()
+    reference.close()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "0 records scored" in again.stdout and "6 had logprobs already" in again.stdout
