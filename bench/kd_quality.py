@@ -11,6 +11,10 @@ model is scored by the exact checker on 400 held-out prompts (greedy, through sy
 generate). Two teachers: a strong one (2,000 steps) and an imperfect one (500 steps, wrong
 on a fifth or more of the prompts), whose uncertainty is what KD has to teach.
 
+On-policy distillation (`sft.distill.loss: on_policy`) is measured as it is used: from the SFT
+student of a budget, the same number of extra steps either as more SFT or on-policy (the
+student samples answers to the budget's prompts, the teacher scores every token).
+
 Also measured: generation throughput with logprobs 20 against without (the same engine, the
 same prompts), and the cost of a KD training step against an SFT step.
 
@@ -80,12 +84,15 @@ def generation_speed(work: Path, teacher: Path, prompts: Path, k: int) -> tuple[
     return max(plain), max(with_lp)
 
 
-def student_run(work: Path, paths: dict, data: Path, name: str, steps: int, distill: dict | None) -> tuple[float, float]:
-    """(held-out accuracy, seconds per training step) of one student."""
+def student_run(work: Path, paths: dict, data: Path, name: str, steps: int, distill: dict | None,
+                start: Path | None = None, learning_rate: float | None = None) -> tuple[float, float]:
+    """(held-out accuracy, seconds per training step) of one student, trained from `start`
+    (default: the random student)."""
     out = work / "students" / name
     model = out / "model"
     if not (model / "model.safetensors").exists():
-        sft = {"model": str(paths["student_init"]), "train": str(data), "output_dir": str(out), "max_steps": steps, **STUDENT}
+        sft = {"model": str(start or paths["student_init"]), "train": str(data), "output_dir": str(out), "max_steps": steps,
+               **STUDENT, **({"learning_rate": learning_rate} if learning_rate else {})}
         if distill is not None:
             sft["distill"] = distill
         cli("sft", "train", str(recipe(work / f"{name}.yaml", paths["prompts"], paths["student_init"], work / "teacher-run", sft=sft)),
@@ -116,9 +123,14 @@ def main() -> None:
     ap.add_argument("--budgets", default="250,500,1000,4000")
     ap.add_argument("--steps", type=int, default=600, help="training steps of every student")
     ap.add_argument("--top-k", type=int, default=20)
+    ap.add_argument("--on-policy-budgets", default="100,250,1000",
+                    help="budgets whose SFT student continues with on-policy distillation (and, to compare, more SFT)")
+    ap.add_argument("--on-policy-steps", type=int, default=200)
+    ap.add_argument("--continue-lr", type=float, default=2e-4, help="learning rate of both continuations")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     budgets = [int(b) for b in args.budgets.split(",")]
+    on_policy_budgets = [int(b) for b in args.on_policy_budgets.split(",") if b]
     work = args.work.resolve()
     if args.fresh:
         shutil.rmtree(work, ignore_errors=True)
@@ -150,7 +162,20 @@ def main() -> None:
             kd.append(a_kd)
             step_s.append(s_kd / s_sft)
             print(f"{label} teacher ({teacher_acc:.3f}), {n} examples: SFT {a_sft:.3f}, KD {a_kd:.3f}", flush=True)
-        tables[label] = {"teacher": teacher_acc, "sft": sft, "kd": kd, "kd_step_cost": step_s}
+        tables[label] = {"teacher": teacher_acc, "sft": sft, "kd": kd, "kd_step_cost": step_s, "continued": {}}
+        for n in [b for b in on_policy_budgets if b in budgets]:
+            # From the SFT student of this budget, the same extra steps two ways: more SFT on the
+            # teacher's answers, or on-policy (the student samples answers to the same prompts,
+            # the teacher scores them).
+            start = work / "students" / f"{label}-sft-{n}" / "model"
+            more, s_more = student_run(work, paths, rows_by_budget[n], f"{label}-sft+sft-{n}", args.on_policy_steps, None,
+                                       start=start, learning_rate=args.continue_lr)
+            op, s_op = student_run(work, paths, rows_by_budget[n], f"{label}-sft+onpolicy-{n}", args.on_policy_steps,
+                                   {"loss": "on_policy", "teacher": str(teacher), "max_new_tokens": 16, "beta": 0.5},
+                                   start=start, learning_rate=args.continue_lr)
+            tables[label]["continued"][n] = (more, op, s_op / s_more)
+            print(f"{label} teacher, {n} examples, SFT then {args.on_policy_steps} steps: more SFT {more:.3f}, "
+                  f"on-policy {op:.3f}", flush=True)
 
     speed_plain, speed_lp = generation_speed(work, work / "teacher-strong" / "model", paths["prompts"], args.top_k)
     manifest = json.loads((work / "run-strong" / "manifest.json").read_text())
@@ -161,6 +186,14 @@ def main() -> None:
     for label, t in tables.items():
         for n, a, b in zip(budgets, t["sft"], t["kd"], strict=True):
             print(f"| {label} ({t['teacher']:.3f}) | {n} | {a:.3f} | {b:.3f} | {b - a:+.3f} |")
+    print()
+    print(f"from the SFT student, {args.on_policy_steps} more steps (lr {args.continue_lr}):")
+    print("| teacher | examples (prompts) | SFT | + more SFT | + on-policy | on-policy - more SFT | on-policy step / SFT step |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for label, t in tables.items():
+        for n, (more, op, cost) in t["continued"].items():
+            print(f"| {label} ({t['teacher']:.3f}) | {n} | {t['sft'][budgets.index(n)]:.3f} | {more:.3f} | {op:.3f} | "
+                  f"{op - more:+.3f} | {cost:.1f} |")
     for label, t in tables.items():
         goal = 0.9 * t["teacher"]
         print(f"{label}: examples to reach 0.9 of the teacher ({goal:.3f}): SFT {needed(budgets, t['sft'], goal)}, "

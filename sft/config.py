@@ -30,18 +30,21 @@ class LoraOptions:
             raise ValueError("target_modules: give all-linear or a non-empty list of module names")
 
 
-DISTILL_LOSSES = ("topk_kl",)
+DISTILL_LOSSES = ("topk_kl", "on_policy")
 
 
 @dataclass
 class DistillOptions:
-    loss: str = help_field("topk_kl", help="topk_kl: KL from the teacher's top-k distribution (sampling.logprobs) to the student's, on the answer tokens")
-    top_k: int | None = help_field(None, help="teacher tokens used per position (at most what was captured); none: all captured")
-    temperature: float = help_field(1.0, help="softens both distributions (the loss is scaled by its square); the tail bucket needs 1.0")
-    alpha: float = help_field(0.5, help="weight of the KL term; 1 - alpha weighs the cross-entropy on the teacher's text")
-    tail: bool = help_field(True, help="add the mass outside the top k as one bucket (at temperature 1); false renormalises the top k")
-    logprobs: str | None = help_field(None, help="the teacher's logprobs file; default OUTPUT/logprobs.bin")
-    require: bool = help_field(False, help="every example must have aligned teacher logprobs (else an error); false: those without train on cross-entropy only, counted")
+    loss: str = help_field("topk_kl", help="topk_kl: KL from the teacher's top-k logprobs captured with the data (sampling.logprobs) to the student's, on the answer tokens; on_policy: the student samples answers to the training prompts and a local teacher scores every token of them (TRL's DistillationTrainer)")
+    top_k: int | None = help_field(None, help="topk_kl: teacher tokens used per position (at most what was captured); none: all captured")
+    temperature: float = help_field(1.0, help="softens both distributions (topk_kl scales the loss by its square; the tail bucket needs 1.0); on_policy: also the student's sampling temperature")
+    alpha: float = help_field(0.5, help="topk_kl: weight of the KL term; 1 - alpha weighs the cross-entropy on the teacher's text")
+    tail: bool = help_field(True, help="topk_kl: add the mass outside the top k as one bucket (at temperature 1); false renormalises the top k")
+    logprobs: str | None = help_field(None, help="topk_kl: the teacher's logprobs file; default OUTPUT/logprobs.bin")
+    require: bool = help_field(False, help="topk_kl: every example must have aligned teacher logprobs (else an error); false: those without train on cross-entropy only, counted")
+    teacher: str | None = help_field(None, help="on_policy: the teacher that scores the student's samples (HF id or local directory, loaded with transformers; it must share the student's tokenizer); default the recipe's teacher.model when it is a local vllm teacher")
+    beta: float = help_field(0.5, help="on_policy: the divergence, generalised Jensen-Shannon: 0 forward KL, 0.5 JSD, 1 reverse KL (mode-seeking)")
+    max_new_tokens: int = help_field(256, help="on_policy: most tokens per student sample")
 
     def __post_init__(self) -> None:
         if self.loss not in DISTILL_LOSSES:
@@ -52,8 +55,23 @@ class DistillOptions:
             raise ValueError(f"temperature: must be > 0, got {self.temperature}")
         if not (0 <= self.alpha <= 1):
             raise ValueError(f"alpha: must be in [0, 1], got {self.alpha}")
-        if self.tail and self.temperature != 1.0:
+        if not (0 <= self.beta <= 1):
+            raise ValueError(f"beta: must be in [0, 1] (0 forward KL, 0.5 JSD, 1 reverse KL), got {self.beta}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens: must be at least 1, got {self.max_new_tokens}")
+        if self.loss == "topk_kl" and self.tail and self.temperature != 1.0:
             raise ValueError("tail: the tail bucket needs temperature 1.0 (the captured logprobs are at 1); set tail: false")
+
+    def teacher_model(self, recipe: Recipe) -> str:
+        """on_policy: the model that scores the student's samples (sft.distill.teacher, or the
+        recipe's local teacher); an error naming the fix when there is none."""
+        if self.teacher:
+            return self.teacher
+        if recipe.teacher.backend != "vllm":
+            raise ValueError(f"sft.distill.teacher: on_policy needs a teacher it can run in the training process, and the "
+                             f"recipe's teacher is served over an API (teacher.backend: {recipe.teacher.backend}); give "
+                             "sft.distill.teacher (an HF id or local directory sharing the student's tokenizer)")
+        return recipe.teacher.model
 
     def path(self, layout: Layout) -> Path:
         return Path(self.logprobs) if self.logprobs else layout.logprobs

@@ -88,8 +88,9 @@ def fit_to_length(rows: list[list[dict[str, str]]], tokenizer: Any, max_length: 
     return kept, report
 
 
-def conversations_dataset(rows: list[list[dict[str, str]]]) -> Any:
-    """A `datasets.Dataset` with one `messages` column, fingerprinted by its content.
+def conversations_dataset(rows: list[list[dict[str, str]]], column: str = "messages") -> Any:
+    """A `datasets.Dataset` with one column of chats (`messages`, or `prompt` for a trainer that
+    samples the answers itself), fingerprinted by its content.
 
     `Dataset.from_list` fingerprints a new dataset by pickling its Arrow table and features
     with dill, which once failed on a GPU machine under Python 3.12 ("could not pickle a
@@ -105,5 +106,6 @@ def conversations_dataset(rows: list[list[dict[str, str]]]) -> Any:
     for messages in rows:
         digest.update(json.dumps(messages, ensure_ascii=False, sort_keys=True).encode())
         digest.update(b"\n")
-    table = datasets.table.InMemoryTable(pa.Table.from_pylist([{"messages": m} for m in rows]))
+    digest.update(column.encode())
+    table = datasets.table.InMemoryTable(pa.Table.from_pylist([{column: m} for m in rows]))
     return datasets.Dataset(table, fingerprint=digest.hexdigest()[:16])

@@ -151,7 +151,8 @@ def prepare(recipe: Recipe, progress: bool = True, key: dict[str, Any] | None = 
     train_rows, report = fit_to_length(all_rows, tokenizer, cfg.max_length, cfg.overlong)
     eval_path = cfg.eval_path(layout)
     eval_rows = read_conversations(eval_path, "sft.eval") if eval_path else None
-    if cfg.assistant_only_loss:
+    on_policy = cfg.distill is not None and cfg.distill.loss == "on_policy"
+    if cfg.assistant_only_loss and not on_policy:  # on_policy trains on the student's own samples
         sample = check_assistant_masks(train_rows, tokenizer, tokenizer.eos_token)
         logger.info("trainable tokens of example 1 (assistant turns + end of turn): %r", sample[:500])
     logger.info("data: %d rows, %d kept, %d to be truncated, dropped %s", report.rows, report.kept, report.truncated, report.dropped or "none")
@@ -171,6 +172,27 @@ def prepare(recipe: Recipe, progress: bool = True, key: dict[str, Any] | None = 
             r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
             target_modules=cfg.lora.target_modules, use_rslora=cfg.lora.rslora, task_type="CAUSAL_LM",
         )
+    if on_policy:
+        from sft.onpolicy import on_policy_trainer
+
+        trainer = on_policy_trainer(trl, transformers, cfg, model, tokenizer, cfg.distill.teacher_model(recipe),
+                                    [messages[:-1] for messages in train_rows], student, peft_config=peft_config,
+                                    on_gpu=on_gpu, progress=progress)
+        report.distill = {"on_policy prompts": len(train_rows)}
+        packing = False
+    else:
+        trainer = _sft_trainer(trl, cfg, model, tokenizer, all_rows, train_rows, eval_rows, student, layout, report,
+                               peft_config=peft_config, packing=packing, on_gpu=on_gpu, progress=progress)
+    for default in (transformers.PrinterCallback, transformers.ProgressCallback):
+        trainer.remove_callback(default)
+    trainer.add_callback(progress_callback(transformers, progress))
+    return Prepared(trainer, cfg, student, tokenizer, report, packing, attn, on_gpu, key, layout.root)
+
+
+def _sft_trainer(trl: Any, cfg: SftConfig, model: Any, tokenizer: Any, all_rows: list, train_rows: list,
+                 eval_rows: list | None, student: StudentLayout, layout: Any, report: DataReport, *, peft_config: Any,
+                 packing: bool, on_gpu: bool, progress: bool) -> Any:
+    """TRL's SFTTrainer (length-grouped batches, top-k distillation where the config asks)."""
     args = _training_args(trl, cfg, student, has_eval=bool(eval_rows), packing=packing, on_gpu=on_gpu, progress=progress)
     trainer_cls = trl.SFTTrainer
     if cfg.group_by_length and not packing:
@@ -200,10 +222,7 @@ def prepare(recipe: Recipe, progress: bool = True, key: dict[str, Any] | None = 
 
         trainer.data_collator = TargetCollator(trainer.data_collator, targets)
         report.distill = dict(targets.counts)
-    for default in (transformers.PrinterCallback, transformers.ProgressCallback):
-        trainer.remove_callback(default)
-    trainer.add_callback(progress_callback(transformers, progress))
-    return Prepared(trainer, cfg, student, tokenizer, report, packing, attn, on_gpu, key, layout.root)
+    return trainer
 
 
 def progress_callback(transformers: Any, enabled: bool) -> Any:

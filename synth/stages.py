@@ -12,8 +12,8 @@ otherwise says which inputs changed. The keyed stages:
 - train: the training data's bytes; the student base model (a local directory by its
   fingerprint); the sft keys that change the weights (declared `stage="train"` in
   sft.config: model, lora, lengths, packing, steps, batch, learning rate, seed, ...); a
-  chat template file; with sft.distill, the teacher's logprobs file. Not: logging and
-  checkpoint cadence, eval keys, the eval data.
+  chat template file; with sft.distill, the teacher's logprobs file (topk_kl) or the teacher
+  model (on_policy). Not: logging and checkpoint cadence, eval keys, the eval data.
   Checkpoints carry this key too: training resumes only from checkpoints of the same key.
 - eval: the trained weights (a fingerprint of adapter/ or model/), the student base, the
   held-out data's bytes, the sft keys declared `stage="eval"` (eval_engine,
@@ -68,7 +68,9 @@ def train_key(recipe: Recipe) -> dict[str, Any]:
         "chat_template": file_sha256(Path(cfg.chat_template)) if cfg.chat_template else None,
         "sft": stage_fields(cfg, "train"),
     }
-    if cfg.distill is not None:
+    if cfg.distill is not None and cfg.distill.loss == "on_policy":
+        key["teacher"] = model_identity(cfg.distill.teacher_model(recipe))
+    elif cfg.distill is not None:
         key["teacher_logprobs"] = file_sha256(cfg.distill.path(recipe.layout))
     return key
 

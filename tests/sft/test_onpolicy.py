@@ -1,0 +1,79 @@
+"""On-policy distillation (sft.distill.loss: on_policy): the student samples, the teacher scores."""
+
+import json
+
+import pytest
+
+from synth.config import load_recipe
+
+from conftest import make_recipe, write_jsonl
+
+
+def _on_policy_recipe(tmp_path, recipe_teacher, student, steps=6, **distill):
+    rows = [{"messages": [{"role": "user", "content": f"Tell me about item {i}."},
+                          {"role": "assistant", "content": "A teacher's answer that on-policy training never reads."}]}
+            for i in range(16)]
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    return make_recipe(tmp_path, recipe_teacher, extra={"sft": {
+        "model": str(student), "train": str(train), "full_finetune": True, "max_steps": steps, "batch_size": 4,
+        "logging_steps": 1, "save_steps": 100, "max_length": 256, "learning_rate": 3e-3,
+        "distill": {"loss": "on_policy", "max_new_tokens": 8, **distill}}})
+
+
+def _losses(metrics):
+    return [h["loss"] for h in metrics["log_history"] if "loss" in h]
+
+
+@pytest.mark.slow
+def test_on_policy_distillation_scores_the_students_samples_with_the_teacher(tmp_path, tiny_model):
+    """The student is the teacher itself: the divergence on its samples is ~0. Another
+    student (other random weights, the same tokenizer): the divergence is well above that
+    and falls as the student learns the teacher's distribution on its own samples."""
+    from sft.train import run_train
+    from synth.tiny_model import build_tiny_model
+
+    same = run_train(load_recipe(_on_policy_recipe(tmp_path / "same", tiny_model, tiny_model, steps=1)), progress=False)
+    assert same["data"]["distill"] == {"on_policy prompts": 16}
+    assert abs(_losses(same)[0]) < 1e-3, _losses(same)
+
+    student = build_tiny_model(tmp_path / "student", seed=1)
+    path = _on_policy_recipe(tmp_path / "other", tiny_model, student, steps=12)
+    metrics = run_train(load_recipe(path), progress=False)
+    losses = _losses(metrics)
+    assert len(losses) == 12 and losses[0] > 0.01, losses
+    assert sum(losses[-3:]) / 3 < 0.5 * losses[0], losses
+    assert (tmp_path / "other" / "out" / "student" / "model" / "model.safetensors").exists()
+    assert metrics["global_step"] == 12
+
+
+@pytest.mark.slow
+def test_on_policy_needs_a_teacher_with_the_students_tokenizer(tmp_path, tiny_model):
+    from sft.train import run_train
+    from synth.tiny_model import build_tiny_model
+
+    other = build_tiny_model(tmp_path / "other-teacher", vocab_size=1024)
+    path = _on_policy_recipe(tmp_path, tiny_model, tiny_model, teacher=str(other))
+    with pytest.raises(ValueError, match="has another vocabulary than the student") as err:
+        run_train(load_recipe(path), progress=False)
+    assert "share a tokenizer" in str(err.value)
+
+
+def test_on_policy_teacher_and_its_stage_key(tmp_path, tiny_model):
+    """The teacher defaults to the recipe's local teacher and is part of the train key; an API
+    teacher cannot score in the training process: an error naming sft.distill.teacher."""
+    from synth.stages import train_key
+
+    path = _on_policy_recipe(tmp_path, tiny_model, tiny_model)
+    key = train_key(load_recipe(path))
+    assert "teacher" in key and "teacher_logprobs" not in key
+    other = train_key(load_recipe(path, [f"sft.distill.teacher={tmp_path}/another-model"]))
+    assert other["teacher"] != key["teacher"]
+    assert json.dumps(train_key(load_recipe(path, ["sft.distill.beta=1.0"]))["sft"]) != json.dumps(key["sft"])
+    api = load_recipe(path, ["teacher.backend=openai", "teacher.model=some-hosted-model"])
+    with pytest.raises(ValueError, match="sft.distill.teacher: on_policy needs a teacher it can run in the training process"):
+        train_key(api)
+    with pytest.raises(ValueError, match=r"sft.distill.beta: must be in \[0, 1\]"):
+        load_recipe(path, ["sft.distill.beta=2"])
+    # The tail bucket's temperature rule is topk_kl's; on_policy samples at any temperature.
+    assert load_recipe(path, ["sft.distill.temperature=0.7"]).sft.distill.temperature == 0.7
