@@ -42,7 +42,9 @@ class CachedCalls:
         if todo:
             logger.info("%d calls to send, %d cached in %s", len(todo), len(requests) - len(todo), self.log)
             if self.backend is None:
-                self.backend, self._own = self.backend_cls(self.teacher), True
+                from synth.backends import make_backend
+
+                self.backend, self._own = make_backend(self.teacher), True
             out = OutputConfig(dir=str(self.log.parent))
             with JsonlAppender(self.log, out.sync_every, out.sync_interval_s) as sink:
                 for result in self.backend.generate(iter(todo)):

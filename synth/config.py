@@ -91,10 +91,28 @@ class SamplingConfig:
 
 
 @dataclass
+class RayOptions:
+    workers: int = help_field(0, help="0: the engine runs in this process; N: N Ray actors each hold one engine for the teacher, this process plans and writes the logs")
+    address: str | None = help_field(None, help="the Ray cluster: auto (the one `ray start` made here), host:port or ray://host:10001; none starts a private local one on 127.0.0.1 for this run")
+    cpus_per_worker: float = help_field(1.0, help="CPUs Ray reserves for each worker")
+    gpus_per_worker: float | None = help_field(None, help="GPUs Ray gives each worker; none: tensor_parallel_size x pipeline_parallel_size on a GPU cluster, 0 without GPUs")
+    max_retries: int = help_field(3, help="times a chunk of requests is resent after its worker died, before they are failures")
+
+    def __post_init__(self) -> None:
+        if self.workers < 0:
+            raise ValueError(f"workers: must be 0 (in-process) or more, got {self.workers}")
+        if self.cpus_per_worker < 0 or (self.gpus_per_worker is not None and self.gpus_per_worker < 0):
+            raise ValueError("cpus_per_worker and gpus_per_worker: must be >= 0")
+        if self.max_retries < 0:
+            raise ValueError(f"max_retries: must be >= 0, got {self.max_retries}")
+
+
+@dataclass
 class VllmConfig:
     dtype: str = help_field("auto", help="weights dtype: auto, bfloat16, float16, float32")
     max_model_len: int | None = help_field(None, help="context length; none takes the model's")
-    tensor_parallel_size: int = help_field(1, help="GPUs to shard the teacher over")
+    tensor_parallel_size: int = help_field(1, help="GPUs to shard each layer of the teacher over (one node)")
+    pipeline_parallel_size: int = help_field(1, help="stages to split the teacher's layers into (GPUs or nodes); with tensor_parallel_size, the GPUs one engine uses")
     gpu_memory_utilization: float = help_field(0.9, help="share of GPU memory for weights and KV cache (GPU only; on CPU kv_cache_gib sizes the cache)")
     kv_cache_gib: float | None = help_field(None, help="KV cache size in GiB; none: 0.5 on a CPU, gpu_memory_utilization's share on a GPU")
     enable_prefix_caching: bool | None = help_field(None, help="reuse KV cache across prompts with a shared prefix; none keeps vLLM's default")
@@ -104,14 +122,20 @@ class VllmConfig:
     max_num_seqs: int | None = help_field(None, help="most sequences the engine batches at once; none keeps vLLM's default")
     in_flight: int = help_field(1024, help="requests kept queued in the engine; finished ones are written as they complete")
     engine_kwargs: dict[str, Any] = help_field({}, help="further vllm.LLM keyword arguments, passed through unchanged")
+    ray: RayOptions = help_field(default_factory=RayOptions, help="data parallelism: several engines on a Ray cluster (ray.workers > 0)")
 
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", "bfloat16", "float16", "float32", "half", "float", "bf16"):
             raise ValueError(f"dtype: unknown '{self.dtype}'; choose auto, bfloat16, float16 or float32")
         if self.max_model_len is not None and self.max_model_len < 16:
             raise ValueError(f"max_model_len: must be at least 16, got {self.max_model_len}")
-        if self.tensor_parallel_size < 1:
-            raise ValueError(f"tensor_parallel_size: must be at least 1, got {self.tensor_parallel_size}")
+        if self.tensor_parallel_size < 1 or self.pipeline_parallel_size < 1:
+            raise ValueError(f"tensor_parallel_size and pipeline_parallel_size: must be at least 1, got "
+                             f"{self.tensor_parallel_size} and {self.pipeline_parallel_size}")
+        if "data_parallel_size" in self.engine_kwargs:
+            raise ValueError("engine_kwargs.data_parallel_size: vLLM's offline engine does not run data parallel in one "
+                             "process; set ray.workers (one engine per worker), or serve the teacher with "
+                             "`vllm serve --data-parallel-size N` and use the openai backend")
         if not (0 < self.gpu_memory_utilization <= 1):
             raise ValueError(f"gpu_memory_utilization: must be in (0, 1], got {self.gpu_memory_utilization}")
         if self.kv_cache_gib is not None and not (0 < self.kv_cache_gib < 4096):

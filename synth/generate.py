@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from synth.backends import Backend, Completion, Failure, load_backend_class
+from synth.backends import Backend, Completion, Failure, load_backend_class, make_backend
 from synth.config import Recipe, redacted
 from synth.manifest import command_line, package_versions, update_manifest
 from synth.rawlog import (
@@ -261,7 +261,7 @@ def run_generate(
         previous_sigterm = None
         try:
             if own_backend:
-                backend = load_backend_class(recipe.teacher.backend)(recipe.teacher)
+                backend = make_backend(recipe.teacher)
             # SIGTERM (a scheduler's stop) ends the run like Ctrl-C: flush, manifest, exit.
             try:
                 previous_sigterm = signal.signal(signal.SIGTERM, _raise_on_sigterm)

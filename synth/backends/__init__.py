@@ -7,6 +7,7 @@ backend is used, so naming a backend never pulls in vllm or torch.
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 from synth.backends.base import Backend, Completion, Failure
 
@@ -24,4 +25,14 @@ def load_backend_class(name: str) -> type:
     return getattr(importlib.import_module(module_name), cls_name)
 
 
-__all__ = ["BACKENDS", "Backend", "Completion", "Failure", "load_backend_class"]
+def make_backend(teacher: Any) -> Backend:
+    """The teacher's backend, started: `teacher.backend`'s class, or for a vllm teacher with
+    `teacher.vllm.ray.workers > 0` its engines on a Ray cluster (the same identity)."""
+    if teacher.backend == "vllm" and teacher.vllm.ray.workers > 0:
+        from synth.backends.ray_workers import RayBackend
+
+        return RayBackend(teacher)
+    return load_backend_class(teacher.backend)(teacher)
+
+
+__all__ = ["BACKENDS", "Backend", "Completion", "Failure", "load_backend_class", "make_backend"]

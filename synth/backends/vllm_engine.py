@@ -72,6 +72,7 @@ class VllmBackend:
             "revision": cfg.revision,
             "dtype": v.dtype,
             "tensor_parallel_size": v.tensor_parallel_size,
+            "pipeline_parallel_size": v.pipeline_parallel_size,
             "gpu_memory_utilization": v.gpu_memory_utilization,
             "enforce_eager": v.enforce_eager,
             "trust_remote_code": v.trust_remote_code,
@@ -83,7 +84,7 @@ class VllmBackend:
             "max_num_seqs": v.max_num_seqs,
         }
         kwargs.update({k: val for k, val in optional.items() if val is not None})
-        single_device = v.tensor_parallel_size == 1
+        single_device = v.tensor_parallel_size * v.pipeline_parallel_size == 1
         if single_device:
             kwargs["distributed_executor_backend"] = "uni"
         if current_platform.is_cpu():

@@ -1,0 +1,180 @@
+"""The vllm teacher on a real local Ray cluster (teacher.vllm.ray.workers), pinned to loopback.
+
+One cluster for the module, started with `ray start --head --block` in its own process group
+on 127.0.0.1 with no dashboard, and stopped by signalling that group (only the cluster these
+tests started). Two CPU workers, each an actor with its own in-process engine on the tiny
+model; this process (or a `synth generate` subprocess) is the driver that writes the logs.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from synth.config import load_recipe
+from synth.generate import run_generate
+
+from conftest import _free_port, make_recipe, read_jsonl
+
+pytestmark = pytest.mark.slow
+
+
+def _ray_processes(temp_dir: str | None = None) -> list[psutil.Process]:
+    """Ray's processes (raylet, gcs, workers: `ray::...`), of one cluster's temp dir if given."""
+    found = []
+    for p in psutil.process_iter(["name", "cmdline"]):
+        try:
+            cmd = " ".join(p.info["cmdline"] or [])
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if p.pid == os.getpid():
+            continue
+        if ("ray::" in cmd or "raylet" in cmd or "gcs_server" in cmd) and (temp_dir is None or temp_dir in cmd or "ray::" in cmd):
+            found.append(p)
+    return found
+
+
+def _teacher_workers() -> list[psutil.Process]:
+    return [p for p in _ray_processes() if "ray::TeacherWorker" in " ".join(p.cmdline() or [p.name()])]
+
+
+# Ray advertises the machine's first non-loopback address unless clusters are "disabled" (its
+# single-machine mode), which makes every node, driver and worker address 127.0.0.1. A test
+# cluster needs no token (Ray 2.60 turns token auth on when ~/.ray/auth_token exists, and a
+# client must then find the same token).
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    saved = {name: os.environ.get(name) for name in LOOPBACK_ENV}
+    os.environ.update(LOOPBACK_ENV)  # for the head and every driver these tests start
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Ray's socket paths must stay short
+    port = _free_port()
+    log = Path(temp_dir) / "head.log"
+    cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+           "--port", str(port), "--num-cpus", "4", "--include-dashboard", "false", "--disable-usage-stats",
+           "--temp-dir", temp_dir]
+    with log.open("wb") as fh:
+        head = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    address = f"127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while subprocess.run([str(Path(sys.executable).parent / "ray"), "status", "--address", address],
+                             capture_output=True).returncode != 0:
+            if head.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the Ray head did not start:\n{log.read_text(errors='replace')[-3000:]}")
+            time.sleep(1)  # polling the cluster's status, not synchronising on time
+        assert "Local node IP: 127.0.0.1" in log.read_text(errors="replace"), log.read_text(errors="replace")[-2000:]
+        yield address
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+        deadline = time.monotonic() + 30
+        while _ray_processes(temp_dir) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        left = _ray_processes(temp_dir)
+        for p in left:
+            p.kill()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        assert not left, f"Ray processes outlived the cluster: {[p.cmdline() for p in left]}"
+
+
+def _recipe(tmp_path, tiny_model, address, n=40, max_tokens=8, out="out", workers=2):
+    return make_recipe(tmp_path, tiny_model, out=out, seeds=[{"question": f"What is {i} plus {i}?"} for i in range(n)],
+                       sampling={"n": 1, "temperature": 0.0, "max_tokens": max_tokens},
+                       vllm={"ray": {"workers": workers, "address": address, "cpus_per_worker": 1}})
+
+
+def _generate(path, *extra):
+    return subprocess.Popen([sys.executable, "-m", "synth.cli", "generate", str(path), "--no-progress", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_records(raw: Path, n: int, proc: subprocess.Popen, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while len(read_jsonl(raw)) < n:
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"synth generate ended before {n} records ({proc.returncode}):\n{err[-3000:]}")
+        assert time.monotonic() < deadline, f"fewer than {n} records in {raw} after {timeout} s"
+        time.sleep(0.2)
+
+
+def test_a_recipe_runs_unchanged_on_a_ray_cluster(tmp_path, tiny_model, vllm_backend, ray_cluster):
+    """Two workers: the same request ids and (greedy) answers as the in-process engine, each once."""
+    path = _recipe(tmp_path, tiny_model, ray_cluster)
+    res = subprocess.run([sys.executable, "-m", "synth.cli", "generate", str(path), "--no-progress"],
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    on_ray = read_jsonl(tmp_path / "out" / "raw.jsonl")
+    local = load_recipe(path, ["teacher.vllm.ray.workers=0", f"output.dir={tmp_path / 'local'}"])
+    run_generate(local, vllm_backend, progress=False)
+    in_process = read_jsonl(tmp_path / "local" / "raw.jsonl")
+    assert len(on_ray) == len({r["id"] for r in on_ray}) == 40
+    assert {r["id"]: r["messages"][-1]["content"] for r in on_ray} == {r["id"]: r["messages"][-1]["content"] for r in in_process}
+    assert "2 Ray workers ready" in (tmp_path / "out" / "run.log").read_text()
+
+
+def test_a_worker_killed_mid_run_loses_nothing(tmp_path, tiny_model, ray_cluster):
+    path = _recipe(tmp_path, tiny_model, ray_cluster, n=400, max_tokens=48)
+    raw = tmp_path / "out" / "raw.jsonl"
+    proc = _generate(path)
+    _wait_for_records(raw, 5, proc)
+    victims = _teacher_workers()
+    assert len(victims) == 2, [p.cmdline() for p in victims]
+    victims[0].kill()
+    out, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, err[-3000:]
+    records = read_jsonl(raw)
+    assert len(records) == len({r["id"] for r in records}) == 400, "every request kept once"
+    assert read_jsonl(tmp_path / "out" / "failures.jsonl") == []
+    assert "a Ray worker died" in (tmp_path / "out" / "run.log").read_text()
+
+
+def test_the_driver_killed_mid_run_resumes_and_leaves_no_workers(tmp_path, tiny_model, ray_cluster):
+    path = _recipe(tmp_path, tiny_model, ray_cluster, n=400, max_tokens=48)
+    raw = tmp_path / "out" / "raw.jsonl"
+    proc = _generate(path)
+    _wait_for_records(raw, 5, proc)
+    proc.kill()
+    proc.wait()
+    before = {r["id"] for r in read_jsonl(raw)}
+    deadline = time.monotonic() + 60  # Ray ends a dead driver's actors
+    while _teacher_workers() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _teacher_workers(), "the killed driver's workers were left running"
+    res = subprocess.run([sys.executable, "-m", "synth.cli", "generate", str(path), "--no-progress"],
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    records = read_jsonl(raw)
+    assert len(records) == len({r["id"] for r in records}) == 400
+    assert before <= {r["id"] for r in records}
+    assert f"{len(before)} from earlier runs" in res.stdout or f"{len(before)} already" in (tmp_path / "out" / "run.log").read_text()
+    # No engine outlives a finished run either.
+    deadline = time.monotonic() + 60
+    while _teacher_workers() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _teacher_workers()
+
+
+def test_ray_options_are_validated(tmp_path, tiny_model):
+    path = _recipe(tmp_path, tiny_model, None)
+    with pytest.raises(ValueError, match="teacher.vllm.ray.workers: must be 0"):
+        load_recipe(path, ["teacher.vllm.ray.workers=-1"])
+    with pytest.raises(ValueError, match="data_parallel_size: vLLM's offline engine does not run data parallel"):
+        load_recipe(path, ["teacher.vllm.engine_kwargs={data_parallel_size: 2}"])
