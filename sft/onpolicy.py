@@ -41,6 +41,7 @@ def on_policy_trainer(trl: Any, transformers: Any, cfg: SftConfig, model: Any, t
     """TRL's DistillationTrainer for the student `model` and the local `teacher`, on `prompts`
     (each a chat up to the answer)."""
     from sft.data import conversations_dataset
+    from sft.train import trainer_arguments
     from synth.fingerprint import resolve_model
 
     opts = cfg.distill
@@ -49,24 +50,8 @@ def on_policy_trainer(trl: Any, transformers: Any, cfg: SftConfig, model: Any, t
     check_same_tokenizer(transformers, teacher_id, tokenizer)
     tokenizer.padding_side = "left"  # the student generates from left-padded prompts
     args = trl.DistillationConfig(
-        output_dir=str(student.checkpoints),
-        num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
-        learning_rate=cfg.learning_rate,
-        warmup_steps=cfg.warmup_ratio,
-        weight_decay=cfg.weight_decay,
-        seed=cfg.seed,
-        logging_steps=cfg.logging_steps,
-        save_steps=cfg.save_steps,
-        save_total_limit=cfg.save_total_limit,
+        **trainer_arguments(cfg, student, on_gpu=on_gpu, progress=progress),
         eval_strategy="no",  # the held-out set is scored by `sft eval` after training
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        bf16=on_gpu,
-        use_cpu=not on_gpu,
-        report_to=[],
-        disable_tqdm=not progress,
         max_completion_length=opts.max_new_tokens,
         temperature=opts.temperature,
         beta=opts.beta,

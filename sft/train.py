@@ -268,32 +268,40 @@ def _load_tokenizer(transformers: Any, cfg: SftConfig, model_id: str) -> Any:
     return tokenizer
 
 
+def trainer_arguments(cfg: SftConfig, student: StudentLayout, *, on_gpu: bool, progress: bool) -> dict[str, Any]:
+    """The TrainingArguments every trainer here takes from the sft config (steps, batches,
+    optimiser, checkpoints, device), for TRL's SFTConfig or DistillationConfig."""
+    return {
+        "output_dir": str(student.checkpoints),
+        "num_train_epochs": cfg.epochs,
+        "max_steps": cfg.max_steps,
+        "per_device_train_batch_size": cfg.batch_size,
+        "gradient_accumulation_steps": cfg.grad_accum,
+        "learning_rate": cfg.learning_rate,
+        "warmup_steps": cfg.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of the steps
+        "weight_decay": cfg.weight_decay,
+        "seed": cfg.seed,
+        "logging_steps": cfg.logging_steps,
+        "save_steps": cfg.save_steps,
+        "save_total_limit": cfg.save_total_limit,
+        "gradient_checkpointing": cfg.gradient_checkpointing,
+        "bf16": on_gpu,
+        "use_cpu": not on_gpu,
+        "report_to": [],
+        "disable_tqdm": not progress,
+    }
+
+
 def _training_args(trl: Any, cfg: SftConfig, student: StudentLayout, *, has_eval: bool, packing: bool,
                    on_gpu: bool, progress: bool) -> Any:
     return trl.SFTConfig(
-        output_dir=str(student.checkpoints),
-        num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.batch_size,
+        **trainer_arguments(cfg, student, on_gpu=on_gpu, progress=progress),
         per_device_eval_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
-        learning_rate=cfg.learning_rate,
-        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of the steps
-        weight_decay=cfg.weight_decay,
-        seed=cfg.seed,
-        logging_steps=cfg.logging_steps,
-        save_steps=cfg.save_steps,
-        save_total_limit=cfg.save_total_limit,
         eval_strategy=("steps" if cfg.eval_steps else "epoch") if has_eval else "no",
         eval_steps=cfg.eval_steps,
         max_length=cfg.max_length,
         packing=packing,
         assistant_only_loss=cfg.assistant_only_loss,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        bf16=on_gpu,
-        use_cpu=not on_gpu,
-        report_to=[],
-        disable_tqdm=not progress,
         dataset_num_proc=None,
     )
 
