@@ -6,7 +6,7 @@ output dirs; the Ray side with `teacher.vllm.ray.workers: 1` on a private local 
 them. Engine and cluster start-up are reported apart; rounds alternate and the median of
 each side is reported. The only engine alive during a round is the one measured.
 
-    python bench/ray_overhead.py [--requests 1024] [--max-tokens 128] [--rounds 3]
+    python bench/ray_overhead.py [--model DIR] [--requests 1024] [--max-tokens 128] [--rounds 3] [--gpu]
 
 Last line: RESULT ray_overhead ratio=<Ray output tok/s / in-process output tok/s>
 """
@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=1024)
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--gpu", action="store_true", help="GPU settings (bf16, one GPU per worker) instead of CPU ones")
     args = ap.parse_args()
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # a loopback-only private cluster
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -58,8 +59,8 @@ def main() -> None:
         "seeds": {"path": str(seeds)},
         "template": {"path": str(work / "answer.j2")},
         "teacher": {"backend": "vllm", "model": model, "vllm": {
-            "dtype": "float32", "enforce_eager": True, "max_model_len": 1024,
-            "ray": {"workers": 0, "cpus_per_worker": cpus}}},
+            **({"dtype": "bfloat16"} if args.gpu else {"dtype": "float32", "enforce_eager": True}), "max_model_len": 1024,
+            "ray": {"workers": 0, "cpus_per_worker": 1.0 if args.gpu else cpus}}},
         "sampling": {"n": 1, "temperature": 0.8, "top_p": 0.95, "max_tokens": args.max_tokens, "seed": 0},
         "output": {"dir": str(work / "out")},
     }))
