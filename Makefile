@@ -14,7 +14,7 @@ export TOKENIZERS_PARALLELISM := false
 
 setup: $(VENV)/.installed
 
-# A new .venv's install peaks at about 5 GiB on its disk (4.1 GiB once done); a full disk
+# A new .venv's install peaks at about 5 GiB on its disk (4.3 GiB once done); a full disk
 # would otherwise show up halfway through as pip's "[Errno 28] No space left on device".
 MIN_FREE_GIB ?= 5.5
 
