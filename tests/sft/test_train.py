@@ -13,7 +13,7 @@ import yaml
 from sft.train import prepare, run_train
 from synth.config import load_recipe
 
-from conftest import TEST_DATA, make_recipe, write_jsonl
+from conftest import TEST_DATA, _free_port, make_recipe, write_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -285,6 +285,34 @@ def test_several_processes_under_torchrun(tmp_path, tiny_model):
     assert (student / "trained_on.json").exists()
     train_log = (student / "train.log").read_text()
     assert train_log.count("data: 40 rows") == 1, "one writer for the log"
+    base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    PeftModel.from_pretrained(base, student / "adapter")
+
+
+@pytest.mark.parametrize("config", ["ddp.yaml", "fsdp.yaml"])
+def test_the_shipped_accelerate_configs_train_with_two_processes(tmp_path, tiny_model, config):
+    """configs/accelerate/*.yaml as shipped, with only what a CPU machine changes (use_cpu, no
+    bf16, two processes, a free port): two processes share each step's data, one writes, the
+    adapter loads (FSDP gathers it on save)."""
+    from pathlib import Path
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    shipped = yaml.safe_load((Path(__file__).resolve().parents[2] / "configs" / "accelerate" / config).read_text())
+    shipped.update(use_cpu=True, mixed_precision="no", num_processes=2, main_process_port=_free_port())
+    launch = tmp_path / config
+    launch.write_text(yaml.safe_dump(shipped))
+    path = sft_recipe(tmp_path, tiny_model, rows=teacher_rows(40), max_steps=5, batch_size=4, logging_steps=1)
+    accelerate = Path(sys.executable).parent / "accelerate"
+    res = subprocess.run([str(accelerate), "launch", "--config_file", str(launch), "-m", "sft.cli", "train", str(path),
+                          "--no-progress"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("sft train: 5 steps") == 1, res.stdout
+    student = tmp_path / "out" / "student"
+    metrics = json.loads((student / "metrics.json").read_text())
+    epochs = [h["epoch"] for h in metrics["log_history"] if "loss" in h]
+    assert epochs[-1] == pytest.approx(5 * 4 * 2 / 40), "two processes: 2 x 4 examples per step"
     base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
     PeftModel.from_pretrained(base, student / "adapter")
 
