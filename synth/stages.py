@@ -5,7 +5,8 @@ stage writes the key it finished with (its stamp) as the last step of its work; 
 skips it when the key of what it would read now is the same and its outputs exist, and
 otherwise says which inputs changed. The keyed stages:
 
-- curate: the raw log's bytes; which requests the recipe plans (the prompt rows, the
+- curate: the raw log's bytes; the size of the logprobs sidecar when there is one (its counts
+  go into stats.json); which requests the recipe plans (the prompt rows, the
   template, the teacher's identity, sampling) when curate.only_planned; the curate section;
   what the filters read besides their options (eval sets, schema files, the verifier's source
   file, the judge's template and identity, tokenizers and embedders).
@@ -46,6 +47,8 @@ def curate_key(recipe: Recipe) -> dict[str, Any]:
         "curate": canonical_dict(cfg),
         "filters": [filter_inputs(spec, i) for i, spec in enumerate(cfg.filters)],
     }
+    if recipe.layout.logprobs.exists():  # counted in stats.json and the card; append-only, so its size
+        key["logprobs"] = recipe.layout.logprobs.stat().st_size  # says when `synth score` added to it
     if cfg.only_planned:
         prompts, template = recipe.prompts, recipe.template
         key["requests"] = canonical_dict({

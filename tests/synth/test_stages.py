@@ -203,6 +203,10 @@ def test_stage_keys_name_exactly_their_inputs(tmp_path, tiny_model):
     with (tmp_path / "out" / "raw.jsonl").open("a") as fh:
         fh.write("\n")
     assert changed(base[0], keys()[0]) == ["raw"]
+    # Logprobs scored after curation (`synth score`): curation counts them, so it reruns.
+    after_raw = keys()[0]
+    (tmp_path / "out" / "logprobs.bin").write_bytes(b"entry")
+    assert changed(after_raw, keys()[0]) == ["logprobs"]
     # Why a stage runs, in words.
     assert why_run(None, base[1], True) == "no earlier run finished"
     assert why_run(base[1], base[1], False) == "outputs missing"
