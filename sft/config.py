@@ -141,6 +141,11 @@ class SftConfig:
 
             load_function(self.eval_verifier, "eval_verifier")
 
+    @property
+    def on_policy(self) -> bool:
+        """The student trains on its own samples, scored by a live teacher (sft.distill.loss: on_policy)."""
+        return self.distill is not None and self.distill.loss == "on_policy"
+
     def train_path(self, layout: Layout) -> Path:
         """The training data: sft.train, or OUTPUT/train.jsonl."""
         return Path(self.train) if self.train else layout.train

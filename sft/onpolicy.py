@@ -45,7 +45,7 @@ def on_policy_trainer(trl: Any, transformers: Any, cfg: SftConfig, model: Any, t
     from synth.fingerprint import resolve_model
 
     opts = cfg.distill
-    assert opts is not None and opts.loss == "on_policy"
+    assert cfg.on_policy and opts is not None
     teacher_id = resolve_model(teacher, "sft.distill.teacher")[0]
     check_same_tokenizer(transformers, teacher_id, tokenizer)
     tokenizer.padding_side = "left"  # the student generates from left-padded prompts

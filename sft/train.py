@@ -151,8 +151,7 @@ def prepare(recipe: Recipe, progress: bool = True, key: dict[str, Any] | None = 
     train_rows, report = fit_to_length(all_rows, tokenizer, cfg.max_length, cfg.overlong)
     eval_path = cfg.eval_path(layout)
     eval_rows = read_conversations(eval_path, "sft.eval") if eval_path else None
-    on_policy = cfg.distill is not None and cfg.distill.loss == "on_policy"
-    if cfg.assistant_only_loss and not on_policy:  # on_policy trains on the student's own samples
+    if cfg.assistant_only_loss and not cfg.on_policy:  # on_policy trains on the student's own samples
         sample = check_assistant_masks(train_rows, tokenizer, tokenizer.eos_token)
         logger.info("trainable tokens of example 1 (assistant turns + end of turn): %r", sample[:500])
     logger.info("data: %d rows, %d kept, %d to be truncated, dropped %s", report.rows, report.kept, report.truncated, report.dropped or "none")
@@ -172,7 +171,7 @@ def prepare(recipe: Recipe, progress: bool = True, key: dict[str, Any] | None = 
             r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
             target_modules=cfg.lora.target_modules, use_rslora=cfg.lora.rslora, task_type="CAUSAL_LM",
         )
-    if on_policy:
+    if cfg.on_policy:
         from sft.onpolicy import on_policy_trainer
 
         trainer = on_policy_trainer(trl, transformers, cfg, model, tokenizer, cfg.distill.teacher_model(recipe),

@@ -61,11 +61,15 @@ def _score(recipe: Recipe, top_k: int, scorer: str | None, progress: bool) -> di
                          f"{teacher.backend}); give one with --teacher MODEL (a directory or HF id that shares the "
                          "student's tokenizer)")
     layout = recipe.layout
-    store = LogprobStore(layout.logprobs)
-    todo = [rec for rec in iter_records(layout.raw) if store.status(rec["id"], rec["messages"]) != "ok"]
-    store.close()
     counts = {"records_scored": 0, "already_had_logprobs": 0, "not_scorable": 0}
-    counts["already_had_logprobs"] = sum(1 for _ in iter_records(layout.raw)) - len(todo)
+    store = LogprobStore(layout.logprobs)
+    todo = []
+    for rec in iter_records(layout.raw):
+        if store.status(rec["id"], rec["messages"]) == "ok":
+            counts["already_had_logprobs"] += 1
+        else:
+            todo.append(rec)
+    store.close()
     if not todo:
         return counts
     started = time.monotonic()

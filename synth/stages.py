@@ -71,7 +71,7 @@ def train_key(recipe: Recipe) -> dict[str, Any]:
         "chat_template": file_sha256(Path(cfg.chat_template)) if cfg.chat_template else None,
         "sft": stage_fields(cfg, "train"),
     }
-    if cfg.distill is not None and cfg.distill.loss == "on_policy":
+    if cfg.on_policy:
         key["teacher"] = model_identity(cfg.distill.teacher_model(recipe))
     elif cfg.distill is not None:
         key["teacher_logprobs"] = file_sha256(cfg.distill.path(recipe.layout))

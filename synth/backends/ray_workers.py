@@ -104,10 +104,6 @@ class RayBackend:
     def identity(self) -> dict[str, Any]:
         return dict(self._identity)
 
-    def worker_pids(self) -> list[int]:
-        """The process ids of the workers (for tests and diagnostics)."""
-        return [info["pid"] for info in self._ray.get([w.ready.remote() for w in self.workers])]
-
     def generate(self, requests: Iterable[Request]) -> Iterator[Completion | Failure]:
         todo = list(requests)
         if not todo:

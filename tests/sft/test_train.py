@@ -262,19 +262,15 @@ def test_packed_rows_keep_examples_apart(tiny_model, attn):
     assert torch.allclose(packed[5:], alone_b, atol=1e-5), "the second example saw the first"
 
 
-def test_several_processes_under_torchrun(tmp_path, tiny_model):
-    """`sft train` unchanged under a multi-process launcher (torchrun: what `accelerate launch
-    --multi_gpu` runs; on CPU the processes talk over gloo): data parallel (each step sees
-    world_size x batch examples), one process reports and writes, the adapter loads."""
-    from pathlib import Path
-
+def _train_with_two_processes(tmp_path, tiny_model, launcher: list[str]):
+    """`sft train` under a two-process launcher, 5 steps of batch 4 over 40 rows: it succeeds,
+    one process reports, each step sees both processes' batches, the adapter loads. Returns
+    the student dir."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    torchrun = Path(sys.executable).parent / "torchrun"
-    assert torchrun.exists(), "torchrun ships with torch"
     path = sft_recipe(tmp_path, tiny_model, rows=teacher_rows(40), max_steps=5, batch_size=4, logging_steps=1)
-    res = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "sft.cli", "train", str(path), "--no-progress"],
+    res = subprocess.run([*launcher, "-m", "sft.cli", "train", str(path), "--no-progress"],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.count("sft train: 5 steps") == 1, res.stdout
@@ -282,11 +278,23 @@ def test_several_processes_under_torchrun(tmp_path, tiny_model):
     metrics = json.loads((student / "metrics.json").read_text())
     epochs = [h["epoch"] for h in metrics["log_history"] if "loss" in h]
     assert epochs[-1] == pytest.approx(5 * 4 * 2 / 40), "two processes: 2 x 4 examples per step"
+    base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    PeftModel.from_pretrained(base, student / "adapter")
+    return student
+
+
+def test_several_processes_under_torchrun(tmp_path, tiny_model):
+    """`sft train` unchanged under a multi-process launcher (torchrun: what `accelerate launch
+    --multi_gpu` runs; on CPU the processes talk over gloo): data parallel (each step sees
+    world_size x batch examples), one process reports and writes, the adapter loads."""
+    from pathlib import Path
+
+    torchrun = Path(sys.executable).parent / "torchrun"
+    assert torchrun.exists(), "torchrun ships with torch"
+    student = _train_with_two_processes(tmp_path, tiny_model, [str(torchrun), "--standalone", "--nproc_per_node", "2"])
     assert (student / "trained_on.json").exists()
     train_log = (student / "train.log").read_text()
     assert train_log.count("data: 40 rows") == 1, "one writer for the log"
-    base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
-    PeftModel.from_pretrained(base, student / "adapter")
 
 
 @pytest.mark.parametrize("config", ["ddp.yaml", "fsdp.yaml"])
@@ -296,25 +304,12 @@ def test_the_shipped_accelerate_configs_train_with_two_processes(tmp_path, tiny_
     adapter loads (FSDP gathers it on save)."""
     from pathlib import Path
 
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
     shipped = yaml.safe_load((Path(__file__).resolve().parents[2] / "configs" / "accelerate" / config).read_text())
     shipped.update(use_cpu=True, mixed_precision="no", num_processes=2, main_process_port=_free_port())
     launch = tmp_path / config
     launch.write_text(yaml.safe_dump(shipped))
-    path = sft_recipe(tmp_path, tiny_model, rows=teacher_rows(40), max_steps=5, batch_size=4, logging_steps=1)
     accelerate = Path(sys.executable).parent / "accelerate"
-    res = subprocess.run([str(accelerate), "launch", "--config_file", str(launch), "-m", "sft.cli", "train", str(path),
-                          "--no-progress"], capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert res.stdout.count("sft train: 5 steps") == 1, res.stdout
-    student = tmp_path / "out" / "student"
-    metrics = json.loads((student / "metrics.json").read_text())
-    epochs = [h["epoch"] for h in metrics["log_history"] if "loss" in h]
-    assert epochs[-1] == pytest.approx(5 * 4 * 2 / 40), "two processes: 2 x 4 examples per step"
-    base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
-    PeftModel.from_pretrained(base, student / "adapter")
+    _train_with_two_processes(tmp_path, tiny_model, [str(accelerate), "launch", "--config_file", str(launch)])
 
 
 def test_training_leaves_a_process_group_it_did_not_launch(tmp_path, tiny_model):

@@ -115,6 +115,16 @@ def _wait_for_records(raw: Path, n: int, proc: subprocess.Popen, timeout: float 
         time.sleep(0.2)
 
 
+def _generate_until_some_records(tmp_path, tiny_model, address):
+    """A 400-request `synth generate` on two Ray workers, started in a subprocess and left
+    running once its first records are in the raw log: (raw log path, recipe path, process)."""
+    path = _recipe(tmp_path, tiny_model, address, n=400, max_tokens=48)
+    raw = tmp_path / "out" / "raw.jsonl"
+    proc = _generate(path)
+    _wait_for_records(raw, 5, proc)
+    return raw, path, proc
+
+
 def test_a_recipe_runs_unchanged_on_a_ray_cluster(tmp_path, tiny_model, vllm_backend, ray_cluster):
     """Two workers: the same request ids and (greedy) answers as the in-process engine, each once."""
     path = _recipe(tmp_path, tiny_model, ray_cluster)
@@ -131,10 +141,7 @@ def test_a_recipe_runs_unchanged_on_a_ray_cluster(tmp_path, tiny_model, vllm_bac
 
 
 def test_a_worker_killed_mid_run_loses_nothing(tmp_path, tiny_model, ray_cluster):
-    path = _recipe(tmp_path, tiny_model, ray_cluster, n=400, max_tokens=48)
-    raw = tmp_path / "out" / "raw.jsonl"
-    proc = _generate(path)
-    _wait_for_records(raw, 5, proc)
+    raw, _, proc = _generate_until_some_records(tmp_path, tiny_model, ray_cluster)
     victims = _teacher_workers()
     assert len(victims) == 2, [p.cmdline() for p in victims]
     victims[0].kill()
@@ -147,10 +154,7 @@ def test_a_worker_killed_mid_run_loses_nothing(tmp_path, tiny_model, ray_cluster
 
 
 def test_the_driver_killed_mid_run_resumes_and_leaves_no_workers(tmp_path, tiny_model, ray_cluster):
-    path = _recipe(tmp_path, tiny_model, ray_cluster, n=400, max_tokens=48)
-    raw = tmp_path / "out" / "raw.jsonl"
-    proc = _generate(path)
-    _wait_for_records(raw, 5, proc)
+    raw, path, proc = _generate_until_some_records(tmp_path, tiny_model, ray_cluster)
     proc.kill()
     proc.wait()
     before = {r["id"] for r in read_jsonl(raw)}
