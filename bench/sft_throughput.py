@@ -1,7 +1,8 @@
 """Benchmark: sft's default training recipe vs a plain TRL SFTTrainer with TRL's defaults.
 
 Same data (synthetic chats of mixed length), same model, same steps, in one run: real
-(non-padding) tokens per second, from TRL's own `num_tokens` count, and peak memory.
+(non-padding) tokens per second, from TRL's own `num_tokens` count, timed from the first log
+(step 5) to the end so that start-up and compile costs fall on no run, and peak memory.
 For a GPU machine: `--shape qwen05b` (a Qwen2.5-0.5B-shaped model with random weights; no
 weights can be downloaded). On CPU the tiny local model's steps/s shows regressions.
 Needs torch, transformers, trl, peft, datasets (`pip install 'stillhouse[sft]'`).
@@ -83,16 +84,35 @@ def peak_memory() -> str:
     return f"max RSS so far {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB"
 
 
+WARMUP_STEPS = 5  # the first log: CUDA start-up, cuBLAS autotuning, FlexAttention's compile
+
+
+def steady_rate(trainer) -> tuple[float, float]:
+    """Train; return (real tokens/s, steps/s) between the first log (step WARMUP_STEPS) and the
+    end, so that start-up and compile costs count against no run, whichever runs first."""
+    from transformers import TrainerCallback
+
+    marks: list[tuple[int, float, float]] = []
+
+    class Clock(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "num_tokens" in logs:
+                marks.append((state.global_step, float(logs["num_tokens"]), time.perf_counter()))
+
+    trainer.add_callback(Clock())
+    trainer.train()
+    (s0, n0, t0), (s1, n1, t1) = marks[0], marks[-1]
+    if s1 <= s0:
+        raise SystemExit(f"--steps must be more than {WARMUP_STEPS} (one log for the warm-up, one after)")
+    return (n1 - n0) / (t1 - t0), (s1 - s0) / (t1 - t0)
+
+
 def run_sft(recipe_path: Path) -> tuple[float, float]:
     from sft.train import prepare
     from synth.config import load_recipe
 
     p = prepare(load_recipe(recipe_path), progress=False)
-    t = time.perf_counter()
-    p.trainer.train()
-    dt = time.perf_counter() - t
-    tokens = max(h.get("num_tokens", 0) for h in p.trainer.state.log_history)
-    return tokens / dt, dt
+    return steady_rate(p.trainer)
 
 
 def run_plain(model_dir: Path, data: Path, steps: int, batch: int, out: Path) -> tuple[float, float]:
@@ -102,16 +122,12 @@ def run_plain(model_dir: Path, data: Path, steps: int, batch: int, out: Path) ->
     from trl import SFTConfig, SFTTrainer
 
     ds = load_dataset("json", data_files=str(data), split="train")
-    args = SFTConfig(output_dir=str(out), max_steps=steps, per_device_train_batch_size=batch, logging_steps=5,
+    args = SFTConfig(output_dir=str(out), max_steps=steps, per_device_train_batch_size=batch, logging_steps=WARMUP_STEPS,
                      report_to=[], save_strategy="no", use_cpu=not torch.cuda.is_available(),
                      bf16=torch.cuda.is_available(), disable_tqdm=True)
     trainer = SFTTrainer(model=str(model_dir), args=args, train_dataset=ds,
                          peft_config=LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"))
-    t = time.perf_counter()
-    trainer.train()
-    dt = time.perf_counter() - t
-    tokens = max(h.get("num_tokens", 0) for h in trainer.state.log_history)
-    return tokens / dt, dt
+    return steady_rate(trainer)
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
@@ -155,8 +171,8 @@ def main() -> None:
     seeds = work / "s.txt"
     seeds.write_text("x\n")
     (work / "t.j2").write_text("{{ prompt }}")
-    base_sft = {"model": str(model), "max_steps": args.steps, "batch_size": args.batch, "logging_steps": 5,
-                "save_steps": 10_000, "max_length": 1024, "lora": {"r": 16, "alpha": 32}}
+    base_sft = {"model": str(model), "max_steps": args.steps, "batch_size": args.batch,
+                "logging_steps": WARMUP_STEPS, "save_steps": 10_000, "max_length": 1024, "lora": {"r": 16, "alpha": 32}}
 
     def recipe(name: str, overrides: dict) -> Path:
         path = work / f"recipe-{name}.yaml"
@@ -170,20 +186,20 @@ def main() -> None:
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     print(f"device: {device}; shape {args.shape}; {args.steps} steps x batch {args.batch}")
-    plain_tok, plain_dt = run_plain(model, data(args.batch), args.steps, args.batch, work / "plain")
-    print(f"plain TRL defaults: {plain_tok:,.0f} real tok/s, {args.steps / plain_dt:.2f} steps/s, {peak_memory()}", flush=True)
+    plain_tok, plain_sps = run_plain(model, data(args.batch), args.steps, args.batch, work / "plain")
+    print(f"plain TRL defaults: {plain_tok:,.0f} real tok/s, {plain_sps:.2f} steps/s, {peak_memory()}", flush=True)
     results = {}
     for name, overrides in [("default", {}), *variants]:
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         try:
-            tok, dt = run_sft(recipe(name, overrides))
+            tok, sps = run_sft(recipe(name, overrides))
         except Exception as exc:  # one variant failing (an attention kernel missing) leaves the others
             print(f"sft {name} {overrides}: failed: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
             continue
         results[name] = tok
         print(f"sft {name} {overrides or '(default recipe)'}: {tok:,.0f} real tok/s ({tok / plain_tok:.2f}x plain), "
-              f"{args.steps / dt:.2f} steps/s, {peak_memory()}", flush=True)
+              f"{sps:.2f} steps/s, {peak_memory()}", flush=True)
     sft_tok = results.get("default", 0.0)
     print(f"RESULT sft_throughput ratio={sft_tok / plain_tok:.2f} tok_s={sft_tok:.0f}")
 

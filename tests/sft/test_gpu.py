@@ -48,3 +48,25 @@ def test_flex_packed_row_gives_each_example_its_own_gradients(tiny_model):
         (o.loss * (x.shape[1] - 1)).backward()
     for g_packed, p in zip(packed_grads, model.parameters(), strict=True):
         assert torch.allclose(g_packed, p.grad, atol=1e-4, rtol=1e-3)
+
+
+def test_topk_kl_on_bf16_cuda_logits_matches_float32_on_cpu():
+    """The KD loss takes the student's bf16 logits on the GPU (it upcasts them itself): loss
+    and gradients agree with float32 on the CPU to bf16's precision."""
+    from sft.distill import topk_kl
+
+    torch.manual_seed(0)
+    logits = (torch.randn(64, 4096) * 4).to(torch.bfloat16)
+    teacher = torch.log_softmax(torch.randn(64, 4096) * 4, -1)
+    logprobs, ids = teacher.topk(20, dim=-1)
+    logprobs[:5, 10:] = float("-inf")  # positions with fewer than k teacher tokens
+    results = []
+    for device, dtype in (("cpu", torch.float32), ("cuda", torch.bfloat16)):
+        x = logits.to(device=device, dtype=dtype).requires_grad_(True)
+        loss = topk_kl(x, ids.to(device), logprobs.to(device), 2.0, True)
+        loss.backward()
+        results.append((float(loss), x.grad.float().cpu()))
+    (cpu_loss, cpu_grad), (gpu_loss, gpu_grad) = results
+    assert gpu_loss == pytest.approx(cpu_loss, rel=1e-2)
+    assert torch.isfinite(gpu_grad).all()
+    assert torch.allclose(gpu_grad, cpu_grad, atol=1e-6, rtol=2e-2)
