@@ -20,7 +20,14 @@ def _summary(manifest: dict, out_dir: str) -> str:
         f"({t['completion_this_run']:,} written this run)",
     ]
     if manifest.get("cost_usd") is not None:
-        lines.append(f"  cost: ${manifest['cost_usd']:,.4f} at the recipe's prices")
+        sync = manifest.get("cost_usd_sync")
+        lines.append(f"  cost: ${manifest['cost_usd']:,.4f} at the recipe's prices"
+                     + (f" (batch price; ${sync:,.4f} synchronous)" if sync is not None else ""))
+    running = (manifest.get("batches") or {}).get("running")
+    if running:
+        lines.append(f"  pending: {c['pending']} requests in {len(running)} running batch(es) ({', '.join(running[:5])}"
+                     + (", ..." if len(running) > 5 else "") + "); rerun the same command to collect them "
+                     "(add --no-wait to check and return)")
     if manifest.get("finish_reasons"):
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(manifest["finish_reasons"].items()))
         lines.append(f"  finish reasons: {reasons}")
@@ -39,7 +46,9 @@ def _dry_run_report(r: dict) -> str:
         f"  completion tokens (at most, max_tokens each): {r['completion_tokens_max']:,}",
     ]
     if r["cost_usd_max"] is not None:
-        lines.append(f"  cost: at most ${r['cost_usd_max']:,.4f}")
+        sync = r.get("cost_usd_max_sync")
+        lines.append(f"  cost: at most ${r['cost_usd_max']:,.4f}"
+                     + (f" at the batch price (${sync:,.4f} synchronous)" if sync is not None else ""))
     lines.append("  nothing was sent")
     return "\n".join(lines)
 
@@ -58,7 +67,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from synth.generate import run_generate
 
     try:
-        manifest = run_generate(recipe, progress=not args.no_progress, only_failed=args.only_failed)
+        manifest = run_generate(recipe, progress=not args.no_progress, only_failed=args.only_failed,
+                                wait=not args.no_wait)
     except KeyboardInterrupt:
         print(f"synth generate: interrupted; finished records are in {recipe.output.dir}/raw.jsonl. "
               "Rerun the same command to resume.", file=sys.stderr)
@@ -201,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="print how many requests would be sent, estimated tokens and cost; send nothing")
     gen.add_argument("--only-failed", action="store_true",
                      help="send only the requests listed in OUTPUT/failures.jsonl (retry the failed ones)")
+    gen.add_argument("--no-wait", action="store_true",
+                     help="batch mode: submit, collect the batches that have finished, and return without waiting "
+                     "for the others (rerun to check on them)")
     gen.set_defaults(func=cmd_generate)
 
     cur = sub.add_parser(

@@ -163,6 +163,12 @@ class OpenAIConfig:
     transport: str = help_field("aiohttp", help="HTTP transport of the openai client: aiohttp (fast) or httpx (its default)")
     price_input_per_mtok: float | None = help_field(None, help="price per million prompt tokens, for --dry-run and the manifest's cost")
     price_output_per_mtok: float | None = help_field(None, help="price per million completion tokens")
+    batch: bool = help_field(False, help="send through the provider's Batch API (files + /v1/batches; about half the price, results within the completion window) instead of one call per request")
+    batch_max_requests: int = help_field(50_000, help="most requests in one batch input file (OpenAI's limit: 50,000)")
+    batch_max_mb: float = help_field(190.0, help="largest batch input file in MB (OpenAI's limit: 200 MB)")
+    batch_poll_s: float = help_field(30.0, help="seconds between two status checks of the running batches")
+    batch_completion_window: str = help_field("24h", help="the batch's completion_window")
+    batch_discount: float = help_field(0.5, help="batch price as a share of the synchronous price, for --dry-run and the manifest's cost")
 
     def __post_init__(self) -> None:
         if self.base_url is not None and not self.base_url.startswith(("http://", "https://")):
@@ -185,6 +191,14 @@ class OpenAIConfig:
             raise ValueError("backoff_s: must be >= 0 and at most backoff_max_s")
         if self.transport not in ("aiohttp", "httpx"):
             raise ValueError(f"transport: unknown '{self.transport}'; choose aiohttp or httpx")
+        if self.batch_max_requests < 1:
+            raise ValueError(f"batch_max_requests: must be at least 1, got {self.batch_max_requests}")
+        if self.batch_max_mb <= 0:
+            raise ValueError(f"batch_max_mb: must be > 0, got {self.batch_max_mb}")
+        if self.batch_poll_s <= 0:
+            raise ValueError(f"batch_poll_s: must be > 0, got {self.batch_poll_s}")
+        if not 0 < self.batch_discount <= 1:
+            raise ValueError(f"batch_discount: must be in (0, 1] (0.5 is half the synchronous price), got {self.batch_discount}")
 
 
 @dataclass

@@ -107,6 +107,7 @@ def make_record(result: Completion, teacher: dict[str, Any]) -> dict[str, Any]:
         "usage": {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens},
         **({"logprobs": {"k": result.topk.k, "tokens": len(result.topk.token_ids)}} if result.topk is not None else {}),
         "latency_s": result.latency_s,
+        **({"batch_id": result.batch_id} if result.batch_id else {}),
         "created_at": utc_now(),
     }
 
@@ -202,17 +203,21 @@ def dry_run(recipe: Recipe, only_failed: bool = False) -> dict[str, Any]:
         "prompt_tokens_estimate": prompt,
         "completion_tokens_max": completion,
         "cost_usd_max": cost_usd(recipe, prompt, completion),
+        **({"cost_usd_max_sync": cost_usd(recipe, prompt, completion, sync=True)} if _batch_mode(recipe) else {}),
+        "batch": _batch_mode(recipe),
         "teacher": plan.teacher,
     }
 
 
-def cost_usd(recipe: Recipe, prompt_tokens: int, completion_tokens: int) -> float | None:
-    """Cost at the recipe's prices per million tokens, or None when it gives none."""
+def cost_usd(recipe: Recipe, prompt_tokens: int, completion_tokens: int, sync: bool = False) -> float | None:
+    """Cost at the recipe's prices per million tokens, or None when it gives none. In batch
+    mode the batch price (x teacher.openai.batch_discount) unless `sync`."""
     o = recipe.teacher.openai
     if recipe.teacher.backend != "openai" or (o.price_input_per_mtok is None and o.price_output_per_mtok is None):
         return None
+    factor = o.batch_discount if o.batch and not sync else 1.0
     return round(
-        prompt_tokens * (o.price_input_per_mtok or 0) / 1e6 + completion_tokens * (o.price_output_per_mtok or 0) / 1e6, 6
+        factor * (prompt_tokens * (o.price_input_per_mtok or 0) / 1e6 + completion_tokens * (o.price_output_per_mtok or 0) / 1e6), 6
     )
 
 
@@ -222,13 +227,19 @@ def run_generate(
     *,
     progress: bool = True,
     only_failed: bool = False,
+    wait: bool = True,
 ) -> dict[str, Any]:
     """Generate every request of `recipe` that the output dir does not have yet.
 
     `backend` lets a caller reuse a running teacher (it must be the recipe's teacher);
     by default one is started, and only when there is work to send. `only_failed` sends
-    only the requests listed in failures.jsonl. Returns the manifest.
+    only the requests listed in failures.jsonl. In batch mode (`teacher.openai.batch`),
+    `wait=False` submits and collects the batches already finished, then returns (the
+    manifest's `batches.running` names the others). Returns the manifest.
     """
+    if not wait and not _batch_mode(recipe):
+        raise ValueError("--no-wait: only batch mode returns before its requests are answered; "
+                         "set teacher.openai.batch: true (with teacher.backend: openai)")
     started, wall0 = utc_now(), time.monotonic()
     layout = recipe.layout
     layout.root.mkdir(parents=True, exist_ok=True)
@@ -261,7 +272,7 @@ def run_generate(
         previous_sigterm = None
         try:
             if own_backend:
-                backend = make_backend(recipe.teacher)
+                backend = _generate_backend(recipe, wait)
             # SIGTERM (a scheduler's stop) ends the run like Ctrl-C: flush, manifest, exit.
             try:
                 previous_sigterm = signal.signal(signal.SIGTERM, _raise_on_sigterm)
@@ -287,14 +298,32 @@ def run_generate(
                 signal.signal(signal.SIGTERM, previous_sigterm)
             if own_backend and backend is not None:
                 backend.close()
-            counts.failed = _compact_failures(fail_path, planned, done)
+            in_flight = getattr(backend, "in_flight", set())  # batch mode: requests still running
+            counts.failed = _compact_failures(fail_path, planned, done | in_flight)
+            if status == "complete" and in_flight:
+                status = "pending"
             manifest = _manifest(recipe, plan, counts, stale, started, wall0, status=status)
             if backend is not None and getattr(backend, "stats", None) is not None:
                 manifest["teacher_stats"] = dict(backend.stats)  # retries, 429s, concurrency
+            if backend is not None and getattr(backend, "summary", None) is not None:
+                manifest["batches"] = {**backend.summary, "ledger": layout.batches.name}
             update_manifest(layout.manifest, manifest)
     if status == "interrupted":
         raise KeyboardInterrupt
     return manifest
+
+
+def _batch_mode(recipe: Recipe) -> bool:
+    return recipe.teacher.backend == "openai" and recipe.teacher.openai.batch
+
+
+def _generate_backend(recipe: Recipe, wait: bool) -> Backend:
+    """The teacher for generation: batch mode's backend, or the recipe's (synth.backends)."""
+    if _batch_mode(recipe):
+        from synth.backends.openai_batch import OpenAIBatchBackend
+
+        return OpenAIBatchBackend(recipe.teacher, recipe.layout.batches, wait=wait)
+    return make_backend(recipe.teacher)
 
 
 def _add_usage(counts: Counts, rec: dict[str, Any], new: bool) -> None:
@@ -436,6 +465,8 @@ def _manifest(
             "completion_this_run": counts.new_completion_tokens,
         },
         "cost_usd": cost_usd(recipe, counts.prompt_tokens, counts.completion_tokens),
+        **({"cost_usd_sync": cost_usd(recipe, counts.prompt_tokens, counts.completion_tokens, sync=True)}
+           if _batch_mode(recipe) else {}),
         "config": redacted(recipe),
         "versions": package_versions(),
         "files": {name: getattr(recipe.layout, name).name for name in ("raw", "failures", "config", "log")},

@@ -10,6 +10,7 @@
       raw.jsonl                every finished teacher answer (the cache, the resume point)
       logprobs.bin             the teacher's top-k logprobs of each answer (sampling.logprobs)
       failures.jsonl           requests that failed, with the error
+      batches.jsonl            batch mode: every input file and batch submitted, before anything else
       judge.jsonl              curation judge calls, cached by request id
       train.jsonl, eval.jsonl, rejected.jsonl, stats.json     curation's outputs
       README.md, lengths.png, funnel.png                      the dataset card
@@ -74,6 +75,7 @@ class Layout:
     raw = property(lambda self: self.root / "raw.jsonl")
     logprobs = property(lambda self: self.root / "logprobs.bin")
     failures = property(lambda self: self.root / "failures.jsonl")
+    batches = property(lambda self: self.root / "batches.jsonl")
     judge = property(lambda self: self.root / "judge.jsonl")
     train = property(lambda self: self.root / "train.jsonl")
     eval = property(lambda self: self.root / "eval.jsonl")

@@ -20,6 +20,7 @@ class Completion:
     completion_tokens: int
     latency_s: float
     topk: Any = None  # synth.logprobs.TopK when sampling.logprobs asked for them
+    batch_id: str | None = None  # the provider batch that answered it (batch mode)
 
 
 @dataclass

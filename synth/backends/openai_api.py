@@ -103,7 +103,8 @@ class OpenAIBackend:
 
     # ---- one request -------------------------------------------------------------------
 
-    def _body(self, req: Request) -> dict[str, Any]:
+    def body(self, req: Request) -> dict[str, Any]:
+        """The chat completions request body of `req` (the batch backend writes the same)."""
         s, o = req.sampling, self.cfg.openai
         body: dict[str, Any] = {
             "model": self.cfg.model,
@@ -154,24 +155,32 @@ class OpenAIBackend:
         import httpx2
 
         started = time.monotonic()
-        response = await client.post("/chat/completions", cast_to=httpx2.Response, body=self._body(req))
+        response = await client.post("/chat/completions", cast_to=httpx2.Response, body=self.body(req))
         try:
             data = json.loads(response.content)
+        except ValueError as exc:
+            raise MalformedResponse(f"malformed response body ({type(exc).__name__}: {exc})") from None
+        result = self.completion(req, data, round(time.monotonic() - started, 4))
+        self._after_success(response.headers)
+        return result
+
+    def completion(self, req: Request, data: Any, latency_s: float) -> Completion:
+        """The Completion of a chat completion body (a dict); MalformedResponse if it is none."""
+        try:
             choice = data["choices"][0]
             text = choice["message"]["content"]
             usage = data.get("usage") or {}
             if not isinstance(text, str):
                 raise TypeError("message.content is not a string")
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
+        except (KeyError, IndexError, TypeError, AttributeError) as exc:
             raise MalformedResponse(f"malformed response body ({type(exc).__name__}: {exc})") from None
-        self._after_success(response.headers)
         return Completion(
             request=req,
             text=text,
             finish_reason=choice.get("finish_reason"),
             prompt_tokens=int(usage.get("prompt_tokens") or 0),
             completion_tokens=int(usage.get("completion_tokens") or 0),
-            latency_s=round(time.monotonic() - started, 4),
+            latency_s=latency_s,
             topk=self._topk(choice, req.sampling["logprobs"]) if req.sampling.get("logprobs") else None,
         )
 

@@ -1,0 +1,231 @@
+"""A local OpenAI Files + Batch API server for tests (127.0.0.1 only).
+
+It implements the documented endpoints closely enough for the official `openai` client
+(`files.create/list/content`, `batches.create/retrieve/list/cancel`) and answers each batch
+line by sending its body to a real upstream server (the session's vLLM server), one line at
+a time, counting how often each `custom_id` was executed: what a provider would bill.
+
+Knobs for failures a real provider produces but not on demand:
+
+    hold_batches      an Event: while set, batches stay `in_progress` (nothing runs)
+    hang_upload       an Event: while set, POST /files stores the file, then never answers
+    hang_create       an Event: while set, POST /batches creates the batch, then never answers
+    expire_after      int or None: the next batch runs this many lines, then ends `expired`
+    api_key           the only key accepted; any other gets a 401
+    [bad-request]     a line whose last message holds this marker gets a 400 error line
+    [server-error]    ... a 500 error line
+    [no-result]       ... appears in neither file although the batch `completed`
+"""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import http.client
+import json
+import re
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+
+class BatchServer:
+    def __init__(self, upstream: str, api_key: str | None = None, upstream_key: str | None = None):
+        parsed = urlparse(upstream)
+        self.upstream = (parsed.hostname, parsed.port, parsed.path.rstrip("/"))
+        self.api_key, self.upstream_key = api_key, upstream_key
+        self.sync_calls = 0
+        self.files: dict[str, dict] = {}
+        self.contents: dict[str, bytes] = {}
+        self.batches: dict[str, dict] = {}
+        self.executed: Counter = Counter()  # custom_id -> times sent upstream (billed)
+        self.uploads = 0
+        self.creates = 0
+        self.hold_batches = threading.Event()
+        self.hang_upload = threading.Event()
+        self.hang_create = threading.Event()
+        self.hung = threading.Event()  # a hanging upload or creation has done its work
+        self.expire_after: int | None = None
+        self._release = threading.Event()
+        self._lock = threading.Lock()
+        self._n = 0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _send(self, status: int, body: bytes, ctype: str = "application/json") -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _json(self, status: int, obj) -> None:
+                self._send(status, json.dumps(obj).encode())
+
+            def _authorised(self) -> bool:
+                if server.api_key and self.headers.get("Authorization") != f"Bearer {server.api_key}":
+                    self._json(401, {"error": {"message": "Incorrect API key provided.", "type": "invalid_request_error",
+                                               "code": "invalid_api_key"}})
+                    return False
+                return True
+
+            def do_GET(self):
+                if not self._authorised():
+                    return
+                url = urlparse(self.path)
+                path = url.path.removeprefix("/v1")
+                if path == "/files":
+                    purpose = parse_qs(url.query).get("purpose", [None])[0]
+                    data = [f for f in server.files.values() if purpose in (None, f["purpose"])]
+                    return self._json(200, {"object": "list", "data": data, "has_more": False})
+                if m := re.fullmatch(r"/files/([\w-]+)/content", path):
+                    if m[1] not in server.contents:
+                        return self._json(404, {"error": {"message": f"No such File object: {m[1]}"}})
+                    return self._send(200, server.contents[m[1]], "application/octet-stream")
+                if path == "/batches":
+                    data = sorted(server.batches.values(), key=lambda b: (b["created_at"], b["id"]), reverse=True)
+                    return self._json(200, {"object": "list", "data": data, "has_more": False,
+                                            "first_id": data[0]["id"] if data else None,
+                                            "last_id": data[-1]["id"] if data else None})
+                if m := re.fullmatch(r"/batches/([\w-]+)", path):
+                    if m[1] not in server.batches:
+                        return self._json(404, {"error": {"message": f"No such batch: {m[1]}"}})
+                    return self._json(200, server.batches[m[1]])
+                return self._json(404, {"error": {"message": f"unknown path {self.path}"}})
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length)
+                if not self._authorised():
+                    return
+                path = urlparse(self.path).path.removeprefix("/v1")
+                if path == "/chat/completions":
+                    server.sync_calls += 1
+                    return self._json(*server._forward(json.loads(raw)))
+                if path == "/files":
+                    uploaded = server._upload(self.headers.get("Content-Type"), raw)
+                    if server.hang_upload.is_set():
+                        server.hung.set()
+                        server._release.wait(120)  # the client is killed meanwhile
+                        return
+                    return self._json(200, uploaded)
+                if path == "/batches":
+                    batch = server._create(json.loads(raw))
+                    if server.hang_create.is_set():
+                        server.hung.set()
+                        server._release.wait(120)
+                        return
+                    return self._json(200, batch)
+                if m := re.fullmatch(r"/batches/([\w-]+)/cancel", path):
+                    batch = server.batches[m[1]]
+                    batch["status"] = "cancelling"
+                    return self._json(200, batch)
+                return self._json(404, {"error": {"message": f"unknown path {self.path}"}})
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self._thread.start()
+
+    def _id(self, prefix: str) -> str:
+        with self._lock:
+            self._n += 1
+            return f"{prefix}-{self._n:04d}"
+
+    def _upload(self, ctype: str, raw: bytes) -> dict:
+        msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+            f"Content-Type: {ctype}\r\n\r\n".encode() + raw)
+        fields = {part.get_param("name", header="content-disposition"): part for part in msg.iter_parts()}
+        content = fields["file"].get_payload(decode=True)
+        file_id = self._id("file")
+        self.files[file_id] = {"id": file_id, "object": "file", "bytes": len(content), "created_at": int(time.time()),
+                               "filename": fields["file"].get_filename(), "purpose": fields["purpose"].get_content().strip(),
+                               "status": "processed"}
+        self.contents[file_id] = content
+        self.uploads += 1
+        return self.files[file_id]
+
+    def _create(self, body: dict) -> dict:
+        batch_id = self._id("batch")
+        now = int(time.time())
+        lines = [json.loads(x) for x in self.contents[body["input_file_id"]].decode().splitlines() if x.strip()]
+        batch = {"id": batch_id, "object": "batch", "endpoint": body["endpoint"], "input_file_id": body["input_file_id"],
+                 "completion_window": body["completion_window"], "status": "in_progress", "created_at": now,
+                 "in_progress_at": now, "metadata": body.get("metadata"), "errors": None,
+                 "request_counts": {"total": len(lines), "completed": 0, "failed": 0}}
+        self.batches[batch_id] = batch
+        self.creates += 1
+        limit, self.expire_after = self.expire_after, None
+        threading.Thread(target=self._run, args=(batch, lines, limit), daemon=True).start()
+        return batch
+
+    def _run(self, batch: dict, lines: list[dict], limit: int | None) -> None:
+        while self.hold_batches.is_set():
+            time.sleep(0.05)
+        out, err = [], []
+        for n, line in enumerate(lines):
+            if limit is not None and n >= limit:
+                break
+            cid, body = line["custom_id"], line["body"]
+            text = json.dumps(body["messages"][-1])
+            if "[no-result]" in text:
+                continue
+            if "[bad-request]" in text:
+                err.append({"id": f"req-{cid}", "custom_id": cid, "response": {"status_code": 400, "request_id": cid, "body": {
+                    "error": {"message": "Invalid value for 'max_tokens'.", "type": "invalid_request_error", "code": None}}},
+                    "error": None})
+                batch["request_counts"]["failed"] += 1
+                continue
+            if "[server-error]" in text:
+                err.append({"id": f"req-{cid}", "custom_id": cid, "response": {"status_code": 500, "request_id": cid,
+                            "body": {"error": {"message": "The server had an error processing your request."}}}, "error": None})
+                batch["request_counts"]["failed"] += 1
+                continue
+            status, answer = self._forward(body)
+            self.executed[cid] += 1
+            out.append({"id": f"req-{cid}", "custom_id": cid, "response": {"status_code": status, "request_id": cid, "body": answer},
+                        "error": None})
+            batch["request_counts"]["completed"] += 1
+        for name, rows in (("output_file_id", out), ("error_file_id", err)):
+            if rows:
+                file_id = self._id("file")
+                self.contents[file_id] = "".join(json.dumps(r) + "\n" for r in rows).encode()
+                self.files[file_id] = {"id": file_id, "object": "file", "bytes": len(self.contents[file_id]),
+                                       "created_at": int(time.time()), "filename": f"{batch['id']}_{name}.jsonl",
+                                       "purpose": "batch_output", "status": "processed"}
+                batch[name] = file_id
+        now = int(time.time())
+        if limit is not None and limit < len(lines):
+            batch.update(status="expired", expired_at=now)
+        else:
+            batch.update(status="completed", completed_at=now)
+
+    def _forward(self, body: dict) -> tuple[int, dict]:
+        host, port, prefix = self.upstream
+        conn = http.client.HTTPConnection(host, port, timeout=120)
+        try:
+            headers = {"Content-Type": "application/json"}
+            if self.upstream_key:
+                headers["Authorization"] = f"Bearer {self.upstream_key}"
+            conn.request("POST", f"{prefix}/chat/completions", body=json.dumps(body), headers=headers)
+            response = conn.getresponse()
+            return response.status, json.loads(response.read())
+        finally:
+            conn.close()
+
+    def release(self) -> None:
+        """Let a hanging batch creation finish (its client is gone)."""
+        self._release.set()
+
+    def close(self) -> None:
+        self._release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
