@@ -145,7 +145,10 @@ class VllmConfig:
 
 
 @dataclass
-class OpenAIConfig:
+class ApiOptions:
+    """What every API teacher shares: the endpoint and key, flow control, retries, prices
+    and batch mode. OpenAIConfig and AnthropicConfig add their own keys and defaults."""
+
     base_url: str | None = help_field(None, help="endpoint, e.g. http://127.0.0.1:8000/v1; none reads OPENAI_BASE_URL, else OpenAI's")
     api_key_env: str = help_field("OPENAI_API_KEY", help="environment variable that holds the API key (the key is never written anywhere)")
     api_key: str | None = help_field(None, help="the key itself, if it must be in the recipe; redacted in every saved config")
@@ -158,16 +161,13 @@ class OpenAIConfig:
     max_retries: int = help_field(6, help="retries after the first attempt, for 429, 5xx, connection errors, timeouts and malformed bodies")
     backoff_s: float = help_field(1.0, help="base of the exponential backoff with jitter between retries")
     backoff_max_s: float = help_field(60.0, help="longest backoff between two attempts (a longer Retry-After is still honoured)")
-    response_format: dict[str, Any] | None = help_field(None, help="OpenAI response_format, e.g. {type: json_schema, json_schema: {...}}")
     extra_body: dict[str, Any] = help_field({}, help="extra request fields passed through (e.g. vLLM's repetition_penalty, min_p)")
-    transport: str = help_field("aiohttp", help="HTTP transport of the openai client: aiohttp (fast) or httpx (its default)")
     price_input_per_mtok: float | None = help_field(None, help="price per million prompt tokens, for --dry-run and the manifest's cost")
     price_output_per_mtok: float | None = help_field(None, help="price per million completion tokens")
     batch: bool = help_field(False, help="send through the provider's Batch API (files + /v1/batches; about half the price, results within the completion window) instead of one call per request")
     batch_max_requests: int = help_field(50_000, help="most requests in one batch input file (OpenAI's limit: 50,000)")
     batch_max_mb: float = help_field(190.0, help="largest batch input file in MB (OpenAI's limit: 200 MB)")
     batch_poll_s: float = help_field(30.0, help="seconds between two status checks of the running batches")
-    batch_completion_window: str = help_field("24h", help="the batch's completion_window")
     batch_discount: float = help_field(0.5, help="batch price as a share of the synchronous price, for --dry-run and the manifest's cost")
 
     def __post_init__(self) -> None:
@@ -189,8 +189,6 @@ class OpenAIConfig:
             raise ValueError(f"max_retries: must be >= 0, got {self.max_retries}")
         if self.backoff_s < 0 or self.backoff_max_s < self.backoff_s:
             raise ValueError("backoff_s: must be >= 0 and at most backoff_max_s")
-        if self.transport not in ("aiohttp", "httpx"):
-            raise ValueError(f"transport: unknown '{self.transport}'; choose aiohttp or httpx")
         if self.batch_max_requests < 1:
             raise ValueError(f"batch_max_requests: must be at least 1, got {self.batch_max_requests}")
         if self.batch_max_mb <= 0:
@@ -202,12 +200,36 @@ class OpenAIConfig:
 
 
 @dataclass
+class OpenAIConfig(ApiOptions):
+    response_format: dict[str, Any] | None = help_field(None, help="OpenAI response_format, e.g. {type: json_schema, json_schema: {...}}")
+    transport: str = help_field("aiohttp", help="HTTP transport of the openai client: aiohttp (fast) or httpx (its default)")
+    batch_completion_window: str = help_field("24h", help="the batch's completion_window")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.transport not in ("aiohttp", "httpx"):
+            raise ValueError(f"transport: unknown '{self.transport}'; choose aiohttp or httpx")
+
+
+@dataclass
+class AnthropicConfig(ApiOptions):
+    base_url: str | None = help_field(None, help="endpoint; none reads ANTHROPIC_BASE_URL, else Anthropic's (https://api.anthropic.com)")
+    api_key_env: str = help_field("ANTHROPIC_API_KEY", help="environment variable that holds the API key (the key is never written anywhere)")
+    max_concurrency: int = help_field(64, help="most requests in flight; adaptive concurrency backs off below this on 429/529")
+    extra_body: dict[str, Any] = help_field({}, help="extra Messages API fields passed through (e.g. metadata, thinking)")
+    batch: bool = help_field(False, help="send through the Message Batches API (about half the price, results within 24 hours) instead of one call per request")
+    batch_max_requests: int = help_field(100_000, help="most requests in one message batch (Anthropic's limit: 100,000)")
+    batch_max_mb: float = help_field(250.0, help="largest message batch in MB (Anthropic's limit: 256 MB)")
+
+
+@dataclass
 class TeacherConfig:
     model: str = help_field(help="HF model id or local model directory")
-    backend: str = help_field("vllm", help="teacher backend: vllm (in-process engine) or openai (any OpenAI-compatible endpoint)")
+    backend: str = help_field("vllm", help="teacher backend: vllm (in-process engine), openai (any OpenAI-compatible endpoint) or anthropic (the Messages API)")
     revision: str | None = help_field(None, help="model revision (branch, tag or commit) for hub models")
     vllm: VllmConfig = help_field(default_factory=VllmConfig, help="options of the vllm backend")
     openai: OpenAIConfig = help_field(default_factory=OpenAIConfig, help="options of the openai backend")
+    anthropic: AnthropicConfig = help_field(default_factory=AnthropicConfig, help="options of the anthropic backend")
 
     def __post_init__(self) -> None:
         from synth.backends import BACKENDS  # a dict of names, no heavy imports
@@ -309,6 +331,17 @@ class Recipe:
     sft: SftConfig | None = help_field(None, help="student training (`sft train`, `sft eval`)")
     name: str = help_field("recipe", help="a name for this recipe, shown in the manifest")
 
+    def __post_init__(self) -> None:
+        if self.teacher.backend == "anthropic" and self.sampling.logprobs:
+            raise ValueError("sampling.logprobs: the anthropic teacher gives no logprobs (the Messages API has none); "
+                             "set sampling.logprobs: 0, and score the answers afterwards with `synth score RECIPE "
+                             "--teacher MODEL` if a local model shares the teacher's vocabulary")
+
+    @property
+    def api_options(self) -> Any:
+        """teacher.openai or teacher.anthropic for an API teacher, else None."""
+        return getattr(self.teacher, self.teacher.backend) if self.teacher.backend in ("openai", "anthropic") else None
+
     @property
     def layout(self) -> Layout:
         """The files of output.dir."""
@@ -336,10 +369,14 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
 
 def redacted(recipe: Recipe) -> dict[str, Any]:
     """The recipe as plain data for saving, with any API key replaced."""
-    data = to_dict(recipe)
-    if data["teacher"]["openai"].get("api_key"):
-        data["teacher"]["openai"]["api_key"] = "<redacted>"
-    return data
+    def scrub(node: Any) -> Any:  # every teacher's key: the recipe's, a judge's, each backend's
+        if isinstance(node, dict):
+            return {k: "<redacted>" if k == "api_key" and v else scrub(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [scrub(v) for v in node]
+        return node
+
+    return scrub(to_dict(recipe))
 
 
 def reference_markdown() -> str:

@@ -211,9 +211,9 @@ def dry_run(recipe: Recipe, only_failed: bool = False) -> dict[str, Any]:
 
 def cost_usd(recipe: Recipe, prompt_tokens: int, completion_tokens: int, sync: bool = False) -> float | None:
     """Cost at the recipe's prices per million tokens, or None when it gives none. In batch
-    mode the batch price (x teacher.openai.batch_discount) unless `sync`."""
-    o = recipe.teacher.openai
-    if recipe.teacher.backend != "openai" or (o.price_input_per_mtok is None and o.price_output_per_mtok is None):
+    mode the batch price (x batch_discount) unless `sync`."""
+    o = recipe.api_options
+    if o is None or (o.price_input_per_mtok is None and o.price_output_per_mtok is None):
         return None
     factor = o.batch_discount if o.batch and not sync else 1.0
     return round(
@@ -233,13 +233,14 @@ def run_generate(
 
     `backend` lets a caller reuse a running teacher (it must be the recipe's teacher);
     by default one is started, and only when there is work to send. `only_failed` sends
-    only the requests listed in failures.jsonl. In batch mode (`teacher.openai.batch`),
+    only the requests listed in failures.jsonl. In batch mode (`teacher.openai.batch`,
+    `teacher.anthropic.batch`),
     `wait=False` submits and collects the batches already finished, then returns (the
     manifest's `batches.running` names the others). Returns the manifest.
     """
     if not wait and not _batch_mode(recipe):
         raise ValueError("--no-wait: only batch mode returns before its requests are answered; "
-                         "set teacher.openai.batch: true (with teacher.backend: openai)")
+                         "set teacher.openai.batch: true (or teacher.anthropic.batch with teacher.backend: anthropic)")
     started, wall0 = utc_now(), time.monotonic()
     layout = recipe.layout
     layout.root.mkdir(parents=True, exist_ok=True)
@@ -314,11 +315,15 @@ def run_generate(
 
 
 def _batch_mode(recipe: Recipe) -> bool:
-    return recipe.teacher.backend == "openai" and recipe.teacher.openai.batch
+    return recipe.api_options is not None and recipe.api_options.batch
 
 
 def _generate_backend(recipe: Recipe, wait: bool) -> Backend:
     """The teacher for generation: batch mode's backend, or the recipe's (synth.backends)."""
+    if _batch_mode(recipe) and recipe.teacher.backend == "anthropic":
+        from synth.backends.anthropic_api import AnthropicBatchBackend
+
+        return AnthropicBatchBackend(recipe.teacher, recipe.layout.batches, wait=wait)
     if _batch_mode(recipe):
         from synth.backends.openai_batch import OpenAIBatchBackend
 

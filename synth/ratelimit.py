@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import email.utils
 import re
 import time
@@ -109,6 +110,41 @@ def _parse_duration(text: str) -> float | None:
     return sum(float(p.group("value")) * _UNITS[p.group("unit")] for p in parts)
 
 
+_BUDGET_HEADERS = (
+    # OpenAI (and compatible servers): remaining counts, resets as durations ("1s", "6m0s")
+    ("x-ratelimit-remaining-requests", "x-ratelimit-reset-requests"),
+    ("x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"),
+    # Anthropic: remaining counts, resets as RFC 3339 times
+    ("anthropic-ratelimit-requests-remaining", "anthropic-ratelimit-requests-reset"),
+    ("anthropic-ratelimit-tokens-remaining", "anthropic-ratelimit-tokens-reset"),
+    ("anthropic-ratelimit-input-tokens-remaining", "anthropic-ratelimit-input-tokens-reset"),
+    ("anthropic-ratelimit-output-tokens-remaining", "anthropic-ratelimit-output-tokens-reset"),
+)
+
+
+def _reset_s(value: str, now: float | None) -> float | None:
+    """A reset header's value in seconds from now: a duration ("6m0s") or a time (RFC 3339)."""
+    seconds = _parse_duration(value.strip())
+    if seconds is not None:
+        return seconds
+    try:
+        when = datetime.datetime.fromisoformat(value.strip().replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+    return max(0.0, when - (time.time() if now is None else now))
+
+
+def budget_spent_wait(headers: Mapping[str, str] | None, now: float | None = None) -> float | None:
+    """After a success: seconds until the budget resets when a remaining-count header says 0."""
+    if not headers:
+        return None
+    lower = {k.lower(): v for k, v in headers.items()}
+    waits = [_reset_s(lower[reset], now) for remaining, reset in _BUDGET_HEADERS
+             if lower.get(remaining, "").strip() == "0" and reset in lower]
+    waits = [w for w in waits if w]
+    return max(waits) if waits else None
+
+
 def retry_after_s(headers: Mapping[str, str] | None, now: float | None = None) -> float | None:
     """Seconds the server asks us to wait, or None when it does not say."""
     if not headers:
@@ -130,10 +166,6 @@ def retry_after_s(headers: Mapping[str, str] | None, now: float | None = None) -
             when = None
         if when is not None:
             return max(0.0, when - (time.time() if now is None else now))
-    resets = [
-        _parse_duration(lower[h])
-        for h in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens")
-        if h in lower
-    ]
+    resets = [_reset_s(lower[h], now) for h in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens") if h in lower]
     resets = [r for r in resets if r is not None]
     return max(resets) if resets else None

@@ -1,9 +1,15 @@
-"""A local OpenAI Files + Batch API server for tests (127.0.0.1 only).
+"""A local OpenAI Files + Batch API and Anthropic Messages + Message Batches server for tests
+(127.0.0.1 only).
 
 It implements the documented endpoints closely enough for the official `openai` client
 (`files.create/list/content`, `batches.create/retrieve/list/cancel`) and answers each batch
 line by sending its body to a real upstream server (the session's vLLM server), one line at
 a time, counting how often each `custom_id` was executed: what a provider would bill.
+POST /chat/completions is forwarded too, as a provider serves both modes at one base URL.
+Anthropic's side (base URL `root`): POST /v1/messages goes to the upstream's /v1/messages
+(vLLM serves the Messages API), and /v1/messages/batches runs each request's `params` there.
+Sync faults, by marker, on the first attempt of a request: [429] (with retry-after: 1),
+[529] (overloaded).
 
 Knobs for failures a real provider produces but not on demand:
 
@@ -40,6 +46,9 @@ class BatchServer:
         self.files: dict[str, dict] = {}
         self.contents: dict[str, bytes] = {}
         self.batches: dict[str, dict] = {}
+        self.message_batches: dict[str, dict] = {}
+        self.attempts: Counter = Counter()  # sync Messages calls per request body
+        self.sync_bodies: list[dict] = []
         self.executed: Counter = Counter()  # custom_id -> times sent upstream (billed)
         self.uploads = 0
         self.creates = 0
@@ -70,7 +79,8 @@ class BatchServer:
                 self._send(status, json.dumps(obj).encode())
 
             def _authorised(self) -> bool:
-                if server.api_key and self.headers.get("Authorization") != f"Bearer {server.api_key}":
+                keys = (self.headers.get("Authorization"), f"Bearer {self.headers.get('x-api-key')}")
+                if server.api_key and f"Bearer {server.api_key}" not in keys:
                     self._json(401, {"error": {"message": "Incorrect API key provided.", "type": "invalid_request_error",
                                                "code": "invalid_api_key"}})
                     return False
@@ -89,6 +99,14 @@ class BatchServer:
                     if m[1] not in server.contents:
                         return self._json(404, {"error": {"message": f"No such File object: {m[1]}"}})
                     return self._send(200, server.contents[m[1]], "application/octet-stream")
+                if path == "/messages/batches":
+                    data = sorted(server.message_batches.values(), key=lambda b: b["id"], reverse=True)
+                    return self._json(200, {"data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
+                                            "last_id": data[-1]["id"] if data else None})
+                if m := re.fullmatch(r"/messages/batches/([\w-]+)/results", path):
+                    return self._send(200, server.contents[f"results-{m[1]}"], "application/binary")
+                if m := re.fullmatch(r"/messages/batches/([\w-]+)", path):
+                    return self._json(200, server.message_batches[m[1]])
                 if path == "/batches":
                     data = sorted(server.batches.values(), key=lambda b: (b["created_at"], b["id"]), reverse=True)
                     return self._json(200, {"object": "list", "data": data, "has_more": False,
@@ -109,6 +127,34 @@ class BatchServer:
                 if path == "/chat/completions":
                     server.sync_calls += 1
                     return self._json(*server._forward(json.loads(raw)))
+                if path == "/messages":
+                    body = json.loads(raw)
+                    server.sync_calls += 1
+                    marker = next((m for m in ("[429]", "[529]") if m in json.dumps(body["messages"][-1])), None)
+                    key = json.dumps(body, sort_keys=True)
+                    server.attempts[key] += 1
+                    server.sync_bodies.append(body)
+                    if marker and server.attempts[key] == 1:
+                        status = int(marker[1:4])
+                        self.send_response(status)
+                        payload = json.dumps({"type": "error", "error": {
+                            "type": "rate_limit_error" if status == 429 else "overloaded_error", "message": "slow down"}}).encode()
+                        self.send_header("Content-Type", "application/json")
+                        self.send_header("Content-Length", str(len(payload)))
+                        if status == 429:
+                            self.send_header("retry-after", "1")
+                            self.send_header("anthropic-ratelimit-requests-remaining", "0")
+                        self.end_headers()
+                        self.wfile.write(payload)
+                        return
+                    return self._json(*server._forward(body, "/messages"))
+                if path == "/messages/batches":
+                    batch = server._create_messages(json.loads(raw))
+                    if server.hang_create.is_set():
+                        server.hung.set()
+                        server._release.wait(120)
+                        return
+                    return self._json(200, batch)
                 if path == "/files":
                     uploaded = server._upload(self.headers.get("Content-Type"), raw)
                     if server.hang_upload.is_set():
@@ -131,7 +177,8 @@ class BatchServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.root = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.url = f"{self.root}/v1"
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self._thread.start()
 
@@ -208,14 +255,57 @@ class BatchServer:
         else:
             batch.update(status="completed", completed_at=now)
 
-    def _forward(self, body: dict) -> tuple[int, dict]:
+    def _create_messages(self, body: dict) -> dict:
+        batch_id = self._id("msgbatch")
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        requests = body["requests"]
+        batch = {"id": batch_id, "type": "message_batch", "processing_status": "in_progress", "created_at": now,
+                 "expires_at": now, "ended_at": None, "cancel_initiated_at": None, "archived_at": None, "results_url": None,
+                 "request_counts": {"processing": len(requests), "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}}
+        self.message_batches[batch_id] = batch
+        self.creates += 1
+        limit, self.expire_after = self.expire_after, None
+        threading.Thread(target=self._run_messages, args=(batch, requests, limit), daemon=True).start()
+        return batch
+
+    def _run_messages(self, batch: dict, requests: list[dict], limit: int | None) -> None:
+        while self.hold_batches.is_set():
+            time.sleep(0.05)
+        rows, counts = [], batch["request_counts"]
+        for n, item in enumerate(requests):
+            cid, params = item["custom_id"], item["params"]
+            text = json.dumps(params["messages"][-1])
+            counts["processing"] -= 1
+            if limit is not None and n >= limit:
+                rows.append({"custom_id": cid, "result": {"type": "expired"}})
+                counts["expired"] += 1
+            elif "[no-result]" in text:
+                counts["succeeded"] += 1  # counted, but left out of the results (a provider bug)
+            elif "[bad-request]" in text:
+                rows.append({"custom_id": cid, "result": {"type": "errored", "error": {"type": "error", "error": {
+                    "type": "invalid_request_error", "message": "max_tokens: must be at most 8192"}}}})
+                counts["errored"] += 1
+            else:
+                status, answer = self._forward(params, "/messages")
+                self.executed[cid] += 1
+                if status == 200:
+                    rows.append({"custom_id": cid, "result": {"type": "succeeded", "message": answer}})
+                    counts["succeeded"] += 1
+                else:
+                    rows.append({"custom_id": cid, "result": {"type": "errored", "error": answer}})
+                    counts["errored"] += 1
+        self.contents[f"results-{batch['id']}"] = "".join(json.dumps(r) + "\n" for r in rows).encode()
+        batch.update(processing_status="ended", ended_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                     results_url=f"{self.root}/v1/messages/batches/{batch['id']}/results")
+
+    def _forward(self, body: dict, path: str = "/chat/completions") -> tuple[int, dict]:
         host, port, prefix = self.upstream
         conn = http.client.HTTPConnection(host, port, timeout=120)
         try:
             headers = {"Content-Type": "application/json"}
             if self.upstream_key:
                 headers["Authorization"] = f"Bearer {self.upstream_key}"
-            conn.request("POST", f"{prefix}/chat/completions", body=json.dumps(body), headers=headers)
+            conn.request("POST", f"{prefix}{path}", body=json.dumps(body), headers=headers)
             response = conn.getresponse()
             return response.status, json.loads(response.read())
         finally:

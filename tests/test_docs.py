@@ -40,6 +40,14 @@ NOT_HERE = {
     "export OPENAI_API_KEY=...": "sets your own API key",
     "synth generate prompts/demo/api-recipe.yaml": "calls OpenAI with your key (tests/synth/test_generate_openai.py "
     "runs the same client against a local vLLM server)",
+    "synth generate prompts/demo/api-recipe.yaml --set teacher.openai.batch=true --no-wait":
+        "submits a batch to OpenAI with your key (tests/synth/test_batch_openai.py runs batch mode against a local "
+        "Files + Batch server answered by vLLM)",
+    "export ANTHROPIC_API_KEY=...": "sets your own API key",
+    "synth generate prompts/demo/anthropic-recipe.yaml": "calls Anthropic with your key (tests/synth/test_anthropic.py "
+    "runs the same SDK against a local Messages server answered by vLLM)",
+    "synth generate prompts/demo/anthropic-recipe.yaml --set teacher.anthropic.batch=true --no-wait":
+        "submits a message batch to Anthropic with your key (tests/synth/test_anthropic.py covers batch mode locally)",
     "python -m vllm.entrypoints.openai.api_server --model Qwen/Qwen2.5-7B-Instruct --port 8000":
         "a server for a hub model that runs until stopped",
     "synth generate prompts/demo/api-recipe.yaml --set teacher.model=Qwen/Qwen2.5-7B-Instruct "

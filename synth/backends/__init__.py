@@ -14,6 +14,7 @@ from synth.backends.base import Backend, Completion, Failure
 BACKENDS: dict[str, str] = {
     "vllm": "synth.backends.vllm_engine:VllmBackend",
     "openai": "synth.backends.openai_api:OpenAIBackend",
+    "anthropic": "synth.backends.anthropic_api:AnthropicBackend",
 }
 
 

@@ -26,7 +26,7 @@ from urllib.parse import urlparse
 
 from synth.backends.base import Completion, Failure
 from synth.config import TeacherConfig
-from synth.ratelimit import AdaptiveLimit, TokenBucket, retry_after_s
+from synth.ratelimit import AdaptiveLimit, TokenBucket, budget_spent_wait, retry_after_s
 from synth.requests import Request, estimate_prompt_tokens
 
 logger = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ class MalformedResponse(Exception):
 
 
 def resolve_base_url(cfg: TeacherConfig) -> str:
-    return (cfg.openai.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+    return OpenAIBackend.base_url_for(cfg)
 
 
 def _is_loopback(url: str) -> bool:
@@ -57,38 +57,49 @@ class OpenAIBackend:
     """An OpenAI-compatible chat completions endpoint as a teacher."""
 
     name = "openai"
+    section = "openai"  # the teacher config's section of this backend's options
+    sdk_module = "openai"
+    base_url_env, default_base_url = "OPENAI_BASE_URL", DEFAULT_BASE_URL
 
-    @staticmethod
-    def identity_for(cfg: TeacherConfig) -> dict[str, Any]:
+    @classmethod
+    def base_url_for(cls, cfg: TeacherConfig) -> str:
+        o = getattr(cfg, cls.section)
+        return (o.base_url or os.environ.get(cls.base_url_env) or cls.default_base_url).rstrip("/")
+
+    @classmethod
+    def identity_for(cls, cfg: TeacherConfig) -> dict[str, Any]:
         o = cfg.openai
         return {
             "backend": "openai",
             "model": cfg.model,
             "revision": cfg.revision,
-            "base_url": resolve_base_url(cfg),
+            "base_url": cls.base_url_for(cfg),
             "response_format": o.response_format,
             "extra_body": o.extra_body or None,
         }
 
     def __init__(self, cfg: TeacherConfig):
+        import importlib
+
         try:
-            import openai  # noqa: F401
+            self.sdk = importlib.import_module(self.sdk_module)
         except ImportError:
-            raise ImportError("teacher.backend=openai needs openai: pip install 'stillhouse[api]'") from None
+            raise ImportError(f"teacher.backend={self.section} needs {self.sdk_module}: pip install 'stillhouse[api]'") from None
         self.cfg = cfg
-        self.base_url = resolve_base_url(cfg)
-        key = cfg.openai.api_key or os.environ.get(cfg.openai.api_key_env)
+        self.o = getattr(cfg, self.section)  # this backend's options (synth.config.ApiOptions)
+        self.base_url = self.base_url_for(cfg)
+        key = self.o.api_key or os.environ.get(self.o.api_key_env)
         if not key:
             if not _is_loopback(self.base_url):
                 raise ValueError(
-                    f"teacher.openai: no API key for {self.base_url}: set the environment variable "
-                    f"{cfg.openai.api_key_env} (or teacher.openai.api_key_env to the variable that holds it)"
+                    f"teacher.{self.section}: no API key for {self.base_url}: set the environment variable "
+                    f"{self.o.api_key_env} (or teacher.{self.section}.api_key_env to the variable that holds it)"
                 )
             key = "EMPTY"  # a local server started without --api-key accepts any key
         self._key = key
         self._identity = self.identity_for(cfg)
         self.vocab = b"\0" * 8  # the endpoint's tokenizer is not known here (synth.logprobs.UNKNOWN_VOCAB)
-        self.stats = {"retries": 0, "rate_limited": 0, "concurrency": cfg.openai.max_concurrency}
+        self.stats = {"retries": 0, "rate_limited": 0, "concurrency": self.o.max_concurrency}
 
     def identity(self) -> dict[str, Any]:
         return dict(self._identity)
@@ -105,7 +116,7 @@ class OpenAIBackend:
 
     def body(self, req: Request) -> dict[str, Any]:
         """The chat completions request body of `req` (the batch backend writes the same)."""
-        s, o = req.sampling, self.cfg.openai
+        s, o = req.sampling, self.o
         body: dict[str, Any] = {
             "model": self.cfg.model,
             "messages": req.messages,
@@ -188,12 +199,9 @@ class OpenAIBackend:
         self._limit.on_success()
         self.stats["concurrency"] = self._limit.limit
         # A server that says its request or token budget is spent: wait for the reset.
-        if headers.get("x-ratelimit-remaining-requests") == "0" or headers.get("x-ratelimit-remaining-tokens") == "0":
-            wait = retry_after_s(
-                {k: v for k, v in headers.items() if k.lower().startswith("x-ratelimit-reset")}
-            )
-            if wait:
-                self._pause(wait)
+        wait = budget_spent_wait(headers)
+        if wait:
+            self._pause(wait)
 
     def _pause(self, seconds: float) -> None:
         self._pause_until = max(self._pause_until, time.monotonic() + seconds)
@@ -211,11 +219,11 @@ class OpenAIBackend:
         return charged
 
     def _retryable(self, exc: BaseException) -> bool:
-        import openai
-
-        if isinstance(exc, (MalformedResponse, openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError)):
+        sdk = self.sdk
+        if isinstance(exc, (MalformedResponse, sdk.APIConnectionError, sdk.RateLimitError, sdk.InternalServerError)):
             return True
-        return isinstance(exc, openai.APIStatusError) and exc.status_code in (408, 409)
+        # 529: Anthropic's "overloaded"; 408/409: timeouts and conflicts worth another try.
+        return isinstance(exc, sdk.APIStatusError) and (exc.status_code in (408, 409) or exc.status_code >= 500)
 
     @staticmethod
     def _asked_wait(exc: BaseException | None) -> float | None:
@@ -226,7 +234,7 @@ class OpenAIBackend:
     def _wait(self, state: Any) -> float:
         from tenacity import wait_random_exponential
 
-        o = self.cfg.openai
+        o = self.o
         backoff = wait_random_exponential(multiplier=o.backoff_s, max=o.backoff_max_s)(state)
         return max(backoff, self._asked_wait(state.outcome.exception()) or 0.0)
 
@@ -245,13 +253,14 @@ class OpenAIBackend:
         logger.debug("retrying request after %s", self.redact(f"{type(exc).__name__}: {exc}"))
 
     async def _run_one(self, client: Any, req: Request) -> Completion | Failure:
-        import openai
         from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
+
+        sdk = self.sdk
 
         attempts = 0
         try:
             async for attempt in AsyncRetrying(
-                stop=stop_after_attempt(self.cfg.openai.max_retries + 1),
+                stop=stop_after_attempt(self.o.max_retries + 1),
                 wait=self._wait,
                 retry=retry_if_exception(self._retryable),
                 before_sleep=self._before_sleep,
@@ -269,11 +278,11 @@ class OpenAIBackend:
                     if charged:
                         self._tpm.adjust(result.prompt_tokens + result.completion_tokens - charged)
                     return result
-        except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as exc:
+        except (sdk.AuthenticationError, sdk.PermissionDeniedError, sdk.NotFoundError) as exc:
             raise FatalTeacherError(
                 f"teacher: {self.base_url} answered {exc.status_code} for model '{self.cfg.model}' "
                 f"({self.redact(str(exc.message))[:300]}); check the API key "
-                f"(${self.cfg.openai.api_key_env}), teacher.model and teacher.openai.base_url"
+                f"(${self.o.api_key_env}), teacher.model and teacher.{self.section}.base_url"
             ) from None
         except (asyncio.CancelledError, FatalTeacherError):
             raise
@@ -287,7 +296,7 @@ class OpenAIBackend:
     def _make_client(self) -> Any:
         import openai
 
-        o = self.cfg.openai
+        o = self.o
         http_client = openai.DefaultAioHttpClient(timeout=o.timeout_s) if o.transport == "aiohttp" else None
         return openai.AsyncOpenAI(
             base_url=self.base_url, api_key=self._key, max_retries=0, timeout=o.timeout_s, http_client=http_client
@@ -333,7 +342,7 @@ class OpenAIBackend:
         return items
 
     def generate(self, requests: Iterable[Request]) -> Iterator[Completion | Failure]:
-        o = self.cfg.openai
+        o = self.o
         loop = asyncio.new_event_loop()
         # Flow-control state belongs to this loop; rebuilt per generate() call.
         self._limit = AdaptiveLimit(o.max_concurrency, o.min_concurrency)

@@ -86,7 +86,7 @@ def test_invalid_values_name_the_field(tmp_path, override, message):
 
 
 def test_unknown_backend_lists_valid_ones(tmp_path):
-    with pytest.raises(ValueError, match=r"teacher.backend: unknown 'gpt'; valid backends: openai, vllm"):
+    with pytest.raises(ValueError, match=r"teacher.backend: unknown 'gpt'; valid backends: anthropic, openai, vllm"):
         load_recipe(_write(tmp_path, BASE), ["teacher.backend=gpt"])
 
 
