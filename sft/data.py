@@ -45,8 +45,9 @@ def _check_messages(messages: Any, where: str) -> None:
         raise ValueError(f"{where}: an assistant turn is empty; curate with the `empty` filter or fix the row")
 
 
-def read_conversations(path: Path, field: str = "sft.train") -> list[list[dict[str, str]]]:
-    """The `messages` of every row of a JSONL file, validated; errors name `field`."""
+def read_conversations(path: Path, field: str = "sft.train", reasoning: str = "drop") -> list[list[dict[str, str]]]:
+    """The `messages` of every row of a JSONL file, validated; errors name `field`.
+    `reasoning: keep` keeps an assistant turn's `reasoning_content` (see with_reasoning)."""
     from synth.runtime import read_jsonl_objects
 
     if not path.is_file():
@@ -57,10 +58,55 @@ def read_conversations(path: Path, field: str = "sft.train") -> list[list[dict[s
         if "messages" not in row:
             raise ValueError(f"{field}: {path} line {lineno} has no 'messages' (conversational format: {example})")
         _check_messages(row["messages"], f"{field}: {path} line {lineno}")
-        rows.append([{"role": m["role"], "content": m["content"]} for m in row["messages"]])
+        rows.append([_turn(m, reasoning == "keep", f"{field}: {path} line {lineno}") for m in row["messages"]])
     if not rows:
         raise ValueError(f"{field}: {path} has no rows; nothing to train on")
     return rows
+
+
+def _turn(m: dict[str, Any], keep_reasoning: bool, where: str) -> dict[str, str]:
+    turn = {"role": m["role"], "content": m["content"]}
+    thought = m.get("reasoning_content")
+    if keep_reasoning and m["role"] == "assistant" and thought is not None:
+        if not isinstance(thought, str):
+            raise ValueError(f"{where}: reasoning_content must be a string")
+        turn["reasoning_content"] = thought
+    return turn
+
+
+REASONING_PROBE = "reasoning-probe-7f3a"
+
+
+def with_reasoning(rows: list[list[dict[str, str]]], tokenizer: Any, open_tag: str, close_tag: str,
+                   assistant_only_loss: bool) -> tuple[list[list[dict[str, str]]], str]:
+    """Rows whose kept reasoning the student will train on, and how (for the log).
+
+    A chat template that renders `reasoning_content` (Qwen3's, DeepSeek-R1's) gets the field;
+    one that ignores it would drop the trace silently, so the reasoning is written into the
+    answer instead, between the teacher's tags. With assistant_only_loss, a template that
+    renders the reasoning outside its {% generation %} markers is an error: the trace would
+    be shown but never learnt."""
+    if not any("reasoning_content" in m for messages in rows for m in messages):
+        return rows, "no reasoning in the data"
+    probe = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "reasoning_content": REASONING_PROBE}]
+    if REASONING_PROBE in tokenizer.apply_chat_template(probe, tokenize=False):
+        if assistant_only_loss:
+            enc = tokenizer.apply_chat_template(probe, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+            trained = tokenizer.decode([t for t, m in zip(enc["input_ids"], enc["assistant_masks"], strict=True) if m])
+            if REASONING_PROBE not in trained:
+                raise ValueError("sft.reasoning: keep: the chat template renders reasoning_content outside its "
+                                 "{% generation %} markers, so the reasoning would never be trained on; give "
+                                 "sft.chat_template a template whose generation block holds it, or set sft.reasoning: drop")
+        return rows, "reasoning_content, rendered by the chat template"
+    inlined = []
+    for messages in rows:
+        out = []
+        for m in messages:
+            if "reasoning_content" in m:
+                m = {"role": m["role"], "content": f"{open_tag}\n{m['reasoning_content']}\n{close_tag}\n\n{m['content']}"}
+            out.append(m)
+        inlined.append(out)
+    return inlined, f"written into the answer between {open_tag} and {close_tag} (the chat template ignores reasoning_content)"
 
 
 def read_record_ids(path: Path, field: str = "sft.train") -> list[str | None]:

@@ -24,7 +24,13 @@ from typing import Any
 import yaml
 
 from sft.config import SftConfig, sft_of
-from sft.data import DataReport, conversations_dataset, fit_to_length, read_conversations
+from sft.data import (
+    DataReport,
+    conversations_dataset,
+    fit_to_length,
+    read_conversations,
+    with_reasoning,
+)
 from synth.config import Recipe
 from synth.configtools import to_dict
 from synth.fingerprint import resolve_model
@@ -147,10 +153,16 @@ def prepare(recipe: Recipe, progress: bool = True, key: dict[str, Any] | None = 
     key = key if key is not None else train_key(recipe)
     model_id = resolve_student(cfg.model)
     tokenizer = _load_tokenizer(transformers, cfg, model_id)
-    all_rows = read_conversations(cfg.train_path(layout))
+    all_rows = read_conversations(cfg.train_path(layout), reasoning=cfg.reasoning)
+    if cfg.reasoning == "keep":
+        tags = recipe.teacher.reasoning
+        all_rows, how = with_reasoning(all_rows, tokenizer, tags.open_tag, tags.close_tag, cfg.assistant_only_loss)
+        logger.info("sft.reasoning: keep: %s", how)
     train_rows, report = fit_to_length(all_rows, tokenizer, cfg.max_length, cfg.overlong)
     eval_path = cfg.eval_path(layout)
-    eval_rows = read_conversations(eval_path, "sft.eval") if eval_path else None
+    eval_rows = read_conversations(eval_path, "sft.eval", reasoning=cfg.reasoning) if eval_path else None
+    if eval_rows and cfg.reasoning == "keep":
+        eval_rows = with_reasoning(eval_rows, tokenizer, tags.open_tag, tags.close_tag, cfg.assistant_only_loss)[0]
     if cfg.assistant_only_loss and not cfg.on_policy:  # on_policy trains on the student's own samples
         sample = check_assistant_masks(train_rows, tokenizer, tokenizer.eos_token)
         logger.info("trainable tokens of example 1 (assistant turns + end of turn): %r", sample[:500])

@@ -21,6 +21,23 @@ def _lengths(path: Path) -> list[int]:
     return [int((r.get("usage") or {}).get("completion_tokens") or 0) for r in iter_records(path)] if path.exists() else []
 
 
+def _reasoning_lines(layout: Layout) -> list[str]:
+    """The card's section on reasoning traces, when the kept records have any."""
+    chars, without = [], 0
+    for path in (layout.train, layout.eval):
+        for rec in iter_records(path) if path.exists() else []:
+            thought = rec["messages"][-1].get("reasoning_content")
+            if thought is None:
+                without += 1
+            else:
+                chars.append(len(thought))
+    if not chars:
+        return []
+    return ["## Reasoning traces (characters)", "",
+            f"- kept records with reasoning: {len(chars)} (without: {without})",
+            f"- reasoning length: {_dist(chars)}", ""]
+
+
 def _plots(layout: Layout, kept: list[int], rejected: list[int], funnel: list[dict[str, Any]]) -> list[str]:
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -144,6 +161,7 @@ def _write_card(recipe: Recipe) -> Path:
         "",
         *[f"![{p}]({p})" for p in plots],
         "",
+        *_reasoning_lines(layout),
         *_versions_section(out),
         "## Load it",
         "",

@@ -122,6 +122,7 @@ class VllmConfig:
     max_num_seqs: int | None = help_field(None, help="most sequences the engine batches at once; none keeps vLLM's default")
     in_flight: int = help_field(1024, help="requests kept queued in the engine; finished ones are written as they complete")
     engine_kwargs: dict[str, Any] = help_field({}, help="further vllm.LLM keyword arguments, passed through unchanged")
+    structured_outputs: dict[str, Any] | None = help_field(None, help="constrain every answer: {regex: ...}, {json: SCHEMA}, {choice: [...]} or {grammar: ...} (vLLM's StructuredOutputsParams); part of the request id")
     ray: RayOptions = help_field(default_factory=RayOptions, help="data parallelism: several engines on a Ray cluster (ray.workers > 0)")
 
     def __post_init__(self) -> None:
@@ -132,6 +133,11 @@ class VllmConfig:
         if self.tensor_parallel_size < 1 or self.pipeline_parallel_size < 1:
             raise ValueError(f"tensor_parallel_size and pipeline_parallel_size: must be at least 1, got "
                              f"{self.tensor_parallel_size} and {self.pipeline_parallel_size}")
+        if self.structured_outputs is not None:
+            kinds = {"regex", "json", "choice", "grammar", "json_object"}
+            if not isinstance(self.structured_outputs, dict) or len(set(self.structured_outputs) & kinds) != 1:
+                raise ValueError("structured_outputs: give exactly one of regex, json, choice, grammar or json_object, "
+                                 "e.g. {regex: '[0-9]{4}-[0-9]{2}-[0-9]{2}'}")
         if "data_parallel_size" in self.engine_kwargs:
             raise ValueError("engine_kwargs.data_parallel_size: vLLM's offline engine does not run data parallel in one "
                              "process; set ray.workers (one engine per worker), or serve the teacher with "
@@ -223,6 +229,19 @@ class AnthropicConfig(ApiOptions):
 
 
 @dataclass
+class ReasoningConfig:
+    """How a teacher's reasoning is told apart from its answer (README, Reasoning traces)."""
+
+    parse: bool = help_field(True, help="split the reasoning from the answer: the API's reasoning_content/reasoning field or Anthropic's thinking blocks, else the text between the tags")
+    open_tag: str = help_field("<think>", help="the tag that opens the reasoning in the teacher's text")
+    close_tag: str = help_field("</think>", help="the tag that closes it; text before it (after open_tag, if any) is the reasoning, text after it the answer")
+
+    def __post_init__(self) -> None:
+        if not self.open_tag or not self.close_tag or self.open_tag == self.close_tag:
+            raise ValueError("open_tag/close_tag: two different, non-empty tags, e.g. <think> and </think>")
+
+
+@dataclass
 class TeacherConfig:
     model: str = help_field(help="HF model id or local model directory")
     backend: str = help_field("vllm", help="teacher backend: vllm (in-process engine), openai (any OpenAI-compatible endpoint) or anthropic (the Messages API)")
@@ -230,6 +249,7 @@ class TeacherConfig:
     vllm: VllmConfig = help_field(default_factory=VllmConfig, help="options of the vllm backend")
     openai: OpenAIConfig = help_field(default_factory=OpenAIConfig, help="options of the openai backend")
     anthropic: AnthropicConfig = help_field(default_factory=AnthropicConfig, help="options of the anthropic backend")
+    reasoning: ReasoningConfig = help_field(default_factory=ReasoningConfig, help="where the teacher's reasoning ends and its answer begins")
 
     def __post_init__(self) -> None:
         from synth.backends import BACKENDS  # a dict of names, no heavy imports

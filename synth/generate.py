@@ -86,12 +86,24 @@ def plan_requests(recipe: Recipe, teacher: dict[str, Any] | None = None) -> Plan
     return Plan(requests=requests, teacher=teacher, duplicates=duplicates)
 
 
-def make_record(result: Completion, teacher: dict[str, Any]) -> dict[str, Any]:
-    """The raw-log record of a completion (README, Record format)."""
+def make_record(result: Completion, teacher: dict[str, Any], reasoning: Any = None) -> dict[str, Any]:
+    """The raw-log record of a completion (README, Record format). `reasoning` (the
+    teacher's ReasoningConfig) splits a tagged reasoning trace from the answer: the assistant
+    message then holds it as `reasoning_content`, as transformers' chat templates read it."""
     req = result.request
+    text, thought, finished = result.text, result.reasoning, True
+    if thought is not None:
+        finished = bool(text.strip()) or result.finish_reason != "length"
+    elif reasoning is not None and reasoning.parse:
+        from synth.reasoning import split_reasoning
+
+        split = split_reasoning(text, reasoning.open_tag, reasoning.close_tag)
+        text, thought, finished = split.answer, split.reasoning, split.finished
+    answer = {"role": "assistant", "content": text, **({"reasoning_content": thought} if thought is not None else {})}
     return {
         "id": req.id,
-        "messages": [*req.messages, {"role": "assistant", "content": result.text}],
+        "messages": [*req.messages, answer],
+        **({"reasoning": {"chars": len(thought), "finished": finished}} if thought is not None else {}),
         "seed": req.seed,
         "sample_index": req.sample_index,
         "teacher": {
@@ -287,7 +299,7 @@ def run_generate(
                         stack.enter_context(_logprob_appender(recipe)) if recipe.sampling.logprobs else None,
                         getattr(backend, "vocab", None),
                     )
-                    _consume(backend, todo, sinks, counts, done, teacher, progress)
+                    _consume(backend, todo, sinks, counts, done, teacher, progress, recipe.teacher.reasoning)
         except (KeyboardInterrupt, _Interrupted):
             status = "interrupted"
             logger.warning("interrupted: finished records are saved; rerun the same command to resume")
@@ -379,6 +391,7 @@ def _consume(
     done: set[str],
     teacher: dict[str, Any],
     progress: bool,
+    reasoning: Any = None,
 ) -> None:
     """Send `todo` through the backend, writing each result the moment it arrives."""
     t0 = time.monotonic()
@@ -388,7 +401,7 @@ def _consume(
     try:
         for result in backend.generate(iter(todo)):
             if isinstance(result, Completion):
-                rec = make_record(result, teacher)
+                rec = make_record(result, teacher, reasoning)
                 if not sinks.completion(result, rec):
                     counts.logprobs_missing += 1
                 done.add(rec["id"])

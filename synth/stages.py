@@ -71,6 +71,8 @@ def train_key(recipe: Recipe) -> dict[str, Any]:
         "chat_template": file_sha256(Path(cfg.chat_template)) if cfg.chat_template else None,
         "sft": stage_fields(cfg, "train"),
     }
+    if cfg.reasoning == "keep":  # the tags a trace is written between when the template ignores it
+        key["reasoning_tags"] = [recipe.teacher.reasoning.open_tag, recipe.teacher.reasoning.close_tag]
     if cfg.on_policy:
         key["teacher"] = model_identity(cfg.distill.teacher_model(recipe))
     elif cfg.distill is not None:

@@ -18,6 +18,8 @@ Knobs for failures a real provider produces but not on demand:
     hang_create       an Event: while set, POST /batches creates the batch, then never answers
     expire_after      int or None: the next batch runs this many lines, then ends `expired`
     api_key           the only key accepted; any other gets a 401
+    reasoning_parser  True: chat completions come back as a server with a reasoning parser
+                      gives them: `<think>R</think>A` text as reasoning_content R and content A
     [bad-request]     a line whose last message holds this marker gets a 400 error line
     [server-error]    ... a 500 error line
     [no-result]       ... appears in neither file although the batch `completed`
@@ -36,6 +38,8 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
+THINK = re.compile(r"<think>(.*?)</think>(.*)", re.S)
+
 
 class BatchServer:
     def __init__(self, upstream: str, api_key: str | None = None, upstream_key: str | None = None):
@@ -43,6 +47,7 @@ class BatchServer:
         self.upstream = (parsed.hostname, parsed.port, parsed.path.rstrip("/"))
         self.api_key, self.upstream_key = api_key, upstream_key
         self.sync_calls = 0
+        self.reasoning_parser = False
         self.files: dict[str, dict] = {}
         self.contents: dict[str, bytes] = {}
         self.batches: dict[str, dict] = {}
@@ -126,7 +131,12 @@ class BatchServer:
                 path = urlparse(self.path).path.removeprefix("/v1")
                 if path == "/chat/completions":
                     server.sync_calls += 1
-                    return self._json(*server._forward(json.loads(raw)))
+                    status, answer = server._forward(json.loads(raw))
+                    if server.reasoning_parser and status == 200:
+                        message = answer["choices"][0]["message"]
+                        if m := THINK.fullmatch(message["content"] or ""):
+                            message["reasoning_content"], message["content"] = m[1], m[2]
+                    return self._json(status, answer)
                 if path == "/messages":
                     body = json.loads(raw)
                     server.sync_calls += 1

@@ -95,6 +95,18 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def _reasoning_template() -> str:
+    from synth.tiny_model import CHATML_TEMPLATE
+
+    # ChatML whose assistant turn renders reasoning_content inside the generation markers.
+    return CHATML_TEMPLATE.replace(
+        "{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}",
+        "{% generation %}{% if message.get('reasoning_content') %}{{ '<think>\\n' + message['reasoning_content'] + "
+        "'\\n</think>\\n\\n' }}{% endif %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}")
+
+
+REASONING_TEMPLATE = _reasoning_template()
+
 # A recognisable fake key: tests assert it appears in no output file and no log line.
 SERVER_KEY = "sk-stillhouse-TEST-KEY-0123456789abcdef"
 SERVED_MODEL = "tiny"

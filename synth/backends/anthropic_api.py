@@ -10,8 +10,9 @@ errors; 401/403/404 stop the run) with the Messages API's request and answer:
 - `max_tokens`, `temperature`, `top_k` and `stop_sequences` from `sampling`; `top_p` only
   when below 1 (recent models refuse temperature and top_p together); no seed (the API has
   none); `extra_body` passes other fields through (metadata, thinking);
-- the answer is the text blocks joined; `stop_reason` end_turn/stop_sequence -> stop,
-  max_tokens -> length; usage from input_tokens/output_tokens.
+- the answer is the text blocks joined, the reasoning the thinking blocks (extended thinking,
+  `extra_body: {thinking: {type: enabled, budget_tokens: N}}`); `stop_reason`
+  end_turn/stop_sequence -> stop, max_tokens -> length; usage from input/output_tokens.
 
 Batch mode sends the same bodies as `params` of a message batch (`custom_id` = request id,
 at most 100,000 requests or 256 MB a batch); the ledger and the loop are batch.py's. Message
@@ -91,6 +92,7 @@ class AnthropicBackend(OpenAIBackend):
         try:
             blocks = data["content"]
             text = "".join(b["text"] for b in blocks if b.get("type") == "text")
+            thinking = [b.get("thinking") or "" for b in blocks if b.get("type") == "thinking"]
             usage = data.get("usage") or {}
             reason = data.get("stop_reason")
         except (KeyError, TypeError, AttributeError) as exc:
@@ -102,6 +104,7 @@ class AnthropicBackend(OpenAIBackend):
             prompt_tokens=int(usage.get("input_tokens") or 0),
             completion_tokens=int(usage.get("output_tokens") or 0),
             latency_s=latency_s,
+            reasoning="\n\n".join(thinking) if thinking else None,
         )
 
     async def _send(self, client: Any, req: Request) -> Completion:

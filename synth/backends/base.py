@@ -21,6 +21,7 @@ class Completion:
     latency_s: float
     topk: Any = None  # synth.logprobs.TopK when sampling.logprobs asked for them
     batch_id: str | None = None  # the provider batch that answered it (batch mode)
+    reasoning: str | None = None  # the API's reasoning field or thinking blocks, when it gives them apart
 
 
 @dataclass

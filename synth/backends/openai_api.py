@@ -179,13 +179,20 @@ class OpenAIBackend:
         """The Completion of a chat completion body (a dict); MalformedResponse if it is none."""
         try:
             choice = data["choices"][0]
-            text = choice["message"]["content"]
+            message = choice["message"]
+            text = message["content"]
             usage = data.get("usage") or {}
+            # A reasoning model's thinking, where the server gives it apart (vLLM with a
+            # reasoning parser, DeepSeek, ...): `reasoning_content`, or `reasoning` in newer APIs.
+            reasoning = message.get("reasoning_content") or message.get("reasoning")
+            if text is None and isinstance(reasoning, str):
+                text = ""  # cut off while still reasoning
             if not isinstance(text, str):
                 raise TypeError("message.content is not a string")
         except (KeyError, IndexError, TypeError, AttributeError) as exc:
             raise MalformedResponse(f"malformed response body ({type(exc).__name__}: {exc})") from None
         return Completion(
+            reasoning=reasoning if isinstance(reasoning, str) else None,
             request=req,
             text=text,
             finish_reason=choice.get("finish_reason"),

@@ -43,6 +43,8 @@ class VllmBackend:
             "fingerprint": fingerprint,
             "dtype": cfg.vllm.dtype,
             "quantization": cfg.vllm.quantization,
+            # only when set, so the ids of recipes without it stay what they were
+            **({"structured_outputs": cfg.vllm.structured_outputs} if cfg.vllm.structured_outputs else {}),
         }
 
     def __init__(self, cfg: TeacherConfig, scoring: bool = False):
@@ -123,6 +125,10 @@ class VllmBackend:
             kwargs["seed"] = s["seed"]
         if s.get("stop"):
             kwargs["stop"] = list(s["stop"])
+        if self.cfg.vllm.structured_outputs:
+            from vllm.sampling_params import StructuredOutputsParams
+
+            kwargs["structured_outputs"] = StructuredOutputsParams(**self.cfg.vllm.structured_outputs)
         if s.get("logprobs"):
             kwargs.update(logprobs=s["logprobs"], flat_logprobs=True)
             # vLLM would turn each of the k tokens of every position into text, which costs

@@ -16,6 +16,7 @@ from synth.filters.base import Filter, answer_text, field_text, prompt_text
 FILTERS: dict[str, str] = {
     "truncated": "synth.filters.quality:Truncated",
     "empty": "synth.filters.quality:Empty",
+    "reasoning": "synth.filters.reasoning:Reasoning",
     "length": "synth.filters.quality:Length",
     "refusal": "synth.filters.quality:Refusal",
     "regex": "synth.filters.patterns:Regex",
