@@ -154,10 +154,11 @@ class SftConfig:
         return Path(self.train) if self.train else layout.train
 
     def eval_path(self, layout: Layout) -> Path | None:
-        """The held-out data: sft.eval, or OUTPUT/eval.jsonl when curation wrote one."""
+        """The held-out data: sft.eval, or OUTPUT/eval.jsonl when curation wrote one with rows
+        (a small dataset can leave curate.eval_fraction's share empty)."""
         if self.eval:
             return Path(self.eval)
-        return layout.eval if layout.eval.exists() else None
+        return layout.eval if layout.eval.exists() and layout.eval.stat().st_size > 0 else None
 
     def student(self, layout: Layout) -> StudentLayout:
         """The files of the trained student: sft.output_dir, or OUTPUT/student."""

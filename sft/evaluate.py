@@ -174,7 +174,8 @@ def run_eval(recipe: Recipe, key: dict[str, Any] | None = None) -> dict[str, Any
     student = cfg.student(recipe.layout)
     eval_path = cfg.eval_path(recipe.layout)
     if eval_path is None:
-        raise ValueError("sft eval: no held-out split; set curate.eval_fraction (then rerun synth curate) or sft.eval")
+        raise ValueError("sft eval: no held-out split (curate.eval_fraction is 0, or no record fell in its share); "
+                         "set or raise curate.eval_fraction (then rerun synth curate), or give sft.eval")
     if not student.trained_marker.is_file():
         raise ValueError(f"sft eval: no trained {student.trained.name} in {student.trained}; run `sft train` first")
     with DirLock(recipe.layout.root):

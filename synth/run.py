@@ -62,7 +62,7 @@ def stages(recipe: Recipe, progress: bool) -> list[Stage]:
               stamp=student.train_stamp, outputs=(student.trained_marker,)),
         Stage("eval", lambda key: _eval(recipe, key), key=lambda: keys.eval_key(recipe),
               stamp=student.eval_stamp, outputs=(student.eval_report,),
-              absent=lambda: None if recipe.sft.eval_path(layout) else "no held-out split (curate.eval_fraction is 0)"),
+              absent=lambda: None if recipe.sft.eval_path(layout) else "no held-out split (curate.eval_fraction is 0, or no record fell in its share)"),
     ]
     return out
 

@@ -75,3 +75,18 @@ def test_packing_auto_only_where_attention_needs_no_dense_mask(attn, packed):
     from sft.train import handles_packed_rows
 
     assert handles_packed_rows(attn) is packed
+
+
+def test_an_empty_curated_eval_split_is_no_eval_split(tmp_path):
+    """A small dataset can leave curate.eval_fraction's share empty: training goes on without
+    held-out data instead of failing on an empty file."""
+    from sft.config import SftConfig
+    from synth.layout import Layout
+
+    layout = Layout(tmp_path)
+    cfg = SftConfig(model="m")
+    assert cfg.eval_path(layout) is None
+    layout.eval.write_text("")
+    assert cfg.eval_path(layout) is None
+    layout.eval.write_text('{"messages": []}\n')
+    assert cfg.eval_path(layout) == layout.eval
