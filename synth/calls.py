@@ -28,7 +28,8 @@ class CachedCalls:
         self.log = log
         log.parent.mkdir(parents=True, exist_ok=True)
         repair_tail(log)
-        self.answers: dict[str, str] = {r["id"]: r["messages"][-1]["content"] for r in iter_records(log)}
+        self.records: dict[str, dict[str, Any]] = {r["id"]: r for r in iter_records(log)}
+        self.answers: dict[str, str] = {rid: r["messages"][-1]["content"] for rid, r in self.records.items()}
         self.sent = 0
         self._own = False
 
@@ -49,7 +50,9 @@ class CachedCalls:
             with JsonlAppender(self.log, out.sync_every, out.sync_interval_s) as sink:
                 for result in self.backend.generate(iter(todo)):
                     if isinstance(result, Completion):
-                        sink.append(make_record(result, self.identity))
+                        rec = make_record(result, self.identity)
+                        sink.append(rec)
+                        self.records[result.request.id] = rec
                         self.answers[result.request.id] = result.text
                         self.sent += 1
                     else:

@@ -339,6 +339,28 @@ class ExpandOptions:
 
 
 @dataclass
+class ConversationConfig:
+    """Multi-turn generation (README, Conversations)."""
+
+    turns: int = help_field(1, help="assistant turns per conversation; above 1 a user simulator writes each follow-up")
+    user_template: str | None = help_field(None, help="Jinja2 template (system and user blocks) asking the simulator for the next user message; variables: conversation (the transcript), messages, turn, stop and the seed's fields; none: the packaged conversation/user.j2")
+    user_teacher: TeacherConfig | None = help_field(None, help="the model that plays the user (a teacher block); none: the recipe's teacher plays both")
+    user_temperature: float = help_field(0.8, help="the simulator's sampling temperature")
+    user_max_tokens: int = help_field(256, help="longest user message the simulator writes, in tokens")
+    stop: str = help_field("[END]", help="the simulator writes this to end the conversation before `turns`")
+
+    def __post_init__(self) -> None:
+        if self.turns < 1:
+            raise ValueError(f"turns: must be at least 1, got {self.turns}")
+        if self.user_template is not None and not Path(self.user_template).is_file():
+            raise ValueError(f"user_template: {self.user_template} does not exist")
+        if self.user_max_tokens < 1:
+            raise ValueError(f"user_max_tokens: must be at least 1, got {self.user_max_tokens}")
+        if not self.stop.strip():
+            raise ValueError("stop: give the marker the simulator writes to end a conversation, e.g. [END]")
+
+
+@dataclass
 class Recipe:
     seeds: SeedsConfig = help_field(help="where the seed prompts come from")
     template: TemplateConfig = help_field(help="how a seed row becomes a chat")
@@ -349,9 +371,22 @@ class Recipe:
     card: CardConfig = help_field(default_factory=CardConfig, help="what the dataset card (OUTPUT/README.md) states")
     expand: ExpandOptions | None = help_field(None, help="prompt expansion (`synth expand`); with it, generation reads OUTPUT/expanded.jsonl")
     sft: SftConfig | None = help_field(None, help="student training (`sft train`, `sft eval`)")
+    conversation: ConversationConfig | None = help_field(None, help="multi-turn conversations: a user simulator writes follow-ups, the teacher answers each")
     name: str = help_field("recipe", help="a name for this recipe, shown in the manifest")
 
+    @property
+    def multi_turn(self) -> bool:
+        return self.conversation is not None and self.conversation.turns > 1
+
     def __post_init__(self) -> None:
+        if self.multi_turn:
+            if self.sampling.logprobs:
+                raise ValueError("sampling.logprobs: not captured for multi-turn conversations (conversation.turns > 1); "
+                                 "set sampling.logprobs: 0 or conversation.turns: 1")
+            api = self.api_options
+            if api is not None and api.batch:
+                raise ValueError(f"teacher.{self.teacher.backend}.batch: multi-turn conversations need each answer "
+                                 "before the next turn; batch mode would wait up to a day per turn. Set batch: false")
         if self.teacher.backend == "anthropic" and self.sampling.logprobs:
             raise ValueError("sampling.logprobs: the anthropic teacher gives no logprobs (the Messages API has none); "
                              "set sampling.logprobs: 0, and score the answers afterwards with `synth score RECIPE "

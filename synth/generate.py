@@ -59,6 +59,7 @@ def plan_requests(recipe: Recipe, teacher: dict[str, Any] | None = None) -> Plan
     template = PromptTemplate.load(recipe.template)
     seeds = load_seeds(recipe.prompts)
     base_sampling = recipe.sampling.identity()
+    conversation = _conversation_settings(recipe, teacher) if recipe.multi_turn else None
     requests: list[Request] = []
     seen: set[str] = set()
     duplicates = 0
@@ -67,6 +68,10 @@ def plan_requests(recipe: Recipe, teacher: dict[str, Any] | None = None) -> Plan
         for index in range(recipe.sampling.n):
             sampling = sample_sampling(base_sampling, index)
             rid = request_id(messages, row.fields, teacher, sampling, index)
+            if conversation is not None:  # one record per conversation (synth.conversation)
+                from synth.conversation import conversation_id
+
+                rid = conversation_id(rid, conversation)
             if rid in seen:
                 duplicates += 1
                 continue
@@ -84,6 +89,14 @@ def plan_requests(recipe: Recipe, teacher: dict[str, Any] | None = None) -> Plan
     if duplicates:
         logger.warning("%d requests repeat earlier ones (duplicate seed rows); each is sent once", duplicates)
     return Plan(requests=requests, teacher=teacher, duplicates=duplicates)
+
+
+def _conversation_settings(recipe: Recipe, teacher: dict[str, Any]) -> dict[str, Any]:
+    from synth.conversation import settings_identity, simulator
+
+    sim = simulator(recipe)
+    user = teacher if recipe.conversation.user_teacher is None else load_backend_class(sim.backend).identity_for(sim)
+    return settings_identity(recipe, user)
 
 
 def make_record(result: Completion, teacher: dict[str, Any], reasoning: Any = None) -> dict[str, Any]:
@@ -120,6 +133,7 @@ def make_record(result: Completion, teacher: dict[str, Any], reasoning: Any = No
         **({"logprobs": {"k": result.topk.k, "tokens": len(result.topk.token_ids)}} if result.topk is not None else {}),
         "latency_s": result.latency_s,
         **({"batch_id": result.batch_id} if result.batch_id else {}),
+        **({"conversation": result.conversation} if result.conversation else {}),
         "created_at": utc_now(),
     }
 
@@ -282,6 +296,7 @@ def run_generate(
 
         status = "complete"
         own_backend = backend is None and bool(todo)
+        driver = None  # multi-turn: the conversations around the teacher
         previous_sigterm = None
         try:
             if own_backend:
@@ -291,6 +306,10 @@ def run_generate(
                 previous_sigterm = signal.signal(signal.SIGTERM, _raise_on_sigterm)
             except ValueError:  # not the main thread: leave signals alone
                 previous_sigterm = None
+            if todo and recipe.multi_turn:
+                from synth.conversation import Conversations
+
+                driver = Conversations(recipe, backend)
             if todo:
                 with contextlib.ExitStack() as stack:
                     sinks = _Sinks(
@@ -299,7 +318,7 @@ def run_generate(
                         stack.enter_context(_logprob_appender(recipe)) if recipe.sampling.logprobs else None,
                         getattr(backend, "vocab", None),
                     )
-                    _consume(backend, todo, sinks, counts, done, teacher, progress, recipe.teacher.reasoning)
+                    _consume(driver or backend, todo, sinks, counts, done, teacher, progress, recipe.teacher.reasoning)
         except (KeyboardInterrupt, _Interrupted):
             status = "interrupted"
             logger.warning("interrupted: finished records are saved; rerun the same command to resume")
@@ -309,6 +328,8 @@ def run_generate(
         finally:
             if previous_sigterm is not None:
                 signal.signal(signal.SIGTERM, previous_sigterm)
+            if driver is not None:
+                driver.close()
             if own_backend and backend is not None:
                 backend.close()
             in_flight = getattr(backend, "in_flight", set())  # batch mode: requests still running
@@ -318,6 +339,8 @@ def run_generate(
             manifest = _manifest(recipe, plan, counts, stale, started, wall0, status=status)
             if backend is not None and getattr(backend, "stats", None) is not None:
                 manifest["teacher_stats"] = dict(backend.stats)  # retries, 429s, concurrency
+            if driver is not None:
+                manifest["conversations"] = dict(driver.stats)  # teacher and simulator turns sent this run
             if backend is not None and getattr(backend, "summary", None) is not None:
                 manifest["batches"] = {**backend.summary, "ledger": layout.batches.name}
             update_manifest(layout.manifest, manifest)

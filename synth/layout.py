@@ -11,6 +11,7 @@
       logprobs.bin             the teacher's top-k logprobs of each answer (sampling.logprobs)
       failures.jsonl           requests that failed, with the error
       batches.jsonl            batch mode: every input file and batch submitted, before anything else
+      turns.jsonl, user_turns.jsonl   conversations: each teacher and simulator turn, by request id
       judge.jsonl              curation judge calls, cached by request id
       train.jsonl, eval.jsonl, rejected.jsonl, stats.json     curation's outputs
       README.md, lengths.png, funnel.png                      the dataset card
@@ -76,6 +77,8 @@ class Layout:
     logprobs = property(lambda self: self.root / "logprobs.bin")
     failures = property(lambda self: self.root / "failures.jsonl")
     batches = property(lambda self: self.root / "batches.jsonl")
+    turns = property(lambda self: self.root / "turns.jsonl")
+    user_turns = property(lambda self: self.root / "user_turns.jsonl")
     judge = property(lambda self: self.root / "judge.jsonl")
     train = property(lambda self: self.root / "train.jsonl")
     eval = property(lambda self: self.root / "eval.jsonl")

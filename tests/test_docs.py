@@ -39,6 +39,8 @@ NOT_HERE = {
         "the student Qwen/Qwen2.5-0.5B-Instruct comes from the hub (and needs the generated data)",
     "synth run prompts/reasoning/recipe.yaml": "the teacher Qwen/Qwen3-8B and the student Qwen/Qwen3-0.6B come from "
     "the hub, on a GPU; its CPU variant runs below",
+    "synth run prompts/conversation/recipe.yaml": "the teacher Qwen/Qwen2.5-7B-Instruct and the student "
+    "Qwen/Qwen2.5-0.5B-Instruct come from the hub, on a GPU; its CPU variant runs below",
     "export OPENAI_API_KEY=...": "sets your own API key",
     "synth generate prompts/demo/api-recipe.yaml": "calls OpenAI with your key (tests/synth/test_generate_openai.py "
     "runs the same client against a local vLLM server)",

@@ -22,6 +22,7 @@ class Completion:
     topk: Any = None  # synth.logprobs.TopK when sampling.logprobs asked for them
     batch_id: str | None = None  # the provider batch that answered it (batch mode)
     reasoning: str | None = None  # the API's reasoning field or thinking blocks, when it gives them apart
+    conversation: dict[str, Any] | None = None  # multi-turn: {turns, ended, turn_ids} (synth.conversation)
 
 
 @dataclass

@@ -68,3 +68,17 @@ def test_reasoning_rendered_outside_the_generation_markers_is_an_error(tmp_path,
         with_reasoning(rows, tokenizer, "<think>", "</think>", assistant_only_loss=True)
     # Without an assistant-only loss every token is trained: nothing to refuse.
     assert with_reasoning(rows, tokenizer, "<think>", "</think>", assistant_only_loss=False)[0] == rows
+
+
+def test_a_conversation_trains_on_every_assistant_turn_and_no_user_turn(tmp_path, tokenizer):
+    """Multi-turn records (conversation.turns > 1): the loss mask covers each answer."""
+    from sft.train import check_assistant_masks
+
+    turns = [{"role": "system", "content": "Be terse."}]
+    for i in range(3):
+        turns += [{"role": "user", "content": f"question number {i}"}, {"role": "assistant", "content": f"answer {i} here"}]
+    rows = read_conversations(write_jsonl(tmp_path / "t.jsonl", [{"messages": turns}]))
+    tokenizer.chat_template = CHATML_TEMPLATE
+    trained = check_assistant_masks(rows, tokenizer, "<|im_end|>")
+    assert all(f"answer {i} here" in trained for i in range(3))
+    assert "question" not in trained and "terse" not in trained
