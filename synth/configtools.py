@@ -215,16 +215,23 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def reference(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
-    """Rows (key, type, default, help) describing every field of a config class, recursively."""
+def reference(cls: type, prefix: str = "", seen: dict[type, str] | None = None) -> list[tuple[str, str, str, str]]:
+    """Rows (key, type, default, help) describing every field of a config class, recursively.
+    A section of a class already described (a second teacher block) is one row naming the first."""
     rows = []
+    seen = {} if seen is None else seen
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         key = f"{prefix}.{f.name}" if prefix else f.name
         tp = hints[f.name]
         section = _optional_dataclass(tp)
+        if section is not None and section in seen:
+            default = "None" if f.default is None else "required"
+            rows.append((key, f"a `{seen[section]}` block", default, f.metadata.get("help", "")))
+            continue
         if section is not None:
-            rows.extend(reference(section, key))
+            seen[section] = key
+            rows.extend(reference(section, key, seen))
             continue
         if f.default is not dataclasses.MISSING:
             default = repr(f.default)

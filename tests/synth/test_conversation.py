@@ -99,3 +99,22 @@ def test_sigkill_mid_conversation_resumes_without_paying_for_a_turn_twice(tmp_pa
     assert manifest["conversations"]["turns_sent"] == lines(turns) - before
     _check_conversations(read_jsonl(recipe.layout.raw), turns, 4)
     assert Counter(r["id"] for r in read_jsonl(recipe.layout.user_turns)).most_common(1)[0][1] == 1
+
+
+@pytest.mark.slow
+def test_another_model_can_play_the_user(tmp_path, tiny_model, vllm_backend, vllm_server, monkeypatch):
+    """conversation.user_teacher: the simulator is an API teacher (the vLLM server), the
+    teacher the in-process engine; each keeps its own cache."""
+    from conftest import SERVED_MODEL, SERVER_KEY
+
+    monkeypatch.setenv("STILLHOUSE_TEST_KEY", SERVER_KEY)
+    user = {"backend": "openai", "model": SERVED_MODEL,
+            "openai": {"base_url": vllm_server.url, "api_key_env": "STILLHOUSE_TEST_KEY"}}
+    recipe = load_recipe(_recipe(tmp_path, tiny_model, turns=2, user_teacher=user))
+    manifest = run_generate(recipe, backend=vllm_backend, progress=False)
+    assert manifest["counts"]["kept"] == 6
+    user_turns = read_jsonl(recipe.layout.user_turns)
+    assert user_turns and all(r["teacher"]["backend"] == "openai" for r in user_turns)
+    assert all(r["teacher"]["backend"] == "vllm" for r in read_jsonl(recipe.layout.turns))
+    _check_conversations(read_jsonl(recipe.layout.raw), recipe.layout.turns, 2)
+    assert SERVER_KEY not in recipe.layout.config.read_text()
