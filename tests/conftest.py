@@ -190,3 +190,14 @@ def make_api_recipe(tmp_path: Path, base_url: str, *, openai: dict[str, Any] | N
     recipe["teacher"] = {"backend": "openai", "model": SERVED_MODEL, "openai": options}
     path.write_text(yaml.safe_dump(recipe))
     return path
+
+
+@pytest.fixture
+def batch_server(vllm_server):
+    """A local Files + Batch / Messages + Message Batches server (tests/batchserver.py) whose
+    requests the session's vLLM server answers; the same key on both."""
+    from batchserver import BatchServer
+
+    server = BatchServer(vllm_server.url, api_key=SERVER_KEY, upstream_key=SERVER_KEY)
+    yield server
+    server.close()

@@ -27,7 +27,6 @@ from __future__ import annotations
 import datetime
 import json
 import logging
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -52,6 +51,7 @@ class AnthropicBackend(OpenAIBackend):
     section = "anthropic"
     sdk_module = "anthropic"
     base_url_env, default_base_url = "ANTHROPIC_BASE_URL", DEFAULT_BASE_URL
+    endpoint_path = "/v1/messages"
 
     def __init__(self, cfg: TeacherConfig):
         super().__init__(cfg)
@@ -106,19 +106,6 @@ class AnthropicBackend(OpenAIBackend):
             latency_s=latency_s,
             reasoning="\n\n".join(thinking) if thinking else None,
         )
-
-    async def _send(self, client: Any, req: Request) -> Completion:
-        import httpx2
-
-        started = time.monotonic()
-        response = await client.post("/v1/messages", cast_to=httpx2.Response, body=self.body(req))
-        try:
-            data = json.loads(response.content)
-        except ValueError as exc:
-            raise MalformedResponse(f"malformed response body ({type(exc).__name__}: {exc})") from None
-        result = self.completion(req, data, round(time.monotonic() - started, 4))
-        self._after_success(response.headers)
-        return result
 
     def _make_client(self) -> Any:
         return self.sdk.AsyncAnthropic(base_url=self.base_url, api_key=self._key, max_retries=0, timeout=self.o.timeout_s)

@@ -60,6 +60,7 @@ class OpenAIBackend:
     section = "openai"  # the teacher config's section of this backend's options
     sdk_module = "openai"
     base_url_env, default_base_url = "OPENAI_BASE_URL", DEFAULT_BASE_URL
+    endpoint_path = "/chat/completions"  # relative to base_url
 
     @classmethod
     def base_url_for(cls, cfg: TeacherConfig) -> str:
@@ -166,7 +167,7 @@ class OpenAIBackend:
         import httpx2
 
         started = time.monotonic()
-        response = await client.post("/chat/completions", cast_to=httpx2.Response, body=self.body(req))
+        response = await client.post(self.endpoint_path, cast_to=httpx2.Response, body=self.body(req))
         try:
             data = json.loads(response.content)
         except ValueError as exc:

@@ -13,7 +13,6 @@ import yaml
 from synth.config import load_recipe
 from synth.generate import plan_requests, run_generate
 
-from batchserver import BatchServer
 from conftest import SERVED_MODEL, SERVER_KEY, make_recipe, read_jsonl
 from killing import sigkill_when
 
@@ -22,16 +21,10 @@ pytestmark = pytest.mark.slow
 SYNTH = [sys.executable, "-m", "synth.cli"]
 
 
-@pytest.fixture
-def server(vllm_server):
-    s = BatchServer(vllm_server.url, api_key=SERVER_KEY, upstream_key=SERVER_KEY)
-    yield s
-    s.close()
-
-
 @pytest.fixture(autouse=True)
-def key_env(monkeypatch):
+def server(batch_server, monkeypatch):
     monkeypatch.setenv("STILLHOUSE_ANTHROPIC_KEY", SERVER_KEY)
+    return batch_server
 
 
 def _recipe(tmp_path, server, questions, out="out", **anthropic):

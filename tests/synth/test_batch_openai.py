@@ -15,7 +15,6 @@ from synth.backends.batch import read_ledger
 from synth.config import load_recipe
 from synth.generate import dry_run, plan_requests, run_generate
 
-from batchserver import BatchServer
 from conftest import SERVER_KEY, make_api_recipe, read_jsonl
 from killing import sigkill_when
 
@@ -25,16 +24,10 @@ SYNTH = [sys.executable, "-m", "synth.cli"]
 PRICES = {"price_input_per_mtok": 2.0, "price_output_per_mtok": 8.0}
 
 
-@pytest.fixture
-def server(vllm_server):
-    s = BatchServer(vllm_server.url, api_key=SERVER_KEY, upstream_key=SERVER_KEY)
-    yield s
-    s.close()
-
-
 @pytest.fixture(autouse=True)
-def key_env(monkeypatch):
+def server(batch_server, monkeypatch):
     monkeypatch.setenv("STILLHOUSE_TEST_KEY", SERVER_KEY)
+    return batch_server
 
 
 def _recipe(tmp_path, server, questions=None, **openai):

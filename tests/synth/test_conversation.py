@@ -82,7 +82,7 @@ def test_a_turn_that_fails_mid_conversation_is_a_failure_naming_the_turn(tmp_pat
 
 
 @pytest.mark.slow
-def test_sigkill_mid_conversation_resumes_without_paying_for_a_turn_twice(tmp_path, tiny_model):
+def test_sigkill_mid_conversation_resumes_without_paying_for_a_turn_twice(tmp_path, tiny_model, vllm_backend):
     path = _recipe(tmp_path, tiny_model, turns=4)
     data = yaml.safe_load(path.read_text())
     data["seeds"]["path"] = str(tmp_path / "many.jsonl")
@@ -94,7 +94,9 @@ def test_sigkill_mid_conversation_resumes_without_paying_for_a_turn_twice(tmp_pa
     sigkill_when([*SYNTH, "generate", str(path), "--no-progress"], lambda: lines(turns) >= 60 + 10, 240)
     before = lines(turns)
     assert not read_jsonl(recipe.layout.raw)
-    manifest = run_generate(recipe, progress=False)
+    # Resumed on the session's engine (the same teacher): a second in-process engine closed
+    # here would take vLLM's process-wide state down with it.
+    manifest = run_generate(recipe, backend=vllm_backend, progress=False)
     assert manifest["counts"]["kept"] == 60
     assert manifest["conversations"]["turns_sent"] == lines(turns) - before
     _check_conversations(read_jsonl(recipe.layout.raw), turns, 4)

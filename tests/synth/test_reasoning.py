@@ -15,7 +15,6 @@ from synth.filters.reasoning import Reasoning
 from synth.generate import run_generate
 from synth.reasoning import split_reasoning
 
-from batchserver import BatchServer
 from conftest import (
     ENGINE,
     REASONING_TEMPLATE,
@@ -79,27 +78,24 @@ def test_anthropic_thinking_blocks_are_the_reasoning(monkeypatch):
 
 
 @pytest.mark.slow
-def test_api_teachers_reasoning_from_tags_and_from_the_servers_field(tmp_path, vllm_server, monkeypatch):
+def test_api_teachers_reasoning_from_tags_and_from_the_servers_field(tmp_path, batch_server, monkeypatch):
     monkeypatch.setenv("STILLHOUSE_TEST_KEY", SERVER_KEY)
-    server = BatchServer(vllm_server.url, api_key=SERVER_KEY, upstream_key=SERVER_KEY)
+    server = batch_server
     for sub in "ab":
         (tmp_path / sub).mkdir()
-    try:
-        seeds = [{"question": f"What is {i} plus {i}?"} for i in range(4)]
-        opts = {"extra_body": {"structured_outputs": {"regex": REGEX}}}
-        # A server without a reasoning parser: the tags stay in the text and synth splits them.
-        recipe = load_recipe(make_api_recipe(tmp_path / "a", server.url, openai=opts, seeds=seeds,
-                                             sampling={"n": 1, "max_tokens": 64}))
-        run_generate(recipe, progress=False)
-        tagged = read_jsonl(recipe.layout.raw)
-        # A server with a reasoning parser: the reasoning comes in its own field.
-        server.reasoning_parser = True
-        recipe = load_recipe(make_api_recipe(tmp_path / "b", server.url, openai=opts, seeds=seeds, out="out-b",
-                                             sampling={"n": 1, "max_tokens": 64}))
-        run_generate(recipe, progress=False)
-        fielded = read_jsonl(recipe.layout.raw)
-    finally:
-        server.close()
+    seeds = [{"question": f"What is {i} plus {i}?"} for i in range(4)]
+    opts = {"extra_body": {"structured_outputs": {"regex": REGEX}}}
+    # A server without a reasoning parser: the tags stay in the text and synth splits them.
+    recipe = load_recipe(make_api_recipe(tmp_path / "a", server.url, openai=opts, seeds=seeds,
+                                         sampling={"n": 1, "max_tokens": 64}))
+    run_generate(recipe, progress=False)
+    tagged = read_jsonl(recipe.layout.raw)
+    # A server with a reasoning parser: the reasoning comes in its own field.
+    server.reasoning_parser = True
+    recipe = load_recipe(make_api_recipe(tmp_path / "b", server.url, openai=opts, seeds=seeds, out="out-b",
+                                         sampling={"n": 1, "max_tokens": 64}))
+    run_generate(recipe, progress=False)
+    fielded = read_jsonl(recipe.layout.raw)
     for records in (tagged, fielded):
         assert len(records) == 4
         for r in records:
