@@ -154,15 +154,15 @@ def prepare(recipe: Recipe, progress: bool = True, key: dict[str, Any] | None = 
     model_id = resolve_student(cfg.model)
     tokenizer = _load_tokenizer(transformers, cfg, model_id)
     all_rows = read_conversations(cfg.train_path(layout), reasoning=cfg.reasoning)
+    eval_path = cfg.eval_path(layout)
+    eval_rows = read_conversations(eval_path, "sft.eval", reasoning=cfg.reasoning) if eval_path else None
     if cfg.reasoning == "keep":
         tags = recipe.teacher.reasoning
         all_rows, how = with_reasoning(all_rows, tokenizer, tags.open_tag, tags.close_tag, cfg.assistant_only_loss)
+        if eval_rows:
+            eval_rows = with_reasoning(eval_rows, tokenizer, tags.open_tag, tags.close_tag, cfg.assistant_only_loss)[0]
         logger.info("sft.reasoning: keep: %s", how)
     train_rows, report = fit_to_length(all_rows, tokenizer, cfg.max_length, cfg.overlong)
-    eval_path = cfg.eval_path(layout)
-    eval_rows = read_conversations(eval_path, "sft.eval", reasoning=cfg.reasoning) if eval_path else None
-    if eval_rows and cfg.reasoning == "keep":
-        eval_rows = with_reasoning(eval_rows, tokenizer, tags.open_tag, tags.close_tag, cfg.assistant_only_loss)[0]
     if cfg.assistant_only_loss and not cfg.on_policy:  # on_policy trains on the student's own samples
         sample = check_assistant_masks(train_rows, tokenizer, tokenizer.eos_token)
         logger.info("trainable tokens of example 1 (assistant turns + end of turn): %r", sample[:500])

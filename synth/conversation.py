@@ -29,7 +29,7 @@ from typing import Any
 from synth.backends.base import Completion, Failure
 from synth.calls import CachedCalls
 from synth.config import Recipe
-from synth.reasoning import split_reasoning
+from synth.reasoning import separate
 from synth.requests import Request, request_id
 from synth.runtime import canonical_json, file_sha256
 from synth.templates import PromptTemplate, builtin_template
@@ -42,14 +42,14 @@ def user_template_path(recipe: Recipe) -> str:
     return c.user_template or str(builtin_template("conversation/user.j2"))
 
 
-def simulator(recipe: Recipe) -> Any:
-    """The teacher block that plays the user."""
-    return recipe.conversation.user_teacher or recipe.teacher
+def settings_identity(recipe: Recipe, teacher: dict[str, Any]) -> dict[str, Any]:
+    """What a conversation's record id holds besides its first request: the settings, and the
+    identity of the model that plays the user (`teacher`'s when it plays both)."""
+    from synth.backends import load_backend_class
 
-
-def settings_identity(recipe: Recipe, user_identity: dict[str, Any]) -> dict[str, Any]:
     c = recipe.conversation
-    return {"turns": c.turns, "user_template": file_sha256(Path(user_template_path(recipe))), "user": user_identity,
+    user = teacher if c.user_teacher is None else load_backend_class(c.user_teacher.backend).identity_for(c.user_teacher)
+    return {"turns": c.turns, "user_template": file_sha256(Path(user_template_path(recipe))), "user": user,
             "user_temperature": c.user_temperature, "user_max_tokens": c.user_max_tokens, "stop": c.stop}
 
 
@@ -89,8 +89,11 @@ class Conversations:
         sim = recipe.conversation.user_teacher
         self.user_calls = CachedCalls(sim or recipe.teacher, layout.user_turns, None if sim else teacher)
         self.template = PromptTemplate.load(type(recipe.template)(path=user_template_path(recipe)))
-        self.vocab = None
-        self.stats = {"turns_sent": 0, "user_turns_sent": 0}
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Teacher and simulator turns sent by this run (the rest came from the caches)."""
+        return {"turns_sent": self.teacher_calls.sent, "user_turns_sent": self.user_calls.sent}
 
     def identity(self) -> dict[str, Any]:
         return self.teacher.identity()
@@ -113,18 +116,15 @@ class Conversations:
 
     def _answer(self, s: _State, rec: dict[str, Any]) -> None:
         """Add the teacher's answer (its record in turns.jsonl) to the conversation."""
-        text = rec["messages"][-1]["content"]
-        thought = rec["messages"][-1].get("reasoning_content")
-        r = self.recipe.teacher.reasoning
-        if thought is None and r.parse:
-            split = split_reasoning(text, r.open_tag, r.close_tag)
-            text, thought = split.answer, split.reasoning
+        last = rec["messages"][-1]
+        split = separate(last["content"], last.get("reasoning_content"), rec.get("finish_reason"), self.recipe.teacher.reasoning)
+        text, thought = split.answer, split.reasoning
         usage = rec.get("usage") or {}
         s.prompt_tokens += int(usage.get("prompt_tokens") or 0)
         s.completion_tokens += int(usage.get("completion_tokens") or 0)
         s.finish_reason = rec.get("finish_reason")
         s.turn_ids.append(rec["id"])
-        s.last_text, s.last_reasoning = rec["messages"][-1]["content"], rec["messages"][-1].get("reasoning_content")
+        s.last_text, s.last_reasoning = last["content"], last.get("reasoning_content")
         s.history.append({"role": "assistant", "content": text, **({"reasoning_content": thought} if thought else {})})
 
     def generate(self, requests: Iterable[Request]) -> Iterator[Completion | Failure]:
@@ -165,7 +165,6 @@ class Conversations:
                     continue
                 s.history.append({"role": "user", "content": message})
                 active.append(s)
-        self.stats = {"turns_sent": self.teacher_calls.sent, "user_turns_sent": self.user_calls.sent}
 
     def _completion(self, s: _State) -> Completion:
         *before, last = s.history

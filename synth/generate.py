@@ -17,7 +17,14 @@ from typing import Any
 
 import yaml
 
-from synth.backends import Backend, Completion, Failure, load_backend_class, make_backend
+from synth.backends import (
+    Backend,
+    Completion,
+    Failure,
+    load_backend_class,
+    make_backend,
+    make_batch_backend,
+)
 from synth.config import Recipe, redacted
 from synth.manifest import command_line, package_versions, update_manifest
 from synth.rawlog import (
@@ -29,6 +36,7 @@ from synth.rawlog import (
     repeated_request,
     rewrite_atomically,
 )
+from synth.reasoning import separate
 from synth.requests import Request, estimate_prompt_tokens, request_id, sample_sampling
 from synth.runtime import utc_now
 from synth.seeds import load_seeds
@@ -59,7 +67,11 @@ def plan_requests(recipe: Recipe, teacher: dict[str, Any] | None = None) -> Plan
     template = PromptTemplate.load(recipe.template)
     seeds = load_seeds(recipe.prompts)
     base_sampling = recipe.sampling.identity()
-    conversation = _conversation_settings(recipe, teacher) if recipe.multi_turn else None
+    conversation = None
+    if recipe.multi_turn:  # one record per conversation (synth.conversation)
+        from synth.conversation import conversation_id, settings_identity
+
+        conversation = settings_identity(recipe, teacher)
     requests: list[Request] = []
     seen: set[str] = set()
     duplicates = 0
@@ -68,9 +80,7 @@ def plan_requests(recipe: Recipe, teacher: dict[str, Any] | None = None) -> Plan
         for index in range(recipe.sampling.n):
             sampling = sample_sampling(base_sampling, index)
             rid = request_id(messages, row.fields, teacher, sampling, index)
-            if conversation is not None:  # one record per conversation (synth.conversation)
-                from synth.conversation import conversation_id
-
+            if conversation is not None:
                 rid = conversation_id(rid, conversation)
             if rid in seen:
                 duplicates += 1
@@ -91,27 +101,13 @@ def plan_requests(recipe: Recipe, teacher: dict[str, Any] | None = None) -> Plan
     return Plan(requests=requests, teacher=teacher, duplicates=duplicates)
 
 
-def _conversation_settings(recipe: Recipe, teacher: dict[str, Any]) -> dict[str, Any]:
-    from synth.conversation import settings_identity, simulator
-
-    sim = simulator(recipe)
-    user = teacher if recipe.conversation.user_teacher is None else load_backend_class(sim.backend).identity_for(sim)
-    return settings_identity(recipe, user)
-
-
 def make_record(result: Completion, teacher: dict[str, Any], reasoning: Any = None) -> dict[str, Any]:
     """The raw-log record of a completion (README, Record format). `reasoning` (the
     teacher's ReasoningConfig) splits a tagged reasoning trace from the answer: the assistant
     message then holds it as `reasoning_content`, as transformers' chat templates read it."""
     req = result.request
-    text, thought, finished = result.text, result.reasoning, True
-    if thought is not None:
-        finished = bool(text.strip()) or result.finish_reason != "length"
-    elif reasoning is not None and reasoning.parse:
-        from synth.reasoning import split_reasoning
-
-        split = split_reasoning(text, reasoning.open_tag, reasoning.close_tag)
-        text, thought, finished = split.answer, split.reasoning, split.finished
+    split = separate(result.text, result.reasoning, result.finish_reason, reasoning)
+    text, thought, finished = split.answer, split.reasoning, split.finished
     answer = {"role": "assistant", "content": text, **({"reasoning_content": thought} if thought is not None else {})}
     return {
         "id": req.id,
@@ -355,14 +351,8 @@ def _batch_mode(recipe: Recipe) -> bool:
 
 def _generate_backend(recipe: Recipe, wait: bool) -> Backend:
     """The teacher for generation: batch mode's backend, or the recipe's (synth.backends)."""
-    if _batch_mode(recipe) and recipe.teacher.backend == "anthropic":
-        from synth.backends.anthropic_api import AnthropicBatchBackend
-
-        return AnthropicBatchBackend(recipe.teacher, recipe.layout.batches, wait=wait)
     if _batch_mode(recipe):
-        from synth.backends.openai_batch import OpenAIBatchBackend
-
-        return OpenAIBatchBackend(recipe.teacher, recipe.layout.batches, wait=wait)
+        return make_batch_backend(recipe.teacher, recipe.layout.batches, wait=wait)
     return make_backend(recipe.teacher)
 
 

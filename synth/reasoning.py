@@ -10,6 +10,7 @@ prompt, so the text starts inside the reasoning and only the closing tag appears
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -17,6 +18,17 @@ class Split:
     answer: str
     reasoning: str | None  # None: the text has no reasoning
     finished: bool = True  # False: the reasoning was opened and never closed (cut off)
+
+
+def separate(text: str, given: str | None, finish_reason: str | None, cfg: Any = None) -> Split:
+    """A teacher's answer and reasoning: the reasoning the API gave apart (`given`; unfinished
+    when the answer is empty and the teacher stopped for length), else, with `cfg` (the
+    teacher's ReasoningConfig) set to parse, the text split at its tags."""
+    if given is not None:
+        return Split(text, given, finished=bool(text.strip()) or finish_reason != "length")
+    if cfg is not None and cfg.parse:
+        return split_reasoning(text, cfg.open_tag, cfg.close_tag)
+    return Split(text, None)
 
 
 def split_reasoning(text: str, open_tag: str = "<think>", close_tag: str = "</think>") -> Split:

@@ -18,12 +18,28 @@ BACKENDS: dict[str, str] = {
 }
 
 
+# Batch mode (teacher.<backend>.batch) of the API backends that have it.
+BATCH_BACKENDS: dict[str, str] = {
+    "openai": "synth.backends.openai_batch:OpenAIBatchBackend",
+    "anthropic": "synth.backends.anthropic_api:AnthropicBatchBackend",
+}
+
+
+def _load(registry: dict[str, str], name: str) -> type:
+    module_name, cls_name = registry[name].split(":")
+    return getattr(importlib.import_module(module_name), cls_name)
+
+
 def load_backend_class(name: str) -> type:
     """The backend class registered under `name` (imports its module now)."""
     if name not in BACKENDS:
         raise ValueError(f"teacher.backend: unknown '{name}'; valid backends: {', '.join(sorted(BACKENDS))}")
-    module_name, cls_name = BACKENDS[name].split(":")
-    return getattr(importlib.import_module(module_name), cls_name)
+    return _load(BACKENDS, name)
+
+
+def make_batch_backend(teacher: Any, ledger: Any, wait: bool = True) -> Backend:
+    """The batch-mode backend of an API teacher, its ledger at `ledger` (synth/backends/batch.py)."""
+    return _load(BATCH_BACKENDS, teacher.backend)(teacher, ledger, wait=wait)
 
 
 def make_backend(teacher: Any) -> Backend:
@@ -36,4 +52,5 @@ def make_backend(teacher: Any) -> Backend:
     return load_backend_class(teacher.backend)(teacher)
 
 
-__all__ = ["BACKENDS", "Backend", "Completion", "Failure", "load_backend_class", "make_backend"]
+__all__ = ["BACKENDS", "BATCH_BACKENDS", "Backend", "Completion", "Failure", "load_backend_class", "make_backend",
+           "make_batch_backend"]

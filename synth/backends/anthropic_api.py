@@ -131,8 +131,11 @@ class AnthropicBatchBackend(BatchMode, AnthropicBackend):
         return self.sdk.Anthropic(base_url=self.base_url, api_key=self._key, max_retries=self.o.max_retries,
                                   timeout=self.o.timeout_s)
 
+    def _batch_request(self, req: Request) -> dict[str, Any]:
+        return {"custom_id": req.id, "params": self.body(req)}
+
     def _request_line(self, req: Request) -> bytes:
-        return json.dumps({"custom_id": req.id, "params": self.body(req)}, ensure_ascii=False).encode("utf-8")
+        return json.dumps(self._batch_request(req), ensure_ascii=False).encode("utf-8")
 
     def _find_batch(self, part: Part, known: set[str]) -> str | None:
         candidates = []
@@ -154,7 +157,7 @@ class AnthropicBatchBackend(BatchMode, AnthropicBackend):
 
     def _create_batch(self, ledger: JsonlAppender, part: Part, requests: list[Request], fresh: bool) -> str:
         batch = self._call(f"creating a message batch of {len(requests)} requests", self._api().messages.batches.create,
-                           requests=[{"custom_id": r.id, "params": self.body(r)} for r in requests])
+                           requests=[self._batch_request(r) for r in requests])
         return batch.id
 
     def _view(self, batch_id: str) -> BatchView:
@@ -169,10 +172,6 @@ class AnthropicBatchBackend(BatchMode, AnthropicBackend):
             yield row.model_dump(mode="json")
 
     @staticmethod
-    def _row_id(row: dict[str, Any]) -> str | None:
-        return row.get("custom_id")
-
-    @staticmethod
     def _row_ok(row: dict[str, Any]) -> bool:
         return (row.get("result") or {}).get("type") == "succeeded"
 
@@ -180,10 +179,7 @@ class AnthropicBatchBackend(BatchMode, AnthropicBackend):
         result = row.get("result") or {}
         kind = result.get("type")
         if kind == "succeeded":
-            try:
-                return self.completion(req, result.get("message"), latency_s=None)
-            except (MalformedResponse, FatalTeacherError) as exc:
-                return Failure(req, type(exc).__name__, self.redact(str(exc))[:2000], extra={"batch_id": batch_id})
+            return self._answered(req, result.get("message"), batch_id)
         if kind == "errored":
             error = ((result.get("error") or {}).get("error")) or {}
             return Failure(req, "BatchRequestErrored", self.redact(str(error.get("message") or result))[:2000],

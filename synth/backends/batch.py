@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from synth.backends.base import Completion, Failure
-from synth.backends.openai_api import FatalTeacherError
+from synth.backends.openai_api import FatalTeacherError, MalformedResponse
 from synth.rawlog import JsonlAppender, repair_tail
 from synth.requests import Request
 from synth.runtime import utc_now
@@ -111,8 +111,9 @@ def read_ledger(path: Path) -> dict[str, Part]:
 class BatchMode:
     """The ledger and the loop, mixed into a synchronous API backend (its `body`,
     `completion`, `redact`, `sdk`, `o` and `base_url`). Providers implement the hooks:
-    `_make_api`, `_find_batch`, `_create_batch`, `_view`, `_rows`, `_row_id`, `_row_ok`,
-    `_row_result`, and `_request_line` (one request's bytes in a batch, for sizing)."""
+    `_make_api`, `_find_batch`, `_create_batch`, `_view`, `_rows`, `_row_ok`, `_row_result`,
+    and `_request_line` (one request's bytes in a batch, for sizing). A result row names
+    its request by `custom_id`, in both providers' formats."""
 
     batch_api = "the batch API"  # for messages
 
@@ -179,6 +180,17 @@ class BatchMode:
         logger.info("batch %s submitted: %d requests", part.batch_id, len(part.requests))
 
     # ---- collecting --------------------------------------------------------------------
+
+    @staticmethod
+    def _row_id(row: dict[str, Any]) -> str | None:
+        return row.get("custom_id")
+
+    def _answered(self, req: Request, body: Any, batch_id: str | None, status: int | None = None) -> Completion | Failure:
+        """The Completion of an answer row's body, or a Failure when the body is none."""
+        try:
+            return self.completion(req, body, latency_s=None)
+        except (MalformedResponse, FatalTeacherError) as exc:
+            return Failure(req, type(exc).__name__, self.redact(str(exc))[:2000], status=status, extra={"batch_id": batch_id})
 
     def _results(self, part: Part, view: BatchView, todo: dict[str, Request], ok: list[str]) -> Iterator[Completion | Failure]:
         """One result per request of `part` still in `todo`; fills `ok` with the answered."""

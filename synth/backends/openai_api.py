@@ -44,10 +44,6 @@ class MalformedResponse(Exception):
     """A 2xx response whose body is not a chat completion (truncated or invalid JSON)."""
 
 
-def resolve_base_url(cfg: TeacherConfig) -> str:
-    return OpenAIBackend.base_url_for(cfg)
-
-
 def _is_loopback(url: str) -> bool:
     host = urlparse(url).hostname or ""
     return host in ("localhost", "::1") or host.startswith("127.")

@@ -18,7 +18,7 @@ from typing import Any
 
 from synth.backends.base import Completion, Failure
 from synth.backends.batch import BatchMode, BatchView, Part
-from synth.backends.openai_api import FatalTeacherError, MalformedResponse, OpenAIBackend
+from synth.backends.openai_api import OpenAIBackend
 from synth.config import TeacherConfig
 from synth.rawlog import JsonlAppender
 from synth.requests import Request
@@ -105,10 +105,6 @@ class OpenAIBatchBackend(BatchMode, OpenAIBackend):
                         logger.warning("batch file %s line %d is not JSON; skipped", file_id, n)
 
     @staticmethod
-    def _row_id(row: dict[str, Any]) -> str | None:
-        return row.get("custom_id")
-
-    @staticmethod
     def _row_ok(row: dict[str, Any]) -> bool:
         return (row.get("response") or {}).get("status_code") == 200 and not row.get("error")
 
@@ -116,11 +112,7 @@ class OpenAIBatchBackend(BatchMode, OpenAIBackend):
         response = row.get("response") or {}
         status = response.get("status_code")
         if self._row_ok(row):
-            try:
-                return self.completion(req, response.get("body"), latency_s=None)
-            except (MalformedResponse, FatalTeacherError) as exc:
-                return Failure(req, type(exc).__name__, self.redact(str(exc))[:2000], status=status,
-                               extra={"batch_id": batch_id})
+            return self._answered(req, response.get("body"), batch_id, status)
         body = response.get("body")
         detail = row.get("error") or (body.get("error") if isinstance(body, dict) else None) or {}
         message = detail.get("message") if isinstance(detail, dict) else str(detail)
