@@ -13,7 +13,23 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
+
+
+class Chat(list):
+    """One example's messages, with the tools its chat template renders (`tools`: OpenAI's
+    format, or None). A list, so everything that reads messages reads it unchanged."""
+
+    tools: list[dict[str, Any]] | None = None
+
+    def __init__(self, messages: Any = (), tools: list[dict[str, Any]] | None = None):
+        super().__init__(messages)
+        self.tools = tools
+
+
+def tools_of(messages: Any) -> list[dict[str, Any]] | None:
+    """The tools an example's chat template renders (apply_chat_template's `tools`)."""
+    return getattr(messages, "tools", None)
 
 
 @dataclass
@@ -31,18 +47,48 @@ def _check_messages(messages: Any, where: str) -> None:
     roles = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-            raise ValueError(f"{where}: messages[{i}] must be {{role: system|user|assistant, content: str}}")
-        roles.append(m["role"])
+            raise ValueError(f"{where}: messages[{i}] must be {{role: system|user|assistant|tool, content: str}}")
+        calls = m.get("tool_calls")
+        if calls is not None and (m["role"] != "assistant" or not isinstance(calls, list) or not all(
+                isinstance(c, dict) and isinstance(c.get("function"), dict) and isinstance(c["function"].get("name"), str)
+                for c in calls)):
+            raise ValueError(f"{where}: messages[{i}].tool_calls: an assistant's list of "
+                             "{type: function, function: {name, arguments}}")
+        roles.append("assistant_calls" if calls else m["role"])
     body = roles[1:] if roles[0] == "system" else roles
     if "system" in body:
         raise ValueError(f"{where}: a system message may only come first")
-    if not body or body[-1] != "assistant":
+    if not body or body[-1] not in ("assistant", "assistant_calls"):
         raise ValueError(f"{where}: the chat must end with an assistant turn (the answer to learn)")
-    for i, role in enumerate(body):
-        if role != ("user" if i % 2 == 0 else "assistant"):
-            raise ValueError(f"{where}: turns must alternate user, assistant, ... (got {', '.join(body)})")
-    if any(m["role"] == "assistant" and not m["content"].strip() for m in messages):
+    # user, then the assistant's answer, possibly after rounds of tool calls and their results
+    expect = {"start": ("user",), "user": ("assistant", "assistant_calls"), "assistant": ("user",),
+              "assistant_calls": ("tool",), "tool": ("tool", "assistant", "assistant_calls")}
+    state = "start"
+    for role in body:
+        if role not in expect[state]:
+            shown = ", ".join(r.replace("assistant_calls", "assistant(tool_calls)") for r in body)
+            raise ValueError(f"{where}: turns must alternate user, assistant, ..., an assistant's tool calls followed "
+                             f"by their tool results (got {shown})")
+        state = role
+    if any(m["role"] == "assistant" and not m["content"].strip() and not m.get("tool_calls") for m in messages):
         raise ValueError(f"{where}: an assistant turn is empty; curate with the `empty` filter or fix the row")
+
+
+def _row_tools(row: dict[str, Any], where: str) -> list[dict[str, Any]] | None:
+    """A row's `tools` column (a JSON string, as synth writes it, or a list)."""
+    import json
+
+    tools = row.get("tools")
+    if tools is None:
+        return None
+    if isinstance(tools, str):
+        try:
+            tools = json.loads(tools)
+        except ValueError as exc:
+            raise ValueError(f"{where}: 'tools' is not JSON ({exc})") from None
+    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+        raise ValueError(f"{where}: 'tools' must be a list of tool definitions (OpenAI's format), or one as JSON text")
+    return tools or None
 
 
 def read_conversations(path: Path, field: str = "sft.train", reasoning: str = "drop") -> list[list[dict[str, str]]]:
@@ -57,15 +103,22 @@ def read_conversations(path: Path, field: str = "sft.train", reasoning: str = "d
     for lineno, row in read_jsonl_objects(path, field, example):
         if "messages" not in row:
             raise ValueError(f"{field}: {path} line {lineno} has no 'messages' (conversational format: {example})")
-        _check_messages(row["messages"], f"{field}: {path} line {lineno}")
-        rows.append([_turn(m, reasoning == "keep", f"{field}: {path} line {lineno}") for m in row["messages"]])
+        where = f"{field}: {path} line {lineno}"
+        _check_messages(row["messages"], where)
+        rows.append(Chat([_turn(m, reasoning == "keep", where) for m in row["messages"]], _row_tools(row, where)))
     if not rows:
         raise ValueError(f"{field}: {path} has no rows; nothing to train on")
     return rows
 
 
-def _turn(m: dict[str, Any], keep_reasoning: bool, where: str) -> dict[str, str]:
-    turn = {"role": m["role"], "content": m["content"]}
+def _turn(m: dict[str, Any], keep_reasoning: bool, where: str) -> dict[str, Any]:
+    turn: dict[str, Any] = {"role": m["role"], "content": m["content"]}
+    if m.get("tool_calls"):
+        turn["tool_calls"] = [{"type": "function", "function": {"name": c["function"]["name"],
+                                                                "arguments": c["function"].get("arguments", {})}}
+                              for c in m["tool_calls"]]
+    if m["role"] == "tool" and isinstance(m.get("name"), str):
+        turn["name"] = m["name"]
     thought = m.get("reasoning_content")
     if keep_reasoning and m["role"] == "assistant" and thought is not None:
         if not isinstance(thought, str):
@@ -100,7 +153,7 @@ def with_reasoning(rows: list[list[dict[str, str]]], tokenizer: Any, open_tag: s
         return rows, "reasoning_content, rendered by the chat template"
     inlined = []
     for messages in rows:
-        out = []
+        out = Chat(tools=tools_of(messages))
         for m in messages:
             if "reasoning_content" in m:
                 m = {"role": m["role"], "content": f"{open_tag}\n{m['reasoning_content']}\n{close_tag}\n\n{m['content']}"}
@@ -121,7 +174,7 @@ def fit_to_length(rows: list[list[dict[str, str]]], tokenizer: Any, max_length: 
     report = DataReport(rows=len(rows))
     kept = []
     for messages in rows:
-        n = len(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])
+        n = len(tokenizer.apply_chat_template(messages, tools=tools_of(messages), tokenize=True, return_dict=True)["input_ids"])
         if n > max_length:
             if overlong == "drop":
                 report.dropped["longer than max_length"] = report.dropped.get("longer than max_length", 0) + 1
@@ -136,22 +189,66 @@ def fit_to_length(rows: list[list[dict[str, str]]], tokenizer: Any, max_length: 
 
 def conversations_dataset(rows: list[list[dict[str, str]]], column: str = "messages") -> Any:
     """A `datasets.Dataset` with one column of chats (`messages`, or `prompt` for a trainer that
-    samples the answers itself), fingerprinted by its content.
+    samples the answers itself), fingerprinted by its content, and a `tools` column (JSON
+    text, which TRL reads) when examples have tools.
 
     `Dataset.from_list` fingerprints a new dataset by pickling its Arrow table and features
     with dill, which once failed on a GPU machine under Python 3.12 ("could not pickle a
     pyarrow type"). A content hash given as the fingerprint skips that step; later
-    `.map` fingerprints (TRL's tokenisation) hash only the function and its arguments."""
+    `.map` fingerprints (TRL's tokenisation) hash only the function and its arguments.
+
+    Tool-call arguments go in as JSON text: Arrow gives every row of a column one struct
+    type, so objects of different tools would come back with each other's keys as nulls
+    (see tool_arguments_as_text for the chat templates that render text arguments)."""
     import hashlib
     import json
 
     import datasets
     import pyarrow as pa
 
+    with_tools = any(tools_of(m) for m in rows)
     digest = hashlib.sha256()
     for messages in rows:
-        digest.update(json.dumps(messages, ensure_ascii=False, sort_keys=True).encode())
+        digest.update(json.dumps([messages, tools_of(messages)], ensure_ascii=False, sort_keys=True).encode())
         digest.update(b"\n")
     digest.update(column.encode())
-    table = datasets.table.InMemoryTable(pa.Table.from_pylist([{column: m} for m in rows]))
+    table = datasets.table.InMemoryTable(pa.Table.from_pylist([
+        {column: list(m), **({"tools": json.dumps(tools_of(m)) if tools_of(m) else None} if with_tools else {})}
+        for m in rows]))
     return datasets.Dataset(table, fingerprint=digest.hexdigest()[:16])
+
+
+ARGUMENTS_PROBE = '{"probe": "7f3a"}'
+
+
+def tool_arguments_as_text(rows: list[Chat], tokenizer: Any) -> list[Chat]:
+    """Rows whose tool-call arguments are JSON text, for a Dataset (see conversations_dataset).
+    The chat template must render text arguments as they are (Qwen's and Hermes' templates
+    do); one that would quote them again is an error naming the fix."""
+    import json
+
+    if not any(m.get("tool_calls") for messages in rows for m in messages):
+        return rows
+    probe = [{"role": "user", "content": "q"},
+             {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": "probe", "arguments": ARGUMENTS_PROBE}}]}]
+    if ARGUMENTS_PROBE not in tokenizer.apply_chat_template(probe, tokenize=False):
+        probe[1]["tool_calls"][0]["function"]["arguments"] = json.loads(ARGUMENTS_PROBE)
+        if "7f3a" not in tokenizer.apply_chat_template(probe, tokenize=False):
+            raise ValueError("sft: the data has tool calls and the chat template does not render them (no tool_calls "
+                             "in its output), so the student would never see them; give sft.chat_template a template "
+                             "that renders tools, tool_calls and tool messages (Qwen2.5's, Hermes')")
+        raise ValueError("sft: the chat template writes tool-call arguments given as JSON text as a quoted string; "
+                         "give sft.chat_template a template that renders text arguments as they are "
+                         "(`{% if arguments is string %}{{ arguments }}{% else %}{{ arguments | tojson }}{% endif %}`)")
+    out = []
+    for messages in rows:
+        chat = Chat(tools=tools_of(messages))
+        for m in messages:
+            if m.get("tool_calls"):
+                m = {**m, "tool_calls": [{"type": "function", "function": {
+                    "name": c["function"]["name"],
+                    "arguments": a if isinstance(a := c["function"]["arguments"], str) else json.dumps(a, ensure_ascii=False)}}
+                    for c in m["tool_calls"]]}
+            chat.append(m)
+        out.append(chat)
+    return out

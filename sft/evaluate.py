@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from sft.config import SftConfig, sft_of
-from sft.data import read_conversations
+from sft.data import read_conversations, tools_of
 from sft.train import resolve_student
 from synth.config import Recipe
 from synth.layout import StudentLayout
@@ -36,7 +36,8 @@ def _perplexity(model: Any, tokenizer: Any, conversations: list[list[dict[str, s
     total_nll, total_tokens = 0.0, 0
     with torch.no_grad():
         for messages in conversations:
-            enc = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+            enc = tokenizer.apply_chat_template(messages, tools=tools_of(messages), tokenize=True, return_dict=True,
+                                                return_assistant_tokens_mask=True)
             ids = torch.tensor([enc["input_ids"]], device=model.device)
             mask = torch.tensor(enc["assistant_masks"][1:], dtype=torch.bool, device=model.device)
             logits = model(input_ids=ids).logits[0, :-1].float()

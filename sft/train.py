@@ -29,6 +29,8 @@ from sft.data import (
     conversations_dataset,
     fit_to_length,
     read_conversations,
+    tool_arguments_as_text,
+    tools_of,
     with_reasoning,
 )
 from synth.config import Recipe
@@ -78,7 +80,8 @@ def check_assistant_masks(rows: list[list[dict[str, str]]], tokenizer: Any, end_
     end_id = tokenizer.convert_tokens_to_ids(end_token)
     sample = ""
     for i, messages in enumerate(rows):
-        enc = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+        enc = tokenizer.apply_chat_template(messages, tools=tools_of(messages), tokenize=True, return_dict=True,
+                                            return_assistant_tokens_mask=True)
         ids, mask = enc["input_ids"], enc["assistant_masks"]
         trainable = [t for t, m in zip(ids, mask, strict=True) if m]
         if not trainable:
@@ -162,6 +165,8 @@ def prepare(recipe: Recipe, progress: bool = True, key: dict[str, Any] | None = 
         if eval_rows:
             eval_rows = with_reasoning(eval_rows, tokenizer, tags.open_tag, tags.close_tag, cfg.assistant_only_loss)[0]
         logger.info("sft.reasoning: keep: %s", how)
+    all_rows = tool_arguments_as_text(all_rows, tokenizer)
+    eval_rows = tool_arguments_as_text(eval_rows, tokenizer) if eval_rows else eval_rows
     train_rows, report = fit_to_length(all_rows, tokenizer, cfg.max_length, cfg.overlong)
     if cfg.assistant_only_loss and not cfg.on_policy:  # on_policy trains on the student's own samples
         sample = check_assistant_masks(train_rows, tokenizer, tokenizer.eos_token)

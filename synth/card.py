@@ -38,6 +38,38 @@ def _reasoning_lines(layout: Layout) -> list[str]:
             f"- reasoning length: {_dist(chars)}", ""]
 
 
+def _tool_lines(layout: Layout) -> list[str]:
+    """The card's section on tool calls, when the recipe had tools: calls by tool, and the
+    errors of every record (kept or rejected) by kind."""
+    by_tool: dict[str, int] = {}
+    errors: dict[str, int] = {}
+    kept = with_calls = 0
+    for path in (layout.train, layout.eval, layout.rejected):
+        for rec in iter_records(path) if path.exists() else []:
+            use = rec.get("tool_use")
+            if use is None:
+                continue
+            for error in use.get("errors") or []:
+                errors[error.get("kind")] = errors.get(error.get("kind"), 0) + 1
+            if path == layout.rejected:
+                continue
+            kept += 1
+            calls = [c for m in rec["messages"] for c in m.get("tool_calls") or []]
+            with_calls += bool(calls)
+            for c in calls:
+                by_tool[c["function"]["name"]] = by_tool.get(c["function"]["name"], 0) + 1
+    if not kept and not errors:
+        return []
+
+    def shown(counts: dict[str, int]) -> str:
+        return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
+
+    return ["## Tool calls", "",
+            f"- kept records that call a tool: {with_calls} of {kept}",
+            f"- calls in kept records, by tool: {shown(by_tool)}",
+            f"- tool errors in all records, by kind: {shown(errors)}", ""]
+
+
 def _plots(layout: Layout, kept: list[int], rejected: list[int], funnel: list[dict[str, Any]]) -> list[str]:
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -162,6 +194,7 @@ def _write_card(recipe: Recipe) -> Path:
         *[f"![{p}]({p})" for p in plots],
         "",
         *_reasoning_lines(layout),
+        *_tool_lines(layout),
         *_versions_section(out),
         "## Load it",
         "",

@@ -361,6 +361,37 @@ class ConversationConfig:
 
 
 @dataclass
+class ToolsConfig:
+    """Tool calls (README, Tool calls): the tools the teacher may call and the Python
+    functions that run them."""
+
+    definitions: list[dict[str, Any]] | str = help_field(help="the tools, in OpenAI's format ({type: function, function: {name, description, parameters}}): a list, or a JSON/YAML file holding one")
+    functions: dict[str, str] = help_field({}, help="tool name -> the Python function that runs it: 'path/to/file.py:function' or 'package.module:function'; called with the call's arguments as keyword arguments, it returns a string or JSON-serialisable value")
+    choice: str = help_field("auto", help="tool_choice of each teacher call: auto (the teacher decides), required (it must call one) or none")
+    first_choice: str | None = help_field(None, help="tool_choice of the first call of each user turn (e.g. required: every example uses a tool); none: as `choice`")
+    parallel: bool = help_field(True, help="let one answer make several calls at once (parallel_tool_calls)")
+    max_rounds: int = help_field(4, help="most teacher calls per user turn; a teacher still calling tools after them ends the conversation unanswered")
+    timeout_s: float = help_field(30.0, help="a tool call running longer is killed and fed back to the teacher as an error")
+    memory_mb: int = help_field(1024, help="address-space limit of each tool process, in MiB")
+    workers: int = help_field(4, help="tool calls run at once, each in its own process")
+    network: bool = help_field(False, help="let tools use the network; off: each runs in a network namespace of its own (or, where the kernel refuses one, with Python's sockets disabled)")
+
+    def __post_init__(self) -> None:
+        for name in ("choice", "first_choice"):
+            value = getattr(self, name)
+            if value is not None and value not in ("auto", "required", "none"):
+                raise ValueError(f"{name}: auto, required or none, got {value!r}")
+        for name in ("max_rounds", "workers", "memory_mb"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be at least 1")
+        if self.timeout_s <= 0:
+            raise ValueError(f"timeout_s: must be positive, got {self.timeout_s}")
+        from synth.tools import check_tools
+
+        check_tools(self)
+
+
+@dataclass
 class Recipe:
     seeds: SeedsConfig = help_field(help="where the seed prompts come from")
     template: TemplateConfig = help_field(help="how a seed row becomes a chat")
@@ -372,13 +403,30 @@ class Recipe:
     expand: ExpandOptions | None = help_field(None, help="prompt expansion (`synth expand`); with it, generation reads OUTPUT/expanded.jsonl")
     sft: SftConfig | None = help_field(None, help="student training (`sft train`, `sft eval`)")
     conversation: ConversationConfig | None = help_field(None, help="multi-turn conversations: a user simulator writes follow-ups, the teacher answers each")
+    tools: ToolsConfig | None = help_field(None, help="tool calls: tools the teacher may call, run by Python functions, results fed back until it answers")
     name: str = help_field("recipe", help="a name for this recipe, shown in the manifest")
 
     @property
     def multi_turn(self) -> bool:
         return self.conversation is not None and self.conversation.turns > 1
 
+    @property
+    def driven(self) -> bool:
+        """Whether a record takes more than one teacher call (synth.conversation drives them)."""
+        return self.multi_turn or self.tools is not None
+
     def __post_init__(self) -> None:
+        if self.tools is not None:
+            api = self.api_options
+            if self.teacher.backend == "anthropic":
+                raise ValueError("tools: not supported with the anthropic teacher yet (its tool_use blocks are not "
+                                 "translated); use an OpenAI-compatible endpoint or the vllm backend")
+            if api is not None and api.batch:
+                raise ValueError(f"teacher.{self.teacher.backend}.batch: tool calls need each answer before the tool "
+                                 "runs; batch mode would wait up to a day per round. Set batch: false")
+            if self.sampling.logprobs:
+                raise ValueError("sampling.logprobs: not captured with tools (an example spans several teacher calls); "
+                                 "set sampling.logprobs: 0")
         if self.multi_turn:
             if self.sampling.logprobs:
                 raise ValueError("sampling.logprobs: not captured for multi-turn conversations (conversation.turns > 1); "

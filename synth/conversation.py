@@ -1,5 +1,8 @@
-"""Multi-turn generation (`conversation.turns > 1`): a user simulator writes each follow-up,
-the teacher answers it, up to `turns` answers or until the simulator writes `stop`.
+"""Examples that take more than one teacher call: multi-turn conversations
+(`conversation.turns > 1`: a user simulator writes each follow-up, the teacher answers it,
+up to `turns` answers or until the simulator writes `stop`) and tool calls (`tools:` the
+teacher's calls run by synth.tools and their results fed back, round after round, until it
+answers or `tools.max_rounds` runs out; tool results cached in OUTPUT/tool_results.jsonl).
 
 Conversations advance in rounds, all of them at once (one batch of teacher calls, then one
 of simulator calls, ...), so an engine or an API stays busy. Every call is a request whose
@@ -13,8 +16,9 @@ with the turns' usage summed and `conversation: {turns, ended, turn_ids}`. A tur
 naming the turn; the next run retries from there.
 
 The record's id is the first turn's request id combined with the conversation settings
-(turns, simulator template, simulator and its sampling, stop marker): change one and the
-conversations are new records, while every cached turn they share is reused.
+(turns, simulator template, simulator and its sampling, stop marker; the tools, their
+functions' source and options): change one and the conversations are new records, while
+every cached turn they share is reused.
 """
 
 from __future__ import annotations
@@ -43,14 +47,21 @@ def user_template_path(recipe: Recipe) -> str:
 
 
 def settings_identity(recipe: Recipe, teacher: dict[str, Any]) -> dict[str, Any]:
-    """What a conversation's record id holds besides its first request: the settings, and the
-    identity of the model that plays the user (`teacher`'s when it plays both)."""
+    """What a conversation's record id holds besides its first request: the settings, the
+    identity of the model that plays the user (`teacher`'s when it plays both), and the tools."""
     from synth.backends import load_backend_class
 
     c = recipe.conversation
-    user = teacher if c.user_teacher is None else load_backend_class(c.user_teacher.backend).identity_for(c.user_teacher)
-    return {"turns": c.turns, "user_template": file_sha256(Path(user_template_path(recipe))), "user": user,
-            "user_temperature": c.user_temperature, "user_max_tokens": c.user_max_tokens, "stop": c.stop}
+    settings: dict[str, Any] = {"turns": 1}
+    if recipe.multi_turn:
+        user = teacher if c.user_teacher is None else load_backend_class(c.user_teacher.backend).identity_for(c.user_teacher)
+        settings = {"turns": c.turns, "user_template": file_sha256(Path(user_template_path(recipe))), "user": user,
+                    "user_temperature": c.user_temperature, "user_max_tokens": c.user_max_tokens, "stop": c.stop}
+    if recipe.tools is not None:
+        from synth.tools import Toolbox
+
+        settings["tools"] = Toolbox(recipe.tools).identity()
+    return settings
 
 
 def conversation_id(first_request_id: str, settings: dict[str, Any]) -> str:
@@ -68,40 +79,63 @@ def transcript(messages: list[dict[str, str]]) -> str:
 class _State:
     request: Request  # the conversation (id = conversation id; messages = the first turn's)
     history: list[dict[str, Any]]
-    turn_ids: list[str] = field(default_factory=list)
+    turn_ids: list[str] = field(default_factory=list)  # every teacher call, tool rounds included
+    answers: int = 0  # assistant answers (user turns answered)
+    round: int = 0  # teacher calls in the current user turn
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str | None = None
     last_text: str = ""
     last_reasoning: str | None = None
-    ended: str | None = None  # "turns" or "stop"
+    last_calls: list[dict[str, Any]] | None = None
+    calls: int = 0
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    ended: str | None = None  # "turns", "stop" or "max_rounds"
 
 
 class Conversations:
     """A backend that turns each planned request into a whole conversation (see the module
     docstring). `teacher` is the running teacher backend; the simulator is the same one
-    unless conversation.user_teacher names another."""
+    unless conversation.user_teacher names another. With tools, each user turn is a loop:
+    the teacher calls tools, they run (synth.tools), their results go back, until it answers."""
 
     def __init__(self, recipe: Recipe, teacher: Any):
         self.recipe, self.teacher = recipe, teacher
         layout = recipe.layout
+        self.turns = recipe.conversation.turns if recipe.conversation is not None else 1
         self.teacher_calls = CachedCalls(recipe.teacher, layout.turns, teacher)
-        sim = recipe.conversation.user_teacher
-        self.user_calls = CachedCalls(sim or recipe.teacher, layout.user_turns, None if sim else teacher)
-        self.template = PromptTemplate.load(type(recipe.template)(path=user_template_path(recipe)))
+        self.user_calls = None
+        if recipe.multi_turn:
+            sim = recipe.conversation.user_teacher
+            self.user_calls = CachedCalls(sim or recipe.teacher, layout.user_turns, None if sim else teacher)
+            self.template = PromptTemplate.load(type(recipe.template)(path=user_template_path(recipe)))
+        self.tools = self.tool_log = None
+        if recipe.tools is not None:
+            from synth.tools import Toolbox
+
+            self.tools = Toolbox(recipe.tools)
+            self.tool_log = ToolResults(layout.tool_results)
+            logger.info("tools: %s; sandbox: %s", ", ".join(self.tools.schemas), self.tools.sandbox)
 
     @property
     def stats(self) -> dict[str, int]:
-        """Teacher and simulator turns sent by this run (the rest came from the caches)."""
-        return {"turns_sent": self.teacher_calls.sent, "user_turns_sent": self.user_calls.sent}
+        """Teacher and simulator turns and tool calls run by this run (the rest came from the caches)."""
+        return {"turns_sent": self.teacher_calls.sent, "user_turns_sent": self.user_calls.sent if self.user_calls else 0,
+                **({"tool_calls_run": self.tool_log.ran} if self.tool_log else {})}
 
     def identity(self) -> dict[str, Any]:
         return self.teacher.identity()
 
     def _teacher_request(self, s: _State) -> Request:
         req = s.request
-        rid = request_id(s.history, req.seed["fields"], self.teacher_calls.identity, req.sampling, req.sample_index)
-        return Request(rid, [dict(m) for m in s.history], req.sampling, req.sample_index, req.seed, req.template)
+        tools = choice = None
+        parallel = True
+        if self.tools is not None:
+            tools, choice, parallel = self.tools.definitions, self.tools.choice(s.round + 1), self.tools.cfg.parallel
+        shown = {"tools": tools, "tool_choice": choice, **({} if parallel else {"parallel": False})} if tools else None
+        rid = request_id(s.history, req.seed["fields"], self.teacher_calls.identity, req.sampling, req.sample_index, tools=shown)
+        return Request(rid, [dict(m) for m in s.history], req.sampling, req.sample_index, req.seed, req.template,
+                       tools=tools, tool_choice=choice, parallel_tool_calls=parallel)
 
     def _user_request(self, s: _State, turn: int) -> Request:
         c, req = self.recipe.conversation, s.request
@@ -114,8 +148,11 @@ class Conversations:
         rid = request_id(messages, req.seed["fields"], self.user_calls.identity, sampling, req.sample_index)
         return Request(rid, messages, sampling, req.sample_index, req.seed, self.template.provenance())
 
-    def _answer(self, s: _State, rec: dict[str, Any]) -> None:
-        """Add the teacher's answer (its record in turns.jsonl) to the conversation."""
+    def _answer(self, s: _State, rec: dict[str, Any]) -> list[Any]:
+        """Add the teacher's answer (its record in turns.jsonl) to the conversation; returns
+        the tool calls it makes (synth.tools.Call), none for a final answer."""
+        from synth.tools import wire_calls
+
         last = rec["messages"][-1]
         split = separate(last["content"], last.get("reasoning_content"), rec.get("finish_reason"), self.recipe.teacher.reasoning)
         text, thought = split.answer, split.reasoning
@@ -124,65 +161,142 @@ class Conversations:
         s.completion_tokens += int(usage.get("completion_tokens") or 0)
         s.finish_reason = rec.get("finish_reason")
         s.turn_ids.append(rec["id"])
+        s.round += 1
+        calls = wire_calls(last) if self.tools is not None else []
         s.last_text, s.last_reasoning = last["content"], last.get("reasoning_content")
-        s.history.append({"role": "assistant", "content": text, **({"reasoning_content": thought} if thought else {})})
+        s.last_calls = [c.wire() for c in calls] or None
+        message = {"role": "assistant", "content": text, **({"reasoning_content": thought} if thought else {})}
+        if calls:
+            message["tool_calls"] = s.last_calls
+        s.history.append(message)
+        return calls
+
+    def _run_tools(self, pending: list[tuple[_State, list[Any]]]) -> None:
+        """Run the calls of every conversation waiting on tools (cached results first), and
+        feed each result back as a `tool` message."""
+        jobs = []  # (state, call, key)
+        for s, calls in pending:
+            for i, call in enumerate(calls):
+                jobs.append((s, call, self.tools.result_key(call, s.turn_ids[-1], i)))
+        todo = [(call, key) for _, call, key in jobs if key not in self.tool_log.results]
+        if todo:
+            for (call, key), result in zip(todo, self.tools.run([c for c, _ in todo]), strict=True):
+                self.tool_log.add(key, call, result)
+        for s, call, key in jobs:
+            result = self.tool_log.results[key]
+            s.calls += 1
+            if result["error"]:
+                s.errors.append({"round": s.round, "turn": s.answers + 1, "name": call.name, "kind": result["error"],
+                                 "message": result["content"][:300]})
+            s.history.append({"role": "tool", "tool_call_id": call.id, "name": call.name, "content": result["content"]})
 
     def generate(self, requests: Iterable[Request]) -> Iterator[Completion | Failure]:
-        c = self.recipe.conversation
         active = [_State(r, [dict(m) for m in r.messages]) for r in requests]
-        for turn in range(1, c.turns + 1):
-            if not active:
-                break
+        while active:
             asks = {s.request.id: self._teacher_request(s) for s in active}
             answers, failed = self.teacher_calls.answer(list(asks.values()))
-            logger.info("conversations: turn %d of %d: %d answered, %d failed", turn, c.turns, len(answers), len(failed))
-            going = []
+            logger.info("conversations: %d teacher calls: %d answered, %d failed", len(asks), len(answers), len(failed))
+            going, tooling = [], []
             for s in active:
                 ask = asks[s.request.id]
                 if ask.id in failed:
-                    yield self._failure(s, turn, "teacher", failed[ask.id])
+                    yield self._failure(s, s.answers + 1, "teacher", failed[ask.id])
                     continue
-                self._answer(s, self.teacher_calls.records[ask.id])
-                if turn == c.turns:
+                calls = self._answer(s, self.teacher_calls.records[ask.id])
+                if calls and s.round < self.recipe.tools.max_rounds:
+                    tooling.append((s, calls))
+                elif calls:  # still calling tools after max_rounds: recorded unanswered, for curation to reject
+                    s.ended = "max_rounds"
+                    yield self._completion(s)
+                elif s.answers + 1 == self.turns:
+                    s.answers += 1
                     s.ended = "turns"
                     yield self._completion(s)
                 else:
+                    s.answers += 1
                     going.append(s)
-            if not going:
-                break
-            asks = {s.request.id: self._user_request(s, turn + 1) for s in going}
-            replies, failed = self.user_calls.answer(list(asks.values()))
-            active = []
-            for s in going:
-                ask = asks[s.request.id]
-                if ask.id in failed:
-                    yield self._failure(s, turn + 1, "user simulator", failed[ask.id])
-                    continue
-                message = next_user_message(replies[ask.id], c.stop)
-                if message is None:
-                    s.ended = "stop"
-                    yield self._completion(s)
-                    continue
+            if tooling:
+                self._run_tools(tooling)
+            active = [s for s, _ in tooling]
+            if going:
+                asked, failures = self._next_user_turns(going)
+                yield from failures
+                for s in asked:
+                    if s.ended is None:
+                        active.append(s)
+                    else:
+                        yield self._completion(s)
+
+    def _next_user_turns(self, going: list[_State]) -> tuple[list[_State], list[Failure]]:
+        """The simulator's next message for each conversation: the conversations asked (one
+        the simulator ends has `ended` set), and the failures of those whose call failed."""
+        turn = {s.request.id: s.answers + 1 for s in going}
+        asks = {s.request.id: self._user_request(s, turn[s.request.id]) for s in going}
+        replies, failed = self.user_calls.answer(list(asks.values()))
+        asked, failures = [], []
+        for s in going:
+            ask = asks[s.request.id]
+            if ask.id in failed:
+                failures.append(self._failure(s, turn[s.request.id], "user simulator", failed[ask.id]))
+                continue
+            message = next_user_message(replies[ask.id], self.recipe.conversation.stop)
+            if message is None:
+                s.ended = "stop"
+            else:
                 s.history.append({"role": "user", "content": message})
-                active.append(s)
+                s.round = 0
+            asked.append(s)
+        return asked, failures
 
     def _completion(self, s: _State) -> Completion:
         *before, last = s.history
         req = s.request
-        conversation = Request(req.id, before, req.sampling, req.sample_index, req.seed, req.template)
+        conversation = Request(req.id, before, req.sampling, req.sample_index, req.seed, req.template,
+                               tools=self.tools.definitions if self.tools else None)
         # The last answer as the teacher wrote it: make_record splits its reasoning as for one turn.
         done = Completion(conversation, s.last_text, s.finish_reason, s.prompt_tokens, s.completion_tokens, None,
-                          reasoning=s.last_reasoning)
-        done.conversation = {"turns": len(s.turn_ids), "ended": s.ended, "turn_ids": s.turn_ids}
+                          reasoning=s.last_reasoning, tool_calls=s.last_calls)
+        if self.recipe.multi_turn:
+            done.conversation = {"turns": s.answers, "ended": s.ended, "turn_ids": s.turn_ids}
+        if self.tools is not None:
+            done.tool_use = {"calls": s.calls, "rounds": len(s.turn_ids), "errors": s.errors, "ended": s.ended,
+                             **({} if self.recipe.multi_turn else {"turn_ids": s.turn_ids})}
         return done
 
     def _failure(self, s: _State, turn: int, who: str, reason: str) -> Failure:
         return Failure(s.request, "ConversationTurnFailed", f"turn {turn} ({who}): {reason}"[:2000],
-                       extra={"turn": turn, "turns_done": len(s.turn_ids)})
+                       extra={"turn": turn, "turns_done": s.answers})
 
     def close(self) -> None:
-        self.user_calls.close()
+        if self.user_calls is not None:
+            self.user_calls.close()
         self.teacher_calls.close()
+        if self.tool_log is not None:
+            self.tool_log.close()
+
+
+class ToolResults:
+    """Tool results cached in OUTPUT/tool_results.jsonl by the call that made them
+    (synth.tools.Toolbox.result_key): a resumed run feeds back what the killed one got,
+    so the conversation continues with the same history, and no tool runs twice."""
+
+    def __init__(self, path: Path):
+        from synth.rawlog import JsonlAppender, iter_records, repair_tail
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        repair_tail(path)
+        self.results = {r["id"]: r for r in iter_records(path)}
+        self.sink = JsonlAppender(path, 1, 1.0).__enter__()
+        self.ran = 0
+
+    def add(self, key: str, call: Any, result: Any) -> None:
+        row = {"id": key, "name": call.name, "arguments": call.arguments, "content": result.content, "error": result.error}
+        self.sink.append(row)
+        self.results[key] = row
+        self.ran += 1
+
+    def close(self) -> None:
+        self.sink.__exit__(None, None, None)
 
 
 def next_user_message(reply: str, stop: str) -> str | None:

@@ -8,6 +8,7 @@ writing each result as it arrives. Rerunning the same recipe resumes.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import signal
 import time
@@ -41,6 +42,7 @@ from synth.requests import Request, estimate_prompt_tokens, request_id, sample_s
 from synth.runtime import utc_now
 from synth.seeds import load_seeds
 from synth.templates import PromptTemplate
+from synth.tools import record_calls, wire_calls
 from synth.versions import claim
 
 logger = logging.getLogger(__name__)
@@ -68,7 +70,7 @@ def plan_requests(recipe: Recipe, teacher: dict[str, Any] | None = None) -> Plan
     seeds = load_seeds(recipe.prompts)
     base_sampling = recipe.sampling.identity()
     conversation = None
-    if recipe.multi_turn:  # one record per conversation (synth.conversation)
+    if recipe.driven:  # one record per conversation (synth.conversation)
         from synth.conversation import conversation_id, settings_identity
 
         conversation = settings_identity(recipe, teacher)
@@ -109,9 +111,12 @@ def make_record(result: Completion, teacher: dict[str, Any], reasoning: Any = No
     split = separate(result.text, result.reasoning, result.finish_reason, reasoning)
     text, thought, finished = split.answer, split.reasoning, split.finished
     answer = {"role": "assistant", "content": text, **({"reasoning_content": thought} if thought is not None else {})}
+    if result.tool_calls:
+        answer["tool_calls"] = record_calls(wire_calls({"tool_calls": result.tool_calls}))
     return {
         "id": req.id,
-        "messages": [*req.messages, answer],
+        "messages": [*(_record_message(m) for m in req.messages), answer],
+        **({"tools": json.dumps(req.tools, ensure_ascii=False)} if req.tools else {}),
         **({"reasoning": {"chars": len(thought), "finished": finished}} if thought is not None else {}),
         "seed": req.seed,
         "sample_index": req.sample_index,
@@ -130,8 +135,16 @@ def make_record(result: Completion, teacher: dict[str, Any], reasoning: Any = No
         "latency_s": result.latency_s,
         **({"batch_id": result.batch_id} if result.batch_id else {}),
         **({"conversation": result.conversation} if result.conversation else {}),
+        **({"tool_use": result.tool_use} if result.tool_use else {}),
         "created_at": utc_now(),
     }
+
+
+def _record_message(m: dict[str, Any]) -> dict[str, Any]:
+    """A history message as a record holds it: tool calls with their arguments as objects (TRL's format)."""
+    if not m.get("tool_calls"):
+        return m
+    return {**m, "tool_calls": record_calls(wire_calls(m))}
 
 
 def make_failure(result: Failure) -> dict[str, Any]:
@@ -302,7 +315,7 @@ def run_generate(
                 previous_sigterm = signal.signal(signal.SIGTERM, _raise_on_sigterm)
             except ValueError:  # not the main thread: leave signals alone
                 previous_sigterm = None
-            if todo and recipe.multi_turn:
+            if todo and recipe.driven:
                 from synth.conversation import Conversations
 
                 driver = Conversations(recipe, backend)

@@ -12,6 +12,7 @@
       failures.jsonl           requests that failed, with the error
       batches.jsonl            batch mode: every input file and batch submitted, before anything else
       turns.jsonl, user_turns.jsonl   conversations: each teacher and simulator turn, by request id
+      tool_results.jsonl              tool calls: each call's result, by the call that made it
       judge.jsonl              curation judge calls, cached by request id
       train.jsonl, eval.jsonl, rejected.jsonl, stats.json     curation's outputs
       README.md, lengths.png, funnel.png                      the dataset card
@@ -79,6 +80,7 @@ class Layout:
     batches = property(lambda self: self.root / "batches.jsonl")
     turns = property(lambda self: self.root / "turns.jsonl")
     user_turns = property(lambda self: self.root / "user_turns.jsonl")
+    tool_results = property(lambda self: self.root / "tool_results.jsonl")
     judge = property(lambda self: self.root / "judge.jsonl")
     train = property(lambda self: self.root / "train.jsonl")
     eval = property(lambda self: self.root / "eval.jsonl")

@@ -15,6 +15,7 @@ def request_id(
     teacher: dict[str, Any],
     sampling: dict[str, Any],
     sample_index: int,
+    tools: dict[str, Any] | None = None,
 ) -> str:
     """Content hash of everything that can change the teacher's output.
 
@@ -22,7 +23,8 @@ def request_id(
     fields cover the seed row; `teacher` is the backend's identity (model, revision,
     weights fingerprint, endpoint); `sampling` the sampling parameters with the per-sample
     seed. The seed's position in the file is left out on purpose: reordering seeds keeps
-    finished work.
+    finished work. `tools` (the tools shown and the tool_choice) only when the call has them,
+    so the ids of calls without stay what they were.
     """
     payload = {
         "messages": messages,
@@ -30,6 +32,7 @@ def request_id(
         "teacher": teacher,
         "sampling": sampling,
         "sample": sample_index,
+        **({"tools": tools} if tools is not None else {}),
     }
     return hashlib.sha256(canonical_json(payload).encode("utf-8")).hexdigest()[:32]
 
@@ -44,6 +47,9 @@ class Request:
     sample_index: int
     seed: dict[str, Any]  # {"source", "line", "fields"}
     template: dict[str, str]  # {"name", "sha256"}
+    tools: list[dict[str, Any]] | None = None  # the tools the teacher may call (OpenAI's format)
+    tool_choice: str | None = None  # auto, required or none, with tools
+    parallel_tool_calls: bool = True  # whether one answer may make several calls
 
 
 def sample_sampling(base: dict[str, Any], sample_index: int) -> dict[str, Any]:

@@ -7,7 +7,8 @@ otherwise says which inputs changed. The keyed stages:
 
 - curate: the raw log's bytes; the size of the logprobs sidecar when there is one (its counts
   go into stats.json); which requests the recipe plans (the prompt rows, the
-  template, the teacher's identity, sampling) when curate.only_planned; the curate section;
+  template, the teacher's identity, sampling, the conversation and tool settings) when
+  curate.only_planned; the curate section;
   what the filters read besides their options (eval sets, schema files, the verifier's source
   file, the judge's template and identity, tokenizers and embedders).
 - train: the training data's bytes; the student base model (a local directory by its
@@ -58,6 +59,11 @@ def curate_key(recipe: Recipe) -> dict[str, Any]:
             "teacher": load_backend_class(recipe.teacher.backend).identity_for(recipe.teacher),
             "sampling": recipe.sampling,
         })
+        if recipe.driven:  # conversations and tools: their settings are in every planned id
+            from synth.conversation import settings_identity
+
+            teacher = key["requests"]["teacher"]
+            key["requests"]["conversation"] = canonical_dict(settings_identity(recipe, teacher))
     return key
 
 

@@ -13,13 +13,29 @@ import json
 from pathlib import Path
 
 # ChatML, with generation markers around what the assistant writes (including <|im_end|>)
-# so that TRL can build an exact assistant-only loss mask.
+# so that TRL can build an exact assistant-only loss mask. With tools (Hermes style, as
+# Qwen2.5's): the tools listed in the system turn, calls written as <tool_call>{"name": ...,
+# "arguments": ...}</tool_call> inside the assistant's generation, results in `tool` turns.
+# A chat without tools renders exactly as plain ChatML.
 CHATML_TEMPLATE = (
+    "{% if tools %}{{ '<|im_start|>system\n' }}"
+    "{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] + '\n\n' }}{% endif %}"
+    "{{ '# Tools\n<tools>\n' }}{% for tool in tools %}{{ tool | tojson }}{{ '\n' }}{% endfor %}"
+    "{{ '</tools>\nTo call a tool, write <tool_call>{\"name\": NAME, \"arguments\": ARGUMENTS}</tool_call><|im_end|>\n' }}"
+    "{% endif %}"
     "{% for message in messages %}"
-    "{% if message['role'] == 'assistant' %}"
+    "{% if tools and loop.first and message['role'] == 'system' %}"
+    "{% elif message['role'] == 'assistant' %}"
     "{{ '<|im_start|>assistant\n' }}"
-    "{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}"
+    "{% generation %}{{ message['content'] or '' }}"
+    "{% for call in message.get('tool_calls') or [] %}{% set f = call['function'] %}"
+    "{{ '<tool_call>{\"name\": \"' + f['name'] + '\", \"arguments\": ' }}"
+    "{% if f['arguments'] is string %}{{ f['arguments'] }}{% else %}{{ f['arguments'] | tojson }}{% endif %}"
+    "{{ '}</tool_call>' }}{% endfor %}"
+    "{{ '<|im_end|>' }}{% endgeneration %}"
     "{{ '\n' }}"
+    "{% elif message['role'] == 'tool' %}"
+    "{{ '<|im_start|>tool\n<tool_response>\n' + message['content'] + '\n</tool_response><|im_end|>\n' }}"
     "{% else %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
     "{% endif %}"

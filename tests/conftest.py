@@ -22,7 +22,10 @@ SEED_TASKS = REPO / "prompts" / "self-instruct" / "seed_tasks.jsonl"
 
 # CPU settings for the tiny model: float32, eager (no graph capture). The KV cache takes the
 # project's CPU default (synth.runtime.CPU_KV_CACHE_GIB), as a user's engine does.
-ENGINE = {"dtype": "float32", "enforce_eager": True, "max_model_len": 512}
+ENGINE = {"dtype": "float32", "enforce_eager": True, "max_model_len": 512,
+          # JSON constrained by tool_choice: required without free whitespace (which a random model
+          # would write until max_tokens); engine_kwargs are not in the teacher's identity
+          "engine_kwargs": {"structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True}}}
 
 
 @pytest.fixture(scope="session")
@@ -99,10 +102,12 @@ def _reasoning_template() -> str:
     from synth.tiny_model import CHATML_TEMPLATE
 
     # ChatML whose assistant turn renders reasoning_content inside the generation markers.
+    marker = "{% generation %}{{ message['content'] or '' }}"
+    assert marker in CHATML_TEMPLATE
     return CHATML_TEMPLATE.replace(
-        "{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}",
+        marker,
         "{% generation %}{% if message.get('reasoning_content') %}{{ '<think>\\n' + message['reasoning_content'] + "
-        "'\\n</think>\\n\\n' }}{% endif %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}")
+        "'\\n</think>\\n\\n' }}{% endif %}{{ message['content'] or '' }}")
 
 
 REASONING_TEMPLATE = _reasoning_template()
@@ -152,9 +157,17 @@ def vllm_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
         "--dtype", "float32", "--enforce-eager", "--kv-cache-memory-bytes", str(int(CPU_KV_CACHE_GIB * 2**30)),
         "--max-model-len", "512", "--no-enable-chunked-prefill",  # per-request seeds on CPU
         "--api-key", SERVER_KEY, "--disable-log-stats", "--uvicorn-log-level", "warning",
+        # Tool calls: parsed from the model's <tool_call> text as for Hermes/Qwen models; the
+        # JSON that tool_choice: required constrains has no free whitespace (a random model
+        # would fill max_tokens with it).
+        "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
+        "--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}',
     ]
     with log.open("wb") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        # tool_choice: required through the JSON-schema path, which honours disable_any_whitespace
+        # (vLLM's structural tags for Hermes leave whitespace free)
+        env = {**os.environ, "VLLM_ENFORCE_STRICT_TOOL_CALLING": "0"}
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     server = VllmServer(f"http://127.0.0.1:{port}/v1", log)
     try:
         deadline = time.monotonic() + 300

@@ -41,6 +41,8 @@ NOT_HERE = {
     "the hub, on a GPU; its CPU variant runs below",
     "synth run prompts/conversation/recipe.yaml": "the teacher Qwen/Qwen2.5-7B-Instruct and the student "
     "Qwen/Qwen2.5-0.5B-Instruct come from the hub, on a GPU; its CPU variant runs below",
+    "synth run prompts/tools/recipe.yaml": "the teacher Qwen/Qwen2.5-7B-Instruct and the student "
+    "Qwen/Qwen2.5-0.5B-Instruct come from the hub, on a GPU; its CPU variant runs below",
     "export OPENAI_API_KEY=...": "sets your own API key",
     "synth generate prompts/demo/api-recipe.yaml": "calls OpenAI with your key (tests/synth/test_generate_openai.py "
     "runs the same client against a local vLLM server)",

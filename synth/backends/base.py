@@ -23,6 +23,8 @@ class Completion:
     batch_id: str | None = None  # the provider batch that answered it (batch mode)
     reasoning: str | None = None  # the API's reasoning field or thinking blocks, when it gives them apart
     conversation: dict[str, Any] | None = None  # multi-turn: {turns, ended, turn_ids} (synth.conversation)
+    tool_calls: list[dict[str, Any]] | None = None  # the calls the answer makes, OpenAI's wire format
+    tool_use: dict[str, Any] | None = None  # with tools: {calls, rounds, errors, ended, turn_ids} (synth.conversation)
 
 
 @dataclass

@@ -129,6 +129,11 @@ class OpenAIBackend:
             body["top_k"] = s["top_k"]  # not in OpenAI's API; vLLM and others accept it
         if o.response_format is not None:
             body["response_format"] = o.response_format
+        if req.tools:
+            body["tools"] = req.tools
+            body["tool_choice"] = req.tool_choice or "auto"
+            if not req.parallel_tool_calls:
+                body["parallel_tool_calls"] = False
         if s.get("logprobs"):
             body["logprobs"] = True
             body["top_logprobs"] = s["logprobs"]
@@ -182,8 +187,12 @@ class OpenAIBackend:
             # A reasoning model's thinking, where the server gives it apart (vLLM with a
             # reasoning parser, DeepSeek, ...): `reasoning_content`, or `reasoning` in newer APIs.
             reasoning = message.get("reasoning_content") or message.get("reasoning")
-            if text is None and isinstance(reasoning, str):
-                text = ""  # cut off while still reasoning
+            tool_calls = message.get("tool_calls") or None
+            if tool_calls is not None and not (isinstance(tool_calls, list) and all(
+                    isinstance(tc, dict) and isinstance(tc.get("function"), dict) for tc in tool_calls)):
+                raise TypeError("message.tool_calls is not a list of {id, type, function}")
+            if text is None and (isinstance(reasoning, str) or tool_calls):
+                text = ""  # cut off while still reasoning, or only calling tools
             if not isinstance(text, str):
                 raise TypeError("message.content is not a string")
         except (KeyError, IndexError, TypeError, AttributeError) as exc:
@@ -197,6 +206,7 @@ class OpenAIBackend:
             completion_tokens=int(usage.get("completion_tokens") or 0),
             latency_s=latency_s,
             topk=self._topk(choice, req.sampling["logprobs"]) if req.sampling.get("logprobs") else None,
+            tool_calls=tool_calls,
         )
 
     def _after_success(self, headers: Any) -> None:

@@ -13,6 +13,7 @@ both faster (21k vs 17k output tok/s) and safe: vLLM's default child processes
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterable, Iterator
@@ -125,7 +126,15 @@ class VllmBackend:
             kwargs["seed"] = s["seed"]
         if s.get("stop"):
             kwargs["stop"] = list(s["stop"])
-        if self.cfg.vllm.structured_outputs:
+        if req.tools and req.tool_choice == "required":
+            from vllm.sampling_params import StructuredOutputsParams
+
+            from synth.tools import required_schema
+
+            # As vLLM's server does for tool_choice: required: the answer is a JSON array of calls.
+            # (Whitespace inside it is the engine's setting: engine_kwargs.structured_outputs_config.)
+            kwargs["structured_outputs"] = StructuredOutputsParams(json=required_schema(req.tools, req.parallel_tool_calls))
+        elif self.cfg.vllm.structured_outputs:
             from vllm.sampling_params import StructuredOutputsParams
 
             kwargs["structured_outputs"] = StructuredOutputsParams(**self.cfg.vllm.structured_outputs)
@@ -143,6 +152,20 @@ class VllmBackend:
             return sample.text
         # As vLLM's detokenizer: special tokens left out, half a UTF-8 character at the end held back.
         return self._tokenizer.decode(list(sample.token_ids), skip_special_tokens=True).rstrip("\ufffd")
+
+    @staticmethod
+    def _calls(req: Request, text: str) -> tuple[str, list[dict[str, Any]] | None]:
+        """The answer's text and its tool calls, when the request offered tools: Hermes-style
+        `<tool_call>` blocks, or the JSON array tool_choice: required constrained it to."""
+        if not req.tools or req.tool_choice == "none":
+            return text, None
+        from synth.tools import parse_calls, parse_required
+
+        if req.tool_choice == "required":
+            calls = parse_required(text, req.id)
+            return ("", [c.wire() for c in calls]) if calls else (text, None)
+        content, calls = parse_calls(text, req.id)
+        return content, [c.wire() for c in calls] or None
 
     @property
     def _tokenizer(self) -> Any:
@@ -188,10 +211,15 @@ class VllmBackend:
 
     def _enqueue(self, batch: list[Request], inflight: dict[str, tuple[Request, float]]) -> list[Failure]:
         """Hand a batch to the engine; requests the engine refuses become failures."""
+        groups: dict[str, list[Request]] = {}
+        for r in batch:  # one tools list per engine call: requests grouped by theirs
+            groups.setdefault(json.dumps(r.tools, sort_keys=True), []).append(r)
+        if len(groups) > 1:
+            return [f for group in groups.values() for f in self._enqueue(group, inflight)]
         now = time.monotonic()
         try:
             ids = self.llm.enqueue_chat(
-                [r.messages for r in batch], [self._params(r) for r in batch], use_tqdm=False
+                [r.messages for r in batch], [self._params(r) for r in batch], use_tqdm=False, tools=batch[0].tools
             )
         except self._request_errors as exc:
             if len(batch) == 1:
@@ -237,9 +265,11 @@ class VllmBackend:
                         continue
                     req, submitted = inflight.pop(out.request_id)
                     sample = out.outputs[0]
+                    text, calls = self._calls(req, self._text(req, sample))
                     yield Completion(
                         request=req,
-                        text=self._text(req, sample),
+                        text=text,
+                        tool_calls=calls,
                         finish_reason=sample.finish_reason,
                         prompt_tokens=len(out.prompt_token_ids or ()),
                         completion_tokens=len(sample.token_ids),

@@ -17,6 +17,7 @@ FILTERS: dict[str, str] = {
     "truncated": "synth.filters.quality:Truncated",
     "empty": "synth.filters.quality:Empty",
     "reasoning": "synth.filters.reasoning:Reasoning",
+    "tools": "synth.filters.tools:Tools",
     "length": "synth.filters.quality:Length",
     "refusal": "synth.filters.quality:Refusal",
     "regex": "synth.filters.patterns:Regex",

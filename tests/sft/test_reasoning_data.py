@@ -15,10 +15,10 @@ ROWS = [{"messages": [{"role": "user", "content": "What is 12 plus 30?"},
                       {"role": "assistant", "content": "42", "reasoning_content": TRACE}]}]
 
 # ... and one that renders it outside them (shown, never trained on).
+GENERATION = "{% generation %}{{ message['content'] or '' }}"
+assert GENERATION in CHATML_TEMPLATE
 OUTSIDE = CHATML_TEMPLATE.replace(
-    "{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}",
-    "{% if message.get('reasoning_content') %}{{ message['reasoning_content'] }}{% endif %}"
-    "{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}")
+    GENERATION, "{% if message.get('reasoning_content') %}{{ message['reasoning_content'] }}{% endif %}" + GENERATION)
 
 
 def _trained_text(tokenizer, messages):
