@@ -71,6 +71,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dpo(args: argparse.Namespace) -> int:
+    recipe, _ = _recipe(args)
+    from sft.dpo import dpo_key, dpo_layout, run_dpo
+    from sft.train import loss_summary
+    from synth.stages import read_stamp
+
+    student = dpo_layout(recipe)
+    setup_logging(student.train_log, args.verbose)
+    if not args.fresh and student.trained_marker.is_file() and read_stamp(student.train_stamp) == dpo_key(recipe):
+        print(f"sft dpo: {student.trained} was trained on exactly these pairs and SFT student already; nothing to do")
+        return 0
+    m = run_dpo(recipe, progress=not args.no_progress, fresh=args.fresh)
+    if not is_main_process():
+        return 0
+    print(f"sft dpo: {m['global_step']} steps on {m['data']['rows']} pairs, {loss_summary(m)}"
+          + (f" (resumed from {m['resumed_from']})" if m["resumed_from"] else ""))
+    print(f"  saved: {m['saved']}; evaluate it with `sft eval RECIPE --set sft.output_dir={student.root}`")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sft", description="Fine-tune a small student on curated data (LoRA via TRL + PEFT).")
     parser.add_argument("--version", action="version", version=f"stillhouse {__version__}")
@@ -85,6 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
     recipe_arguments(merge)
     merge.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="dtype of the merged model")
     merge.set_defaults(func=cmd_merge)
+    dpo = sub.add_parser("dpo", help="preference training (DPO) of the trained student on OUTPUT/pairs.jsonl; resumable",
+                         description="Train the SFT student further on preference pairs (`synth pairs`) with TRL's "
+                         "DPOTrainer; the result goes to STUDENT/dpo. Skipped when done on the same inputs, resumed "
+                         "from its last checkpoint of the same inputs.")
+    recipe_arguments(dpo)
+    dpo.add_argument("--fresh", action="store_true", help="train from the start (earlier checkpoints are moved aside)")
+    dpo.set_defaults(func=cmd_dpo)
     ev = sub.add_parser("eval", help="compare the student with the teacher on the held-out split")
     recipe_arguments(ev)
     ev.set_defaults(func=cmd_eval)

@@ -78,6 +78,25 @@ class DistillOptions:
 
 
 @dataclass
+class DpoOptions:
+    """Preference training on OUTPUT/pairs.jsonl (README, Best-of-n and preference pairs)."""
+
+    pairs: str | None = help_field(None, help="the preference pairs (prompt, chosen, rejected); default OUTPUT/pairs.jsonl (`synth pairs`)")
+    beta: float = help_field(0.1, help="DPO's beta: how far the student may move from the SFT student it starts from")
+    loss_type: str = help_field("sigmoid", help="TRL's DPO loss (sigmoid: the DPO paper's; ipo, hinge, robust, ...)")
+    learning_rate: float = help_field(5.0e-5, help="learning rate of the preference step (the SFT adapter trained further)")
+    epochs: float = help_field(1.0, help="passes over the pairs")
+    max_steps: int = help_field(-1, help="stop after this many steps (-1: use epochs)")
+    output_dir: str | None = help_field(None, help="where the DPO student goes; default STUDENT/dpo (beside the SFT adapter)")
+
+    def __post_init__(self) -> None:
+        if self.beta <= 0:
+            raise ValueError(f"beta: must be positive, got {self.beta}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate: must be positive, got {self.learning_rate}")
+
+
+@dataclass
 class SftConfig:
     model: str = help_field(help="student model: HF id or local directory", stage=("train", "eval"))
     train: str | None = help_field(None, help="training JSONL (messages); default OUTPUT/train.jsonl")
@@ -112,6 +131,7 @@ class SftConfig:
     eval_judge: str | None = help_field(None, help="`sft eval`: a JUDGE.yaml (as for synth diff --judge) for the judge win rate of student vs teacher", stage="eval")
     eval_verifier: str | None = help_field(None, help="`sft eval`: 'module:function' task check run on student and teacher answers", stage="eval")
     distill: DistillOptions | None = help_field(None, help="train on the teacher's top-k logprobs too (knowledge distillation); see README", stage="train")
+    dpo: DpoOptions = help_field(default_factory=DpoOptions, help="`sft dpo`: preference training of the SFT student on pairs")
     eval_kv_cache_gib: float | None = help_field(None, help="`sft eval` with vLLM: KV cache size in GiB; none: 0.5 on a CPU, vLLM's share of GPU memory (0.9) on a GPU")
 
     def __post_init__(self) -> None:

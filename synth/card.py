@@ -38,6 +38,19 @@ def _reasoning_lines(layout: Layout) -> list[str]:
             f"- reasoning length: {_dist(chars)}", ""]
 
 
+def _selection_lines(stats: dict[str, Any]) -> list[str]:
+    """The card's best-of-n section: how often the teacher's samples pass (synth.filters.best_of_n)."""
+    sel = stats.get("selection")
+    if not sel:
+        return []
+    return ["## Best of n", "",
+            f"- samples ranked by the {sel['by']} (passing at {sel['min_score']:g} or above), best {sel['k']} kept per prompt",
+            f"- prompts: {sel['prompts']}, samples: {sel['samples']}",
+            f"- pass@1: {sel['pass@1']}, pass@n: {sel['pass@n']} (the share of a prompt's samples that pass, and of "
+            "prompts with at least one, averaged over prompts)",
+            f"- prompts with no passing sample (none kept): {sel['prompts_without_pass']}", ""]
+
+
 def _tool_lines(layout: Layout) -> list[str]:
     """The card's section on tool calls, when the recipe had tools: calls by tool, and the
     errors of every record (kept or rejected) by kind."""
@@ -193,6 +206,7 @@ def _write_card(recipe: Recipe) -> Path:
         "",
         *[f"![{p}]({p})" for p in plots],
         "",
+        *_selection_lines(stats),
         *_reasoning_lines(layout),
         *_tool_lines(layout),
         *_versions_section(out),

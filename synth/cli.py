@@ -154,6 +154,23 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pairs(args: argparse.Namespace) -> int:
+    from synth.config import load_recipe
+
+    recipe = load_recipe(args.recipe, args.set)
+    setup_logging(recipe.layout.log, args.verbose)
+    from synth.pairs import run_pairs
+
+    counts = run_pairs(recipe)
+    by_source = ", ".join(f"{s} {counts.get(s, 0)}" for s in recipe.pairs.sources)
+    print(f"synth pairs: {counts['pairs']} pairs ({by_source}; {counts['duplicates']} duplicates dropped) "
+          f"-> {recipe.layout.pairs}")
+    if "student_answers" in counts:
+        print(f"  the student scored lower than the teacher on {counts['student_scored_lower']} of "
+              f"{counts['student_answers']} training prompts")
+    return 0
+
+
 def cmd_diff(args: argparse.Namespace) -> int:
     setup_logging(None, args.verbose)
     from synth.diff import run_diff
@@ -247,6 +264,15 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--top-k", type=int, default=20, help="logprobs per answer token (default 20)")
     score.add_argument("--teacher", metavar="MODEL", help="the scoring model (a directory or HF id), if not the recipe's teacher")
     score.set_defaults(func=cmd_score)
+
+    pairs = sub.add_parser(
+        "pairs",
+        help="preference pairs (prompt, chosen, rejected) from the curated data, ranked by best_of_n, for `sft dpo`",
+        description="Pair each kept answer with a worse one: the lowest-ranked sample of its prompt (pairs.sources: "
+        "samples) and/or the trained student's own answer where it scores lower (student). Writes OUTPUT/pairs.jsonl.",
+    )
+    recipe_arguments(pairs)
+    pairs.set_defaults(func=cmd_pairs)
 
     diff = sub.add_parser("diff", help="compare two dataset versions (e.g. two teachers) prompt by prompt")
     diff.add_argument("a", help="output dir of the first version")

@@ -392,6 +392,23 @@ class ToolsConfig:
 
 
 @dataclass
+class PairsConfig:
+    """`synth pairs` (README, Best-of-n and preference pairs): preference pairs from the
+    curated data, ranked by the recipe's best_of_n filter."""
+
+    sources: list[str] = help_field(["samples"], help="samples: each kept answer against the worst ranked sample of its prompt; student: each kept answer against the trained student's answer to its prompt, where the teacher's scores higher")
+    min_margin: float = help_field(0.0, help="a pair needs the chosen answer to score more than the rejected one by more than this")
+    student_max_tokens: int = help_field(256, help="longest student answer, in tokens (source: student)")
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.sources) - {"samples", "student"})
+        if unknown or not self.sources:
+            raise ValueError(f"sources: samples and/or student, got {self.sources}")
+        if self.student_max_tokens < 1:
+            raise ValueError("student_max_tokens: must be at least 1")
+
+
+@dataclass
 class Recipe:
     seeds: SeedsConfig = help_field(help="where the seed prompts come from")
     template: TemplateConfig = help_field(help="how a seed row becomes a chat")
@@ -404,6 +421,7 @@ class Recipe:
     sft: SftConfig | None = help_field(None, help="student training (`sft train`, `sft eval`)")
     conversation: ConversationConfig | None = help_field(None, help="multi-turn conversations: a user simulator writes follow-ups, the teacher answers each")
     tools: ToolsConfig | None = help_field(None, help="tool calls: tools the teacher may call, run by Python functions, results fed back until it answers")
+    pairs: PairsConfig = help_field(default_factory=PairsConfig, help="preference pairs (`synth pairs`) for `sft dpo`")
     name: str = help_field("recipe", help="a name for this recipe, shown in the manifest")
 
     @property

@@ -154,6 +154,9 @@ def run_curate(recipe: Recipe, progress: bool = True, key: dict[str, Any] | None
             "pii_redacted": counts["pii"],
             "filters": [f.name for f in filters],
         }
+        selection = [f.summary for f in filters if getattr(f, "summary", None)]
+        if selection:  # best_of_n: how often the teacher passes (pass@1, pass@n)
+            stats["selection"] = selection[-1]
         if recipe.sampling.logprobs or layout.logprobs.exists():  # captured, or scored (synth score)
             stats["logprobs"] = _logprob_counts(layout)
         assert stats["records"] == stats["kept"] + stats["rejected"]

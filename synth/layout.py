@@ -13,6 +13,8 @@
       batches.jsonl            batch mode: every input file and batch submitted, before anything else
       turns.jsonl, user_turns.jsonl   conversations: each teacher and simulator turn, by request id
       tool_results.jsonl              tool calls: each call's result, by the call that made it
+      pairs.jsonl              preference pairs (`synth pairs`), for `sft dpo`
+      student_answers.jsonl    the trained student's answers to the training prompts (pairs), cached
       judge.jsonl              curation judge calls, cached by request id
       train.jsonl, eval.jsonl, rejected.jsonl, stats.json     curation's outputs
       README.md, lengths.png, funnel.png                      the dataset card
@@ -81,6 +83,8 @@ class Layout:
     turns = property(lambda self: self.root / "turns.jsonl")
     user_turns = property(lambda self: self.root / "user_turns.jsonl")
     tool_results = property(lambda self: self.root / "tool_results.jsonl")
+    pairs = property(lambda self: self.root / "pairs.jsonl")
+    student_answers = property(lambda self: self.root / "student_answers.jsonl")
     judge = property(lambda self: self.root / "judge.jsonl")
     train = property(lambda self: self.root / "train.jsonl")
     eval = property(lambda self: self.root / "eval.jsonl")

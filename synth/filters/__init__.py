@@ -28,6 +28,7 @@ FILTERS: dict[str, str] = {
     "json": "synth.filters.structured:JsonOutput",
     "verifier": "synth.filters.verifier:Verifier",
     "judge": "synth.filters.judge:Judge",
+    "best_of_n": "synth.filters.best_of_n:BestOfN",
     "semantic_dedup": "synth.filters.semantic:SemanticDedup",
 }
 

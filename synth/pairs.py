@@ -1,0 +1,169 @@
+"""`synth pairs`: preference pairs for DPO, in TRL's conversational preference format.
+
+Each pair is a prompt (the chat up to the answer), a chosen and a rejected answer (each a
+one-message assistant list), with where they came from and their scores. The ranking is the
+recipe's `best_of_n` curation filter (its verifier or judge), so pairs and training data
+agree on what a good answer is. Pairs come only from prompts curation kept for training:
+the held-out split never reaches preference training, and dedup and decontamination have
+already applied to every prompt.
+
+Sources (`pairs.sources`):
+- samples: each kept (best) sample against the lowest-scored sample of its prompt that
+  best_of_n ranked below it (rejected.jsonl, filter best_of_n);
+- student: each kept sample against the trained student's own answer to its prompt
+  (greedy, `pairs.student_max_tokens`; answers cached in student_answers.jsonl by the
+  student's weights), where the teacher's answer scores higher: the student's own mistakes.
+
+A pair is made only when the chosen answer scores more than the rejected one by more than
+`pairs.min_margin`. The file is rewritten whole (atomically) each run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from synth.config import Recipe
+from synth.filters import build_filter, parse_spec
+from synth.filters.best_of_n import prompt_key
+from synth.manifest import update_manifest
+from synth.rawlog import DirLock, iter_records, rewrite_atomically
+from synth.runtime import utc_now
+
+logger = logging.getLogger(__name__)
+
+
+def _ranking_filter(recipe: Recipe) -> tuple[Any, int]:
+    for i, spec in enumerate(recipe.curate.filters):
+        if parse_spec(spec, i)[0] == "best_of_n":
+            return build_filter(spec, i), i
+    raise ValueError("pairs: the pairs are ranked by curation's best_of_n filter, and curate.filters has none; add "
+                     "e.g. {name: best_of_n, function: my_checks:is_correct} (with sampling.n > 1), then rerun synth curate")
+
+
+def _pair(prompt: list[dict[str, Any]], chosen: dict[str, Any], rejected: str, source: str, scores: tuple[float, float],
+          by: str, reason: str | None, rejected_id: str | None) -> dict[str, Any]:
+    answer = chosen["messages"][-1]
+    rid = hashlib.sha256(json.dumps([chosen["id"], rejected, source], ensure_ascii=False).encode()).hexdigest()[:32]
+    return {"id": rid, "prompt": prompt,
+            "chosen": [{"role": "assistant", "content": answer["content"]}],
+            "rejected": [{"role": "assistant", "content": rejected}],
+            "source": source, "by": by, "scores": {"chosen": scores[0], "rejected": scores[1]},
+            **({"reason": reason} if reason else {}),
+            "chosen_id": chosen["id"], **({"rejected_id": rejected_id} if rejected_id else {}),
+            "seed": chosen.get("seed")}
+
+
+def _from_samples(recipe: Recipe, by: str, margin: float) -> list[dict[str, Any]]:
+    layout = recipe.layout
+    worst: dict[str, dict[str, Any]] = {}
+    for rec in iter_records(layout.rejected) if layout.rejected.exists() else []:
+        if (rec.get("rejection") or {}).get("filter") != "best_of_n" or by not in (rec.get("scores") or {}):
+            continue
+        key = prompt_key(rec)
+        if key not in worst or rec["scores"][by] < worst[key]["scores"][by]:
+            worst[key] = rec
+    pairs = []
+    for rec in iter_records(layout.train):
+        other = worst.get(prompt_key(rec))
+        if other is None or by not in (rec.get("scores") or {}):
+            continue
+        good, bad = rec["scores"][by], other["scores"][by]
+        if good - bad > margin:
+            pairs.append(_pair(rec["messages"][:-1], rec, other["messages"][-1]["content"], "samples", (good, bad), by,
+                               other["rejection"]["reason"], other["id"]))
+    return pairs
+
+
+def _from_student(recipe: Recipe, ranker: Any, by: str, margin: float,
+                  answer: Callable[[list[list[dict[str, Any]]]], list[str]]) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    kept = [rec for rec in iter_records(recipe.layout.train) if by in (rec.get("scores") or {})]
+    answers = answer([rec["messages"][:-1] for rec in kept])
+    pairs, counts = [], {"student_answers": len(kept), "student_scored_lower": 0}
+    for rec, text in zip(kept, answers, strict=True):
+        student = {**rec, "id": f"student:{rec['id']}", "messages": [*rec["messages"][:-1], {"role": "assistant", "content": text}],
+                   "scores": {}}
+        score, reason = _score(ranker, student)
+        good = rec["scores"][by]
+        if good - score > margin:
+            counts["student_scored_lower"] += 1
+            pairs.append(_pair(rec["messages"][:-1], rec, text, "student", (good, score), by, reason, None))
+    return pairs, counts
+
+
+def _score(ranker: Any, rec: dict[str, Any]) -> tuple[float, str | None]:
+    if ranker.o.by == "verifier":
+        return ranker.score(rec)
+    raise ValueError("pairs.sources: student: the student's answers are ranked by best_of_n's verifier; with by: judge "
+                     "only the samples source is supported for now")
+
+
+def run_pairs(recipe: Recipe, answer: Callable[[list[list[dict[str, Any]]]], list[str]] | None = None) -> dict[str, Any]:
+    """Write OUTPUT/pairs.jsonl from the curated data; returns the counts (also in the
+    manifest's `pairs`). `answer` gives the student's answers to prompts (source: student);
+    by default the trained student of the recipe's sft section answers."""
+    layout, cfg = recipe.layout, recipe.pairs
+    if not layout.train.exists():
+        raise ValueError(f"pairs: {layout.train} does not exist; run `synth curate` first")
+    ranker, _ = _ranking_filter(recipe)
+    by = ranker.o.by
+    with DirLock(layout.root):
+        pairs: list[dict[str, Any]] = []
+        counts: dict[str, int] = {}
+        if "samples" in cfg.sources:
+            found = _from_samples(recipe, by, cfg.min_margin)
+            counts["samples"] = len(found)
+            pairs += found
+        if "student" in cfg.sources:
+            if answer is None:
+                from sft.answers import student_answerer
+
+                answer = student_answerer(recipe)
+            found, student_counts = _from_student(recipe, ranker, by, cfg.min_margin, answer)
+            counts.update(student_counts, student=len(found))
+            pairs += found
+        seen, unique = set(), []
+        for p in pairs:  # one pair per (prompt, chosen, rejected)
+            key = json.dumps([p["prompt"], p["chosen"], p["rejected"]], sort_keys=True, ensure_ascii=False)
+            if key not in seen:
+                seen.add(key)
+                unique.append(p)
+        counts.update(pairs=len(unique), duplicates=len(pairs) - len(unique))
+        rewrite_atomically(layout.pairs, unique)
+        update_manifest(layout.manifest, {"pairs": {"finished_at": utc_now(), "by": by, "sources": cfg.sources,
+                                                    "min_margin": cfg.min_margin, "counts": counts,
+                                                    "file": layout.pairs.name}})
+    logger.info("pairs: %s -> %s", counts, layout.pairs)
+    return counts
+
+
+def read_pairs(path: Path, field: str = "sft.dpo.pairs") -> list[dict[str, Any]]:
+    """The pairs of a JSONL file, validated: errors name the file, the line and the field."""
+    from synth.runtime import read_jsonl_objects
+
+    if not path.is_file():
+        raise ValueError(f"{field}: {path} does not exist; run `synth pairs RECIPE` first (or set {field})")
+    example = '{"prompt": [{"role": "user", "content": "..."}], "chosen": [{"role": "assistant", "content": "..."}], "rejected": [...]}'
+    rows = []
+    for lineno, row in read_jsonl_objects(path, field, example):
+        where = f"{field}: {path} line {lineno}"
+        for name in ("prompt", "chosen", "rejected"):
+            value = row.get(name)
+            if not isinstance(value, list) or not value or not all(
+                    isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value):
+                raise ValueError(f"{where}: '{name}' must be a non-empty list of {{role, content}} messages ({example})")
+        if row["prompt"][-1]["role"] != "user":
+            raise ValueError(f"{where}: 'prompt' must end with a user turn")
+        for name in ("chosen", "rejected"):
+            if [m["role"] for m in row[name]] != ["assistant"]:
+                raise ValueError(f"{where}: '{name}' must be one assistant message")
+        if row["chosen"] == row["rejected"]:
+            raise ValueError(f"{where}: 'chosen' and 'rejected' are the same answer")
+        rows.append({name: row[name] for name in ("prompt", "chosen", "rejected")})
+    if not rows:
+        raise ValueError(f"{field}: {path} has no pairs; nothing to train on")
+    return rows

@@ -1,0 +1,166 @@
+"""Best-of-n selection in curation, preference pairs (`synth pairs`) and DPO (`sft dpo`)."""
+
+
+import pytest
+
+from synth.backends import Completion
+from synth.card import write_card
+from synth.config import load_recipe
+from synth.curate import run_curate
+from synth.generate import make_record, plan_requests
+
+from conftest import make_recipe, read_jsonl, write_jsonl
+
+ANSWERS = {  # three samples of each prompt
+    "How many apples?": ["I cannot say.", "7 apples", "12 pears"],
+    "Name a colour.": ["blue", "red", "green"],
+    "What is 2 plus 2?": ["four", "It is 4.", "fourish"],
+}
+
+
+def samples_raw(tmp_path, tiny_model, filters, **recipe_extra):
+    """A raw log of three teacher samples per prompt, as a generate run with n=3 writes it."""
+    path = make_recipe(tmp_path, tiny_model, seeds=[{"question": q} for q in ANSWERS], sampling={"n": 3},
+                       extra={"curate": {"filters": filters, "eval_fraction": 0.0}, **recipe_extra})
+    recipe = load_recipe(path)
+    plan = plan_requests(recipe)
+    records = [make_record(Completion(req, ANSWERS[req.seed["fields"]["question"]][req.sample_index], "stop", 10, 5, 0.1),
+                           plan.teacher) for req in plan.requests]
+    (tmp_path / "out").mkdir(exist_ok=True)
+    write_jsonl(tmp_path / "out" / "raw.jsonl", records)
+    return recipe
+
+
+def test_best_of_n_keeps_the_best_passing_samples_and_reports_pass_rates(tmp_path, tiny_model):
+    recipe = samples_raw(tmp_path, tiny_model, [{"name": "best_of_n", "function": "curate_verifiers:number_count"}])
+    stats = run_curate(recipe, progress=False)
+    kept = {r["messages"][-2]["content"]: r for r in read_jsonl(recipe.layout.train)}
+    # The most digits wins ("12 pears" over "7 apples"); no sample of "Name a colour." passes.
+    assert {q: r["messages"][-1]["content"] for q, r in kept.items()} == {"How many apples?": "12 pears",
+                                                                         "What is 2 plus 2?": "It is 4."}
+    assert kept["How many apples?"]["scores"] == {"verifier": 2.0}
+    assert stats["selection"] == {"by": "verifier", "k": 1, "min_score": 1.0, "prompts": 3, "samples": 9,
+                                  "pass@1": round((2 / 3 + 0 + 1 / 3) / 3, 4), "pass@n": round(2 / 3, 4),
+                                  "prompts_without_pass": 1}
+    reasons = {r["messages"][-1]["content"]: r["rejection"]["reason"] for r in read_jsonl(recipe.layout.rejected)}
+    assert reasons["7 apples"] == "not among the best 1 of the 3 samples of its prompt (score 1, best 2)"
+    assert reasons["blue"] == "score 0 below min_score 1 (no sample of its 3 passes)"
+    assert "- pass@1: 0.3333, pass@n: 0.6667" in write_card(recipe).read_text()
+
+
+def test_ties_are_broken_by_sample_index_and_k_keeps_more(tmp_path, tiny_model):
+    recipe = samples_raw(tmp_path, tiny_model, [{"name": "best_of_n", "function": "curate_verifiers:mentions_a_number", "k": 2}])
+    run_curate(recipe, progress=False)
+    kept = sorted((r["messages"][-2]["content"], r["sample_index"]) for r in read_jsonl(recipe.layout.train))
+    assert kept == [("How many apples?", 1), ("How many apples?", 2), ("What is 2 plus 2?", 1)]
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"name": "best_of_n"}, "function: by: verifier needs the function"),
+    ({"name": "best_of_n", "by": "judge", "function": "curate_verifiers:number_count"}, "function: only with by: verifier"),
+    ({"name": "best_of_n", "by": "votes"}, "by: verifier or judge"),
+])
+def test_a_bad_best_of_n_is_a_clear_error(tmp_path, tiny_model, spec, message):
+    with pytest.raises(ValueError, match=message):
+        samples_raw(tmp_path, tiny_model, [spec])
+
+
+def test_best_of_n_by_judge_needs_a_judge_before_it(tmp_path, tiny_model):
+    recipe = samples_raw(tmp_path, tiny_model, [{"name": "best_of_n", "by": "judge"}])
+    with pytest.raises(ValueError, match="put a judge filter before best_of_n"):
+        run_curate(recipe, progress=False)
+
+
+def test_pairs_from_ranked_samples_and_their_provenance(tmp_path, tiny_model):
+    from synth.pairs import run_pairs
+
+    recipe = samples_raw(tmp_path, tiny_model, [{"name": "best_of_n", "function": "curate_verifiers:number_count"}])
+    run_curate(recipe, progress=False)
+    counts = run_pairs(recipe)
+    pairs = {p["prompt"][-1]["content"]: p for p in read_jsonl(recipe.layout.pairs)}
+    # "Name a colour." kept nothing, so it has no pair; each other kept answer against the
+    # lowest-scored sample of its prompt.
+    assert counts == {"samples": 2, "pairs": 2, "duplicates": 0}
+    apples = pairs["How many apples?"]
+    assert apples["chosen"] == [{"role": "assistant", "content": "12 pears"}]
+    assert apples["rejected"] == [{"role": "assistant", "content": "I cannot say."}]
+    assert apples["scores"] == {"chosen": 2.0, "rejected": 0.0} and apples["source"] == "samples"
+    assert apples["prompt"][-1] == {"role": "user", "content": "How many apples?"} and apples["prompt"][0]["role"] == "system"
+    assert apples["reason"].startswith("score 0 below min_score 1")
+    assert pairs["What is 2 plus 2?"]["rejected"][0]["content"] in ("four", "fourish")
+    # A margin wider than every gap makes no pairs.
+    recipe.pairs.min_margin = 5.0
+    assert run_pairs(recipe)["pairs"] == 0
+
+
+def test_pairs_need_a_ranking(tmp_path, tiny_model):
+    from synth.pairs import run_pairs
+
+    recipe = samples_raw(tmp_path, tiny_model, ["empty"])
+    run_curate(recipe, progress=False)
+    with pytest.raises(ValueError, match="curate.filters has none; add e.g. {name: best_of_n"):
+        run_pairs(recipe)
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "assistant", "content": "a"}]}, "'rejected' must be a non-empty list"),
+    ({"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "assistant", "content": "a"}],
+      "rejected": [{"role": "assistant", "content": "a"}]}, "'chosen' and 'rejected' are the same answer"),
+    ({"prompt": [{"role": "assistant", "content": "q"}], "chosen": [{"role": "assistant", "content": "a"}],
+      "rejected": [{"role": "assistant", "content": "b"}]}, "'prompt' must end with a user turn"),
+])
+def test_a_bad_pair_file_names_the_line_and_the_field(tmp_path, row, message):
+    from synth.pairs import read_pairs
+
+    good = {"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "assistant", "content": "a"}],
+            "rejected": [{"role": "assistant", "content": "b"}]}
+    path = write_jsonl(tmp_path / "pairs.jsonl", [good, row])
+    with pytest.raises(ValueError, match=f"sft.dpo.pairs: {path} line 2: {message}"):
+        read_pairs(path)
+
+
+@pytest.mark.slow
+def test_real_samples_to_pairs_to_a_dpo_student_that_resumes(tmp_path, tiny_model, vllm_backend):
+    from sft.dpo import run_dpo
+    from sft.train import run_train
+    from synth.generate import run_generate
+    from synth.pairs import run_pairs
+
+    sft = {"model": str(tiny_model), "max_steps": 2, "batch_size": 4, "learning_rate": 1e-3, "save_steps": 2,
+           "max_length": 256, "warmup_ratio": 0.0, "logging_steps": 1, "eval_engine": "transformers",
+           "dpo": {"max_steps": 4}}
+    path = make_recipe(tmp_path, tiny_model, seeds=[{"question": f"Tell me about item {i}."} for i in range(6)],
+                       sampling={"n": 3, "max_tokens": 16, "temperature": 1.0},
+                       extra={"curate": {"filters": [{"name": "best_of_n", "function": "curate_verifiers:answer_chars"}],
+                                         "eval_fraction": 0.0},
+                              "pairs": {"sources": ["samples", "student"], "student_max_tokens": 16}, "sft": sft})
+    recipe = load_recipe(path)
+    run_generate(recipe, backend=vllm_backend, progress=False)
+    run_curate(recipe, progress=False)
+    run_train(recipe, progress=False)
+    counts = run_pairs(recipe)
+    pairs = read_jsonl(recipe.layout.pairs)
+    train = {r["id"]: r for r in read_jsonl(recipe.layout.train)}
+    assert counts["samples"] >= 1 and counts["student_answers"] == len(train) == 6
+    assert counts["pairs"] == len(pairs) == counts["samples"] + counts["student"]
+    for p in pairs:
+        chosen = train[p["chosen_id"]]
+        assert p["prompt"] == chosen["messages"][:-1] and p["chosen"][0]["content"] == chosen["messages"][-1]["content"]
+        assert p["scores"]["chosen"] > p["scores"]["rejected"]
+        assert p["scores"]["chosen"] == len(p["chosen"][0]["content"].strip())
+        assert p["scores"]["rejected"] == len(p["rejected"][0]["content"].strip())
+    answers = recipe.layout.student_answers.read_bytes()
+    run_pairs(recipe)
+    assert recipe.layout.student_answers.read_bytes() == answers  # cached: the student answered once
+
+    first = run_dpo(recipe, progress=False)
+    dpo = recipe.layout.root / "student" / "dpo"
+    assert first["global_step"] == 4 and (dpo / "adapter" / "adapter_config.json").is_file()
+    sft_weights = (recipe.layout.root / "student" / "adapter" / "adapter_model.safetensors").read_bytes()
+    assert (dpo / "adapter" / "adapter_model.safetensors").read_bytes() != sft_weights
+    assert any("rewards/margins" in h for h in first["log_history"])  # DPO's own metrics were logged
+    import shutil
+
+    shutil.rmtree(dpo / "checkpoints" / "checkpoint-4")  # as if killed after step 2's checkpoint
+    second = run_dpo(recipe, progress=False)
+    assert second["resumed_from"].endswith("checkpoint-2") and second["global_step"] == 4
