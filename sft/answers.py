@@ -27,7 +27,7 @@ def student_answerer(recipe: Recipe) -> Callable[[list[list[dict[str, Any]]]], l
     if not student.trained_marker.is_file():
         raise ValueError(f"pairs.sources: student: no trained student in {student.root}; run `sft train` first")
     weights = fingerprint_dir(student.trained)
-    max_new = recipe.pairs.student_max_tokens
+    max_new = recipe.pair_options.student_max_tokens
     path = recipe.layout.student_answers
 
     def key(prompt: list[dict[str, Any]]) -> str:
@@ -52,18 +52,17 @@ def student_answerer(recipe: Recipe) -> Callable[[list[list[dict[str, Any]]]], l
 def _generate(cfg: Any, model_id: str, student: Any, prompts: list, max_new: int) -> list[str]:
     from sft.evaluate import _engine, _generate_transformers, _load_models, _vllm_engine
 
-    if cfg.full_finetune:
-        raise ValueError("pairs.sources: student: for a LoRA student (sft.full_finetune: false) only, for now")
     if _engine(cfg) == "vllm":
         import vllm
         from vllm.lora.request import LoRARequest
 
         from synth.runtime import release_engine
 
-        llm = _vllm_engine(cfg, model_id, max_new, lora=True)
+        full = cfg.full_finetune  # the trained model itself, else the base with the adapter
+        llm = _vllm_engine(cfg, str(student.trained) if full else model_id, max_new, lora=not full)
         try:
             params = vllm.SamplingParams(temperature=0.0, max_tokens=max_new)
-            lora = LoRARequest("student", 1, str(student.trained))
+            lora = None if full else LoRARequest("student", 1, str(student.trained))
             return [o.outputs[0].text for o in llm.chat(prompts, params, lora_request=lora, use_tqdm=False)]
         finally:
             release_engine(llm)

@@ -1,10 +1,11 @@
 """`sft dpo`: preference training (TRL's DPOTrainer) of the SFT student on OUTPUT/pairs.jsonl.
 
-The SFT adapter is trained further (`sft.dpo.learning_rate`, `beta`, `loss_type`); the
-reference model is the SFT student itself (TRL keeps a frozen copy of the adapter as the
-reference). The result is a LoRA adapter over the same base, in STUDENT/dpo (its own
-checkpoints, metrics and stamp), so `sft eval` and `sft merge` take it with
-`--set sft.output_dir=STUDENT/dpo`. Resumable like `sft train`: checkpoints carry the
+The reference model is the SFT student itself. A LoRA student's adapter is trained further
+(`sft.dpo.learning_rate`, `beta`, `loss_type`; TRL keeps a frozen copy of it as the
+reference): the result is an adapter over the same base. A fully fine-tuned student gets a
+new LoRA adapter (`sft.lora`) over its weights (the reference: the adapter switched off).
+Either goes to STUDENT/dpo (its own checkpoints, metrics and stamp); `synth run` evaluates
+it there (dpo_recipe says how `sft eval` sees it). Resumable like `sft train`: checkpoints carry the
 stage key (the pairs' bytes, the SFT adapter's weights, the dpo and training settings)
 and a rerun resumes from the last complete one of the same key.
 """
@@ -50,8 +51,22 @@ def dpo_key(recipe: Recipe) -> dict[str, Any]:
                                                                       "warmup_ratio", "weight_decay")})}
 
 
-def run_dpo(recipe: Recipe, progress: bool = True, fresh: bool = False) -> dict[str, Any]:
-    """Train the DPO student; returns its metrics (also in STUDENT/dpo/metrics.json)."""
+def dpo_recipe(recipe: Recipe) -> Recipe:
+    """The recipe whose student is the DPO student (for `sft eval` and `sft merge` of it)."""
+    import dataclasses
+
+    from sft.config import sft_of
+
+    cfg = sft_of(recipe)
+    changes: dict[str, Any] = {"output_dir": str(dpo_layout(recipe).root)}
+    if cfg.full_finetune:  # the adapter's base is the fully fine-tuned SFT student
+        changes.update(model=str(cfg.student(recipe.layout).trained), full_finetune=False)
+    return dataclasses.replace(recipe, sft=dataclasses.replace(cfg, **changes))
+
+
+def run_dpo(recipe: Recipe, progress: bool = True, fresh: bool = False, key: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train the DPO student; returns its metrics (also in STUDENT/dpo/metrics.json). `key`:
+    the stage key when the caller computed it already (synth run)."""
     import dataclasses
 
     from sft.config import sft_of
@@ -68,8 +83,6 @@ def run_dpo(recipe: Recipe, progress: bool = True, fresh: bool = False) -> dict[
     from synth.pairs import read_pairs
 
     cfg = sft_of(recipe)
-    if cfg.full_finetune:
-        raise ValueError("sft dpo: a LoRA student (sft.full_finetune: false) only, for now")
     sft_student = cfg.student(recipe.layout)
     if not sft_student.trained_marker.is_file():
         raise ValueError(f"sft dpo: no SFT student in {sft_student.root}; run `sft train RECIPE` first")
@@ -78,22 +91,31 @@ def run_dpo(recipe: Recipe, progress: bool = True, fresh: bool = False) -> dict[
     model_id = resolve_student(cfg.model)
     tokenizer = _load_tokenizer(transformers, cfg, model_id)
     on_gpu = torch.cuda.is_available()
-    base = transformers.AutoModelForCausalLM.from_pretrained(model_id, dtype=torch.bfloat16 if on_gpu else torch.float32)
-    model = peft.PeftModel.from_pretrained(base, str(sft_student.trained), is_trainable=True)
+    dtype = torch.bfloat16 if on_gpu else torch.float32
+    peft_config = None
+    if cfg.full_finetune:
+        model = transformers.AutoModelForCausalLM.from_pretrained(str(sft_student.trained), dtype=dtype)
+        peft_config = peft.LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                                      target_modules=cfg.lora.target_modules, use_rslora=cfg.lora.rslora, task_type="CAUSAL_LM")
+    else:
+        base = transformers.AutoModelForCausalLM.from_pretrained(model_id, dtype=dtype)
+        model = peft.PeftModel.from_pretrained(base, str(sft_student.trained), is_trainable=True)
     opts = cfg.dpo
     student = dpo_layout(recipe)
     student.root.mkdir(parents=True, exist_ok=True)
     steps = dataclasses.replace(cfg, learning_rate=opts.learning_rate, epochs=opts.epochs, max_steps=opts.max_steps)
     args = trl.DPOConfig(**trainer_arguments(steps, student, on_gpu=on_gpu, progress=progress),
                          beta=opts.beta, loss_type=[opts.loss_type], max_length=cfg.max_length, dataset_num_proc=None)
-    trainer = trl.DPOTrainer(model=model, args=args, train_dataset=_dataset(rows), processing_class=tokenizer)
+    trainer = trl.DPOTrainer(model=model, args=args, train_dataset=_dataset(rows), processing_class=tokenizer,
+                             peft_config=peft_config)
     for default in (transformers.PrinterCallback, transformers.ProgressCallback):
         trainer.remove_callback(default)
     trainer.add_callback(progress_callback(transformers, progress))
     logger.info("dpo: %d pairs, beta %g, %s loss, from the SFT student in %s", len(rows), opts.beta, opts.loss_type,
                 sft_student.trained)
     report = DataReport(rows=len(rows), kept=len(rows))
-    prepared = Prepared(trainer, cfg, student, tokenizer, report, False, "", on_gpu, dpo_key(recipe), recipe.layout.root)
+    key = key if key is not None else dpo_key(recipe)
+    prepared = Prepared(trainer, cfg, student, tokenizer, report, False, "", on_gpu, key, recipe.layout.root)
     return train_and_save(prepared, fresh=fresh)
 
 

@@ -162,7 +162,7 @@ def cmd_pairs(args: argparse.Namespace) -> int:
     from synth.pairs import run_pairs
 
     counts = run_pairs(recipe)
-    by_source = ", ".join(f"{s} {counts.get(s, 0)}" for s in recipe.pairs.sources)
+    by_source = ", ".join(f"{s} {counts.get(s, 0)}" for s in recipe.pair_options.sources)
     print(f"synth pairs: {counts['pairs']} pairs ({by_source}; {counts['duplicates']} duplicates dropped) "
           f"-> {recipe.layout.pairs}")
     if "student_answers" in counts:

@@ -421,7 +421,7 @@ class Recipe:
     sft: SftConfig | None = help_field(None, help="student training (`sft train`, `sft eval`)")
     conversation: ConversationConfig | None = help_field(None, help="multi-turn conversations: a user simulator writes follow-ups, the teacher answers each")
     tools: ToolsConfig | None = help_field(None, help="tool calls: tools the teacher may call, run by Python functions, results fed back until it answers")
-    pairs: PairsConfig = help_field(default_factory=PairsConfig, help="preference pairs (`synth pairs`) for `sft dpo`")
+    pairs: PairsConfig | None = help_field(None, help="preference pairs (`synth pairs`) for `sft dpo`; with this section (and sft), `synth run` also builds the pairs, trains the DPO student and evaluates it")
     name: str = help_field("recipe", help="a name for this recipe, shown in the manifest")
 
     @property
@@ -457,6 +457,11 @@ class Recipe:
             raise ValueError("sampling.logprobs: the anthropic teacher gives no logprobs (the Messages API has none); "
                              "set sampling.logprobs: 0, and score the answers afterwards with `synth score RECIPE "
                              "--teacher MODEL` if a local model shares the teacher's vocabulary")
+
+    @property
+    def pair_options(self) -> PairsConfig:
+        """The pairs section, or its defaults (`synth pairs` without one)."""
+        return self.pairs if self.pairs is not None else PairsConfig()
 
     @property
     def api_options(self) -> Any:

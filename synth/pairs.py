@@ -70,8 +70,8 @@ def _from_samples(recipe: Recipe, by: str, margin: float) -> list[dict[str, Any]
     pairs = []
     for rec in iter_records(layout.train):
         other = worst.get(prompt_key(rec))
-        if other is None or by not in (rec.get("scores") or {}):
-            continue
+        if other is None or by not in (rec.get("scores") or {}) or other["messages"][:-1] != rec["messages"][:-1]:
+            continue  # (conversations whose samples parted before the last answer make no pair)
         good, bad = rec["scores"][by], other["scores"][by]
         if good - bad > margin:
             pairs.append(_pair(rec["messages"][:-1], rec, other["messages"][-1]["content"], "samples", (good, bad), by,
@@ -102,11 +102,16 @@ def _score(ranker: Any, rec: dict[str, Any]) -> tuple[float, str | None]:
                      "only the samples source is supported for now")
 
 
-def run_pairs(recipe: Recipe, answer: Callable[[list[list[dict[str, Any]]]], list[str]] | None = None) -> dict[str, Any]:
+def run_pairs(recipe: Recipe, answer: Callable[[list[list[dict[str, Any]]]], list[str]] | None = None,
+              key: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write OUTPUT/pairs.jsonl from the curated data; returns the counts (also in the
     manifest's `pairs`). `answer` gives the student's answers to prompts (source: student);
-    by default the trained student of the recipe's sft section answers."""
-    layout, cfg = recipe.layout, recipe.pairs
+    by default the trained student of the recipe's sft section answers. `key`: the stage key
+    when the caller computed it already (synth run)."""
+    from synth.stages import pairs_key, write_stamp
+
+    key = key if key is not None else pairs_key(recipe)
+    layout, cfg = recipe.layout, recipe.pair_options
     if not layout.train.exists():
         raise ValueError(f"pairs: {layout.train} does not exist; run `synth curate` first")
     ranker, _ = _ranking_filter(recipe)
@@ -137,6 +142,7 @@ def run_pairs(recipe: Recipe, answer: Callable[[list[list[dict[str, Any]]]], lis
         update_manifest(layout.manifest, {"pairs": {"finished_at": utc_now(), "by": by, "sources": cfg.sources,
                                                     "min_margin": cfg.min_margin, "counts": counts,
                                                     "file": layout.pairs.name}})
+        write_stamp(layout.stamp("pairs"), key)
     logger.info("pairs: %s -> %s", counts, layout.pairs)
     return counts
 

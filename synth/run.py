@@ -1,10 +1,11 @@
 """`synth run`: the whole loop from one recipe, as a loop over stages.
 
 expand (with an `expand` section) -> generate -> curate -> card -> train -> eval (with an
-`sft` section). Each stage's skip or resume decision follows from its key (synth.stages):
-expand and generate send only the calls their logs do not hold; curate, train and eval run
-when the key of what they would read differs from the one they last finished with (or
-their outputs are gone) and are skipped otherwise; the card is rebuilt every run.
+`sft` section) -> pairs -> dpo -> dpo eval (with a `pairs` section too). Each stage's skip
+or resume decision follows from its key (synth.stages): expand and generate send only the
+calls their logs do not hold; curate, pairs, train, dpo and the evals run when the key of
+what they would read differs from the one they last finished with (or their outputs are
+gone) and are skipped otherwise; the card is rebuilt every run.
 `report.md` says for each stage what it did, or why it was skipped.
 """
 
@@ -63,6 +64,20 @@ def stages(recipe: Recipe, progress: bool) -> list[Stage]:
         Stage("eval", lambda key: _eval(recipe, key), key=lambda: keys.eval_key(recipe),
               stamp=student.eval_stamp, outputs=(student.eval_report,),
               absent=lambda: None if recipe.sft.eval_path(layout) else "no held-out split (curate.eval_fraction is 0, or no record fell in its share)"),
+    ]
+    if recipe.pairs is None:
+        return out
+    from sft.dpo import dpo_key, dpo_layout, dpo_recipe
+
+    dpo = dpo_layout(recipe)
+    out += [
+        Stage("pairs", lambda key: _pairs(recipe, key), key=lambda: keys.pairs_key(recipe),
+              stamp=layout.stamp("pairs"), outputs=(layout.pairs,)),
+        Stage("dpo", lambda key: _dpo(recipe, progress, key), key=lambda: dpo_key(recipe),
+              stamp=dpo.train_stamp, outputs=(dpo.trained_marker,)),
+        Stage("dpo eval", lambda key: _eval(dpo_recipe(recipe), key), key=lambda: keys.eval_key(dpo_recipe(recipe)),
+              stamp=dpo.eval_stamp, outputs=(dpo.eval_report,),
+              absent=lambda: None if recipe.sft.eval_path(layout) else "no held-out split"),
     ]
     return out
 
@@ -133,6 +148,22 @@ def _train(recipe: Recipe, progress: bool, key: dict[str, Any] | None) -> str:
     m = run_train(recipe, progress=progress, key=key)
     resumed = f", resumed from {Path(m['resumed_from']).name}" if m["resumed_from"] else ""
     return f"{m['global_step']} steps, {loss_summary(m)}{resumed}"
+
+
+def _pairs(recipe: Recipe, key: dict[str, Any] | None) -> str:
+    from synth.pairs import run_pairs
+
+    c = run_pairs(recipe, key=key)
+    return f"{c['pairs']} pairs (" + ", ".join(f"{s} {c.get(s, 0)}" for s in recipe.pair_options.sources) + ")"
+
+
+def _dpo(recipe: Recipe, progress: bool, key: dict[str, Any] | None) -> str:
+    from sft.dpo import run_dpo
+    from sft.train import loss_summary
+
+    m = run_dpo(recipe, progress=progress, key=key)
+    resumed = f", resumed from {Path(m['resumed_from']).name}" if m["resumed_from"] else ""
+    return f"{m['global_step']} steps on {m['data']['rows']} pairs, {loss_summary(m)}{resumed}"
 
 
 def _eval(recipe: Recipe, key: dict[str, Any] | None) -> str:

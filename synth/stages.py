@@ -103,6 +103,21 @@ def eval_key(recipe: Recipe) -> dict[str, Any]:
     }
 
 
+def pairs_key(recipe: Recipe) -> dict[str, Any]:
+    """What `synth pairs` reads: the curated files, the pairs settings, the ranking filter's
+    inputs and, for student pairs, the trained student's weights."""
+    from synth.filters import filter_inputs, parse_spec
+
+    layout, cfg = recipe.layout, recipe.pair_options
+    ranking = [filter_inputs(spec, i) for i, spec in enumerate(recipe.curate.filters) if parse_spec(spec, i)[0] == "best_of_n"]
+    key: dict[str, Any] = {"train": file_sha256(layout.train), "rejected": file_sha256(layout.rejected),
+                           "pairs": canonical_dict(cfg), "ranking": ranking}
+    if "student" in cfg.sources and recipe.sft is not None:
+        trained = recipe.sft.student(layout).trained
+        key["student"] = fingerprint_dir(trained) if trained.is_dir() else None
+    return key
+
+
 def read_stamp(path: Path) -> dict[str, Any] | None:
     """The key a stage last finished with, or None."""
     data = read_json(path)

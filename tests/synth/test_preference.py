@@ -5,7 +5,7 @@ import pytest
 
 from synth.backends import Completion
 from synth.card import write_card
-from synth.config import load_recipe
+from synth.config import PairsConfig, load_recipe
 from synth.curate import run_curate
 from synth.generate import make_record, plan_requests
 
@@ -89,7 +89,7 @@ def test_pairs_from_ranked_samples_and_their_provenance(tmp_path, tiny_model):
     assert apples["reason"].startswith("score 0 below min_score 1")
     assert pairs["What is 2 plus 2?"]["rejected"][0]["content"] in ("four", "fourish")
     # A margin wider than every gap makes no pairs.
-    recipe.pairs.min_margin = 5.0
+    recipe.pairs = PairsConfig(min_margin=5.0)
     assert run_pairs(recipe)["pairs"] == 0
 
 
