@@ -75,6 +75,7 @@ bench: setup
 	$(BIN)/python bench/sft_throughput.py
 	$(BIN)/python bench/distill_quality.py
 	$(BIN)/python bench/kd_quality.py
+	$(BIN)/python bench/preference_quality.py
 	$(BIN)/python bench/ray_overhead.py
 
 clean:

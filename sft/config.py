@@ -83,7 +83,7 @@ class DpoOptions:
 
     pairs: str | None = help_field(None, help="the preference pairs (prompt, chosen, rejected); default OUTPUT/pairs.jsonl (`synth pairs`)")
     beta: float = help_field(0.1, help="DPO's beta: how far the student may move from the SFT student it starts from")
-    loss_type: str = help_field("sigmoid", help="TRL's DPO loss (sigmoid: the DPO paper's; ipo, hinge, robust, ...)")
+    loss_type: str = help_field("sigmoid", help="TRL's DPO loss (sigmoid: the DPO paper's; ipo, hinge, robust, ...); several, comma-separated, are summed (sigmoid,sft: DPO plus the chosen answers' NLL, as RPO)")
     learning_rate: float = help_field(5.0e-5, help="learning rate of the preference step (the SFT adapter trained further)")
     epochs: float = help_field(1.0, help="passes over the pairs")
     max_steps: int = help_field(-1, help="stop after this many steps (-1: use epochs)")

@@ -105,7 +105,7 @@ def run_dpo(recipe: Recipe, progress: bool = True, fresh: bool = False, key: dic
     student.root.mkdir(parents=True, exist_ok=True)
     steps = dataclasses.replace(cfg, learning_rate=opts.learning_rate, epochs=opts.epochs, max_steps=opts.max_steps)
     args = trl.DPOConfig(**trainer_arguments(steps, student, on_gpu=on_gpu, progress=progress),
-                         beta=opts.beta, loss_type=[opts.loss_type], max_length=cfg.max_length, dataset_num_proc=None)
+                         beta=opts.beta, loss_type=[t.strip() for t in opts.loss_type.split(",")], max_length=cfg.max_length, dataset_num_proc=None)
     trainer = trl.DPOTrainer(model=model, args=args, train_dataset=_dataset(rows), processing_class=tokenizer,
                              peft_config=peft_config)
     for default in (transformers.PrinterCallback, transformers.ProgressCallback):
