@@ -178,10 +178,9 @@ class Conversations:
         for s, calls in pending:
             for i, call in enumerate(calls):
                 jobs.append((s, call, self.tools.result_key(call, s.turn_ids[-1], i)))
-        todo = [(call, key) for _, call, key in jobs if key not in self.tool_log.results]
-        if todo:
-            for (call, key), result in zip(todo, self.tools.run([c for c, _ in todo]), strict=True):
-                self.tool_log.add(key, call, result)
+        todo = list({key: call for _, call, key in jobs if key not in self.tool_log.results}.items())
+        if todo:  # each result recorded as it finishes: a kill loses only the calls still running
+            self.tools.run([c for _, c in todo], on_result=lambda i, result: self.tool_log.add(todo[i][0], todo[i][1], result))
         for s, call, key in jobs:
             result = self.tool_log.results[key]
             s.calls += 1

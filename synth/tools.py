@@ -24,7 +24,8 @@ import shutil
 import signal
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -273,13 +274,23 @@ class Toolbox:
                                 "invalid_arguments")
         return args, None
 
-    def run(self, calls: list[Call]) -> list[Result]:
-        """Every call's result, in order; valid calls run at once, up to tools.workers."""
+    def run(self, calls: list[Call], on_result: Callable[[int, Result], None] | None = None) -> list[Result]:
+        """Every call's result, in order; valid calls run at once, up to tools.workers.
+        `on_result(index, result)` is called as each one finishes (to record it at once)."""
         checked = [self.check(c) for c in calls]
+        results: list[Result | None] = [error for _, error in checked]
         with ThreadPoolExecutor(max_workers=self.cfg.workers) as pool:
-            futures = [pool.submit(self._execute, c.name, args) if error is None else None
-                       for c, (args, error) in zip(calls, checked, strict=True)]
-            return [f.result() if f is not None else error for f, (_, error) in zip(futures, checked, strict=True)]
+            futures = {pool.submit(self._execute, c.name, args): i
+                       for i, (c, (args, error)) in enumerate(zip(calls, checked, strict=True)) if error is None}
+            if on_result is not None:
+                for i, result in enumerate(results):
+                    if result is not None:
+                        on_result(i, result)
+            for future in as_completed(futures):
+                results[futures[future]] = future.result()
+                if on_result is not None:
+                    on_result(futures[future], results[futures[future]])
+        return results  # type: ignore[return-value]
 
     def _execute(self, name: str, args: dict[str, Any]) -> Result:
         cfg = self.cfg

@@ -32,3 +32,8 @@ def fetch(city: str) -> str:
 
 def keys(city: str) -> list:
     return sorted(k for k in os.environ if k.endswith(("_API_KEY", "_TOKEN", "_SECRET")))
+
+
+def slow(city: str) -> dict:
+    time.sleep(0.5)
+    return {"city": city, "checked": True}

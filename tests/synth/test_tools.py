@@ -205,3 +205,30 @@ def test_through_a_vllm_server_calls_are_parsed_answered_and_bad_ones_rejected(t
         run_curate(recipe, progress=False)
         reasons = {r["rejection"]["reason"].split(":")[0] for r in read_jsonl(recipe.layout.rejected)}
         assert reasons == {"malformed tool call" if out == "malformed" else "tool unknown_tool"}, reasons
+
+
+@pytest.mark.slow
+def test_sigkill_while_tools_run_resumes_without_running_a_recorded_call_again(tmp_path, tiny_model, vllm_backend):
+    import sys
+    from collections import Counter
+
+    from killing import lines, sigkill_when
+
+    recipe = _engine_recipe(tmp_path, tiny_model, ["slow"], workers=1)
+    data = yaml.safe_load((tmp_path / "recipe.yaml").read_text())
+    data["seeds"]["path"] = str(tmp_path / "many.jsonl")
+    (tmp_path / "many.jsonl").write_text("".join(f'{{"question": "Weather {i}?"}}\n' for i in range(8)))
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(data))
+    recipe = load_recipe(tmp_path / "recipe.yaml")
+    results = recipe.layout.tool_results
+    # Killed while the tools of the first round run, one at a time (two of eight recorded).
+    sigkill_when([sys.executable, "-m", "synth.cli", "generate", str(tmp_path / "recipe.yaml"), "--no-progress"],
+                 lambda: lines(results) >= 2, 240)
+    recorded = lines(results)
+    assert 2 <= recorded < 8 and not read_jsonl(recipe.layout.raw)
+    manifest = run_generate(recipe, backend=vllm_backend, progress=False)
+    assert manifest["counts"]["kept"] == 8
+    assert manifest["conversations"]["tool_calls_run"] == 8 - recorded  # the recorded ones were not run again
+    assert manifest["conversations"]["turns_sent"] == 8  # the first round's calls came from the cache
+    assert Counter(r["id"] for r in read_jsonl(results)).most_common(1)[0][1] == 1
+    assert all(r["tool_use"]["calls"] == 1 and not r["tool_use"]["errors"] for r in read_jsonl(recipe.layout.raw))
