@@ -83,23 +83,39 @@ def _from_student(recipe: Recipe, ranker: Any, by: str, margin: float,
                   answer: Callable[[list[list[dict[str, Any]]]], list[str]]) -> tuple[list[dict[str, Any]], dict[str, int]]:
     kept = [rec for rec in iter_records(recipe.layout.train) if by in (rec.get("scores") or {})]
     answers = answer([rec["messages"][:-1] for rec in kept])
-    pairs, counts = [], {"student_answers": len(kept), "student_scored_lower": 0}
-    for rec, text in zip(kept, answers, strict=True):
-        student = {**rec, "id": f"student:{rec['id']}", "messages": [*rec["messages"][:-1], {"role": "assistant", "content": text}],
-                   "scores": {}}
-        score, reason = _score(ranker, student)
+    students = [{**rec, "id": f"student:{rec['id']}", "scores": {},
+                 "messages": [*rec["messages"][:-1], {"role": "assistant", "content": text}]}
+                for rec, text in zip(kept, answers, strict=True)]
+    pairs, counts = [], {"student_answers": len(kept), "student_scored_lower": 0, "student_unscored": 0}
+    for rec, student, (score, reason) in zip(kept, students, _score_all(recipe, ranker, students), strict=True):
+        if score is None:  # the judge failed or wrote no score: no pair either way
+            counts["student_unscored"] += 1
+            continue
         good = rec["scores"][by]
         if good - score > margin:
             counts["student_scored_lower"] += 1
-            pairs.append(_pair(rec["messages"][:-1], rec, text, "student", (good, score), by, reason, None))
+            pairs.append(_pair(rec["messages"][:-1], rec, student["messages"][-1]["content"], "student", (good, score), by,
+                               reason, None))
     return pairs, counts
 
 
-def _score(ranker: Any, rec: dict[str, Any]) -> tuple[float, str | None]:
+def _score_all(recipe: Recipe, ranker: Any, records: list[dict[str, Any]]) -> list[tuple[float | None, str | None]]:
+    """Each record's score by the ranking: best_of_n's verifier, or the curation judge (its
+    calls cached in judge.jsonl like curation's); None where the judge gave no score."""
     if ranker.o.by == "verifier":
-        return ranker.score(rec)
-    raise ValueError("pairs.sources: student: the student's answers are ranked by best_of_n's verifier; with by: judge "
-                     "only the samples source is supported for now")
+        return [ranker.score(rec) for rec in records]
+    judge = next((build_filter(spec, i) for i, spec in enumerate(recipe.curate.filters) if parse_spec(spec, i)[0] == "judge"),
+                 None)
+    if judge is None:
+        raise ValueError("pairs: best_of_n ranks by the judge, and curate.filters has no judge filter to score the "
+                         "student's answers with")
+    judge.prepare(iter(records), recipe.layout.root)
+    out = []
+    for rec in records:
+        reason = judge.check(rec)
+        score = (rec.get("scores") or {}).get("judge")
+        out.append((float(score) if score is not None else None, reason))
+    return out
 
 
 def run_pairs(recipe: Recipe, answer: Callable[[list[list[dict[str, Any]]]], list[str]] | None = None,

@@ -27,7 +27,7 @@ BY = ("verifier", "judge")
 
 @dataclass
 class BestOfNOptions:
-    by: str = help_field("verifier", help="what ranks the samples: verifier (`function`, called with the record: bool, a number, or either with a reason) or judge (scores.judge, from a judge filter before this one)")
+    by: str = help_field("verifier", help="what ranks the samples: verifier (`function`, called with the record: bool, a number, or either with a reason) or judge (scores.judge, from a judge filter before this one: give it a low threshold, so every sample reaches the ranking)")
     function: str | None = help_field(None, help="with by: verifier, 'package.module:function'")
     k: int = help_field(1, help="samples kept per prompt")
     min_score: float | None = help_field(None, help="a sample passes at or above it (default: 1, i.e. true, for a verifier; 7 for a judge); samples that do not pass are never kept")

@@ -164,3 +164,48 @@ def test_real_samples_to_pairs_to_a_dpo_student_that_resumes(tmp_path, tiny_mode
     shutil.rmtree(dpo / "checkpoints" / "checkpoint-4")  # as if killed after step 2's checkpoint
     second = run_dpo(recipe, progress=False)
     assert second["resumed_from"].endswith("checkpoint-2") and second["global_step"] == 4
+
+
+@pytest.mark.slow
+def test_pairs_ranked_by_a_judge_score_the_students_answers_with_the_same_judge(tmp_path, tiny_model, vllm_server, monkeypatch):
+    from synth.pairs import run_pairs
+
+    from conftest import SERVED_MODEL, SERVER_KEY
+
+    monkeypatch.setenv("STILLHOUSE_TEST_KEY", SERVER_KEY)
+    judge = {"name": "judge", "threshold": 1, "max_tokens": 8, "temperature": 1.0, "seed": None, "teacher": {
+        "backend": "openai", "model": SERVED_MODEL, "openai": {
+            "base_url": vllm_server.url, "api_key_env": "STILLHOUSE_TEST_KEY",
+            "extra_body": {"structured_outputs": {"regex": "Score: [1-9]"}}}}}  # a score from the random model
+    recipe = samples_raw(tmp_path, tiny_model, [judge, {"name": "best_of_n", "by": "judge", "min_score": 1}],
+                         pairs={"sources": ["samples", "student"]})
+    run_curate(recipe, progress=False)
+    calls = len(read_jsonl(recipe.layout.judge))
+    assert calls == 9  # one per sample
+    students = []
+
+    def student(prompts):
+        students.extend(prompts)
+        return [f"a student's answer {i}" for i in range(len(prompts))]
+
+    counts = run_pairs(recipe, answer=student)
+    pairs = read_jsonl(recipe.layout.pairs)
+    kept = {r["id"]: r for r in read_jsonl(recipe.layout.train)}
+    assert len(students) == len(kept) == 3 and len(read_jsonl(recipe.layout.judge)) == calls + 3  # the student's judged
+    assert counts["student_answers"] == 3 and counts["pairs"] == len(pairs) == counts["samples"] + counts["student"]
+    # The judge samples its scores (seed None), so which pairs exist varies; the counts follow
+    # from the files: a kept answer pairs with its prompt's lowest-scored sample when that is lower.
+    worst = {}
+    for r in read_jsonl(recipe.layout.rejected):
+        if r["rejection"]["filter"] != "best_of_n":
+            continue
+        q = r["messages"][-2]["content"]
+        worst[q] = min(worst.get(q, 99), r["scores"]["judge"])
+    expected = sum(1 for r in kept.values() if worst.get(r["messages"][-2]["content"], 99) < r["scores"]["judge"])
+    assert counts["samples"] == expected >= 1  # (three prompts all tied on three samples: about 1e-4)
+    for p in pairs:
+        assert p["by"] == "judge" and 1 <= p["scores"]["rejected"] < p["scores"]["chosen"] <= 9
+        assert p["chosen"][0]["content"] == kept[p["chosen_id"]]["messages"][-1]["content"]
+        assert p["source"] == "samples" or p["rejected"][0]["content"].startswith("a student's answer")
+    run_pairs(recipe, answer=student)
+    assert len(read_jsonl(recipe.layout.judge)) == calls + 3  # the student's answers were judged once
