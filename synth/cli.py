@@ -188,12 +188,16 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 def cmd_tiny_model(args: argparse.Namespace) -> int:
     setup_logging(None, args.verbose)
-    from synth.tiny_model import build_tiny_model
+    from synth.tiny_model import CHATML_TEMPLATE, build_tiny_model
 
     out = Path(args.out_dir)
     if (out / "config.json").exists() and not args.force:
-        print(f"{out}: a model is already there (use --force to rebuild)")
-        return 0
+        template = out / "chat_template.jinja"
+        if template.is_file() and template.read_text(encoding="utf-8") == CHATML_TEMPLATE:
+            print(f"{out}: a model is already there (use --force to rebuild)")
+            return 0
+        # Built by an older stillhouse: its chat template lacks what this one renders (tools).
+        print(f"{out}: a model with an older chat template is there; rebuilding it")
     build_tiny_model(out, architecture=args.architecture, hidden_size=args.hidden_size,
                      num_layers=args.layers, seed=args.seed)
     print(f"{out}: tiny random {args.architecture} chat model written (it writes nonsense; for plumbing only)")

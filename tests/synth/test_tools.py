@@ -232,3 +232,17 @@ def test_sigkill_while_tools_run_resumes_without_running_a_recorded_call_again(t
     assert manifest["conversations"]["turns_sent"] == 8  # the first round's calls came from the cache
     assert Counter(r["id"] for r in read_jsonl(results)).most_common(1)[0][1] == 1
     assert all(r["tool_use"]["calls"] == 1 and not r["tool_use"]["errors"] for r in read_jsonl(recipe.layout.raw))
+
+
+def test_tiny_model_rebuilds_a_model_whose_template_predates_tools(tmp_path, capsys):
+    from synth.cli import main
+    from synth.tiny_model import CHATML_TEMPLATE
+
+    out = tmp_path / "tiny"
+    assert main(["tiny-model", str(out)]) == 0
+    assert main(["tiny-model", str(out)]) == 0
+    assert "a model is already there" in capsys.readouterr().out
+    template = out / "chat_template.jinja"
+    template.write_text(CHATML_TEMPLATE.replace("{% if tools %}", "{% if false %}"))  # as built before tools
+    assert main(["tiny-model", str(out)]) == 0
+    assert "older chat template" in capsys.readouterr().out and template.read_text() == CHATML_TEMPLATE
