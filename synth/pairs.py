@@ -149,9 +149,9 @@ def run_pairs(recipe: Recipe, answer: Callable[[list[list[dict[str, Any]]]], lis
             pairs += found
         seen, unique = set(), []
         for p in pairs:  # one pair per (prompt, chosen, rejected)
-            key = json.dumps([p["prompt"], p["chosen"], p["rejected"]], sort_keys=True, ensure_ascii=False)
-            if key not in seen:
-                seen.add(key)
+            same = json.dumps([p["prompt"], p["chosen"], p["rejected"]], sort_keys=True, ensure_ascii=False)
+            if same not in seen:
+                seen.add(same)
                 unique.append(p)
         counts.update(pairs=len(unique), duplicates=len(pairs) - len(unique))
         rewrite_atomically(layout.pairs, unique)

@@ -73,10 +73,12 @@ def test_best_of_n_by_judge_needs_a_judge_before_it(tmp_path, tiny_model):
 
 def test_pairs_from_ranked_samples_and_their_provenance(tmp_path, tiny_model):
     from synth.pairs import run_pairs
+    from synth.stages import pairs_key, read_stamp
 
     recipe = samples_raw(tmp_path, tiny_model, [{"name": "best_of_n", "function": "curate_verifiers:number_count"}])
     run_curate(recipe, progress=False)
     counts = run_pairs(recipe)
+    assert read_stamp(recipe.layout.stamp("pairs")) == pairs_key(recipe)  # synth run skips it next time
     pairs = {p["prompt"][-1]["content"]: p for p in read_jsonl(recipe.layout.pairs)}
     # "Name a colour." kept nothing, so it has no pair; each other kept answer against the
     # lowest-scored sample of its prompt.
