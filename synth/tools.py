@@ -27,7 +27,7 @@ import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Any
 
@@ -227,31 +227,35 @@ class Toolbox:
         self.schemas = {t["function"]["name"]: t["function"].get("parameters", {"type": "object"}) for t in self.definitions}
         self.files = {name: _function_file(target, f"tools.functions.{name}") for name, target in cfg.functions.items()}
         self.python = python or sys.executable
-        self.sandbox = "network namespace" if not cfg.network and _network_namespace() else (
-            "sockets disabled" if not cfg.network else "none")
-        if not cfg.network and self.sandbox != "network namespace":
-            logger.warning("tools: this kernel refuses an unprivileged network namespace; tools run with Python's "
-                           "sockets disabled instead (a tool calling a C library's network code is not stopped)")
+        c = cfg  # the functions' sources hashed once: every call's cache key holds them
+        self._identity = {
+            "definitions": self.definitions, "choice": c.choice, "first_choice": c.first_choice, "parallel": c.parallel,
+            "max_rounds": c.max_rounds, "timeout_s": c.timeout_s, "memory_mb": c.memory_mb, "network": c.network,
+            "functions": {n: {"target": t, "source": file_sha256(self.files[n])} for n, t in sorted(c.functions.items())}}
+
+    @cached_property
+    def sandbox(self) -> str:
+        """How tools are kept off the network; probed when tools first run (planning never does)."""
+        if self.cfg.network:
+            return "none"
+        if _network_namespace():
+            return "network namespace"
+        logger.warning("tools: this kernel refuses an unprivileged network namespace; tools run with Python's "
+                       "sockets disabled instead (a tool calling a C library's network code is not stopped)")
+        return "sockets disabled"
 
     def identity(self) -> dict[str, Any]:
         """What the tools' results depend on (in every record id of a recipe with tools)."""
-        c = self.cfg
-        return {"definitions": self.definitions, "choice": c.choice, "first_choice": c.first_choice, "parallel": c.parallel,
-                "max_rounds": c.max_rounds, "timeout_s": c.timeout_s, "memory_mb": c.memory_mb, "network": c.network,
-                "functions": {n: {"target": t, "source": file_sha256(self.files[n])} for n, t in sorted(c.functions.items())}}
-
-    def json(self) -> str:
-        """The definitions as a record's `tools` column holds them (a JSON string TRL reads)."""
-        return json.dumps(self.definitions, ensure_ascii=False)
+        return self._identity
 
     def choice(self, round_: int) -> str:
         return self.cfg.first_choice if round_ == 1 and self.cfg.first_choice else self.cfg.choice
 
     def result_key(self, call: Call, turn_request_id: str, index: int) -> str:
         """A call's cache key: the teacher call that made it, its place, and the function's source."""
-        name = call.name if call.name in self.files else None
+        function = self._identity["functions"].get(call.name)
         payload = {"turn": turn_request_id, "index": index, "name": call.name, "arguments": call.arguments,
-                   "source": file_sha256(self.files[name]) if name else None, "tools": self.identity()}
+                   "source": function["source"] if function else None, "tools": self._identity}
         return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:32]
 
     def check(self, call: Call) -> tuple[dict[str, Any] | None, Result | None]:
