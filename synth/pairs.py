@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from synth.config import Recipe
-from synth.filters import build_filter, parse_spec
+from synth.filters import build_filter, entries_named
 from synth.filters.best_of_n import prompt_key
 from synth.manifest import update_manifest
 from synth.rawlog import DirLock, iter_records, rewrite_atomically
@@ -37,10 +37,9 @@ from synth.runtime import utc_now
 logger = logging.getLogger(__name__)
 
 
-def _ranking_filter(recipe: Recipe) -> tuple[Any, int]:
-    for i, spec in enumerate(recipe.curate.filters):
-        if parse_spec(spec, i)[0] == "best_of_n":
-            return build_filter(spec, i), i
+def _ranking_filter(recipe: Recipe) -> Any:
+    for spec, i in entries_named(recipe.curate.filters, "best_of_n")[:1]:
+        return build_filter(spec, i)
     raise ValueError("pairs: the pairs are ranked by curation's best_of_n filter, and curate.filters has none; add "
                      "e.g. {name: best_of_n, function: my_checks:is_correct} (with sampling.n > 1), then rerun synth curate")
 
@@ -104,11 +103,11 @@ def _score_all(recipe: Recipe, ranker: Any, records: list[dict[str, Any]]) -> li
     calls cached in judge.jsonl like curation's); None where the judge gave no score."""
     if ranker.o.by == "verifier":
         return [ranker.score(rec) for rec in records]
-    judge = next((build_filter(spec, i) for i, spec in enumerate(recipe.curate.filters) if parse_spec(spec, i)[0] == "judge"),
-                 None)
-    if judge is None:
+    judges = entries_named(recipe.curate.filters, "judge")
+    if not judges:
         raise ValueError("pairs: best_of_n ranks by the judge, and curate.filters has no judge filter to score the "
                          "student's answers with")
+    judge = build_filter(*judges[0])
     judge.prepare(iter(records), recipe.layout.root)
     out = []
     for rec in records:
@@ -130,7 +129,7 @@ def run_pairs(recipe: Recipe, answer: Callable[[list[list[dict[str, Any]]]], lis
     layout, cfg = recipe.layout, recipe.pair_options
     if not layout.train.exists():
         raise ValueError(f"pairs: {layout.train} does not exist; run `synth curate` first")
-    ranker, _ = _ranking_filter(recipe)
+    ranker = _ranking_filter(recipe)
     by = ranker.o.by
     with DirLock(layout.root):
         pairs: list[dict[str, Any]] = []

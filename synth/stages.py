@@ -106,10 +106,10 @@ def eval_key(recipe: Recipe) -> dict[str, Any]:
 def pairs_key(recipe: Recipe) -> dict[str, Any]:
     """What `synth pairs` reads: the curated files, the pairs settings, the ranking filter's
     inputs and, for student pairs, the trained student's weights."""
-    from synth.filters import filter_inputs, parse_spec
+    from synth.filters import entries_named, filter_inputs
 
     layout, cfg = recipe.layout, recipe.pair_options
-    ranking = [filter_inputs(spec, i) for i, spec in enumerate(recipe.curate.filters) if parse_spec(spec, i)[0] == "best_of_n"]
+    ranking = [filter_inputs(spec, i) for spec, i in entries_named(recipe.curate.filters, "best_of_n")]
     key: dict[str, Any] = {"train": file_sha256(layout.train), "rejected": file_sha256(layout.rejected),
                            "pairs": canonical_dict(cfg), "ranking": ranking}
     if "student" in cfg.sources and recipe.sft is not None:

@@ -67,11 +67,16 @@ def build_filter(spec: Any, index: int) -> Filter:
     return filter_class(name)(options, f"curate.filters[{index}]")
 
 
+def entries_named(specs: list[Any], name: str) -> list[tuple[Any, int]]:
+    """(entry, index) of every filter entry of curate.filters with this name, in order."""
+    return [(spec, i) for i, spec in enumerate(specs) if parse_spec(spec, i)[0] == name]
+
+
 def filter_inputs(spec: Any, index: int) -> dict[str, Any]:
     """What a filter entry depends on besides its options (files, models), for stage keys."""
     name, _ = parse_spec(spec, index)
     return filter_class(name).inputs(validate_spec(spec, index))
 
 
-__all__ = ["FILTERS", "Filter", "answer_text", "build_filter", "field_text", "filter_inputs", "parse_spec",
+__all__ = ["FILTERS", "Filter", "answer_text", "build_filter", "entries_named", "field_text", "filter_inputs", "parse_spec",
            "prompt_text", "validate_spec"]
