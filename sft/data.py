@@ -189,32 +189,38 @@ def fit_to_length(rows: list[list[dict[str, str]]], tokenizer: Any, max_length: 
 
 def conversations_dataset(rows: list[list[dict[str, str]]], column: str = "messages") -> Any:
     """A `datasets.Dataset` with one column of chats (`messages`, or `prompt` for a trainer that
-    samples the answers itself), fingerprinted by its content, and a `tools` column (JSON
-    text, which TRL reads) when examples have tools.
-
-    `Dataset.from_list` fingerprints a new dataset by pickling its Arrow table and features
-    with dill, which once failed on a GPU machine under Python 3.12 ("could not pickle a
-    pyarrow type"). A content hash given as the fingerprint skips that step; later
-    `.map` fingerprints (TRL's tokenisation) hash only the function and its arguments.
+    samples the answers itself) and a `tools` column (JSON text, which TRL reads) when
+    examples have tools.
 
     Tool-call arguments go in as JSON text: Arrow gives every row of a column one struct
     type, so objects of different tools would come back with each other's keys as nulls
     (see tool_arguments_as_text for the chat templates that render text arguments)."""
+    import json
+
+    with_tools = any(tools_of(m) for m in rows)
+    return fingerprinted_dataset([
+        {column: list(m), **({"tools": json.dumps(tools_of(m)) if tools_of(m) else None} if with_tools else {})}
+        for m in rows])
+
+
+def fingerprinted_dataset(rows: list[dict[str, Any]]) -> Any:
+    """A `datasets.Dataset` of `rows`, fingerprinted by their content.
+
+    `Dataset.from_list` fingerprints a new dataset by pickling its Arrow table and features
+    with dill, which once failed on a GPU machine under Python 3.12 ("could not pickle a
+    pyarrow type"). A content hash given as the fingerprint skips that step; later
+    `.map` fingerprints (TRL's tokenisation) hash only the function and its arguments."""
     import hashlib
     import json
 
     import datasets
     import pyarrow as pa
 
-    with_tools = any(tools_of(m) for m in rows)
     digest = hashlib.sha256()
-    for messages in rows:
-        digest.update(json.dumps([messages, tools_of(messages)], ensure_ascii=False, sort_keys=True).encode())
+    for row in rows:
+        digest.update(json.dumps(row, ensure_ascii=False, sort_keys=True).encode())
         digest.update(b"\n")
-    digest.update(column.encode())
-    table = datasets.table.InMemoryTable(pa.Table.from_pylist([
-        {column: list(m), **({"tools": json.dumps(tools_of(m)) if tools_of(m) else None} if with_tools else {})}
-        for m in rows]))
+    table = datasets.table.InMemoryTable(pa.Table.from_pylist(rows))
     return datasets.Dataset(table, fingerprint=digest.hexdigest()[:16])
 
 

@@ -70,7 +70,7 @@ def run_dpo(recipe: Recipe, progress: bool = True, fresh: bool = False, key: dic
     import dataclasses
 
     from sft.config import sft_of
-    from sft.data import DataReport
+    from sft.data import DataReport, fingerprinted_dataset
     from sft.train import (
         Prepared,
         _imports,
@@ -106,7 +106,7 @@ def run_dpo(recipe: Recipe, progress: bool = True, fresh: bool = False, key: dic
     steps = dataclasses.replace(cfg, learning_rate=opts.learning_rate, epochs=opts.epochs, max_steps=opts.max_steps)
     args = trl.DPOConfig(**trainer_arguments(steps, student, on_gpu=on_gpu, progress=progress),
                          beta=opts.beta, loss_type=[t.strip() for t in opts.loss_type.split(",")], max_length=cfg.max_length, dataset_num_proc=None)
-    trainer = trl.DPOTrainer(model=model, args=args, train_dataset=_dataset(rows), processing_class=tokenizer,
+    trainer = trl.DPOTrainer(model=model, args=args, train_dataset=fingerprinted_dataset(rows), processing_class=tokenizer,
                              peft_config=peft_config)
     for default in (transformers.PrinterCallback, transformers.ProgressCallback):
         trainer.remove_callback(default)
@@ -117,14 +117,3 @@ def run_dpo(recipe: Recipe, progress: bool = True, fresh: bool = False, key: dic
     key = key if key is not None else dpo_key(recipe)
     prepared = Prepared(trainer, cfg, student, tokenizer, report, False, "", on_gpu, key, recipe.layout.root)
     return train_and_save(prepared, fresh=fresh)
-
-
-def _dataset(rows: list[dict[str, Any]]) -> Any:
-    import hashlib
-    import json
-
-    import datasets
-    import pyarrow as pa
-
-    digest = hashlib.sha256(json.dumps(rows, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
-    return datasets.Dataset(datasets.table.InMemoryTable(pa.Table.from_pylist(rows)), fingerprint=digest)
