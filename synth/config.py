@@ -286,6 +286,7 @@ class CurateConfig:
     eval_seed: int = help_field(0, help="seed of the train/eval assignment")
     split_threshold: float = help_field(0.7, help="prompt similarity (Jaccard) at which prompts count as one for the split")
     only_planned: bool = help_field(True, help="curate only records of this recipe's requests (not other configs in the same raw log)")
+    checkpoint_s: float = help_field(120.0, help="seconds between checkpoints of a long curation, resumed after a kill (0: every 16,384 records); not with batch filters")
 
     def __post_init__(self) -> None:
         from synth.filters import validate_spec  # options only: nothing loads or connects
@@ -294,6 +295,8 @@ class CurateConfig:
             validate_spec(spec, i)
         if not (0 <= self.eval_fraction < 1):
             raise ValueError(f"eval_fraction: must be in [0, 1), got {self.eval_fraction}")
+        if self.checkpoint_s < 0:
+            raise ValueError(f"checkpoint_s: must be >= 0 seconds, got {self.checkpoint_s}")
         if not (0 < self.split_threshold <= 1):
             raise ValueError(f"split_threshold: must be in (0, 1], got {self.split_threshold}")
 

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from synth.config import CurateConfig, Recipe, redacted
 from synth.filters import Filter, build_filter, prompt_text
 from synth.generate import plan_requests
@@ -35,44 +37,100 @@ from synth.runtime import utc_now, write_json_atomically
 logger = logging.getLogger(__name__)
 
 @dataclass
-class _Entry:
-    id: str
-    offset: int
-    length: int
-    line: int
+class _Entries:
+    """Where each record to curate sits in the raw log, in id order: 16 bytes a record."""
+
+    offsets: np.ndarray  # int64
+    lengths: np.ndarray  # int32
+    lines: np.ndarray  # int32, for error messages
+
+    def __len__(self) -> int:
+        return len(self.offsets)
 
 
-def _index_raw(raw: Path, planned: set[str] | None) -> tuple[list[_Entry], int]:
-    """(entries of the records to curate, sorted by id; how many records were left out)."""
+_ID_PREFIX = b'{"id": "'
+_CHUNK = 1 << 16
+
+
+def _line_id(line: bytes, raw: Path, lineno: int) -> str:
+    """The record's id: read from the line's start when synth wrote it (id first, plain
+    characters), else parsed from the whole line."""
+    if line.startswith(_ID_PREFIX):
+        end = line.find(b'"', len(_ID_PREFIX))
+        rid = line[len(_ID_PREFIX) : end]
+        if end > 0 and b"\\" not in rid:
+            return rid.decode()
+    try:
+        return json.loads(line)["id"]
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"{raw} line {lineno} is not a valid record; fix or delete that line") from None
+
+
+def _index_raw(raw: Path, planned: set[str] | None) -> tuple[_Entries, int]:
+    """(where the records to curate are, sorted by id; how many records were left out).
+    Ids are read from each line's start; a line is parsed in full when it is curated."""
     if not raw.exists():
         raise ValueError(f"output.dir: {raw} does not exist; run `synth generate` first")
-    entries, skipped, offset = [], 0, 0
+    ids: list[np.ndarray] = []
+    offsets: list[np.ndarray] = []
+    lengths: list[np.ndarray] = []
+    lines: list[np.ndarray] = []
+    chunk_ids: list[str] = []
+    chunk: list[tuple[int, int, int]] = []
+    skipped, offset = 0, 0
+
+    def flush() -> None:
+        if chunk:
+            ids.append(np.array([rid.encode() for rid in chunk_ids], dtype=np.bytes_))  # bytes sort as str does
+            o, n, ln = zip(*chunk, strict=True)
+            offsets.append(np.array(o, np.int64))
+            lengths.append(np.array(n, np.int32))
+            lines.append(np.array(ln, np.int32))
+            chunk_ids.clear()
+            chunk.clear()
+
     with raw.open("rb") as fh:
         for lineno, line in enumerate(fh, 1):
             if line.strip():
-                try:
-                    rid = json.loads(line)["id"]
-                except (ValueError, KeyError, TypeError):
-                    raise ValueError(f"{raw} line {lineno} is not a valid record; fix or delete that line") from None
+                rid = _line_id(line, raw, lineno)
                 if planned is None or rid in planned:
-                    entries.append(_Entry(rid, offset, len(line), lineno))
+                    chunk_ids.append(rid)
+                    chunk.append((offset, len(line), lineno))
+                    if len(chunk) == _CHUNK:
+                        flush()
                 else:
                     skipped += 1
             offset += len(line)
-    entries.sort(key=lambda e: (e.id, e.line))
-    for a, b in zip(entries, entries[1:], strict=False):
-        if a.id == b.id:
-            raise repeated_request(raw, a.id, a.line, b.line)
+    flush()
+    if not ids:
+        empty = _Entries(np.empty(0, np.int64), np.empty(0, np.int32), np.empty(0, np.int32))
+        return empty, skipped
+    all_ids = np.concatenate(ids)
+    ids.clear()
+    order = np.argsort(all_ids, kind="stable")  # equal ids keep their line order
+    all_ids = all_ids[order]
+    repeats = np.flatnonzero(all_ids[1:] == all_ids[:-1])
+    entries = _Entries(np.concatenate(offsets)[order], np.concatenate(lengths)[order], np.concatenate(lines)[order])
+    if len(repeats):
+        j = int(repeats[0])
+        raise repeated_request(raw, bytes(all_ids[j]).decode(), int(entries.lines[j]), int(entries.lines[j + 1]))
     return entries, skipped
 
 
 class _Writer:
     """A JSONL file written under a temporary name and renamed into place on success."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, resume: dict[str, int] | None = None):
+        """resume: {size, count} of a checkpoint: the .tmp file is cut back to `size` bytes
+        and written on from there."""
         self.path, self.tmp = path, path.with_name(path.name + ".tmp")
-        self.fh = self.tmp.open("w", encoding="utf-8")
-        self.count = 0
+        if resume is None:
+            self.fh = self.tmp.open("w", encoding="utf-8")
+            self.count = 0
+        else:
+            os.truncate(self.tmp, resume["size"])
+            self.fh = self.tmp.open("a", encoding="utf-8")
+            self.count = resume["count"]
 
     def write(self, rec: dict[str, Any]) -> None:
         self.fh.write(json.dumps(rec, ensure_ascii=False, sort_keys=False) + "\n")
@@ -83,6 +141,15 @@ class _Writer:
         os.fsync(self.fh.fileno())
         self.fh.close()
         os.replace(self.tmp, self.path)
+
+    def sync(self) -> int:
+        """Flush and fsync; returns the file's size."""
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        return self.tmp.stat().st_size
+
+    def close(self) -> None:
+        self.fh.close()
 
     def abort(self) -> None:
         self.fh.close()
@@ -107,15 +174,26 @@ def _split(kept_path: Path, cfg: CurateConfig) -> dict[str, str]:
             x = parent[x]
         return x
 
-    ids = []
+    ids: list[str] = []
+
+    def link(block: list[dict[str, Any]]) -> None:
+        keys = [rec["id"] for rec in block]
+        for rid, others in zip(keys, index.link_many(keys, [prompt_text(rec) for rec in block]), strict=True):
+            ids.append(rid)
+            parent[rid] = rid
+            for other in others:
+                a, b = find(rid), find(other)
+                if a != b:
+                    parent[max(a, b)] = min(a, b)  # the smaller id is the root: order-independent
+
+    block: list[dict[str, Any]] = []
     for rec in iter_records(kept_path):
-        rid = rec["id"]
-        ids.append(rid)
-        parent[rid] = rid
-        for other in index.link(rid, prompt_text(rec)):
-            a, b = find(rid), find(other)
-            if a != b:
-                parent[max(a, b)] = min(a, b)  # the smaller id is the root: order-independent
+        block.append(rec)
+        if len(block) == 1024:
+            link(block)
+            block = []
+    if block:
+        link(block)
     out = {}
     for rid in ids:
         root = find(rid)
@@ -139,7 +217,7 @@ def run_curate(recipe: Recipe, progress: bool = True, key: dict[str, Any] | None
         entries, skipped = _index_raw(layout.raw, planned)
         if skipped:
             logger.info("%d records in %s belong to other configurations; left out (curate.only_planned)", skipped, layout.raw)
-        counts = _filter_all(layout, filters, entries, progress)
+        counts = _filter_all(layout, filters, entries, progress, key, recipe.curate.checkpoint_s)
         split = _write_split(layout, recipe.curate) if recipe.curate.eval_fraction > 0 and counts["kept"] else None
         if split is None:
             layout.eval.unlink(missing_ok=True)
@@ -163,14 +241,149 @@ def run_curate(recipe: Recipe, progress: bool = True, key: dict[str, Any] | None
         write_json_atomically(layout.stats, stats)  # a function of data and config only: no run facts
         # What this run had to do (judge calls sent vs cached) goes to the manifest, not stats.json.
         calls = {f"{f.name}_calls": f.stats for f in filters if f.batch}
+        if counts.get("resumed_at"):
+            calls["resumed_at"] = counts["resumed_at"]  # records a killed curation had decided already
         _update_manifest(layout, recipe, stats, calls, time.monotonic() - wall0)
         write_stamp(layout.stamp("curate"), key)
     return {**stats, **calls}
 
 
-def _filter_all(layout: Layout, filters: list[Filter], entries: list[_Entry], progress: bool) -> dict[str, Any]:
+def _filter_all(layout: Layout, filters: list[Filter], entries: _Entries, progress: bool,
+                key: dict[str, Any] | None = None, checkpoint_s: float = 120.0) -> dict[str, Any]:
     """Run every record through the filters (first rejection wins) into train.jsonl and
-    rejected.jsonl, written under temporary names and renamed into place at the end."""
+    rejected.jsonl, written under temporary names and renamed into place at the end. Without
+    batch filters it checkpoints (see _Checkpoint) and resumes a killed curation."""
+    batch = [f"{f.where} ({f.name})" for f in filters if f.batch]
+    if batch or key is None:
+        if batch and (layout.curate_checkpoint.exists() or layout.train.with_name(layout.train.name + ".tmp").exists()):
+            logger.warning("an interrupted curation is not resumed: %s needs every record before deciding, so curation "
+                           "with it is not checkpointed; it starts again from the first record (judge calls are cached)",
+                           batch[0])
+        _remove_tree(layout.curate_checkpoint)
+        return _filter_batched(layout, filters, entries, progress)
+    return _filter_streaming(layout, filters, entries, progress, key, checkpoint_s)
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+class _Checkpoint:
+    """Resumable curation: every `checkpoint_s` (at a block boundary, when every record read
+    so far is decided), the writers are fsynced and their sizes recorded with the position in
+    the id-ordered records, each filter's state (dedup indexes as numpy arrays; near-dedup's
+    signatures are an append-only file here already, so only its length is recorded) and the
+    stage key. A rerun with the same key cuts the .tmp outputs back to the recorded sizes and
+    goes on from that position: nothing finished is redone, nothing is written twice."""
+
+    def __init__(self, folder: Path, key: dict[str, Any]):
+        self.folder, self.key = folder, json.loads(json.dumps(key, sort_keys=True, default=str))
+        self.meta: dict[str, Any] | None = None
+        self.seq = 0
+
+    def load(self, writers: dict[str, Path]) -> dict[str, Any] | None:
+        meta_path = self.folder / "meta.json"
+        meta = None
+        if meta_path.exists():
+            meta = json.loads(meta_path.read_text())
+            why = None
+            if meta.get("key") != self.key:
+                why = "the raw log, the recipe's curation or a filter's inputs changed since"
+            elif any(not p.exists() or p.stat().st_size < meta["writers"][name]["size"] for name, p in writers.items()):
+                why = "its partial outputs are gone"
+            if why:
+                logger.info("not resuming the interrupted curation (%s): starting from the first record", why)
+                meta = None
+        if meta is None:
+            _remove_tree(self.folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.meta = meta
+        self.seq = meta["seq"] if meta else 0
+        return meta
+
+    def save(self, position: int, writers: dict[str, _Writer], pii: dict[str, int], filters: list[Filter]) -> None:
+        arrays: dict[str, Any] = {}
+        states = [f.save_state(arrays, f"f{i}_") for i, f in enumerate(filters)]
+        sizes = {name: {"size": w.sync(), "count": w.count} for name, w in writers.items()}
+        self.seq += 1
+        state_path = self.folder / f"state-{self.seq}.npz"
+        with state_path.open("wb") as fh:
+            np.savez(fh, **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+        write_json_atomically(self.folder / "meta.json", {"key": self.key, "position": position, "seq": self.seq,
+                                                          "writers": sizes, "pii": pii, "filters": states})
+        for old in self.folder.glob("state-*.npz"):
+            if old != state_path:
+                old.unlink()
+
+    def restore(self, filters: list[Filter]) -> None:
+        assert self.meta is not None
+        with np.load(self.folder / f"state-{self.seq}.npz") as arrays:
+            for i, (f, state) in enumerate(zip(filters, self.meta["filters"], strict=True)):
+                f.load_state(state, arrays, f"f{i}_")
+
+
+_SEGMENT = 16_384  # records between the points where a checkpoint may be taken
+
+
+def _filter_streaming(layout: Layout, filters: list[Filter], entries: _Entries, progress: bool,
+                      key: dict[str, Any], checkpoint_s: float) -> dict[str, Any]:
+    paths = {"train": layout.train, "rejected": layout.rejected}
+    ckpt = _Checkpoint(layout.curate_checkpoint, key)
+    meta = ckpt.load({name: p.with_name(p.name + ".tmp") for name, p in paths.items()})
+    for f in filters:
+        f.attach(ckpt.folder)
+    start, pii = 0, {}
+    if meta:
+        ckpt.restore(filters)
+        start, pii = meta["position"], meta["pii"]
+        logger.info("resuming an interrupted curation at record %d of %d (its checkpoint)", start, len(entries))
+    writers = {name: _Writer(p, resume=meta["writers"][name] if meta else None) for name, p in paths.items()}
+    kept, rejected = writers["train"], writers["rejected"]
+
+    def reject(rec: dict[str, Any], name: str, reason: str) -> None:
+        rejected.write({**rec, "rejection": {"filter": name, "reason": reason}})
+
+    from tqdm.auto import tqdm
+
+    last = time.monotonic()
+    saved = bool(meta)
+    try:
+        with layout.raw.open("rb") as fh, tqdm(total=len(entries), initial=start, unit="rec", desc="curate",
+                                               disable=not progress, dynamic_ncols=True, mininterval=0.5) as bar:
+            for begin in range(start, len(entries), _SEGMENT):
+                end = min(begin + _SEGMENT, len(entries))
+                records: Iterable[dict[str, Any]] = _read_entries(fh, entries, begin, end, bar)
+                for f in filters:
+                    records = f.apply(records, reject)
+                for rec in records:
+                    for name, n in (rec.get("pii") or {}).items():
+                        pii[name] = pii.get(name, 0) + n
+                    kept.write(rec)
+                if end < len(entries) and time.monotonic() - last >= checkpoint_s:
+                    ckpt.save(end, writers, pii, filters)
+                    saved, last = True, time.monotonic()
+        kept.commit()
+        rejected.commit()
+    except BaseException:
+        for w in writers.values():
+            if not w.fh.closed:
+                w.close() if saved else w.abort()  # a checkpoint needs its partial outputs
+        raise
+    _remove_tree(ckpt.folder)
+    result = {"kept": kept.count, "rejected": rejected.count, "pii": dict(sorted(pii.items()))}
+    if start:
+        result["resumed_at"] = start
+    return result
+
+
+def _filter_batched(layout: Layout, filters: list[Filter], entries: _Entries, progress: bool) -> dict[str, Any]:
+    """_filter_all for chains with a batch filter: one pass, no checkpoints."""
+    from tqdm.auto import tqdm
+
     kept, rejected = _Writer(layout.train), _Writer(layout.rejected)
     scratch: list[_Writer] = []
     pii: dict[str, int] = {}
@@ -179,8 +392,9 @@ def _filter_all(layout: Layout, filters: list[Filter], entries: list[_Entry], pr
         rejected.write({**rec, "rejection": {"filter": name, "reason": reason}})
 
     try:
-        with layout.raw.open("rb") as fh:
-            records: Iterable[dict[str, Any]] = _read_entries(fh, entries, progress)
+        with layout.raw.open("rb") as fh, tqdm(total=len(entries), unit="rec", desc="curate", disable=not progress,
+                                               dynamic_ncols=True, mininterval=0.5) as bar:
+            records: Iterable[dict[str, Any]] = _read_entries(fh, entries, 0, len(entries), bar)
             for k, f in enumerate(filters):
                 if f.batch:
                     # A batch filter needs every survivor of the filters before it: they go to a
@@ -210,12 +424,17 @@ def _filter_all(layout: Layout, filters: list[Filter], entries: list[_Entry], pr
     return {"kept": kept.count, "rejected": rejected.count, "pii": dict(sorted(pii.items()))}
 
 
-def _read_entries(fh, entries: list[_Entry], progress: bool):
-    from tqdm.auto import tqdm
-
-    for entry in tqdm(entries, unit="rec", desc="curate", disable=not progress, dynamic_ncols=True):
-        fh.seek(entry.offset)
-        yield json.loads(fh.read(entry.length))
+def _read_entries(fh, entries: _Entries, begin: int, end: int, bar):
+    """Records begin..end (in id order) from the raw log, counted on the progress bar."""
+    for offset, length, lineno in zip(entries.offsets[begin:end].tolist(), entries.lengths[begin:end].tolist(),
+                                      entries.lines[begin:end].tolist(), strict=True):
+        fh.seek(offset)
+        try:
+            rec = json.loads(fh.read(length))
+        except ValueError:
+            raise ValueError(f"{fh.name} line {lineno} is not valid JSON; fix or delete that line") from None
+        bar.update()
+        yield rec
 
 
 def _logprob_counts(layout: Layout) -> dict[str, int]:

@@ -107,6 +107,8 @@ class Layout:
         """Curation's scratch file before a batch filter (removed when curation ends)."""
         return self.root / f".curate-stage-{index}.jsonl"
 
+    curate_checkpoint = property(lambda self: self.root / ".curate-checkpoint")  # resumable curation's state
+
     def student(self, output_dir: str | None = None, full_finetune: bool = False) -> StudentLayout:
         """The student's files: sft.output_dir, or OUTPUT/student."""
         return StudentLayout(Path(output_dir) if output_dir else self.root / "student", full_finetune)

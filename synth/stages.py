@@ -45,7 +45,7 @@ def curate_key(recipe: Recipe) -> dict[str, Any]:
     cfg = recipe.curate
     key: dict[str, Any] = {
         "raw": file_sha256(recipe.layout.raw),
-        "curate": canonical_dict(cfg),
+        "curate": {k: v for k, v in canonical_dict(cfg).items() if k != "checkpoint_s"},  # how often, not what
         "filters": [filter_inputs(spec, i) for i, spec in enumerate(cfg.filters)],
     }
     if recipe.layout.logprobs.exists():  # counted in stats.json and the card; append-only, so its size

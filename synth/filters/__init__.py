@@ -24,6 +24,7 @@ FILTERS: dict[str, str] = {
     "exact_dedup": "synth.filters.dedup:ExactDedup",
     "near_dedup": "synth.filters.dedup:NearDedup",
     "decontam": "synth.filters.decontam:Decontam",
+    "semantic_decontam": "synth.filters.decontam:SemanticDecontam",
     "pii": "synth.filters.pii:Pii",
     "json": "synth.filters.structured:JsonOutput",
     "verifier": "synth.filters.verifier:Verifier",

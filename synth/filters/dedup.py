@@ -1,28 +1,29 @@
 """Exact and near-duplicate removal (the first record in curation order is kept).
 
-Near-dedup: MinHash over word n-gram shingles with LSH banding (rensa, a Rust MinHash:
-measured 15x+ faster than datasketch, bench/dedup.py), then the candidate is confirmed
-by its estimated Jaccard similarity against the matched record.
+Near-dedup: MinHash signatures of word n-gram shingles (synth.minhash: numpy, one hash per
+shingle), LSH banding over compact sorted runs of 32-bit band hashes (synth.compact: 8 bytes
+a band per kept record), and each candidate confirmed by its estimated Jaccard similarity
+against the matched record's signature, kept on disk. Both dedups decide a block of records
+at a time, exactly as one at a time would (earlier records of the block count).
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
-import unicodedata
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from synth.compact import Digests, Keys, Runs
 from synth.configtools import help_field
-from synth.filters.base import FieldOptions, Filter, field_text
+from synth.filters.base import BlockFilter, FieldOptions, field_text
+from synth.minhash import Signer, mix, normalise, shingle_hashes
 
-_PUNCT = re.compile(r"[^\w\s]")
+__all__ = ["ExactDedup", "NearDedup", "NearIndex", "bands_for", "normalise", "shingle_hashes"]
 
-
-def normalise(text: str) -> str:
-    """Case-folded, NFKC, punctuation dropped, whitespace collapsed."""
-    text = text.lower() if text.isascii() else unicodedata.normalize("NFKC", text).casefold()
-    return " ".join(_PUNCT.sub(" ", text).split())
+BLOCK = BlockFilter.block_size  # records decided at once
 
 
 def _key_text(rec: dict[str, Any], field: str) -> str:
@@ -34,19 +35,48 @@ class ExactOptions(FieldOptions):
     field: str = help_field("both", help="what must repeat: prompt, answer or both (normalised)")
 
 
-class ExactDedup(Filter):
-    """Reject records whose normalised prompt, answer or both were seen before."""
+class ExactDedup(BlockFilter):
+    """Reject records whose normalised prompt, answer or both were seen before. The index
+    keeps a 64-bit digest and the id of each first occurrence: about 28 bytes a record."""
 
     name = "exact_dedup"
     Options = ExactOptions
 
     def setup(self) -> None:
-        self._seen: dict[bytes, str] = {}
+        self._seen = Runs(np.uint64)
+        self._ids = Keys()
 
-    def check(self, rec: dict[str, Any]) -> str | None:
-        digest = hashlib.blake2b(normalise(_key_text(rec, self.o.field)).encode(), digest_size=16).digest()
-        first = self._seen.setdefault(digest, rec["id"])
-        return f"exact duplicate ({self.o.field}) of {first}" if first != rec["id"] else None
+    def check_many(self, recs: list[dict[str, Any]]) -> list[str | None]:
+        digests = np.array([int.from_bytes(hashlib.blake2b(normalise(_key_text(r, self.o.field)).encode(),
+                                                           digest_size=8).digest(), "little") for r in recs], np.uint64)
+        pos, first = self._seen.query(digests)
+        earlier = dict(zip(pos.tolist(), first.tolist(), strict=True))
+        reasons: list[str | None] = []
+        new: dict[int, str] = {}  # digest -> id, first seen in this block
+        fresh = []
+        for i, (rec, digest) in enumerate(zip(recs, digests.tolist(), strict=True)):
+            if i in earlier:
+                reasons.append(f"exact duplicate ({self.o.field}) of {self._ids[earlier[i]]}")
+            elif digest in new:
+                reasons.append(f"exact duplicate ({self.o.field}) of {new[digest]}")
+            else:
+                new[digest] = rec["id"]
+                fresh.append(i)
+                reasons.append(None)
+        start = len(self._ids)
+        for i in fresh:
+            self._ids.append(recs[i]["id"])
+        self._seen.add(digests[fresh], np.arange(start, start + len(fresh), dtype=np.uint32))
+        return reasons
+
+    def save_state(self, arrays: dict[str, Any], prefix: str) -> dict[str, Any]:
+        return {**super().save_state(arrays, prefix), "runs": self._seen.save(arrays, prefix + "seen"),
+                "ids": self._ids.save(arrays, prefix + "ids")}
+
+    def load_state(self, state: dict[str, Any], arrays: Any, prefix: str) -> None:
+        super().load_state(state, arrays, prefix)
+        self._seen.load(arrays, prefix + "seen", state["runs"])
+        self._ids.load(arrays, prefix + "ids", state["ids"])
 
 
 @dataclass
@@ -61,17 +91,10 @@ class NearOptions(FieldOptions):
         super().__post_init__()
         if not (0 < self.threshold <= 1):
             raise ValueError(f"threshold: must be in (0, 1], got {self.threshold}")
-        if self.shingle < 1 or self.num_perm < 8:
-            raise ValueError("shingle: must be >= 1 and num_perm >= 8")
+        if not 1 <= self.shingle <= 8 or self.num_perm < 8:
+            raise ValueError("shingle: must be 1 to 8 words, and num_perm >= 8")
         if self.num_bands is not None and (self.num_bands < 1 or self.num_perm % self.num_bands):
             raise ValueError(f"num_bands: must divide num_perm ({self.num_perm})")
-
-
-def shingles(text: str, n: int) -> list[str]:
-    words = normalise(text).split()
-    if len(words) <= n:
-        return [" ".join(words)] if words else [""]
-    return [" ".join(gram) for gram in zip(*(words[i:] for i in range(n)), strict=False)]  # n-grams
 
 
 def bands_for(threshold: float, num_perm: int) -> int:
@@ -88,63 +111,137 @@ def bands_for(threshold: float, num_perm: int) -> int:
 
 
 class NearIndex:
-    """MinHash LSH over shingled texts: add() returns the key of a near-duplicate or None."""
+    """MinHash LSH: add() returns the key of an indexed near-duplicate or None.
+
+    Memory per indexed text: 4 + 4 bytes for each of `num_bands` bands and 16 for its key;
+    its signature (2 bytes a permutation) goes to a temporary file."""
 
     def __init__(self, threshold: float, shingle: int, num_perm: int, num_bands: int | None, seed: int):
-        try:
-            from rensa import RMinHash, RMinHashLSH
-        except ImportError:
-            raise ImportError("near_dedup needs rensa: pip install 'stillhouse[curate]'") from None
-        self._MinHash = RMinHash
-        self.threshold, self.shingle, self.num_perm, self.seed = threshold, shingle, num_perm, seed
-        self._lsh = RMinHashLSH(threshold, num_perm, num_bands or bands_for(threshold, num_perm))
-        self._hashes: list[Any] = []
-        self.keys: list[str] = []
+        self.threshold = threshold
+        self.signer = Signer(num_perm, shingle, seed)
+        self.num_bands = num_bands or bands_for(threshold, num_perm)
+        self.num_perm = num_perm
+        self._bands = [Runs() for _ in range(self.num_bands)]
+        self._digests = Digests(num_perm)
+        self.keys = Keys()
+        salt = np.arange(1, num_perm // self.num_bands + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        self._band_salt = mix(salt)
 
-    def signature(self, text: str):
-        return self._signature(shingles(text, self.shingle))
+    def __len__(self) -> int:
+        return len(self.keys)
 
-    def _signature(self, tokens: list[str]):
-        m = self._MinHash(self.num_perm, self.seed)
-        m.update(tokens)
-        return m
+    @property
+    def nbytes(self) -> int:
+        """Bytes in memory (the signatures on disk excluded)."""
+        return sum(b.nbytes for b in self._bands) + self.keys.nbytes
 
     def add(self, key: str, text: str) -> tuple[str, float] | None:
         """Index `text` under `key` unless it near-duplicates an indexed text; return that
         text's (key, estimated Jaccard) or None."""
-        return self.add_tokens(key, shingles(text, self.shingle))
+        return self.add_many([key], [text])[0]
 
-    def add_tokens(self, key: str, tokens: list[str]) -> tuple[str, float] | None:
-        """As add(), from shingles already built."""
-        m = self._signature(tokens)
-        best = max(self._matches(m), key=lambda match: match[1], default=None)  # first of equals
-        if best is None:
-            self._insert(key, m)
-        return best
+    def add_many(self, keys: list[str], texts: list[str]) -> list[tuple[str, float] | None]:
+        """add() for each text in turn (a text may match an earlier one of the same call)."""
+        return self._run(keys, self.signer.sign(texts), insert_all=False)
 
     def link(self, key: str, text: str) -> list[str]:
         """Index `text` under `key` whatever it matches; return the keys it near-duplicates."""
-        m = self.signature(text)
-        found = [k for k, _ in self._matches(m)]
-        self._insert(key, m)
-        return found
+        return self.link_many([key], [text])[0]
 
-    def _matches(self, m: Any) -> list[tuple[str, float]]:
-        """LSH candidates confirmed by estimated Jaccard >= threshold, in index order."""
-        out = []
-        for idx in self._lsh.query(m):
-            sim = m.jaccard(self._hashes[idx])
-            if sim >= self.threshold:
-                out.append((self.keys[idx], sim))
+    def link_many(self, keys: list[str], texts: list[str]) -> list[list[str]]:
+        return self._run(keys, self.signer.sign(texts), insert_all=True)
+
+    def add_signed(self, keys: list[str], sig: np.ndarray) -> list[tuple[str, float] | None]:
+        """add_many() from signatures made beforehand with self.signer.sign (benchmarks)."""
+        return self._run(keys, sig, insert_all=False)
+
+    def attach(self, path: Path, rows: int | None = None) -> None:
+        """Keep the signatures in `path` (resumable curation), holding its first `rows`
+        (None: all it has)."""
+        self._digests.close()
+        self._digests = Digests(self.num_perm, path, rows)
+
+    def save(self, arrays: dict[str, np.ndarray], prefix: str) -> dict[str, Any]:
+        self._digests.flush()
+        return {"bands": [runs.save(arrays, f"{prefix}b{b}_") for b, runs in enumerate(self._bands)],
+                "keys": self.keys.save(arrays, prefix + "keys"), "digests": len(self._digests)}
+
+    def load(self, state: dict[str, Any], arrays: Any, prefix: str, path: Path) -> None:
+        for b, runs in enumerate(self._bands):
+            runs.load(arrays, f"{prefix}b{b}_", state["bands"][b])
+        self.keys.load(arrays, prefix + "keys", state["keys"])
+        self.attach(path, state["digests"])
+
+    def _band_keys(self, sig: np.ndarray) -> np.ndarray:
+        rows = self.num_perm // self.num_bands
+        with np.errstate(over="ignore"):
+            acc = (sig.reshape(len(sig), self.num_bands, rows).astype(np.uint64) * self._band_salt).sum(axis=2, dtype=np.uint64)
+            acc += np.arange(self.num_bands, dtype=np.uint64) * np.uint64(0xD6E8FEB86659FD93)
+            return (mix(acc) >> np.uint64(32)).astype(np.uint32)
+
+    def _similarity(self, a: np.ndarray, b: np.ndarray) -> float:
+        # 16-bit digests: two different minima agree by chance 1/65536 of the time
+        equal = float(np.count_nonzero(a == b)) / len(a)
+        return max(0.0, (equal - 2**-16) / (1 - 2**-16))
+
+    def _run(self, keys: list[str], sig: np.ndarray, insert_all: bool) -> list[Any]:
+        n = len(sig)
+        digest = (sig & 0xFFFF).astype(np.uint16)
+        bands = self._band_keys(sig)
+        stored: dict[int, set[int]] = {}
+        block: dict[int, set[int]] = {}
+        for b, runs in enumerate(self._bands):
+            for i, v in zip(*(x.tolist() for x in runs.query(bands[:, b])), strict=True):
+                stored.setdefault(i, set()).add(v)
+            if n > 1:  # texts of this call sharing the band: each later one is a candidate of the earlier
+                order = np.argsort(bands[:, b], kind="stable")
+                col = bands[order, b]
+                same = np.flatnonzero(col[1:] == col[:-1])
+                for j in same.tolist():
+                    later = int(order[j + 1])
+                    k = j
+                    while k >= 0 and col[k] == col[j + 1]:
+                        block.setdefault(later, set()).add(int(order[k]))
+                        k -= 1
+        base = len(self.keys)
+        slot: dict[int, int] = {}  # position in this call -> index once inserted
+        owner: list[int] = []  # index - base -> position in this call
+
+        def key_of(index: int) -> str:
+            return self.keys[index] if index < base else keys[owner[index - base]]
+
+        out: list[Any] = []
+        for i in range(n):
+            matches: list[tuple[int, float]] = []
+            for c in sorted(stored.get(i, ())):
+                sim = self._similarity(digest[i], self._digests[c])
+                if sim >= self.threshold:
+                    matches.append((c, sim))
+            for j in sorted(block.get(i, ())):
+                if j in slot:
+                    sim = self._similarity(digest[i], digest[j])
+                    if sim >= self.threshold:
+                        matches.append((slot[j], sim))
+            if insert_all:
+                out.append([key_of(c) for c, _ in matches])
+            else:
+                best = max(matches, key=lambda m: m[1], default=None)  # first of equals
+                out.append(None if best is None else (key_of(best[0]), best[1]))
+                if best is not None:
+                    continue
+            slot[i] = base + len(slot)
+            owner.append(i)
+        inserted = np.fromiter(slot, np.int64, len(slot))
+        values = np.fromiter(slot.values(), np.uint32, len(slot))
+        for b, runs in enumerate(self._bands):
+            runs.add(bands[inserted, b], values)
+        self._digests.append(digest[inserted])
+        for i in slot:
+            self.keys.append(keys[i])
         return out
 
-    def _insert(self, key: str, m: Any) -> None:
-        self._lsh.insert(len(self._hashes), m)
-        self._hashes.append(m)
-        self.keys.append(key)
 
-
-class NearDedup(Filter):
+class NearDedup(BlockFilter):
     """Reject records whose text is a near-duplicate (MinHash LSH) of an earlier one."""
 
     name = "near_dedup"
@@ -154,6 +251,17 @@ class NearDedup(Filter):
         o = self.o
         self.index = NearIndex(o.threshold, o.shingle, o.num_perm, o.num_bands, o.seed)
 
-    def check(self, rec: dict[str, Any]) -> str | None:
-        match = self.index.add(rec["id"], _key_text(rec, self.o.field))
-        return f"near duplicate ({self.o.field}, Jaccard ~{match[1]:.2f}) of {match[0]}" if match else None
+    def attach(self, folder: Path) -> None:
+        self._digests_path = folder / f"{self.where}.digests"
+        self.index.attach(self._digests_path)
+
+    def save_state(self, arrays: dict[str, Any], prefix: str) -> dict[str, Any]:
+        return {**super().save_state(arrays, prefix), "index": self.index.save(arrays, prefix)}
+
+    def load_state(self, state: dict[str, Any], arrays: Any, prefix: str) -> None:
+        super().load_state(state, arrays, prefix)
+        self.index.load(state["index"], arrays, prefix, self._digests_path)
+
+    def check_many(self, recs: list[dict[str, Any]]) -> list[str | None]:
+        matches = self.index.add_many([r["id"] for r in recs], [_key_text(r, self.o.field) for r in recs])
+        return [f"near duplicate ({self.o.field}, Jaccard ~{m[1]:.2f}) of {m[0]}" if m else None for m in matches]

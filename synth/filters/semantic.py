@@ -31,6 +31,40 @@ def resolve_embedder(name: str) -> str:
     return name
 
 
+class Embedder:
+    """Sentence embeddings, L2-normalised (mean pooling, as sentence-transformers does for
+    all-MiniLM-L6-v2), from a packaged, local or HF model; errors name `where`."""
+
+    def __init__(self, model: str, batch_size: int, max_length: int, where: str):
+        try:
+            import torch  # noqa: F401
+            from transformers import AutoModel, AutoTokenizer
+        except ImportError:
+            raise ImportError(f"{where}: embeddings need torch and transformers: pip install 'stillhouse[semantic]'") from None
+        path = resolve_embedder(model)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            self.model = AutoModel.from_pretrained(path).eval()
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{where}.model: cannot load '{model}': {exc}") from None
+        self.batch_size, self.max_length = batch_size, max_length
+
+    def embed(self, texts: list[str]):
+        """(len(texts), dim) float tensor of unit vectors."""
+        import torch
+
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(texts), self.batch_size):
+                batch = self.tokenizer(texts[i : i + self.batch_size], padding=True, truncation=True,
+                                       max_length=self.max_length, return_tensors="pt")
+                hidden = self.model(**batch).last_hidden_state
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                out.append(torch.nn.functional.normalize(pooled, dim=-1))
+        return torch.cat(out) if out else torch.empty(0, self.model.config.hidden_size)
+
+
 @dataclass
 class SemanticOptions(FieldOptions):
     threshold: float = help_field(0.9, help="cosine similarity at or above which two texts are duplicates")
@@ -58,34 +92,9 @@ class SemanticDedup(Filter):
         return {"model": model_identity(resolve_embedder(o.model))}
 
     def setup(self) -> None:
-        where = self.where
-        try:
-            import torch  # noqa: F401
-            from transformers import AutoModel, AutoTokenizer
-        except ImportError:
-            raise ImportError(f"{where}: semantic_dedup needs torch and transformers: pip install 'stillhouse[semantic]'") from None
-        path = resolve_embedder(self.o.model)
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model = AutoModel.from_pretrained(path).eval()
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"{where}.model: cannot load '{self.o.model}': {exc}") from None
+        self.embedder = Embedder(self.o.model, self.o.batch_size, self.o.max_length, self.where)
         self.verdicts: dict[str, str | None] = {}
         self.stats = {"embedded": 0}
-
-    def embed(self, texts: list[str]):
-        import torch
-
-        out = []
-        with torch.inference_mode():
-            for i in range(0, len(texts), self.o.batch_size):
-                batch = self.tokenizer(texts[i : i + self.o.batch_size], padding=True, truncation=True,
-                                       max_length=self.o.max_length, return_tensors="pt")
-                hidden = self.model(**batch).last_hidden_state
-                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                out.append(torch.nn.functional.normalize(pooled, dim=-1))
-        return torch.cat(out) if out else torch.empty(0, 384)
 
     def prepare(self, records: Iterable[dict[str, Any]], out_dir: Path) -> None:
         import torch
@@ -96,7 +105,7 @@ class SemanticDedup(Filter):
             texts.append(field_text(rec, self.o.field))
         if not ids:
             return
-        emb = self.embed(texts)
+        emb = self.embedder.embed(texts)
         self.stats["embedded"] = len(ids)
         kept: list[int] = []
         for i, rid in enumerate(ids):
