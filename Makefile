@@ -77,6 +77,7 @@ bench: setup
 	$(BIN)/python bench/dedup.py
 	$(BIN)/python bench/curate_memory.py
 	$(BIN)/python bench/decontam_semantic.py
+	$(BIN)/python bench/audit_page.py
 	$(BIN)/python bench/sft_throughput.py
 	$(BIN)/python bench/distill_quality.py
 	$(BIN)/python bench/kd_quality.py

@@ -186,6 +186,29 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_view(args: argparse.Namespace) -> int:
+    setup_logging(None, args.verbose)
+    from synth.viewer import serve
+
+    root = Path(args.output_dir)
+    if not root.is_dir():
+        raise ValueError(f"{root} is not a directory; give a run's output.dir (where raw.jsonl is)")
+    try:
+        server = serve(root, args.host, args.port, progress=not args.no_progress)
+    except OSError as exc:
+        raise ValueError(f"--port {args.port}: cannot listen on {args.host}:{args.port} ({exc.strerror}); "
+                         "choose another port, or --port 0 for any free one") from None
+    host, port = server.server_address[:2]
+    print(f"synth view: the audit page of {root} is at http://{host}:{port}/ (Ctrl-C stops it)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
 def cmd_tiny_model(args: argparse.Namespace) -> int:
     setup_logging(None, args.verbose)
     from synth.tiny_model import CHATML_TEMPLATE, build_tiny_model
@@ -286,6 +309,14 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also ask a judge which answer is better: a YAML with a teacher block (see README)")
     diff.add_argument("-v", "--verbose", action="store_true")
     diff.set_defaults(func=cmd_diff)
+
+    view = sub.add_parser("view", help="serve the audit page of a run on 127.0.0.1: every record, where it came from, why it was kept or rejected")
+    view.add_argument("output_dir", help="the run's output.dir")
+    view.add_argument("--port", type=int, default=8765, help="port (0: any free one)")
+    view.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    view.add_argument("--no-progress", action="store_true")
+    view.add_argument("-v", "--verbose", action="store_true")
+    view.set_defaults(func=cmd_view)
 
     tiny = sub.add_parser(
         "tiny-model",

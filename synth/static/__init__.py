@@ -1,0 +1,1 @@
+"""The audit page's static files (served by synth.viewer)."""
