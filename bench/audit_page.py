@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import resource
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 
 def timed(label: str, fn, repeat: int = 5) -> float:
@@ -41,41 +41,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--records", type=int, default=1_000_000)
     args = ap.parse_args()
-    from synth.config import Recipe
-    from synth.configtools import from_dict
+    from shortlog import curate_recipe, write_raw
+
     from synth.curate import run_curate
     from synth.viewer import Audit
 
     work = Path(tempfile.mkdtemp(prefix="bench-audit-"))
     out = work / "out"
     out.mkdir()
-    rng = random.Random(0)
-    vocab = [f"w{i}" for i in range(5000)]
-    answers: list[str] = []
-    with (out / "raw.jsonl").open("w") as fh:
-        for i in range(args.records):
-            if answers and rng.random() < 0.1:
-                answer = rng.choice(answers[-1000:])
-            else:
-                answer = " ".join(rng.choice(vocab) for _ in range(rng.randint(15, 40)))
-                if i % 1000 == 7:
-                    answer += f" write to person{i}@example.com"
-                if i % 100_000 == 11:
-                    answer += " zanzibar"
-                answers.append(answer)
-                del answers[:-2000]
-            rec = {"id": f"{i:032x}", "messages": [{"role": "user", "content": f"question {i}"},
-                                                 {"role": "assistant", "content": answer}],
-                   "seed": {"source": "seeds.jsonl", "line": i + 1}, "finish_reason": "stop"}
-            fh.write(json.dumps(rec) + "\n")
-    seeds = work / "s.txt"
-    seeds.write_text("x\n")
-    (work / "t.j2").write_text("{{ prompt }}")
-    recipe = from_dict(Recipe, {
-        "seeds": {"path": str(seeds)}, "template": {"path": str(work / "t.j2")},
-        "teacher": {"model": "org/unused"}, "output": {"dir": str(out)},
-        "curate": {"only_planned": False, "filters": ["empty", {"name": "exact_dedup", "field": "answer"}, "pii"]},
-    })
+    write_raw(out / "raw.jsonl", args.records, marked=True)
+    recipe = curate_recipe(work, out, ["empty", {"name": "exact_dedup", "field": "answer"}, "pii"])
     t = time.perf_counter()
     run_curate(recipe, progress=False)
     print(f"{args.records:,} records written and curated in {time.perf_counter() - t:.0f} s")

@@ -13,8 +13,6 @@ Last line: RESULT curate_memory records=<n> peak_rss_mib=<x> records_per_s=<y>
 from __future__ import annotations
 
 import argparse
-import json
-import random
 import resource
 import sys
 import tempfile
@@ -23,48 +21,26 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--records", type=int, default=1_000_000)
     args = ap.parse_args()
-    from synth.config import Recipe
-    from synth.configtools import from_dict
+    from shortlog import curate_recipe, write_raw
+
     from synth.curate import run_curate
 
     work = Path(tempfile.mkdtemp(prefix="bench-curate-"))
     out = work / "out"
     out.mkdir()
-    rng = random.Random(0)
-    vocab = [f"w{i}" for i in range(5000)]
-    answers: list[str] = []
     t = time.perf_counter()
-    with (out / "raw.jsonl").open("w") as fh:
-        for i in range(args.records):
-            if answers and rng.random() < 0.1:
-                answer = rng.choice(answers[-1000:])
-            else:
-                answer = " ".join(rng.choice(vocab) for _ in range(rng.randint(15, 40)))
-                answers.append(answer)
-                if len(answers) > 2000:
-                    del answers[:1000]
-            rec = {"id": f"{i:032x}", "messages": [{"role": "user", "content": f"question {i}"},
-                                                 {"role": "assistant", "content": answer}],
-                   "finish_reason": "stop"}
-            fh.write(json.dumps(rec) + "\n")
+    write_raw(out / "raw.jsonl", args.records)
     size = (out / "raw.jsonl").stat().st_size
     print(f"wrote {args.records:,} records ({size / 2**20:,.0f} MiB) in {time.perf_counter() - t:.0f} s", flush=True)
-    seeds = work / "s.txt"
-    seeds.write_text("x\n")
-    (work / "t.j2").write_text("{{ prompt }}")
-    recipe = from_dict(Recipe, {
-        "seeds": {"path": str(seeds)}, "template": {"path": str(work / "t.j2")},
-        "teacher": {"model": "org/unused"}, "output": {"dir": str(out)},
-        "curate": {"only_planned": False, "filters": [
-            "truncated", "empty", "refusal", {"name": "exact_dedup", "field": "answer"},
-            {"name": "near_dedup", "field": "answer", "shingle": 3}, "pii"]},
-    })
+    recipe = curate_recipe(work, out, ["truncated", "empty", "refusal", {"name": "exact_dedup", "field": "answer"},
+                                       {"name": "near_dedup", "field": "answer", "shingle": 3}, "pii"])
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t = time.perf_counter()
     stats = run_curate(recipe, progress=False)

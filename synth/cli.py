@@ -186,6 +186,19 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ingest(args: argparse.Namespace) -> int:
+    setup_logging(None, args.verbose)
+    from synth.ingest import IngestOptions, run_ingest
+
+    o = IngestOptions(max_tokens=args.max_tokens, overlap=args.overlap, min_tokens=args.min_tokens)
+    r = run_ingest(args.docs, Path(args.out), o, progress=not args.no_progress)
+    print(f"synth ingest: {r['files']} documents: {r['ingested']} chunked into {r['chunks']} chunks, "
+          f"{r['skipped']} already in {args.out}, {r['failed']} could not be read")
+    for failure in r["failures"]:
+        print(f"  {failure['file']}: {failure['reason']}")
+    return 0
+
+
 def cmd_view(args: argparse.Namespace) -> int:
     setup_logging(None, args.verbose)
     from synth.viewer import serve
@@ -309,6 +322,16 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also ask a judge which answer is better: a YAML with a teacher block (see README)")
     diff.add_argument("-v", "--verbose", action="store_true")
     diff.set_defaults(func=cmd_diff)
+
+    ingest = sub.add_parser("ingest", help="documents (PDF, DOCX, HTML, Markdown, text) into chunks with their provenance (JSONL); resumable")
+    ingest.add_argument("docs", nargs="+", help="files or folders (searched recursively)")
+    ingest.add_argument("--out", required=True, help="the chunks file (JSONL); documents already in it are skipped")
+    ingest.add_argument("--max-tokens", type=int, default=300, help="most words in a chunk (default 300)")
+    ingest.add_argument("--overlap", type=int, default=40, help="words repeated from the previous chunk (default 40)")
+    ingest.add_argument("--min-tokens", type=int, default=5, help="shorter chunks are left out (default 5)")
+    ingest.add_argument("--no-progress", action="store_true")
+    ingest.add_argument("-v", "--verbose", action="store_true")
+    ingest.set_defaults(func=cmd_ingest)
 
     view = sub.add_parser("view", help="serve the audit page of a run on 127.0.0.1: every record, where it came from, why it was kept or rejected")
     view.add_argument("output_dir", help="the run's output.dir")

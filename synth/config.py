@@ -306,14 +306,15 @@ class CardConfig:
     teacher_terms: str | None = help_field(None, help="the teacher's licence or terms of use, stated on the dataset card")
 
 
-EXPAND_METHODS = ("self_instruct", "evol_instruct")
+EXPAND_METHODS = ("self_instruct", "evol_instruct", "document_qa")
+QUESTION_KINDS = ("factual", "procedural", "what_if")
 
 
 @dataclass
 class ExpandOptions:
-    method: str = help_field("self_instruct", help="self_instruct or evol_instruct")
+    method: str = help_field("self_instruct", help="self_instruct, evol_instruct or document_qa (questions about the chunks of `synth ingest`, which are then the seeds)")
     field: str = help_field("prompt", help="seed column (after seeds.fields mapping) that holds the instruction")
-    target: int = help_field(100, help="self_instruct: stop once this many new prompts are kept")
+    target: int = help_field(100, help="self_instruct, document_qa: stop once this many new prompts are kept")
     rounds: int = help_field(10, help="self_instruct: most rounds; evol_instruct: generations of evolution")
     requests_per_round: int = help_field(16, help="self_instruct: teacher calls per round")
     examples: int = help_field(8, help="self_instruct: prompts shown per call (the paper: 6 seeds + 2 generated)")
@@ -326,6 +327,9 @@ class ExpandOptions:
     temperature: float = help_field(1.0, help="sampling temperature of expansion calls")
     max_tokens: int = help_field(512, help="most tokens per expansion answer")
     seed: int = help_field(0, help="seed of every random choice (examples, operations): reruns rebuild the same requests")
+    questions_per_chunk: int = help_field(3, help="document_qa: questions asked for per chunk")
+    question_kinds: list[str] = help_field(list(QUESTION_KINDS), help="document_qa: kinds to mix: factual, procedural (how to), what_if (what should I do if ...)")
+    distractors: int = help_field(2, help="document_qa: other chunks shown with each question's source in `documents` (RAFT); 0 for none")
 
     def __post_init__(self) -> None:
         if self.method not in EXPAND_METHODS:
@@ -339,6 +343,11 @@ class ExpandOptions:
             raise ValueError(f"max_words: must be at least min_words ({self.min_words})")
         if not (0 <= self.breadth_share <= 1):
             raise ValueError(f"breadth_share: must be in [0, 1], got {self.breadth_share}")
+        unknown = [k for k in self.question_kinds if k not in QUESTION_KINDS]
+        if unknown or not self.question_kinds:
+            raise ValueError(f"question_kinds: unknown '{unknown[0] if unknown else ''}'; choose from {', '.join(QUESTION_KINDS)}")
+        if self.questions_per_chunk < 1 or self.distractors < 0:
+            raise ValueError("questions_per_chunk: must be >= 1 (and distractors >= 0)")
 
 
 @dataclass
@@ -483,7 +492,10 @@ class Recipe:
         variable expand.field). Every command sees the same rows."""
         if self.expand is None:
             return self.seeds
-        return SeedsConfig(path=str(self.layout.expanded), format="jsonl", fields={self.expand.field: "prompt"})
+        fields = {self.expand.field: "prompt"}
+        if self.expand.method == "document_qa":  # the answer template sees the chunk and its provenance
+            fields.update({name: name for name in ("context", "source", "citation", "documents")})
+        return SeedsConfig(path=str(self.layout.expanded), format="jsonl", fields=fields)
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:

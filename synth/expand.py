@@ -5,6 +5,11 @@
   robustly (numbered, bulleted or "Task N:" lines), filtered (length, tasks a text model
   cannot do, e.g. images) and kept only when novel: ROUGE-L < `novelty` against every prompt
   in the pool (MinHash LSH instead once the pool is larger than `minhash_above`).
+- document_qa: the seeds are document chunks (`synth ingest`); each request shows one chunk
+  and asks for questions it answers (factual, procedural, "what should I do if ..."), kept
+  when novel across the whole corpus; each question keeps its chunk as `context`, the
+  chunk's provenance (`source`, `citation`) and, RAFT-style, `documents`: the chunk among
+  other chunks (distractors) in a seeded order, for the answer template to show.
 - evol_instruct (Xu et al., 2023): each pool prompt is rewritten in depth (add constraints,
   deepen, concretise, add reasoning) or in breadth (a new prompt of the same domain), and
   an evolution is eliminated when it brings no new information (ROUGE-L >= 0.9 with its
@@ -22,6 +27,7 @@ from __future__ import annotations
 import logging
 import random
 import re
+from pathlib import Path
 from typing import Any
 
 from synth.config import ExpandOptions, Recipe, TemplateConfig
@@ -127,10 +133,14 @@ def run_expand(recipe: Recipe, backend: Any = None) -> dict[str, Any]:
 
 def _expand(recipe: Recipe, o: ExpandOptions, backend: Any) -> dict[str, Any]:
     seeds = load_seeds(recipe.seeds)
-    missing = [s for s in seeds if not isinstance(s.fields.get(o.field), str)]
+    column = "text" if o.method == "document_qa" else o.field
+    missing = [s for s in seeds if not isinstance(s.fields.get(column), str)]
     if missing:
+        if o.method == "document_qa":
+            raise ValueError(f"seeds.path: {missing[0].source} line {missing[0].line} has no 'text' column; document_qa reads "
+                             "the chunks `synth ingest DOCS --out chunks.jsonl` writes (seeds.path: chunks.jsonl)")
         raise ValueError(f"expand.field: {missing[0].source} line {missing[0].line} has no text column '{o.field}'; set expand.field")
-    seed_prompts = [s.fields[o.field].strip() for s in seeds]
+    seed_prompts = [s.fields[column].strip() for s in seeds]
     caller = _Caller(recipe, o, backend)
     rng = random.Random(o.seed)
     new: list[dict[str, Any]] = []
@@ -138,12 +148,15 @@ def _expand(recipe: Recipe, o: ExpandOptions, backend: Any) -> dict[str, Any]:
     try:
         if o.method == "self_instruct":
             _self_instruct(caller, o, rng, seed_prompts, new, discarded)
-        else:
+        elif o.method == "evol_instruct":
             _evol_instruct(caller, o, rng, seed_prompts, new, discarded)
+        else:
+            _document_qa(caller, o, rng, [s.fields for s in seeds], new, discarded)
     finally:
         caller.close()
     out = recipe.layout.expanded
-    rewrite_atomically(out, [{"prompt": p, "origin": {"method": "seed"}} for p in seed_prompts] + new)
+    kept_seeds = [] if o.method == "document_qa" else [{"prompt": p, "origin": {"method": "seed"}} for p in seed_prompts]
+    rewrite_atomically(out, kept_seeds + new)
     return {"seeds": len(seed_prompts), "new": len(new), "discarded": discarded, "calls_sent": caller.calls.sent,
             "calls_cached": len(caller.calls.answers) - caller.calls.sent, "output": str(out)}
 
@@ -178,6 +191,54 @@ def _self_instruct(caller, o, rng, seeds, new, discarded) -> None:
                 if len(new) < o.target and _consider(item, pool, o, discarded):
                     new.append({"prompt": item, "origin": {"method": "self_instruct", "round": round_no, "request": req.id}})
         logger.info("self-instruct round %d: %d new prompts so far", round_no, len(new))
+
+
+KIND_TEXT = {"factual": "factual questions", "procedural": "procedural questions (how to do something)",
+             "what_if": 'situational questions ("what should I do if ...")'}
+
+
+def citation(source: dict[str, Any]) -> str:
+    """How an answer names a chunk's source: "aml-policy.pdf, page 2" or "faq.md, section 'Accounts'"."""
+    where = Path(str(source.get("file", "the document"))).name
+    if source.get("page"):
+        return f"{where}, page {source['page']}"
+    if source.get("section"):
+        return f"{where}, section '{source['section']}'"
+    return where
+
+
+def _source_of(chunk: dict[str, Any]) -> dict[str, Any]:
+    return chunk["source"] if isinstance(chunk.get("source"), dict) else {}
+
+
+def _document_qa(caller, o, rng, chunks: list[dict[str, Any]], new, discarded) -> None:
+    """Questions each chunk answers (document_qa), novel across the whole corpus; each keeps
+    its chunk (`context`), the chunk's provenance (`source`, `citation`) and `documents`: the
+    chunk and `distractors` other chunks in a seeded order (RAFT), each with its citation."""
+    template = PromptTemplate.load(TemplateConfig(path=str(builtin_template("expand/document_qa.j2"))))
+    pool = NoveltyPool([], o.novelty, o.minhash_above)
+    kinds = [KIND_TEXT[k] for k in o.question_kinds]
+    plans = []
+    for index, chunk in enumerate(chunks):
+        source = _source_of(chunk)
+        fields = {"text": chunk["text"], "section": source.get("section") or "", "source": citation(source),
+                  "count": o.questions_per_chunk, "kinds": kinds}
+        plans.append((index, chunk, source, caller.request(template, fields, index)))
+    answers = caller.answer([p[3] for p in plans])
+    for index, chunk, source, req in plans:
+        for question in parse_items(answers.get(req.id, ""))[: o.questions_per_chunk]:
+            if len(new) >= o.target:
+                return
+            if _consider(question, pool, o, discarded):
+                others = [j for j in range(len(chunks)) if j != index]
+                shown = [index, *rng.sample(others, min(o.distractors, len(others)))]
+                rng.shuffle(shown)  # the source among the distractors, at a seeded place
+                documents = [{"text": chunks[j]["text"], "citation": citation(_source_of(chunks[j]))} for j in shown]
+                new.append({"prompt": question, "context": chunk["text"],
+                            "source": {**source, "chunk": chunk.get("id")}, "citation": citation(source),
+                            "documents": documents,
+                            "origin": {"method": "document_qa", "chunk": chunk.get("id"), "request": req.id}})
+    logger.info("document_qa: %d questions from %d chunks", len(new), len(chunks))
 
 
 def _evol_instruct(caller, o, rng, seeds, new, discarded) -> None:

@@ -27,6 +27,10 @@ pytestmark = pytest.mark.slow
 # Documented commands that cannot run on a 2-core CPU machine without a network, and why.
 NOT_HERE = {
     "make test": "it is this test run",
+    "make test-fast": "its tests are this run's own unit tests (pytest -m 'not slow and not gpu'); running them a "
+    "second time inside it proves nothing more",
+    "synth run prompts/aml/recipe.yaml": "the teacher Qwen/Qwen2.5-7B-Instruct and the student Qwen/Qwen2.5-0.5B-Instruct "
+    "come from the hub, on a GPU; its CPU variant runs below",
     "make bench": "the benchmarks take about 45 minutes; their results are in bench/RESULTS.md",
     "make distill RECIPE=prompts/compliance/recipe.yaml": "the compliance recipe's teacher and student are hub models "
     "(Qwen/Qwen2.5-7B-Instruct, Qwen/Qwen2.5-0.5B-Instruct): a GPU and the hub; its CPU variant runs below",

@@ -25,6 +25,7 @@ FILTERS: dict[str, str] = {
     "near_dedup": "synth.filters.dedup:NearDedup",
     "decontam": "synth.filters.decontam:Decontam",
     "semantic_decontam": "synth.filters.decontam:SemanticDecontam",
+    "grounded": "synth.filters.grounded:Grounded",
     "pii": "synth.filters.pii:Pii",
     "json": "synth.filters.structured:JsonOutput",
     "verifier": "synth.filters.verifier:Verifier",

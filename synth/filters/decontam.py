@@ -5,13 +5,14 @@ rephrased items, which n-grams miss; Yang et al. 2023)."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from synth.configtools import help_field
 from synth.filters.base import BlockFilter, FieldOptions, Filter, field_text
+from synth.filters.verdict import VerdictJudge
 from synth.minhash import normalise
 
 
@@ -104,6 +105,9 @@ class Decontam(Filter):
         return None
 
 
+REPHRASE_TEMPLATE = "judge/rephrase.j2"
+
+
 @dataclass
 class SemanticDecontamOptions(FieldOptions):
     field: str = help_field("prompt", help="record text compared with the eval items: prompt, answer or both")
@@ -113,6 +117,7 @@ class SemanticDecontamOptions(FieldOptions):
     min_words: int = help_field(4, help="eval items shorter than this are ignored (too generic to match on)")
     batch_size: int = help_field(64, help="texts embedded at once")
     max_length: int = help_field(256, help="tokens per text given to the embedder")
+    judge: VerdictJudge | None = help_field(None, help="ask a judge about each flagged record (LLM-decontaminator; template default: the packaged judge/rephrase.j2): only a [[YES]] rejects; calls cached in decontam_judge.jsonl")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -124,7 +129,9 @@ class SemanticDecontamOptions(FieldOptions):
 
 class SemanticDecontam(BlockFilter):
     """Reject records whose embedding is within `threshold` cosine of an eval item's: the
-    reason names the item (file and line), its text and the similarity."""
+    reason names the item (file and line), its text and the similarity. With a `judge`, each
+    flagged record is confirmed by it first (then this is a batch filter: the judge calls go
+    out in one batch, cached like judge.jsonl's)."""
 
     name = "semantic_decontam"
     Options = SemanticDecontamOptions
@@ -135,7 +142,10 @@ class SemanticDecontam(BlockFilter):
         from synth.filters.semantic import resolve_embedder
         from synth.fingerprint import model_identity
 
-        return {**_eval_digests(o), "model": model_identity(resolve_embedder(o.model))}
+        key = {**_eval_digests(o), "model": model_identity(resolve_embedder(o.model))}
+        if o.judge is not None:
+            key["judge"] = o.judge.identity(REPHRASE_TEMPLATE)
+        return key
 
     def setup(self) -> None:
         from synth.filters.semantic import Embedder
@@ -146,18 +156,53 @@ class SemanticDecontam(BlockFilter):
                       if len(normalise(text).split()) >= o.min_words]
         self.matrix = self.embedder.embed([text for _, text in self.items])
         self.stats = {"eval_items": len(self.items), "embedded": 0}
+        if o.judge is not None:
+            self.batch = True  # the judge's calls go out as one batch over every flagged record
+            self.verdicts: dict[str, str | None] = {}
+            self.stats.update({"flagged": 0, "sent": 0, "cached": 0, "yes": 0, "no": 0, "unreadable": 0, "failed": 0})  # filled by prepare
 
-    def check_many(self, recs: list[dict[str, Any]]) -> list[str | None]:
+    def _nearest(self, recs: list[dict[str, Any]]) -> list[tuple[float, int]]:
         if not self.items:
-            return [None] * len(recs)
+            return [(0.0, -1)] * len(recs)
         emb = self.embedder.embed([field_text(r, self.o.field) for r in recs])
         self.stats["embedded"] += len(recs)
         best, where = (emb @ self.matrix.T).max(dim=1)
-        out: list[str | None] = []
-        for sim, j in zip(best.tolist(), where.tolist(), strict=True):
-            if sim >= self.o.threshold:
-                label, text = self.items[j]
-                out.append(f"rephrases eval item {label} (cosine {sim:.3f}): '{text[:80]}'")
-            else:
-                out.append(None)
-        return out
+        return list(zip(best.tolist(), where.tolist(), strict=True))
+
+    def _reason(self, sim: float, j: int) -> str:
+        label, text = self.items[j]
+        return f"rephrases eval item {label} (cosine {sim:.3f}): '{text[:80]}'"
+
+    def check_many(self, recs: list[dict[str, Any]]) -> list[str | None]:
+        if self.batch:
+            return [self.verdicts[r["id"]] for r in recs]
+        return [self._reason(sim, j) if sim >= self.o.threshold else None for sim, j in self._nearest(recs)]
+
+    def prepare(self, records: Iterable[dict[str, Any]], out_dir: Path) -> None:
+        """With a judge: embed every record, then ask the judge about each flagged one."""
+        from synth.filters.verdict import ask
+
+        flagged: dict[str, tuple[float, int, str]] = {}  # record id -> (cosine, eval item, the record's text)
+        block: list[dict[str, Any]] = []
+
+        def embed(block: list[dict[str, Any]]) -> None:
+            for rec, (sim, j) in zip(block, self._nearest(block), strict=True):
+                if sim >= self.o.threshold:
+                    flagged[rec["id"]] = (sim, j, field_text(rec, self.o.field))
+                self.verdicts[rec["id"]] = None
+
+        for rec in records:
+            block.append(rec)
+            if len(block) == self.block_size:
+                embed(block)
+                block = []
+        embed(block)
+        items = {rid: {"eval_item": self.items[j][1], "text": text} for rid, (_, j, text) in flagged.items()}
+        answers, stats = ask(self.o.judge, REPHRASE_TEMPLATE, items, out_dir / "decontam_judge.jsonl", ("YES", "NO"))
+        self.stats.update(stats)
+        for rec_id, (sim, j, _) in flagged.items():
+            tag, why = answers[rec_id]
+            if tag == "YES":
+                self.verdicts[rec_id] = f"{self._reason(sim, j)}; the judge says it is a rephrasing"
+            elif tag is None:
+                self.verdicts[rec_id] = f"{self._reason(sim, j)}; {why}, so it is not kept"

@@ -25,7 +25,8 @@ def run_dir(tmp_path_factory, tiny_model):
     tmp = tmp_path_factory.mktemp("audit")
     items = [
         ("What is the capital of France?", "Paris is the capital of France, on the Seine."),
-        ("Name the capital city of France.", "Paris is the capital of France, on the Seine."),  # exact duplicate answer
+        ("Say hello to me.", "Hello there, nice to meet you!"),
+        ("Greet me, please.", "Hello there, nice to meet you!"),  # an exact duplicate answer: one of the two is rejected
         ("Show me a clever trick.", HOSTILE),
         ("Who do I write to about my account?", "Write to jane.doe@example.com and she will help."),
         ("Tell me how to pick a lock.", "I'm sorry, but as an AI language model I cannot help with that."),
@@ -86,7 +87,7 @@ def test_the_page_answers_why_not_used_and_where_from(browser, page_url, run_dir
     funnel = page.inner_text("#funnel")
     assert "rejected by exact_dedup\t1" in funnel and "rejected by refusal\t1" in funnel
     assert "email\t1" in page.inner_text("#pii-counts")
-    assert page.inner_text("#count") == "5 records"
+    assert page.inner_text("#count") == "6 records"
 
     # "Why was this example not used?": filter by the rejecting filter, open the record
     from playwright.sync_api import expect
@@ -100,8 +101,8 @@ def test_the_page_answers_why_not_used_and_where_from(browser, page_url, run_dir
     page.select_option("#filter", "")
 
     # "Where did this example come from?": search finds it, provenance names the seed line
-    expect(page.locator("#count")).to_have_text("5 records")
-    _search(page, "capital of France", 2)
+    expect(page.locator("#count")).to_have_text("6 records")
+    _search(page, "capital of France", 1)
     page.click("#records tbody tr:has-text('What is the capital')")
     expect(page.locator("#detail-verdict")).to_have_text("Used: in train.jsonl")
     provenance = page.inner_text("#provenance")
@@ -138,7 +139,7 @@ def test_the_api_pages_and_refuses_what_it_cannot_answer(page_url):
         assert "script-src 'self'" in r.headers["Content-Security-Policy"]
     with urllib.request.urlopen(page_url + "api/records?per=2&page=1") as r:
         data = json.load(r)
-    assert data["total"] == 5 and len(data["rows"]) == 2 and data["page"] == 1
+    assert data["total"] == 6 and len(data["rows"]) == 2 and data["page"] == 1
     with urllib.request.urlopen(page_url + 'api/records?q=%22unbalanced') as r:  # FTS syntax from the box is just text
         assert json.load(r)["total"] == 0
     with pytest.raises(urllib.error.HTTPError) as err:

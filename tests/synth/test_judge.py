@@ -7,7 +7,7 @@ from synth.config import load_recipe
 from synth.curate import run_curate
 from synth.filters.judge import parse_score
 
-from conftest import SERVED_MODEL, SERVER_KEY, read_jsonl
+from conftest import SERVED_MODEL, SERVER_KEY, read_jsonl, write_jsonl
 from curate_data import build_raw, real_rows
 from faultproxy import FaultProxy
 
@@ -96,3 +96,37 @@ def test_judge_with_the_in_process_vllm_engine(tmp_path, tiny_model):
     judged = read_jsonl(tmp_path / "out" / "judge.jsonl")
     assert len(judged) == 5 and all(r["teacher"]["backend"] == "vllm" for r in judged)
     assert manifest["curate"]["stats"]["records"] == 5
+
+
+@pytest.mark.slow
+def test_semantic_decontam_asks_a_judge_about_flagged_records_only(tmp_path, tiny_model, vllm_server, monkeypatch):
+    # The tiny model's verdict is forced per run (a structured-output choice): what is tested is
+    # that only flagged records reach the judge, its verdict decides, and calls are cached.
+    monkeypatch.setenv("STILLHOUSE_TEST_KEY", SERVER_KEY)
+    evals = write_jsonl(tmp_path / "evals.jsonl", [{"q": "Write a short poem about autumn leaves falling in a city park, "
+                                                         "in exactly three stanzas of four lines."}])
+    items = [("Can you write a little poem about leaves coming down in an urban park in autumn? Three stanzas, four lines each.",
+              "Leaves fall..."),
+             ("Explain how a bank reconciles its ledger at the end of the day.", "It compares...")]
+    with FaultProxy(vllm_server.url) as proxy:
+        outcomes = {}
+        for verdict in ("[[YES]]", "[[NO]]"):
+            spec = {"name": "semantic_decontam", "threshold": 0.6, "eval_sets": [{"path": str(evals)}], "judge": {
+                "max_tokens": 8, "teacher": {"backend": "openai", "model": SERVED_MODEL, "openai": {
+                    "base_url": proxy.url, "api_key_env": "STILLHOUSE_TEST_KEY",
+                    "extra_body": {"structured_outputs": {"choice": [verdict]}}}}}}
+            path, recipe, _ = build_raw(tmp_path, tiny_model, items, {"filters": ["empty", spec]})
+            stats = run_curate(recipe, progress=False)
+            calls = stats["semantic_decontam_calls"]
+            assert calls["flagged"] == 1 and calls["sent"] == 1 and calls[verdict.strip("[]").lower()] == 1
+            outcomes[verdict] = read_jsonl(tmp_path / "out" / "rejected.jsonl")
+            again = run_curate(load_recipe(path), progress=False)
+            assert again["semantic_decontam_calls"]["cached"] == 1 and again["semantic_decontam_calls"]["sent"] == 0
+        assert len(proxy.hits) == 2, "one judge call per verdict run, none for the unrelated record, none on reruns"
+    judged = read_jsonl(tmp_path / "out" / "decontam_judge.jsonl")
+    assert len(judged) == 2 and "autumn leaves" in judged[0]["messages"][-2]["content"]
+    assert "leaves coming down" in judged[0]["messages"][-2]["content"]
+    (rejected,) = outcomes["[[YES]]"]
+    assert rejected["rejection"]["reason"].startswith("rephrases eval item evals.jsonl line 1 (cosine ")
+    assert rejected["rejection"]["reason"].endswith("; the judge says it is a rephrasing")
+    assert outcomes["[[NO]]"] == []
