@@ -83,6 +83,27 @@ def _tool_lines(layout: Layout) -> list[str]:
             f"- tool errors in all records, by kind: {shown(errors)}", ""]
 
 
+def _source_lines(layout: Layout) -> list[str]:
+    """The card's section on source documents (document_qa data): kept examples per document
+    and the pages or sections they cite."""
+    docs: dict[str, dict[str, Any]] = {}
+    for path in (layout.train, layout.eval):
+        for rec in iter_records(path) if path.exists() else []:
+            source = ((rec.get("seed") or {}).get("fields") or {}).get("source")
+            if not isinstance(source, dict) or "file" not in source:
+                return []  # not document data
+            doc = docs.setdefault(str(source["file"]), {"examples": 0, "places": set(), "sha256": source.get("sha256")})
+            doc["examples"] += 1
+            doc["places"].add(source.get("page") or source.get("section") or "")
+    if not docs:
+        return []
+    return ["## Source documents", "",
+            "Every example's `seed.fields.source` names its document, page or section and chunk.", "",
+            "| document | sha256 | examples | pages or sections cited |", "| --- | --- | --- | --- |",
+            *[f"| {name} | {str(d['sha256'])[:12]} | {d['examples']} | {len(d['places'] - {''})} |" for name, d in sorted(docs.items())],
+            ""]
+
+
 def _plots(layout: Layout, kept: list[int], rejected: list[int], funnel: list[dict[str, Any]]) -> list[str]:
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -209,6 +230,7 @@ def _write_card(recipe: Recipe) -> Path:
         *_selection_lines(stats),
         *_reasoning_lines(layout),
         *_tool_lines(layout),
+        *_source_lines(layout),
         *_versions_section(out),
         "## Load it",
         "",

@@ -112,4 +112,16 @@ class Pii(Filter):
         for message, text in zip(rec["messages"], redacted, strict=True):
             message["content"] = text
         rec["pii"] = dict(sorted(total.items()))
+        seed = rec.get("seed")
+        if isinstance(seed, dict) and seed.get("fields"):  # the seed's copy of the text (a document chunk) too
+            seed["fields"] = self._redact(seed["fields"])
         return None
+
+    def _redact(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return find_pii(value, self.o.types)[0]
+        if isinstance(value, list):
+            return [self._redact(v) for v in value]
+        if isinstance(value, dict):
+            return {k: self._redact(v) for k, v in value.items()}
+        return value

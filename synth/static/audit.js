@@ -124,12 +124,18 @@ async function showRecord(rowid) {
     : row.stage === "not curated" ? "Not curated (another configuration's record, or curation has not run)"
     : `Used: in ${row.stage}.jsonl`;
   const seed = rec.seed || {};
+  const fields = seed.fields || {};
+  const doc = fields.source && typeof fields.source === "object" && fields.source.file ? fields.source : null;
+  const shownFields = Object.fromEntries(Object.entries(fields).filter(([k]) => !["documents", "context", "source"].includes(k)));
   const prov = [
     ["teacher", rec.teacher ? `${rec.teacher.backend || ""} ${rec.teacher.model || ""}`.trim() : ""],
     ["sampling", rec.sampling ? text(rec.sampling) : ""],
     ["template", rec.template ? `${rec.template.name || ""} sha256 ${(rec.template.sha256 || "").slice(0, 12)}` : ""],
     ["seed", seed.source ? `${seed.source} line ${seed.line}` : ""],
-    ["seed fields", seed.fields ? text(seed.fields) : ""],
+    ["seed fields", Object.keys(shownFields).length ? text(shownFields) : ""],
+    ["source document", doc ? [doc.file, doc.page ? `page ${doc.page}` : "", doc.section ? `section ${doc.section}` : "",
+      doc.span ? `characters ${doc.span[0]}-${doc.span[1]}` : ""].filter((x) => x).join(", ") : ""],
+    ["source text", typeof fields.context === "string" ? fields.context : ""],
     ["sample", rec.sample_index ?? ""],
     ["finish reason", rec.finish_reason ?? ""],
     ["generated at", rec.created_at ?? ""],

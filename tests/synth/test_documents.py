@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from synth.card import write_card
 from synth.config import load_recipe
 from synth.curate import run_curate
 from synth.expand import run_expand
@@ -96,3 +97,5 @@ def test_from_documents_to_examples_that_name_their_source(tmp_path, vllm_server
         pages.add((Path(source["file"]).name, source["page"]))
     assert ("aml-policy.pdf", 5) in pages or len({p for p in pages if p[0] == "aml-policy.pdf"}) >= 3
     assert json.loads((tmp_path / "out" / "stats.json").read_text())["kept"] == len(kept)
+    card = write_card(load_recipe(path)).read_text()
+    assert "## Source documents" in card and "aml-policy.pdf |" in card

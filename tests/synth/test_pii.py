@@ -53,3 +53,21 @@ def test_checksums():
 def test_only_requested_types():
     _, counts = find_pii("mail x@y.org from 10.0.0.1", ["email"])
     assert counts == {"email": 1}
+
+
+def test_redaction_reaches_the_seeds_copy_of_the_text():
+    # document_qa records carry their source chunk in seed.fields: redacting the turns alone
+    # would leave the address in train.jsonl
+    from synth.filters import build_filter
+
+    f = build_filter({"name": "pii"}, 0)
+    chunk = "The MLRO can be reached at mlro@northwind-bank.example or on +44 20 7946 0958."
+    rec = {"id": "a", "seed": {"source": "s.jsonl", "line": 1, "fields": {
+               "context": chunk, "documents": [{"text": chunk, "citation": "policy.pdf, page 5"}], "line": 3}},
+           "messages": [{"role": "user", "content": f"[Document: policy.pdf, page 5]\n{chunk}\nQuestion: who?"},
+                        {"role": "assistant", "content": "Write to mlro@northwind-bank.example."}]}
+    assert f.check(rec) is None
+    assert rec["pii"] == {"email": 2, "phone": 1}  # the turns' count
+    text = str(rec)
+    assert "northwind-bank.example" not in text and "7946" not in text
+    assert rec["seed"]["fields"]["documents"][0]["citation"] == "policy.pdf, page 5" and rec["seed"]["fields"]["line"] == 3
