@@ -78,6 +78,7 @@ bench: setup
 	$(BIN)/python bench/curate_memory.py
 	$(BIN)/python bench/decontam_semantic.py
 	$(BIN)/python bench/audit_page.py
+	$(BIN)/python bench/pii_names.py
 	$(BIN)/python bench/sft_throughput.py
 	$(BIN)/python bench/distill_quality.py
 	$(BIN)/python bench/kd_quality.py

@@ -18,7 +18,6 @@ import argparse
 import json
 import resource
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -41,14 +40,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--records", type=int, default=1_000_000)
     args = ap.parse_args()
-    from shortlog import curate_recipe, write_raw
+    from shortlog import curate_recipe, new_run, write_raw
 
     from synth.curate import run_curate
     from synth.viewer import Audit
 
-    work = Path(tempfile.mkdtemp(prefix="bench-audit-"))
-    out = work / "out"
-    out.mkdir()
+    work, out = new_run("bench-audit-")
     write_raw(out / "raw.jsonl", args.records, marked=True)
     recipe = curate_recipe(work, out, ["empty", {"name": "exact_dedup", "field": "answer"}, "pii"])
     t = time.perf_counter()

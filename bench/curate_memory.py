@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import resource
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,13 +27,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--records", type=int, default=1_000_000)
     args = ap.parse_args()
-    from shortlog import curate_recipe, write_raw
+    from shortlog import curate_recipe, new_run, write_raw
 
     from synth.curate import run_curate
 
-    work = Path(tempfile.mkdtemp(prefix="bench-curate-"))
-    out = work / "out"
-    out.mkdir()
+    work, out = new_run("bench-curate-")
     t = time.perf_counter()
     write_raw(out / "raw.jsonl", args.records)
     size = (out / "raw.jsonl").stat().st_size

@@ -37,6 +37,16 @@ def write_raw(path: Path, records: int, marked: bool = False) -> None:
             fh.write(json.dumps(rec) + "\n")
 
 
+def new_run(prefix: str) -> tuple[Path, Path]:
+    """(a fresh work dir, its empty output dir)."""
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    out = work / "out"
+    out.mkdir()
+    return work, out
+
+
 def curate_recipe(work: Path, out: Path, filters: list[Any]):
     """A recipe that curates OUTPUT=out's raw log with `filters` (no teacher is called)."""
     from synth.config import Recipe

@@ -1,16 +1,24 @@
 """PII: detect e-mail addresses, phone numbers, IBANs, card numbers, national IDs and IP
-addresses; redact them in every turn or drop the record. The record keeps only the types
-and counts found (`pii`), never the values."""
+addresses; redact them in every turn (and in the seed's fields) or drop the record. The
+record keeps only the types and counts found (`pii`), never the values.
+
+Person names and postal addresses: rules (types `person`, `address`: synth.filters.pii_names),
+and/or a model asked for them (`detector`, cached like the judge).
+"""
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from synth.configtools import help_field
 from synth.filters.base import Filter
+from synth.filters.verdict import VerdictJudge
 
 
 def luhn_ok(digits: str) -> bool:
@@ -58,24 +66,32 @@ DETECTORS: list[tuple[str, re.Pattern, Any]] = [
     ), None),
 ]
 TYPES = [name for name, _, _ in DETECTORS]
+OPT_IN = ["person", "address"]  # rules without checksums (synth.filters.pii_names): named in `types` to be used
 
 
 @dataclass
 class PiiOptions:
     action: str = help_field("redact", help="redact (replace with [TYPE]) or drop (reject the record)")
-    types: list[str] = help_field(list(TYPES), help="PII types to look for")
+    types: list[str] = help_field(list(TYPES), help="PII types to look for; person and address (rules, lower precision: bench/RESULTS.md) only when listed")
+    detector: VerdictJudge | None = help_field(None, help="also ask a model (a teacher block; template default: the packaged pii/detect.j2) for each record's person names and postal addresses, redacted as [PERSON]/[ADDRESS] wherever they occur; calls cached in pii_detect.jsonl; an unreadable answer rejects the record")
 
     def __post_init__(self) -> None:
         if self.action not in ("redact", "drop"):
             raise ValueError(f"action: unknown '{self.action}'; choose redact or drop")
-        unknown = [t for t in self.types if t not in TYPES]
+        unknown = [t for t in self.types if t not in TYPES + OPT_IN]
         if unknown:
-            raise ValueError(f"types: unknown '{unknown[0]}'; valid types: {', '.join(TYPES)}")
+            raise ValueError(f"types: unknown '{unknown[0]}'; valid types: {', '.join(TYPES + OPT_IN)}")
 
 
 def find_pii(text: str, types: list[str]) -> tuple[str, dict[str, int]]:
     """(text with PII replaced by [TYPE], counts per type)."""
     counts: dict[str, int] = {}
+    if "person" in types or "address" in types:  # first: an address's numbers are not phone numbers
+        from synth.filters.pii_names import find_spans
+
+        for kind, start, end in reversed(find_spans(text, types)):
+            text = f"{text[:start]}[{kind.upper()}]{text[end:]}"
+            counts[kind] = counts.get(kind, 0) + 1
     for name, pattern, valid in DETECTORS:
         if name not in types:
             continue
@@ -90,17 +106,81 @@ def find_pii(text: str, types: list[str]) -> tuple[str, dict[str, int]]:
     return text, counts
 
 
+DETECT_TEMPLATE = "pii/detect.j2"
+
+
+def _listed(answer: str) -> dict[str, list[str]] | None:
+    """The detector's {"person": [...], "address": [...]}, or None when its answer has none."""
+    start, end = answer.find("{"), answer.rfind("}")
+    try:
+        found = json.loads(answer[start : end + 1]) if start >= 0 else None
+    except ValueError:
+        return None
+    if not isinstance(found, dict):
+        return None
+    out = {}
+    for kind in ("person", "address"):
+        items = found.get(kind, [])
+        if not isinstance(items, list):
+            return None
+        out[kind] = [str(x).strip() for x in items if str(x).strip() and len(str(x).strip()) >= 3]
+    return out
+
+
 class Pii(Filter):
     """Redact PII in every turn (default) or drop records that contain any."""
 
     name = "pii"
     Options = PiiOptions
 
+    @classmethod
+    def inputs(cls, o: PiiOptions) -> dict[str, Any]:
+        return {"detector": o.detector.identity(DETECT_TEMPLATE)} if o.detector is not None else {}
+
+    def setup(self) -> None:
+        self.listed: dict[str, dict[str, list[str]] | str] = {}
+        if self.o.detector is not None:
+            self.batch = True  # the detector's calls go out as one batch
+            self.stats = {"sent": 0, "cached": 0, "unreadable": 0, "failed": 0}
+
+    def prepare(self, records: Iterable[dict[str, Any]], out_dir: Path) -> None:
+        """With a detector: ask it about every record (cached in pii_detect.jsonl)."""
+        from synth.filters.verdict import call
+
+        items = {rec["id"]: {"text": "\n\n".join(f"{m['role']}: {m['content']}" for m in rec["messages"]
+                                                  if isinstance(m.get("content"), str))} for rec in records}
+        answers, failed, counts = call(self.o.detector, DETECT_TEMPLATE, items, out_dir / "pii_detect.jsonl")
+        self.stats.update(counts)
+        for rec_id in items:
+            if rec_id in failed:
+                self.stats["failed"] += 1
+                self.listed[rec_id] = f"the PII detector's call failed ({failed[rec_id]})"
+                continue
+            found = _listed(answers[rec_id])
+            if found is None:
+                self.stats["unreadable"] += 1
+                self.listed[rec_id] = f"the PII detector's answer is not the JSON asked for: {json.dumps(answers[rec_id][:80])}"
+            else:
+                self.listed[rec_id] = found
+
+    def _clean(self, text: str, listed: dict[str, list[str]]) -> tuple[str, dict[str, int]]:
+        text, counts = find_pii(text, self.o.types)
+        for kind in ("address", "person"):  # an address may hold a name: addresses first
+            for item in sorted(set(listed.get(kind, [])), key=len, reverse=True):
+                n = text.count(item)
+                if n:
+                    text = text.replace(item, f"[{kind.upper()}]")
+                    counts[kind] = counts.get(kind, 0) + n
+        return text, counts
+
     def check(self, rec: dict[str, Any]) -> str | None:
+        listed = self.listed.get(rec["id"], {})
+        if isinstance(listed, str):
+            return f"{listed}; not kept, as its PII is not known"
         total: dict[str, int] = {}
         redacted = []
         for message in rec["messages"]:
-            text, counts = find_pii(message["content"], self.o.types)
+            text, counts = self._clean(message["content"], listed)
             redacted.append(text)
             for k, v in counts.items():
                 total[k] = total.get(k, 0) + v
@@ -114,14 +194,14 @@ class Pii(Filter):
         rec["pii"] = dict(sorted(total.items()))
         seed = rec.get("seed")
         if isinstance(seed, dict) and seed.get("fields"):  # the seed's copy of the text (a document chunk) too
-            seed["fields"] = self._redact(seed["fields"])
+            seed["fields"] = self._redact(seed["fields"], listed)
         return None
 
-    def _redact(self, value: Any) -> Any:
+    def _redact(self, value: Any, listed: dict[str, list[str]]) -> Any:
         if isinstance(value, str):
-            return find_pii(value, self.o.types)[0]
+            return self._clean(value, listed)[0]
         if isinstance(value, list):
-            return [self._redact(v) for v in value]
+            return [self._redact(v, listed) for v in value]
         if isinstance(value, dict):
-            return {k: self._redact(v) for k, v in value.items()}
+            return {k: self._redact(v, listed) for k, v in value.items()}
         return value

@@ -41,11 +41,10 @@ class VerdictJudge:
                 "teacher": load_backend_class(self.teacher.backend).identity_for(self.teacher)}
 
 
-def ask(judge: VerdictJudge, default_template: str, items: dict[str, dict[str, Any]], log: Path,
-        tags: tuple[str, str]) -> tuple[dict[str, tuple[str | None, str]], dict[str, int]]:
-    """Ask the judge about each item (record id -> template fields). Returns record id ->
-    (the tag found: tags[0], tags[1], or None; why, when none: the failure or the answer), and
-    counts."""
+def call(judge: VerdictJudge, default_template: str, items: dict[str, dict[str, Any]],
+         log: Path) -> tuple[dict[str, str], dict[str, str], dict[str, int]]:
+    """One call per item (record id -> template fields), cached in `log`. Returns the answers
+    and the failures by record id, and counts (sent, cached)."""
     from synth.backends import load_backend_class
     from synth.calls import CachedCalls
     from synth.config import TemplateConfig
@@ -65,22 +64,31 @@ def ask(judge: VerdictJudge, default_template: str, items: dict[str, dict[str, A
                                 template=template.provenance())
         by_record[rec_id] = rid
     calls = CachedCalls(judge.teacher, log)
-    stats = {"flagged": len(items), "cached": sum(1 for rid in requests if rid in calls.answers), "sent": 0,
-             tags[0].lower(): 0, tags[1].lower(): 0, "unreadable": 0, "failed": 0}
+    cached = sum(1 for rid in requests if rid in calls.answers)
     try:
         answers, failed = calls.answer(list(requests.values()))
     finally:
         calls.close()
-    stats["sent"] = calls.sent
+    return ({rec: answers[rid] for rec, rid in by_record.items() if rid not in failed},
+            {rec: failed[rid] for rec, rid in by_record.items() if rid in failed}, {"sent": calls.sent, "cached": cached})
+
+
+def ask(judge: VerdictJudge, default_template: str, items: dict[str, dict[str, Any]], log: Path,
+        tags: tuple[str, str]) -> tuple[dict[str, tuple[str | None, str]], dict[str, int]]:
+    """Ask the judge about each item (record id -> template fields). Returns record id ->
+    (the tag found: tags[0], tags[1], or None; why, when none: the failure or the answer), and
+    counts."""
+    answers, failed, sent = call(judge, default_template, items, log)
+    stats = {"flagged": len(items), **sent, tags[0].lower(): 0, tags[1].lower(): 0, "unreadable": 0, "failed": 0}
     pattern = re.compile(r"\[\[\s*(" + "|".join(map(re.escape, tags)) + r")\s*\]\]", re.IGNORECASE)
     out: dict[str, tuple[str | None, str]] = {}
-    for rec_id, rid in by_record.items():
-        if rid in failed:
+    for rec_id in items:
+        if rec_id in failed:
             stats["failed"] += 1
-            out[rec_id] = (None, f"the judge call failed ({failed[rid]})")
+            out[rec_id] = (None, f"the judge call failed ({failed[rec_id]})")
             continue
-        found = pattern.findall(answers[rid])
+        found = pattern.findall(answers[rec_id])
         tag = next((t for t in tags if found and found[-1].upper() == t.upper()), None)
         stats[tag.lower() if tag else "unreadable"] += 1
-        out[rec_id] = (tag, "" if tag else f"the judge's answer has no [[{tags[0]}]] or [[{tags[1]}]]: {json.dumps(answers[rid][:80])}")
+        out[rec_id] = (tag, "" if tag else f"the judge's answer has no [[{tags[0]}]] or [[{tags[1]}]]: {json.dumps(answers[rec_id][:80])}")
     return out, stats

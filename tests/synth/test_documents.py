@@ -99,3 +99,34 @@ def test_from_documents_to_examples_that_name_their_source(tmp_path, vllm_server
     assert json.loads((tmp_path / "out" / "stats.json").read_text())["kept"] == len(kept)
     card = write_card(load_recipe(path)).read_text()
     assert "## Source documents" in card and "aml-policy.pdf |" in card
+
+
+@pytest.mark.slow
+def test_a_model_as_pii_detector_is_cached_and_its_finds_redacted(tmp_path, tiny_model, vllm_server, monkeypatch):
+    # The tiny model's answer is forced per run (a structured-output choice): what is tested is
+    # that what the detector lists is redacted everywhere in the record, calls are cached, and
+    # an answer that is not the JSON asked for rejects the record instead of keeping its PII.
+    from curate_data import build_raw
+    from faultproxy import FaultProxy
+
+    monkeypatch.setenv("STILLHOUSE_TEST_KEY", SERVER_KEY)
+    items = [("Who handles my complaint?", "Jane Doe at 1 Example Street handles it; write to jane@example.com.")]
+    listed = '{"person": ["Jane Doe"], "address": ["1 Example Street"]}'
+    with FaultProxy(vllm_server.url) as proxy:
+        for answer in (listed, "no idea"):
+            detector = {"max_tokens": 96, "teacher": {"backend": "openai", "model": SERVED_MODEL, "openai": {
+                "base_url": proxy.url, "api_key_env": "STILLHOUSE_TEST_KEY",
+                "extra_body": {"structured_outputs": {"choice": [answer]}}}}}
+            path, recipe, _ = build_raw(tmp_path, tiny_model, items, {"filters": ["empty", {"name": "pii", "detector": detector}]})
+            stats = run_curate(recipe, progress=False)
+            assert stats["pii_calls"]["sent"] == 1
+            if answer == listed:
+                (rec,) = read_jsonl(tmp_path / "out" / "train.jsonl")
+                assert rec["messages"][-1]["content"] == "[PERSON] at [ADDRESS] handles it; write to [EMAIL]."
+                assert rec["pii"] == {"address": 1, "email": 1, "person": 1}
+                again = run_curate(load_recipe(path), progress=False)
+                assert again["pii_calls"] == {**stats["pii_calls"], "sent": 0, "cached": 1}
+            else:
+                (rejected,) = read_jsonl(tmp_path / "out" / "rejected.jsonl")
+                assert rejected["rejection"]["reason"].startswith("the PII detector's answer is not the JSON asked for")
+        assert len(proxy.hits) == 2

@@ -71,3 +71,17 @@ def test_redaction_reaches_the_seeds_copy_of_the_text():
     text = str(rec)
     assert "northwind-bank.example" not in text and "7946" not in text
     assert rec["seed"]["fields"]["documents"][0]["citation"] == "policy.pdf, page 5" and rec["seed"]["fields"]["line"] == 3
+
+
+def test_names_and_addresses_are_opt_in_rules_that_skip_decoys():
+    text = ("Dear Priya, Mr. Ahmed Khan moved to 221B Baker Street, London NW1 6XE. Our office is at "
+            "Hauptstraße 12, 10115 Berlin. The Paris Agreement, Morgan Stanley and Windows Server 2019 are not people.")
+    assert find_pii(text, ["email"]) == (text, {})  # not in the default types
+    redacted, counts = find_pii(text, ["person", "address"])
+    assert counts == {"person": 2, "address": 2}
+    assert redacted == ("Dear [PERSON], Mr. [PERSON] moved to [ADDRESS]. Our office is at [ADDRESS]. The Paris "
+                        "Agreement, Morgan Stanley and Windows Server 2019 are not people.")
+    with pytest.raises(ValueError, match="types: unknown 'names'; valid types: .*person, address"):
+        from synth.filters import build_filter
+
+        build_filter({"name": "pii", "types": ["names"]}, 0)
