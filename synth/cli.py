@@ -290,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     recipe_arguments(run)
     run.set_defaults(func=cmd_run)
 
-    exp = sub.add_parser("expand", help="grow the seed prompts with the teacher (self-instruct or evol-instruct); resumable")
+    exp = sub.add_parser("expand", help="grow the seed prompts with the teacher (self-instruct, evol-instruct, or document_qa over ingested chunks); resumable")
     recipe_arguments(exp)
     exp.set_defaults(func=cmd_expand)
 
@@ -323,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("-v", "--verbose", action="store_true")
     diff.set_defaults(func=cmd_diff)
 
-    ingest = sub.add_parser("ingest", help="documents (PDF, DOCX, HTML, Markdown, text) into chunks with their provenance (JSONL); resumable")
+    ingest = sub.add_parser("ingest", help="documents (PDF, DOCX, PPTX, HTML, Markdown, text) into chunks with their provenance (JSONL); resumable")
     ingest.add_argument("docs", nargs="+", help="files or folders (searched recursively)")
     ingest.add_argument("--out", required=True, help="the chunks file (JSONL); documents already in it are skipped")
     ingest.add_argument("--max-tokens", type=int, default=300, help="most words in a chunk (default 300)")

@@ -16,6 +16,9 @@
       pairs.jsonl              preference pairs (`synth pairs`), for `sft dpo`
       student_answers.jsonl    the trained student's answers to the training prompts (pairs), cached
       judge.jsonl              curation judge calls, cached by request id
+      decontam_judge.jsonl, grounded_judge.jsonl, pii_detect.jsonl   the other curation model calls, cached alike
+      .curate-checkpoint/      a long curation's last checkpoint (removed when it finishes)
+      .audit.sqlite            the index behind `synth view` (rebuilt when the files change)
       train.jsonl, eval.jsonl, rejected.jsonl, stats.json     curation's outputs
       README.md, lengths.png, funnel.png                      the dataset card
       report.md, report.json   what `synth run` did, stage by stage
