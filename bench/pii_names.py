@@ -7,9 +7,14 @@ A detected span counts as right when it overlaps a labelled span of the same typ
 "exact" when it is the same text, surrounding punctuation aside); recall counts the
 labelled spans some detection of their type overlaps.
 
-    python bench/pii_names.py
+    python bench/pii_names.py [--detector DETECTOR.yaml]
 
-Last line: RESULT pii_names person_p=<..> person_r=<..> address_p=<..> address_r=<..>
+With --detector (a YAML with a `teacher` block, as `pii.detector` takes: on a GPU, a real
+teacher), the model detector is measured on the same lines instead of the rules: each line
+goes to it through the pii filter (its calls cached under bench/.pii-detector/), and the
+strings it lists are matched to the labelled spans the same way.
+
+Last line: RESULT pii_names person_p=<..> person_r=<..> address_p=<..> address_r=<..> [detector=<model>]
 """
 
 from __future__ import annotations
@@ -23,10 +28,42 @@ sys.path.insert(0, str(REPO))
 DATA = REPO / "bench" / "data" / "pii_names.jsonl"
 
 
+def detector_spans(rows: list[dict], spec_path: str) -> dict[str, list[tuple[str, int, int]]]:
+    """(type, start, end) of every string the model detector lists, found in its line."""
+    import yaml
+
+    from synth.filters import build_filter
+
+    detector = yaml.safe_load(Path(spec_path).read_text())
+    f = build_filter({"name": "pii", "types": [], "detector": detector}, 0)
+    records = [{"id": r["id"], "messages": [{"role": "user", "content": r["text"]}]} for r in rows]
+    out_dir = REPO / "bench" / ".pii-detector"
+    out_dir.mkdir(exist_ok=True)
+    f.prepare(records, out_dir)
+    spans: dict[str, list[tuple[str, int, int]]] = {}
+    for r in rows:
+        listed = f.listed.get(r["id"])
+        found = []
+        if isinstance(listed, dict):
+            for kind, items in listed.items():
+                for item in items:
+                    at = r["text"].find(item)
+                    found.append((kind, at, at + len(item)) if at >= 0 else (kind, -1, -1))  # -1: not in the text
+        spans[r["id"]] = found
+    print(f"detector calls: {f.stats}")
+    return spans
+
+
 def main() -> None:
+    import argparse
+
     from synth.filters.pii_names import find_spans
 
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--detector", help="a YAML with a teacher block: measure the model detector instead of the rules")
+    args = ap.parse_args()
     rows = [json.loads(line) for line in DATA.open(encoding="utf-8")]
+    by_model = detector_spans(rows, args.detector) if args.detector else None
     totals = {t: {"pred": 0, "tp": 0, "exact": 0, "gold": 0, "found": 0} for t in ("person", "address")}
     decoy_hits, misses, false = 0, [], []
     for row in rows:
@@ -35,7 +72,7 @@ def main() -> None:
         for span in row["spans"]:
             start = text.index(span["text"])
             gold.append((span["type"], start, start + len(span["text"])))
-        pred = find_spans(text, ["person", "address"])
+        pred = by_model[row["id"]] if by_model is not None else find_spans(text, ["person", "address"])
         for kind, s, e in pred:
             t = totals[kind]
             t["pred"] += 1
@@ -65,8 +102,9 @@ def main() -> None:
         print(f"{label} ({len(items)}):")
         for rid, kind, span in items[:40]:
             print(f"  {rid} {kind}: {span!r}")
+    which = f" detector={args.detector}" if args.detector else ""
     print(f"RESULT pii_names person_p={out['person'][0]:.3f} person_r={out['person'][1]:.3f} "
-          f"address_p={out['address'][0]:.3f} address_r={out['address'][1]:.3f}")
+          f"address_p={out['address'][0]:.3f} address_r={out['address'][1]:.3f}{which}")
 
 
 if __name__ == "__main__":
