@@ -4,8 +4,9 @@ One SQLite file, OUTPUT/.audit.sqlite, built by streaming the run's files once a
 until one of them changes (size or mtime): a row per request id with its stage (train, eval,
 rejected, failed, or not curated), the rejecting filter and reason, the PII redaction counts
 and types, the seed's file and line, and where the full record sits (file, offset), plus a
-full-text index (FTS5) of its prompt and answer. Pages then query it: a million records
-are a few SQL queries away, never loaded whole.
+full-text index (FTS5) of its turns (every user turn; every assistant turn and tool
+result). Pages then query it: a million records are a few SQL queries away, never loaded
+whole.
 
 Texts that never went through the run's `pii` filter (rejected before it, failed, not
 curated) are redacted the same way before they are indexed or shown: the page shows the
@@ -26,7 +27,7 @@ from synth.layout import Layout
 
 logger = logging.getLogger(__name__)
 
-VERSION = 1
+VERSION = 2  # of the index: an older one is rebuilt
 # A record's place in the run, most final first: the first file that holds an id wins.
 SOURCES = ("rejected", "eval", "train", "raw", "failures")
 STAGE = {"rejected": "rejected", "eval": "eval", "train": "train", "raw": "not curated", "failures": "failed"}
@@ -113,15 +114,18 @@ def shown(rec: dict[str, Any], source: str, types: list[str] | None) -> tuple[di
     return ({**rec, "messages": messages} if "messages" in rec else rec), counts
 
 
-def _texts(rec: dict[str, Any]) -> tuple[str, str]:
-    prompt = answer = ""
+def _texts(rec: dict[str, Any]) -> tuple[str, str, str]:
+    """(the last user turn, every user turn, every assistant turn and tool result): the
+    snippet and what search looks in."""
+    prompt, users, others = "", [], []
     for m in rec.get("messages") or []:
         content = m.get("content") if isinstance(m.get("content"), str) else ""
         if m.get("role") == "user":
             prompt = content
-        elif m.get("role") == "assistant":
-            answer = content
-    return prompt, answer
+            users.append(content)
+        elif m.get("role") in ("assistant", "tool"):
+            others.append(content)
+    return prompt, "\n".join(users), "\n".join(others)
 
 
 SCHEMA = """
@@ -190,7 +194,7 @@ def _add(db: sqlite3.Connection, source: str, file: Path, lineno: int, offset: i
         error = rec.get("error") or {}
         rejection = {"filter": "generate", "reason": f"{error.get('type', 'error')}: {error.get('message', '')}"}
     seed = rec.get("seed") or {}
-    prompt, answer = _texts(rec)
+    prompt, users, answers = _texts(rec)
     cur = db.execute(
         "INSERT OR IGNORE INTO records (id, stage, filter, reason, pii, pii_types, seed_source, seed_line, teacher, "
         "source, line, offset, length, prompt) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -198,7 +202,7 @@ def _add(db: sqlite3.Connection, source: str, file: Path, lineno: int, offset: i
          "," + ",".join(sorted(pii)) + "," if pii else None, seed.get("source"), seed.get("line"),
          (rec.get("teacher") or {}).get("model"), source, lineno, offset, length, prompt[:SNIPPET]))
     if cur.rowcount:
-        db.execute("INSERT INTO texts (rowid, prompt, answer) VALUES (?, ?, ?)", (cur.lastrowid, prompt, answer))
+        db.execute("INSERT INTO texts (rowid, prompt, answer) VALUES (?, ?, ?)", (cur.lastrowid, users, answers))
 
 
 def read_record(layout: Layout, row: sqlite3.Row) -> dict[str, Any]:
