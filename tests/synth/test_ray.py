@@ -41,7 +41,16 @@ def _ray_processes(temp_dir: str | None = None) -> list[psutil.Process]:
 
 
 def _teacher_workers() -> list[psutil.Process]:
-    return [p for p in _ray_processes() if "ray::TeacherWorker" in " ".join(p.cmdline() or [p.name()])]
+    """Teacher actors still running. An actor that has exited but is not reaped yet (a zombie,
+    a moment after its driver was killed) is not running: it is left out, as one already gone."""
+    workers = []
+    for p in _ray_processes():
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE and "ray::TeacherWorker" in " ".join(p.cmdline() or [p.name()]):
+                workers.append(p)
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+    return workers
 
 
 # Ray advertises the machine's first non-loopback address unless clusters are "disabled" (its
