@@ -78,29 +78,18 @@ def redaction_types(layout: Layout) -> list[str] | None:
     return None
 
 
-def _redacted(value: Any, types: list[str]) -> Any:
-    from synth.filters.pii import find_pii
-
-    if isinstance(value, str):
-        return find_pii(value, types)[0]
-    if isinstance(value, list):
-        return [_redacted(v, types) for v in value]
-    if isinstance(value, dict):
-        return {k: _redacted(v, types) for k, v in value.items()}
-    return value
-
-
 def shown(rec: dict[str, Any], source: str, types: list[str] | None) -> tuple[dict[str, Any], dict[str, int]]:
     """The record as the page may show it, and the redactions made for showing it: texts
     that did not pass the run's pii filter are redacted here with its types (and the seed's
     fields of every record: a document chunk may hold what its answer did not)."""
     if types is None:
         return rec, {}
+    from synth.filters.pii import find_pii, map_strings
+
     if isinstance(rec.get("seed"), dict) and rec["seed"].get("fields"):
-        rec = {**rec, "seed": {**rec["seed"], "fields": _redacted(rec["seed"]["fields"], types)}}
+        rec = {**rec, "seed": {**rec["seed"], "fields": map_strings(rec["seed"]["fields"], lambda t: find_pii(t, types)[0])}}
     if source in ("train", "eval"):
         return rec, {}
-    from synth.filters.pii import find_pii
 
     counts: dict[str, int] = {}
     messages = []

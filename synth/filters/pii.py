@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,6 +109,17 @@ def find_pii(text: str, types: list[str]) -> tuple[str, dict[str, int]]:
 DETECT_TEMPLATE = "pii/detect.j2"
 
 
+def map_strings(value: Any, fn: Callable[[str], str]) -> Any:
+    """`value` with `fn` applied to every string in it (nested lists and dicts copied)."""
+    if isinstance(value, str):
+        return fn(value)
+    if isinstance(value, list):
+        return [map_strings(v, fn) for v in value]
+    if isinstance(value, dict):
+        return {k: map_strings(v, fn) for k, v in value.items()}
+    return value
+
+
 def _listed(answer: str) -> dict[str, list[str]] | None:
     """The detector's {"person": [...], "address": [...]}, or None when its answer has none."""
     start, end = answer.find("{"), answer.rfind("}")
@@ -194,14 +205,6 @@ class Pii(Filter):
         rec["pii"] = dict(sorted(total.items()))
         seed = rec.get("seed")
         if isinstance(seed, dict) and seed.get("fields"):  # the seed's copy of the text (a document chunk) too
-            seed["fields"] = self._redact(seed["fields"], listed)
+            seed["fields"] = map_strings(seed["fields"], lambda text: self._clean(text, listed)[0])
         return None
 
-    def _redact(self, value: Any, listed: dict[str, list[str]]) -> Any:
-        if isinstance(value, str):
-            return self._clean(value, listed)[0]
-        if isinstance(value, list):
-            return [self._redact(v, listed) for v in value]
-        if isinstance(value, dict):
-            return {k: self._redact(v, listed) for k, v in value.items()}
-        return value
