@@ -93,10 +93,11 @@ def plain_round(base_url: str, model: str, requests, concurrency: int) -> tuple[
 
 def synth_round(recipe, out_dir: Path, n: int) -> tuple[float, float]:
     from synth.generate import run_generate
+    from synth.plan import resolve
 
     recipe.output.dir = str(out_dir)
     t, c = time.perf_counter(), time.process_time()
-    manifest = run_generate(recipe, progress=False)
+    manifest = run_generate(resolve(recipe), progress=False)
     assert manifest["counts"]["kept"] == n, manifest["counts"]
     return n / (time.perf_counter() - t), (time.process_time() - c) * 1000 / n
 
@@ -105,7 +106,7 @@ def compare(label: str, base_url: str, model: str, work: Path, n: int, concurren
     import yaml
 
     from synth.config import load_recipe
-    from synth.generate import plan_requests
+    from synth.plan import resolve
 
     seeds = work / f"seeds-{label}.txt"
     seeds.write_text("".join(f"Question {i}: explain item {i} of the list in one line.\n" for i in range(n)))
@@ -120,7 +121,7 @@ def compare(label: str, base_url: str, model: str, work: Path, n: int, concurren
         "output": {"dir": str(work / "unused")},
     }))
     recipe = load_recipe(recipe_path)
-    requests = plan_requests(recipe).requests
+    requests = resolve(recipe).requests.requests
     plain_round(base_url, model, requests[:100], concurrency)  # warm-up both paths
     synth_round(recipe, work / f"warm-{label}", n)
     plain, synth = [], []

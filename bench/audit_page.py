@@ -43,13 +43,14 @@ def main() -> None:
     from shortlog import curate_recipe, new_run, write_raw
 
     from synth.curate import run_curate
+    from synth.plan import resolve
     from synth.viewer import Audit
 
     work, out = new_run("bench-audit-")
     write_raw(out / "raw.jsonl", args.records, marked=True)
-    recipe = curate_recipe(work, out, ["empty", {"name": "exact_dedup", "field": "answer"}, "pii"])
+    plan = resolve(curate_recipe(work, out, ["empty", {"name": "exact_dedup", "field": "answer"}, "pii"]))
     t = time.perf_counter()
-    run_curate(recipe, progress=False)
+    run_curate(plan, progress=False)
     print(f"{args.records:,} records written and curated in {time.perf_counter() - t:.0f} s")
     t = time.perf_counter()
     audit = Audit(out, progress=False)

@@ -30,17 +30,18 @@ def main() -> None:
     from shortlog import curate_recipe, new_run, write_raw
 
     from synth.curate import run_curate
+    from synth.plan import resolve
 
     work, out = new_run("bench-curate-")
     t = time.perf_counter()
     write_raw(out / "raw.jsonl", args.records)
     size = (out / "raw.jsonl").stat().st_size
     print(f"wrote {args.records:,} records ({size / 2**20:,.0f} MiB) in {time.perf_counter() - t:.0f} s", flush=True)
-    recipe = curate_recipe(work, out, ["truncated", "empty", "refusal", {"name": "exact_dedup", "field": "answer"},
-                                       {"name": "near_dedup", "field": "answer", "shingle": 3}, "pii"])
+    plan = resolve(curate_recipe(work, out, ["truncated", "empty", "refusal", {"name": "exact_dedup", "field": "answer"},
+                                             {"name": "near_dedup", "field": "answer", "shingle": 3}, "pii"]))
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t = time.perf_counter()
-    stats = run_curate(recipe, progress=False)
+    stats = run_curate(plan, progress=False)
     dt = time.perf_counter() - t
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"curated in {dt:.0f} s: kept {stats['kept']:,}, rejected {stats['rejected']:,} {stats['rejected_by_filter']}")

@@ -46,7 +46,8 @@ def main() -> None:
 
     from synth.backends.vllm_engine import VllmBackend
     from synth.config import load_recipe
-    from synth.generate import plan_requests, run_generate
+    from synth.generate import run_generate
+    from synth.plan import resolve
 
     work = Path(tempfile.mkdtemp(prefix="bench-generate-"))
     model = args.model
@@ -75,7 +76,7 @@ def main() -> None:
 
     backend = VllmBackend(recipe.teacher)
     print(f"engine start-up {backend.startup_s:.1f} s (excluded)", flush=True)
-    requests = plan_requests(recipe, backend.identity()).requests
+    requests = resolve(recipe, backend.identity()).requests.requests
     convs = [r.messages for r in requests]
     params = [backend._params(r) for r in requests]
     llm = backend.llm
@@ -89,7 +90,7 @@ def main() -> None:
     def synth_round(i: int) -> float:
         recipe.output.dir = str(work / f"synth-{i}")
         t = time.perf_counter()
-        manifest = run_generate(recipe, backend, progress=False)
+        manifest = run_generate(resolve(recipe, backend.identity()), backend, progress=False)
         dt = time.perf_counter() - t
         return manifest["tokens"]["completion_this_run"] / dt
 

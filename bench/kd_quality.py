@@ -61,8 +61,8 @@ def generation_speed(work: Path, teacher: Path, prompts: Path, k: int) -> tuple[
     import yaml
 
     from synth.backends.vllm_engine import VllmBackend
-    from synth.config import load_recipe
     from synth.generate import run_generate
+    from synth.plan import load_plan
 
     speeds = []
     backend = None
@@ -73,10 +73,10 @@ def generation_speed(work: Path, teacher: Path, prompts: Path, k: int) -> tuple[
         data = yaml.safe_load(path.read_text())
         data["sampling"]["logprobs"] = logprobs
         path.write_text(yaml.safe_dump(data))
-        r = load_recipe(path)
-        backend = backend or VllmBackend(r.teacher)
+        plan = load_plan(path)
+        backend = backend or VllmBackend(plan.recipe.teacher)
         t = time.perf_counter()
-        m = run_generate(r, backend, progress=False)
+        m = run_generate(plan, backend, progress=False)
         speeds.append((logprobs, m["tokens"]["completion_this_run"] / (time.perf_counter() - t)))
     backend.close()
     plain = [s for lp, s in speeds if lp == 0]

@@ -43,6 +43,7 @@ def main() -> None:
     from synth.backends.vllm_engine import VllmBackend
     from synth.config import load_recipe
     from synth.generate import run_generate
+    from synth.plan import resolve
 
     work = Path(tempfile.mkdtemp(prefix="bench-ray-"))
     model = args.model
@@ -70,7 +71,7 @@ def main() -> None:
     def one_round(recipe, backend, name: str) -> float:
         recipe.output.dir = str(work / name)
         t = time.perf_counter()
-        manifest = run_generate(recipe, backend, progress=False)
+        manifest = run_generate(resolve(recipe, backend.identity()), backend, progress=False)
         return manifest["tokens"]["completion_this_run"] / (time.perf_counter() - t)
 
     speeds: dict[str, list[float]] = {"in-process": [], "ray": []}

@@ -109,9 +109,9 @@ def steady_rate(trainer) -> tuple[float, float]:
 
 def run_sft(recipe_path: Path) -> tuple[float, float]:
     from sft.train import prepare
-    from synth.config import load_recipe
+    from synth.plan import load_plan
 
-    p = prepare(load_recipe(recipe_path), progress=False)
+    p = prepare(load_plan(recipe_path), progress=False)
     return steady_rate(p.trainer)
 
 

@@ -10,18 +10,19 @@ but then dealt out in random order: the padding saving stays, the walk goes.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-
-import torch
-from torch.utils.data import Sampler
+from typing import Any
 
 MEGA_BATCH = 50  # batches sorted together: more means less padding, less mixing
 
 
-def grouped_batches(lengths: Sequence[int], batch_size: int, generator: torch.Generator | None = None) -> list[int]:
+def grouped_batches(lengths: Sequence[int], batch_size: int, generator: Any = None) -> list[int]:
     """Indices of every example once: consecutive runs of `batch_size` have similar lengths,
     the runs come in random order, the longest run first (an out-of-memory shows at step 1)
     and a short last run (fewer than batch_size left over) stays last, so the runs keep
-    their alignment with the data loader's batches."""
+    their alignment with the data loader's batches. `generator`: a torch.Generator, or None
+    for torch's global one."""
+    import torch  # heavy: torch
+
     n = len(lengths)
     order = torch.randperm(n, generator=generator).tolist()
     span = MEGA_BATCH * batch_size
@@ -37,9 +38,10 @@ def grouped_batches(lengths: Sequence[int], batch_size: int, generator: torch.Ge
     return [i for batch in batches + tail for i in batch]
 
 
-class GroupedBatchSampler(Sampler[int]):
+class GroupedBatchSampler:
     """A Trainer's train sampler over `grouped_batches` (a new order each epoch, drawn from
-    torch's global generator, which the Trainer seeds and restores on resume)."""
+    torch's global generator, which the Trainer seeds and restores on resume). A sampler is
+    any sized iterable of indices to torch's DataLoader."""
 
     def __init__(self, lengths: Sequence[int], batch_size: int) -> None:
         self.lengths = list(lengths)

@@ -1,16 +1,17 @@
-"""The recipe's `sft` section: how the student is trained (validated dataclasses)."""
+"""The recipe's `sft` section: how the student is trained (validated dataclasses).
+
+Part of the config layer, with synth.config above it: it imports only the config helpers
+and the output layout. The eval verifier's function is checked when synth.plan resolves
+the recipe."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from synth.configtools import help_field
 from synth.layout import Layout, StudentLayout
-
-if TYPE_CHECKING:
-    from synth.config import Recipe
 
 
 @dataclass
@@ -61,17 +62,6 @@ class DistillOptions:
             raise ValueError(f"max_new_tokens: must be at least 1, got {self.max_new_tokens}")
         if self.loss == "topk_kl" and self.tail and self.temperature != 1.0:
             raise ValueError("tail: the tail bucket needs temperature 1.0 (the captured logprobs are at 1); set tail: false")
-
-    def teacher_model(self, recipe: Recipe) -> str:
-        """on_policy: the model that scores the student's samples (sft.distill.teacher, or the
-        recipe's local teacher); an error naming the fix when there is none."""
-        if self.teacher:
-            return self.teacher
-        if recipe.teacher.backend != "vllm":
-            raise ValueError(f"sft.distill.teacher: on_policy needs a teacher it can run in the training process, and the "
-                             f"recipe's teacher is served over an API (teacher.backend: {recipe.teacher.backend}); give "
-                             "sft.distill.teacher (an HF id or local directory sharing the student's tokenizer)")
-        return recipe.teacher.model
 
     def path(self, layout: Layout) -> Path:
         return Path(self.logprobs) if self.logprobs else layout.logprobs
@@ -159,10 +149,6 @@ class SftConfig:
             raise ValueError(f"chat_template: {self.chat_template} does not exist")
         if self.eval_judge is not None and not Path(self.eval_judge).is_file():
             raise ValueError(f"eval_judge: {self.eval_judge} does not exist; give a JUDGE.yaml (see README, synth diff --judge)")
-        if self.eval_verifier is not None:
-            from synth.filters.verifier import load_function
-
-            load_function(self.eval_verifier, "eval_verifier")
 
     @property
     def on_policy(self) -> bool:
@@ -184,9 +170,3 @@ class SftConfig:
         """The files of the trained student: sft.output_dir, or OUTPUT/student."""
         return layout.student(self.output_dir, self.full_finetune)
 
-
-def sft_of(recipe: Recipe) -> SftConfig:
-    """The recipe's validated sft section; an error naming the fix when it has none."""
-    if recipe.sft is None:
-        raise ValueError("sft: the recipe has no sft section; add one with at least sft.model (the student)")
-    return recipe.sft

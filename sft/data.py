@@ -6,10 +6,14 @@ Rows are TRL's conversational format (`messages`); everything else on a record
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from synth.runtime import read_jsonl_objects
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +80,6 @@ def _check_messages(messages: Any, where: str) -> None:
 
 def _row_tools(row: dict[str, Any], where: str) -> list[dict[str, Any]] | None:
     """A row's `tools` column (a JSON string, as synth writes it, or a list)."""
-    import json
-
     tools = row.get("tools")
     if tools is None:
         return None
@@ -94,8 +96,6 @@ def _row_tools(row: dict[str, Any], where: str) -> list[dict[str, Any]] | None:
 def read_conversations(path: Path, field: str = "sft.train", reasoning: str = "drop") -> list[list[dict[str, str]]]:
     """The `messages` of every row of a JSONL file, validated; errors name `field`.
     `reasoning: keep` keeps an assistant turn's `reasoning_content` (see with_reasoning)."""
-    from synth.runtime import read_jsonl_objects
-
     if not path.is_file():
         raise ValueError(f"{field}: {path} does not exist; run `synth curate` first or set {field}")
     example = '{"messages": [{"role": "user", ...}, {"role": "assistant", ...}]}'
@@ -164,8 +164,6 @@ def with_reasoning(rows: list[list[dict[str, str]]], tokenizer: Any, open_tag: s
 
 def read_record_ids(path: Path, field: str = "sft.train") -> list[str | None]:
     """The `id` of every row (None where a row has none), in read_conversations' order."""
-    from synth.runtime import read_jsonl_objects
-
     return [row.get("id") if isinstance(row.get("id"), str) else None for _, row in read_jsonl_objects(path, field, "{}")]
 
 
@@ -195,8 +193,6 @@ def conversations_dataset(rows: list[list[dict[str, str]]], column: str = "messa
     Tool-call arguments go in as JSON text: Arrow gives every row of a column one struct
     type, so objects of different tools would come back with each other's keys as nulls
     (see tool_arguments_as_text for the chat templates that render text arguments)."""
-    import json
-
     with_tools = any(tools_of(m) for m in rows)
     return fingerprinted_dataset([
         {column: list(m), **({"tools": json.dumps(tools_of(m)) if tools_of(m) else None} if with_tools else {})}
@@ -210,9 +206,6 @@ def fingerprinted_dataset(rows: list[dict[str, Any]]) -> Any:
     with dill, which once failed on a GPU machine under Python 3.12 ("could not pickle a
     pyarrow type"). A content hash given as the fingerprint skips that step; later
     `.map` fingerprints (TRL's tokenisation) hash only the function and its arguments."""
-    import hashlib
-    import json
-
     import datasets
     import pyarrow as pa
 
@@ -231,8 +224,6 @@ def tool_arguments_as_text(rows: list[Chat], tokenizer: Any) -> list[Chat]:
     """Rows whose tool-call arguments are JSON text, for a Dataset (see conversations_dataset).
     The chat template must render text arguments as they are (Qwen's and Hermes' templates
     do); one that would quote them again is an error naming the fix."""
-    import json
-
     if not any(m.get("tool_calls") for messages in rows for m in messages):
         return rows
     probe = [{"role": "user", "content": "q"},
@@ -258,3 +249,30 @@ def tool_arguments_as_text(rows: list[Chat], tokenizer: Any) -> list[Chat]:
             chat.append(m)
         out.append(chat)
     return out
+
+
+def read_pairs(path: Path, field: str = "sft.dpo.pairs") -> list[dict[str, Any]]:
+    """Preference pairs (`synth pairs`) of a JSONL file, validated: errors name the file,
+    the line and the field."""
+    if not path.is_file():
+        raise ValueError(f"{field}: {path} does not exist; run `synth pairs RECIPE` first (or set {field})")
+    example = '{"prompt": [{"role": "user", "content": "..."}], "chosen": [{"role": "assistant", "content": "..."}], "rejected": [...]}'
+    rows = []
+    for lineno, row in read_jsonl_objects(path, field, example):
+        where = f"{field}: {path} line {lineno}"
+        for name in ("prompt", "chosen", "rejected"):
+            value = row.get(name)
+            if not isinstance(value, list) or not value or not all(
+                    isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value):
+                raise ValueError(f"{where}: '{name}' must be a non-empty list of {{role, content}} messages ({example})")
+        if row["prompt"][-1]["role"] != "user":
+            raise ValueError(f"{where}: 'prompt' must end with a user turn")
+        for name in ("chosen", "rejected"):
+            if [m["role"] for m in row[name]] != ["assistant"]:
+                raise ValueError(f"{where}: '{name}' must be one assistant message")
+        if row["chosen"] == row["rejected"]:
+            raise ValueError(f"{where}: 'chosen' and 'rejected' are the same answer")
+        rows.append({name: row[name] for name in ("prompt", "chosen", "rejected")})
+    if not rows:
+        raise ValueError(f"{field}: {path} has no pairs; nothing to train on")
+    return rows

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from sft.config import DistillOptions
+from synth.logprobs import UNKNOWN_VOCAB, LogprobStore, vocab_digest
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +62,6 @@ def last_assistant_span(mask: list[int]) -> tuple[int, int] | None:
 def build_targets(opts: DistillOptions, sidecar: Path, records: list[tuple[list[dict[str, str]], str | None]],
                   tokenizer: Any) -> Targets:
     """Line up each record's teacher logprobs with the student's tokens of its answer."""
-    from synth.logprobs import UNKNOWN_VOCAB, LogprobStore, vocab_digest
-
     if not sidecar.exists():
         raise ValueError(f"sft.distill: {sidecar} does not exist; generate with sampling.logprobs: K (the teacher's "
                          "top-k logprobs) or set sft.distill.logprobs to the file")

@@ -2,28 +2,37 @@
 
 Metrics: perplexity of the teacher's answers under the student before training (the base
 model: adapter off, or the untouched weights of a full fine-tune) and after; the student's
-greedy answers before and after compared with the teacher's by ROUGE-L (F1 over words) and
-exact match; and, when configured, a task verifier and a pairwise judge. Generation uses
-vLLM where it is installed (the adapter as a LoRARequest on the base engine; a second engine
-for a fully fine-tuned model), transformers' generate otherwise. Writes eval_report.json,
-eval_report.md and eval.png beside the adapter (or model).
+greedy answers before and after (sft.generation) compared with the teacher's by ROUGE-L
+(F1 over words) and exact match; and, when configured, a task verifier and a pairwise
+judge. Writes eval_report.json, eval_report.md and eval.png beside the adapter (or model).
+
+The Eval stage's key: the trained weights (a fingerprint of adapter/ or model/), the
+student base, the held-out data's bytes, the sft keys declared `stage="eval"`
+(eval_engine, eval_max_new_tokens, eval_limit, eval_judge, eval_verifier, max_length,
+model), the judge file and the verifier's source file. The same stage evaluates the DPO
+student (synth.plan's dpo_student).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sft.config import SftConfig, sft_of
+from sft.config import SftConfig
 from sft.data import read_conversations, tools_of
-from sft.train import resolve_student
-from synth.config import Recipe
+from sft.generation import engine_for, generate_transformers, generate_vllm, load_student_models
+from sft.student import resolve_student
+from synth.configtools import stage_fields
+from synth.filters.verifier import Verifier, function_source_sha
+from synth.fingerprint import fingerprint_dir, model_identity
+from synth.judging import judge_preference
 from synth.layout import StudentLayout
+from synth.plan import Plan, Student
+from synth.runtime import file_sha256
+from synth.stage import Stage, StageResult
 from synth.textmetrics import exact_match, rouge_l
 
 logger = logging.getLogger(__name__)
@@ -47,165 +56,103 @@ def _perplexity(model: Any, tokenizer: Any, conversations: list[list[dict[str, s
     return math.exp(total_nll / max(total_tokens, 1))
 
 
-def _generate_transformers(model: Any, tokenizer: Any, prompts: list[list[dict[str, str]]], max_new: int) -> list[str]:
-    import torch
-
-    out = []
-    with torch.no_grad():
-        for messages in prompts:
-            ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-            ids = {k: v.to(model.device) for k, v in ids.items()}
-            gen = model.generate(**ids, max_new_tokens=max_new, do_sample=False, eos_token_id=tokenizer.eos_token_id,
-                                 pad_token_id=tokenizer.pad_token_id)
-            out.append(tokenizer.decode(gen[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))
-    return out
-
-
-def _vllm_engine(cfg: SftConfig, model: str, max_new: int, lora: bool) -> Any:
-    from synth.runtime import on_cpu, start_llm
-
-    # Room for the longest prompt and the answer, within the model's own context.
-    max_len = cfg.max_length + max_new
-    context = _context_length(model)
-    kwargs: dict[str, Any] = {"model": model, "max_model_len": min(max_len, context) if context else max_len,
-                              "distributed_executor_backend": "uni"}
-    if lora:
-        kwargs.update(enable_lora=True, max_lora_rank=max(cfg.lora.r, 8))
-    if on_cpu():
-        kwargs.update(dtype="float32", enforce_eager=True, enable_chunked_prefill=False)
-    return start_llm(kwargs, cfg.eval_kv_cache_gib, "sft.eval_kv_cache_gib")
+def eval_key(plan: Plan, student: Student) -> dict[str, Any]:
+    """The Eval stage's key (see the module docstring)."""
+    cfg = student.cfg
+    eval_path = cfg.eval_path(plan.layout)
+    trained = student.files.trained
+    return {
+        "weights": fingerprint_dir(trained) if trained.is_dir() else None,
+        "eval_data": file_sha256(eval_path) if eval_path else None,
+        "student": model_identity(cfg.model),
+        "judge": file_sha256(Path(cfg.eval_judge)) if cfg.eval_judge else None,
+        "verifier": function_source_sha(cfg.eval_verifier) if cfg.eval_verifier else None,
+        "sft": stage_fields(cfg, "eval"),
+    }
 
 
-def _context_length(model: str) -> int | None:
-    """The model's context length (max_position_embeddings), None when its config has none."""
-    from transformers import AutoConfig
+class Eval(Stage):
+    """The student (or, with `student`, the DPO student) against the teacher (keyed)."""
 
-    config = AutoConfig.from_pretrained(model)
-    config = getattr(config, "text_config", None) or config
-    return getattr(config, "max_position_embeddings", None)
+    name = "eval"
 
+    def __init__(self, plan: Plan, progress: bool = True, student: Student | None = None, name: str = "eval"):
+        super().__init__(plan, progress)
+        self.student = student or plan.student
+        self.name = name
 
-def _generate_vllm(cfg: SftConfig, model_id: str, trained: Path, prompts: list, max_new: int) -> tuple[list[str], list[str]]:
-    """(answers before, answers after): the base model, then the base + adapter as a
-    LoRARequest (one engine), or the fully fine-tuned model (a second engine)."""
-    import vllm
+    def why_not_applicable(self) -> str | None:
+        if self.student.cfg.eval_path(self.plan.layout) is None:
+            return "no held-out split (curate.eval_fraction is 0, or no record fell in its share)"
+        return None
 
-    from synth.runtime import release_engine
+    def key(self) -> dict[str, Any]:
+        return eval_key(self.plan, self.student)
 
-    params = vllm.SamplingParams(temperature=0.0, max_tokens=max_new)
-    llm = _vllm_engine(cfg, model_id, max_new, lora=not cfg.full_finetune)
-    try:
-        before = [o.outputs[0].text for o in llm.chat(prompts, params, use_tqdm=False)]
-        if cfg.full_finetune:
-            release_engine(llm)
-            llm = _vllm_engine(cfg, str(trained), max_new, lora=False)
-            after = [o.outputs[0].text for o in llm.chat(prompts, params, use_tqdm=False)]
-        else:
-            from vllm.lora.request import LoRARequest
+    def stamp(self) -> Path:
+        return self.student.files.eval_stamp
 
-            lora = LoRARequest("student", 1, str(trained))
-            after = [o.outputs[0].text for o in llm.chat(prompts, params, lora_request=lora, use_tqdm=False)]
-    finally:
-        release_engine(llm)
-    return before, after
+    def outputs(self) -> tuple[Path, ...]:
+        return (self.student.files.eval_report,)
+
+    def work(self, key: dict[str, Any] | None) -> StageResult:
+        report = _run_eval(self.plan, self.student)
+        return self.result(eval_summary(report), eval_lines(report, self.student.files), report)
 
 
-@dataclass
-class _Models:
-    """The student before (`base`, adapter off) and after (`tuned`) training, on the GPU
-    when there is one."""
-
-    base: Any
-    tuned: Any
-    tokenizer: Any
-    full_finetune: bool
-
-    def before(self):
-        """A context in which `base` answers as the untrained student: the adapter off (a
-        full fine-tune's base is untouched)."""
-        return contextlib.nullcontext() if self.full_finetune else self.base.disable_adapter()
-
-    def release(self) -> None:
-        """Free the models' memory (GPU memory included) before an engine starts."""
-        import gc
-
-        import torch
-
-        self.base = self.tuned = None
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-
-
-def _load_models(cfg: SftConfig, model_id: str, trained: Path) -> _Models:
-    try:
-        import torch
-        from peft import PeftModel
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-    except ImportError as exc:
-        raise ImportError(f"sft eval needs torch, transformers and peft ({exc}): pip install 'stillhouse[sft]'") from None
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    tokenizer = AutoTokenizer.from_pretrained(trained)
-    base = AutoModelForCausalLM.from_pretrained(model_id, dtype=dtype).to(device).eval()
-    if cfg.full_finetune:
-        tuned = AutoModelForCausalLM.from_pretrained(trained, dtype=dtype).to(device).eval()
-    else:
-        tuned = base = PeftModel.from_pretrained(base, trained).to(device).eval()
-    return _Models(base, tuned, tokenizer, cfg.full_finetune)
-
-
-def _engine(cfg: SftConfig) -> str:
-    if cfg.eval_engine != "auto":
-        return cfg.eval_engine
-    try:
-        import vllm  # noqa: F401
-    except ImportError:
-        return "transformers"
-    return "vllm"
-
-
-def run_eval(recipe: Recipe, key: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The student against the teacher on the held-out split; writes the reports and, last,
-    the eval stamp. `key` is the eval stage's key when the caller computed it already."""
-    from synth.rawlog import DirLock
-    from synth.stages import eval_key, write_stamp
-
-    cfg = sft_of(recipe)
-    student = cfg.student(recipe.layout)
-    eval_path = cfg.eval_path(recipe.layout)
-    if eval_path is None:
+def run_eval(plan: Plan, student: Student | None = None) -> dict[str, Any]:
+    """The student (default: the SFT student) against the teacher on the held-out split,
+    now (the stage, forced); writes the reports and, last, the eval stamp."""
+    stage = Eval(plan, student=student)
+    if stage.why_not_applicable() is not None:
         raise ValueError("sft eval: no held-out split (curate.eval_fraction is 0, or no record fell in its share); "
                          "set or raise curate.eval_fraction (then rerun synth curate), or give sft.eval")
-    if not student.trained_marker.is_file():
-        raise ValueError(f"sft eval: no trained {student.trained.name} in {student.trained}; run `sft train` first")
-    with DirLock(recipe.layout.root):
-        key = key if key is not None else eval_key(recipe)
-        conversations = read_conversations(eval_path, "sft.eval")[: cfg.eval_limit]
-        report = _evaluate(cfg, student, conversations)
-        student.eval_report.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        student.eval_markdown.write_text(_markdown(report), encoding="utf-8")
-        _plot(report, student.eval_plot)
-        write_stamp(student.eval_stamp, key)
+    return stage.run(force=True).details
+
+
+def _run_eval(plan: Plan, student: Student) -> dict[str, Any]:
+    cfg, files = student.cfg, student.files
+    if not files.trained_marker.is_file():
+        raise ValueError(f"sft eval: no trained {files.trained.name} in {files.trained}; run `sft train` first")
+    conversations = read_conversations(cfg.eval_path(plan.layout), "sft.eval")[: cfg.eval_limit]
+    report = _evaluate(cfg, files, conversations)
+    files.eval_report.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    files.eval_markdown.write_text(_markdown(report), encoding="utf-8")
+    _plot(report, files.eval_plot)
     return report
+
+
+def eval_lines(r: dict[str, Any], files: StudentLayout) -> list[str]:
+    """What `sft eval` prints."""
+    ppl = r["perplexity_of_teacher_answers"]
+    lines = [f"sft eval: {r['examples']} held-out examples ({r['engine']})",
+             f"  perplexity of the teacher's answers: {ppl['before']:.2f} before -> {ppl['after']:.2f} after training",
+             f"  ROUGE-L vs teacher: {r['student_before']['rouge_l']:.3f} -> {r['student_after']['rouge_l']:.3f}; "
+             f"exact match {r['student_before']['exact_match']:.3f} -> {r['student_after']['exact_match']:.3f}"]
+    if "verifier" in r:
+        v = r["verifier"]
+        lines.append(f"  task check pass rate: teacher {v['teacher']:.3f}, student {v['student_before']:.3f} -> "
+                     f"{v['student_after']:.3f}")
+    lines.append(f"  report: {files.eval_report}, {files.eval_markdown.name}")
+    return lines
 
 
 def _evaluate(cfg: SftConfig, student: StudentLayout, conversations: list[list[dict[str, str]]]) -> dict[str, Any]:
     prompts = [m[:-1] for m in conversations]
     references = [m[-1]["content"] for m in conversations]
     model_id = resolve_student(cfg.model)
-    models = _load_models(cfg, model_id, student.trained)
+    models = load_student_models(cfg, model_id, student.trained)
     with models.before():
         ppl_before = _perplexity(models.base, models.tokenizer, conversations)
     ppl_after = _perplexity(models.tuned, models.tokenizer, conversations)
-    engine = _engine(cfg)
+    engine = engine_for(cfg)
     if engine == "vllm":
         models.release()  # the engine sizes its memory from what is free
-        before, after = _generate_vllm(cfg, model_id, student.trained, prompts, cfg.eval_max_new_tokens)
+        before, after = generate_vllm(cfg, model_id, student.trained, prompts, cfg.eval_max_new_tokens)
     else:
         with models.before():
-            before = _generate_transformers(models.base, models.tokenizer, prompts, cfg.eval_max_new_tokens)
-        after = _generate_transformers(models.tuned, models.tokenizer, prompts, cfg.eval_max_new_tokens)
+            before = generate_transformers(models.base, models.tokenizer, prompts, cfg.eval_max_new_tokens)
+        after = generate_transformers(models.tuned, models.tokenizer, prompts, cfg.eval_max_new_tokens)
 
     def scores(answers: list[str]) -> dict[str, float]:
         n = len(answers)
@@ -235,8 +182,6 @@ def _evaluate(cfg: SftConfig, student: StudentLayout, conversations: list[list[d
 
 def _verifier_rates(spec: str, prompts: list, answers: dict[str, list[str]]) -> dict[str, float]:
     """Share of each side's answers the task check accepts."""
-    from synth.filters.verifier import Verifier
-
     verifier = Verifier({"function": spec}, "sft.eval_verifier")
 
     def passed(side: list[str]) -> float:
@@ -249,8 +194,6 @@ def _verifier_rates(spec: str, prompts: list, answers: dict[str, list[str]]) -> 
 
 def _judge(judge_file: str, prompts: list, references: list[str], after: list[str], log: Path) -> dict[str, Any]:
     """The judge's preference between the teacher (A) and the trained student (B)."""
-    from synth.diff import judge_preference
-
     j = judge_preference([(p[-1]["content"], r, a) for p, r, a in zip(prompts, references, after, strict=True)], judge_file, log)
     return {"teacher_wins": j["a"], "student_wins": j["b"], "ties": j["tie"], "unparseable": j["unparseable"],
             "failed": j["failed"], "student_win_rate": j["b_win_rate"]}

@@ -11,10 +11,9 @@ import json
 import logging
 from typing import Any
 
-from sft.config import sft_of
 from sft.data import read_conversations
-from sft.train import resolve_student
-from synth.config import Recipe
+from sft.student import resolve_student
+from synth.plan import Plan
 from synth.rawlog import DirLock
 
 logger = logging.getLogger(__name__)
@@ -22,33 +21,32 @@ logger = logging.getLogger(__name__)
 TOLERANCE = {"float32": 1e-4, "bfloat16": 5e-2}
 
 
-def run_merge(recipe: Recipe, dtype: str = "float32", samples: int = 4) -> dict[str, Any]:
+def run_merge(plan: Plan, dtype: str = "float32", samples: int = 4) -> dict[str, Any]:
+    """Merge the SFT student's adapter into its base (STUDENT/merged); returns the report."""
     try:
-        import peft  # noqa: F401
+        import peft  # noqa: F401  heavy: the sft extra
         import torch  # noqa: F401
         import transformers  # noqa: F401
     except ImportError as exc:
         raise ImportError(f"sft merge needs torch, transformers and peft ({exc}): pip install 'stillhouse[sft]'") from None
     if dtype not in TOLERANCE:
         raise ValueError(f"--dtype: choose float32 or bfloat16 (never a quantised type), got {dtype!r}")
-    cfg = sft_of(recipe)
-    student = cfg.student(recipe.layout)
+    cfg, student = plan.sft, plan.student.files
     adapter = student.trained
     if cfg.full_finetune:
         raise ValueError(f"sft merge: sft.full_finetune is true, so {adapter} is already a standalone model; nothing to merge")
     if not student.trained_marker.is_file():
         raise ValueError(f"sft merge: no adapter in {adapter}; run `sft train` first (full fine-tunes need no merge)")
-    with DirLock(recipe.layout.root):
-        return _merge(recipe, dtype, samples)
+    with DirLock(plan.layout.root):
+        return _merge(plan, dtype, samples)
 
 
-def _merge(recipe: Recipe, dtype: str, samples: int) -> dict[str, Any]:
-    import torch
+def _merge(plan: Plan, dtype: str, samples: int) -> dict[str, Any]:
+    import torch  # heavy: torch, peft, transformers
     from peft import PeftModel
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    cfg = sft_of(recipe)
-    student = cfg.student(recipe.layout)
+    cfg, student = plan.sft, plan.student.files
     adapter = student.trained
     model_id = resolve_student(cfg.model)
     base_config = AutoConfig.from_pretrained(model_id)
@@ -59,7 +57,7 @@ def _merge(recipe: Recipe, dtype: str, samples: int) -> dict[str, Any]:
     base = AutoModelForCausalLM.from_pretrained(model_id, dtype=torch_dtype)
     model = PeftModel.from_pretrained(base, adapter).eval()
 
-    texts = [tokenizer.apply_chat_template(m, tokenize=False) for m in read_conversations(cfg.train_path(recipe.layout))[:samples]]
+    texts = [tokenizer.apply_chat_template(m, tokenize=False) for m in read_conversations(cfg.train_path(plan.layout))[:samples]]
     with torch.no_grad():
         unmerged = [model(**tokenizer(t, return_tensors="pt", truncation=True, max_length=256)).logits for t in texts]
         merged_model = model.merge_and_unload()

@@ -19,7 +19,11 @@ import logging
 from typing import Any
 
 from sft.config import SftConfig
+from sft.data import conversations_dataset
+from sft.student import trainer_arguments
+from synth.fingerprint import local_model
 from synth.layout import StudentLayout
+from synth.logprobs import vocab_digest
 
 logger = logging.getLogger(__name__)
 
@@ -27,8 +31,6 @@ logger = logging.getLogger(__name__)
 def check_same_tokenizer(transformers: Any, teacher: str, tokenizer: Any) -> None:
     """on_policy compares the teacher's and the student's distributions token by token: their
     vocabularies must be the same (by digest, not only by size)."""
-    from synth.logprobs import vocab_digest
-
     if vocab_digest(transformers.AutoTokenizer.from_pretrained(teacher)) != vocab_digest(tokenizer):
         raise ValueError(f"sft.distill.teacher: {teacher} has another vocabulary than the student; on-policy "
                          "distillation needs teacher and student to share a tokenizer: choose a student of the "
@@ -40,13 +42,9 @@ def on_policy_trainer(trl: Any, transformers: Any, cfg: SftConfig, model: Any, t
                       on_gpu: bool, progress: bool) -> Any:
     """TRL's DistillationTrainer for the student `model` and the local `teacher`, on `prompts`
     (each a chat up to the answer)."""
-    from sft.data import conversations_dataset
-    from sft.train import trainer_arguments
-    from synth.fingerprint import resolve_model
-
     opts = cfg.distill
     assert cfg.on_policy and opts is not None
-    teacher_id = resolve_model(teacher, "sft.distill.teacher")[0]
+    teacher_id = local_model(teacher, "sft.distill.teacher")
     check_same_tokenizer(transformers, teacher_id, tokenizer)
     tokenizer.padding_side = "left"  # the student generates from left-padded prompts
     args = trl.DistillationConfig(

@@ -4,16 +4,24 @@ Assistant-only loss by default, checked before training: every example must have
 trainable assistant tokens including the end-of-turn token, and one example's trainable
 tokens are logged decoded. BFD packing where the attention implementation handles packed
 rows without a dense mask (flash attention, FlexAttention), padded batches otherwise
-(optionally of similar lengths). Resumes from the last checkpoint written for the same key
-(data, student, training config: synth.stages.train_key); checkpoints of other inputs are
-moved aside. Writes the adapter (or model), tokenizer and chat template, the resolved
-config, metrics and a loss-curve PNG to sft.output_dir, and last the stamp of its key.
+(optionally of similar lengths). Writes the adapter (or model), tokenizer and chat
+template, the resolved config, metrics and a loss-curve PNG to sft.output_dir, and last the
+stamp of its key.
+
+The Train stage's key: the training data's bytes; the student base model (a local directory
+by its fingerprint); the sft keys that change the weights (declared `stage="train"` in
+sft.config: model, lora, lengths, packing, steps, batch, learning rate, seed, ...); a chat
+template file; the reasoning tags when traces are kept; with sft.distill, the teacher's
+logprobs file (topk_kl) or the teacher model (on_policy). Not: logging and checkpoint
+cadence, eval keys, the eval data. Checkpoints carry this key too: training resumes only
+from checkpoints of the same key; checkpoints of other inputs are moved aside.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 import time
@@ -23,40 +31,36 @@ from typing import Any
 
 import yaml
 
-from sft.config import SftConfig, sft_of
+from sft.batching import grouped_trainer
+from sft.config import SftConfig
 from sft.data import (
     DataReport,
     conversations_dataset,
     fit_to_length,
     read_conversations,
+    read_record_ids,
     tool_arguments_as_text,
     tools_of,
     with_reasoning,
 )
-from synth.config import Recipe
-from synth.configtools import to_dict
-from synth.fingerprint import resolve_model
+from sft.distill import TargetCollator, build_targets, distill_trainer
+from sft.onpolicy import on_policy_trainer
+from sft.student import (
+    load_tokenizer,
+    lora_config,
+    quiet_trainer,
+    resolve_student,
+    trainer_arguments,
+    training_libraries,
+)
+from synth.configtools import stage_fields, to_dict
+from synth.fingerprint import model_identity
 from synth.layout import StudentLayout
-from synth.runtime import read_json, write_json_atomically
+from synth.plan import Plan
+from synth.runtime import file_sha256, read_json, write_json_atomically
+from synth.stage import Stage, StageResult, changed
 
 logger = logging.getLogger(__name__)
-
-
-def _imports():
-    try:
-        import datasets
-        import peft
-        import torch
-        import transformers
-        import trl
-    except ImportError as exc:
-        raise ImportError(f"sft train needs torch, transformers, trl, peft and datasets ({exc}): pip install 'stillhouse[sft]'") from None
-    return torch, transformers, trl, peft, datasets
-
-
-def resolve_student(model: str) -> str:
-    """The student to load: a local model directory or an HF id (errors name sft.model)."""
-    return resolve_model(model, "sft.model")[0]
 
 
 def handles_packed_rows(attn: str) -> bool:
@@ -129,8 +133,7 @@ class Prepared:
     packing: bool
     attn: str
     on_gpu: bool
-    key: dict[str, Any]  # the train stage's key (synth.stages.train_key)
-    lock_dir: Path  # the recipe's output dir, locked while training writes
+    key: dict[str, Any]  # the stage's key (train_key, or sft.dpo's dpo_key)
 
     @property
     def grouped(self) -> bool:
@@ -138,43 +141,85 @@ class Prepared:
         return self.cfg.group_by_length and not self.packing
 
 
-def run_train(recipe: Recipe, progress: bool = True, key: dict[str, Any] | None = None, fresh: bool = False) -> dict[str, Any]:
-    """Train the student described by the recipe's `sft` section; returns the metrics.
-    `key` is the train stage's key when the caller computed it already (synth run); `fresh`
-    starts from step 0 even where checkpoints of the same inputs exist."""
-    return train_and_save(prepare(recipe, progress, key), fresh=fresh)
+def train_key(plan: Plan) -> dict[str, Any]:
+    """The Train stage's key (see the module docstring)."""
+    cfg, layout = plan.sft, plan.layout
+    key = {
+        "train_data": file_sha256(cfg.train_path(layout)),
+        "student": model_identity(cfg.model),
+        "chat_template": file_sha256(Path(cfg.chat_template)) if cfg.chat_template else None,
+        "sft": stage_fields(cfg, "train"),
+    }
+    if cfg.reasoning == "keep":  # the tags a trace is written between when the template ignores it
+        tags = plan.recipe.teacher.reasoning
+        key["reasoning_tags"] = [tags.open_tag, tags.close_tag]
+    if cfg.on_policy:
+        key["teacher"] = model_identity(plan.on_policy_teacher())
+    elif cfg.distill is not None:
+        key["teacher_logprobs"] = file_sha256(cfg.distill.path(layout))
+    return key
 
 
-def prepare(recipe: Recipe, progress: bool = True, key: dict[str, Any] | None = None) -> Prepared:
+class Train(Stage):
+    """Train the student (keyed; see the module docstring). `fresh`: from step 0 even where
+    checkpoints of the same inputs exist."""
+
+    name = "train"
+
+    def __init__(self, plan: Plan, progress: bool = True, fresh: bool = False):
+        super().__init__(plan, progress)
+        self.fresh = fresh
+
+    def key(self) -> dict[str, Any]:
+        return train_key(self.plan)
+
+    def stamp(self) -> Path:
+        return self.plan.student.files.train_stamp
+
+    def outputs(self) -> tuple[Path, ...]:
+        return (self.plan.student.files.trained_marker,)
+
+    def work(self, key: dict[str, Any] | None) -> StageResult:
+        assert key is not None
+        m = train_and_save(prepare(self.plan, self.progress, key), fresh=self.fresh)
+        resumed = f", resumed from {Path(m['resumed_from']).name}" if m["resumed_from"] else ""
+        return self.result(f"{m['global_step']} steps, {loss_summary(m)}{resumed}", train_lines(m, "sft train"), m)
+
+
+def run_train(plan: Plan, progress: bool = True, fresh: bool = False) -> dict[str, Any]:
+    """Train the student described by the recipe's `sft` section now (the stage, forced:
+    resuming from checkpoints of the same inputs); returns the metrics."""
+    return Train(plan, progress, fresh).run(force=True).details
+
+
+def train_lines(m: dict[str, Any], command: str) -> list[str]:
+    """What `sft train` (and `sft dpo`) print."""
+    data = m["data"]
+    return [f"{command}: {m['global_step']} steps, {loss_summary(m)}"
+            + (f", eval loss {m['eval_loss']:.4f}" if m["eval_loss"] is not None else "")
+            + (f" (resumed from {m['resumed_from']})" if m["resumed_from"] else ""),
+            f"  data: {data['kept']} of {data['rows']} examples, {data['truncated']} truncated"
+            + (f", dropped {data['dropped']}" if data["dropped"] else ""),
+            f"  saved: {m['saved']}; metrics and loss.png in {Path(m['saved']).parent}"]
+
+
+def prepare(plan: Plan, progress: bool = True, key: dict[str, Any] | None = None) -> Prepared:
     """Validate config and data, check the loss mask, load the student, build the trainer."""
-    from synth.stages import train_key
-
-    cfg = sft_of(recipe)
-    torch, transformers, trl, peft, _ = _imports()
-    layout = recipe.layout
-    student = cfg.student(layout)
-    key = key if key is not None else train_key(recipe)
+    cfg = plan.sft
+    libs = training_libraries()
+    torch, transformers = libs.torch, libs.transformers
+    key = key if key is not None else train_key(plan)
     model_id = resolve_student(cfg.model)
-    tokenizer = _load_tokenizer(transformers, cfg, model_id)
-    all_rows = read_conversations(cfg.train_path(layout), reasoning=cfg.reasoning)
-    eval_path = cfg.eval_path(layout)
-    eval_rows = read_conversations(eval_path, "sft.eval", reasoning=cfg.reasoning) if eval_path else None
-    if cfg.reasoning == "keep":
-        tags = recipe.teacher.reasoning
-        all_rows, how = with_reasoning(all_rows, tokenizer, tags.open_tag, tags.close_tag, cfg.assistant_only_loss)
-        if eval_rows:
-            eval_rows = with_reasoning(eval_rows, tokenizer, tags.open_tag, tags.close_tag, cfg.assistant_only_loss)[0]
-        logger.info("sft.reasoning: keep: %s", how)
-    all_rows = tool_arguments_as_text(all_rows, tokenizer)
-    eval_rows = tool_arguments_as_text(eval_rows, tokenizer) if eval_rows else eval_rows
+    tokenizer = load_tokenizer(transformers, cfg, model_id)
+    all_rows, eval_rows = _read_rows(plan, tokenizer)
     train_rows, report = fit_to_length(all_rows, tokenizer, cfg.max_length, cfg.overlong)
     if cfg.assistant_only_loss and not cfg.on_policy:  # on_policy trains on the student's own samples
         sample = check_assistant_masks(train_rows, tokenizer, tokenizer.eos_token)
         logger.info("trainable tokens of example 1 (assistant turns + end of turn): %r", sample[:500])
-    logger.info("data: %d rows, %d kept, %d to be truncated, dropped %s", report.rows, report.kept, report.truncated, report.dropped or "none")
-
+    logger.info("data: %d rows, %d kept, %d to be truncated, dropped %s", report.rows, report.kept, report.truncated,
+                report.dropped or "none")
     on_gpu = torch.cuda.is_available()
-    model_kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if on_gpu else torch.float32}  # TRL loads a path in fp32 unless told
+    model_kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if on_gpu else torch.float32}  # TRL: fp32 unless told
     if cfg.attn_implementation:
         model_kwargs["attn_implementation"] = cfg.attn_implementation
     model = transformers.AutoModelForCausalLM.from_pretrained(model_id, **model_kwargs)
@@ -182,44 +227,51 @@ def prepare(recipe: Recipe, progress: bool = True, key: dict[str, Any] | None = 
     packing = handles_packed_rows(attn) if cfg.packing == "auto" else bool(cfg.packing)
     if cfg.group_by_length and packing:
         logger.info("group_by_length: ignored, the rows are packed")
-    peft_config = None
-    if not cfg.full_finetune:
-        peft_config = peft.LoraConfig(
-            r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-            target_modules=cfg.lora.target_modules, use_rslora=cfg.lora.rslora, task_type="CAUSAL_LM",
-        )
+    peft_config = None if cfg.full_finetune else lora_config(libs.peft, cfg)
     if cfg.on_policy:
-        from sft.onpolicy import on_policy_trainer
-
-        trainer = on_policy_trainer(trl, transformers, cfg, model, tokenizer, cfg.distill.teacher_model(recipe),
-                                    [messages[:-1] for messages in train_rows], student, peft_config=peft_config,
-                                    on_gpu=on_gpu, progress=progress)
+        trainer = on_policy_trainer(libs.trl, transformers, cfg, model, tokenizer, plan.on_policy_teacher(),
+                                    [messages[:-1] for messages in train_rows], plan.student.files,
+                                    peft_config=peft_config, on_gpu=on_gpu, progress=progress)
         report.distill = {"on_policy prompts": len(train_rows)}
         packing = False
     else:
-        trainer = _sft_trainer(trl, cfg, model, tokenizer, all_rows, train_rows, eval_rows, student, layout, report,
+        trainer = _sft_trainer(libs.trl, plan, model, tokenizer, (all_rows, train_rows, eval_rows), report,
                                peft_config=peft_config, packing=packing, on_gpu=on_gpu, progress=progress)
-    for default in (transformers.PrinterCallback, transformers.ProgressCallback):
-        trainer.remove_callback(default)
-    trainer.add_callback(progress_callback(transformers, progress))
-    return Prepared(trainer, cfg, student, tokenizer, report, packing, attn, on_gpu, key, layout.root)
+    quiet_trainer(trainer, transformers, progress)
+    return Prepared(trainer, cfg, plan.student.files, tokenizer, report, packing, attn, on_gpu, key)
 
 
-def _sft_trainer(trl: Any, cfg: SftConfig, model: Any, tokenizer: Any, all_rows: list, train_rows: list,
-                 eval_rows: list | None, student: StudentLayout, layout: Any, report: DataReport, *, peft_config: Any,
-                 packing: bool, on_gpu: bool, progress: bool) -> Any:
-    """TRL's SFTTrainer (length-grouped batches, top-k distillation where the config asks)."""
-    args = _training_args(trl, cfg, student, has_eval=bool(eval_rows), packing=packing, on_gpu=on_gpu, progress=progress)
+def _read_rows(plan: Plan, tokenizer: Any) -> tuple[list, list | None]:
+    """The training and held-out conversations, reasoning kept as sft.reasoning says and
+    tool arguments as the chat template renders them."""
+    cfg, layout = plan.sft, plan.layout
+    all_rows = read_conversations(cfg.train_path(layout), reasoning=cfg.reasoning)
+    eval_path = cfg.eval_path(layout)
+    eval_rows = read_conversations(eval_path, "sft.eval", reasoning=cfg.reasoning) if eval_path else None
+    if cfg.reasoning == "keep":
+        tags = plan.recipe.teacher.reasoning
+        all_rows, how = with_reasoning(all_rows, tokenizer, tags.open_tag, tags.close_tag, cfg.assistant_only_loss)
+        if eval_rows:
+            eval_rows = with_reasoning(eval_rows, tokenizer, tags.open_tag, tags.close_tag, cfg.assistant_only_loss)[0]
+        logger.info("sft.reasoning: keep: %s", how)
+    all_rows = tool_arguments_as_text(all_rows, tokenizer)
+    eval_rows = tool_arguments_as_text(eval_rows, tokenizer) if eval_rows else eval_rows
+    return all_rows, eval_rows
+
+
+def _sft_trainer(trl: Any, plan: Plan, model: Any, tokenizer: Any, rows: tuple[list, list, list | None],
+                 report: DataReport, *, peft_config: Any, packing: bool, on_gpu: bool, progress: bool) -> Any:
+    """TRL's SFTTrainer (length-grouped batches, top-k distillation where the config asks).
+    `rows`: (every training row, the rows fitted to max_length, the held-out rows)."""
+    cfg, layout, student = plan.sft, plan.layout, plan.student.files
+    all_rows, train_rows, eval_rows = rows
+    args = _training_args(trl, cfg, student, has_eval=bool(eval_rows), packing=packing, on_gpu=on_gpu,
+                          progress=progress)
     trainer_cls = trl.SFTTrainer
     if cfg.group_by_length and not packing:
-        from sft.batching import grouped_trainer
-
         trainer_cls = grouped_trainer(trainer_cls)
     targets = None
     if cfg.distill is not None:
-        from sft.data import read_record_ids
-        from sft.distill import build_targets, distill_trainer
-
         ids = read_record_ids(cfg.train_path(layout))
         targets = build_targets(cfg.distill, cfg.distill.path(layout), list(zip(all_rows, ids, strict=True)), tokenizer)
         trainer_cls = distill_trainer(trainer_cls, cfg.distill)
@@ -231,81 +283,13 @@ def _sft_trainer(trl: Any, cfg: SftConfig, model: Any, tokenizer: Any, all_rows:
         )
     except ValueError as exc:
         if "target module" in str(exc).lower() or "target_modules" in str(exc).lower():
-            raise ValueError(f"sft.lora.target_modules: {cfg.lora.target_modules} match no module of {cfg.model} ({exc})") from None
+            raise ValueError(f"sft.lora.target_modules: {cfg.lora.target_modules} match no module of {cfg.model} "
+                             f"({exc})") from None
         raise
     if targets is not None:
-        from sft.distill import TargetCollator
-
         trainer.data_collator = TargetCollator(trainer.data_collator, targets)
         report.distill = dict(targets.counts)
     return trainer
-
-
-def progress_callback(transformers: Any, enabled: bool) -> Any:
-    """The trainer's console: one bar (steps, rate, ETA, the last loss) when `enabled`; its
-    log lines (loss, learning rate, eval loss) go to the log file instead of the console."""
-    from tqdm.auto import tqdm
-
-    from synth.runtime import FILE_ONLY
-
-    class TrainProgress(transformers.TrainerCallback):
-        bar = None
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            if enabled and state.is_world_process_zero:
-                self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="train", unit="step", dynamic_ncols=True)
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if self.bar is not None:
-                self.bar.update(state.global_step - self.bar.n)
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if not state.is_world_process_zero or not logs:
-                return
-            logger.info("step %d: %s", state.global_step, json.dumps(logs, default=str), extra=FILE_ONLY)
-            if self.bar is not None and "loss" in logs:
-                self.bar.set_postfix(loss=f"{logs['loss']:.4f}", refresh=False)
-
-        def on_train_end(self, args, state, control, **kwargs):
-            if self.bar is not None:
-                self.bar.close()
-                self.bar = None
-
-    return TrainProgress()
-
-
-def _load_tokenizer(transformers: Any, cfg: SftConfig, model_id: str) -> Any:
-    """The student's tokenizer, with sft.chat_template when given (it must have one)."""
-    tokenizer = transformers.AutoTokenizer.from_pretrained(model_id)
-    if cfg.chat_template:
-        tokenizer.chat_template = Path(cfg.chat_template).read_text(encoding="utf-8")
-    if not tokenizer.chat_template:
-        raise ValueError("sft.chat_template: the student's tokenizer has no chat template; give one (with {% generation %} markers)")
-    return tokenizer
-
-
-def trainer_arguments(cfg: SftConfig, student: StudentLayout, *, on_gpu: bool, progress: bool) -> dict[str, Any]:
-    """The TrainingArguments every trainer here takes from the sft config (steps, batches,
-    optimiser, checkpoints, device), for TRL's SFTConfig or DistillationConfig."""
-    return {
-        "output_dir": str(student.checkpoints),
-        "num_train_epochs": cfg.epochs,
-        "max_steps": cfg.max_steps,
-        "per_device_train_batch_size": cfg.batch_size,
-        "gradient_accumulation_steps": cfg.grad_accum,
-        "learning_rate": cfg.learning_rate,
-        "warmup_steps": cfg.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of the steps
-        "weight_decay": cfg.weight_decay,
-        "seed": cfg.seed,
-        "logging_steps": cfg.logging_steps,
-        "save_steps": cfg.save_steps,
-        "save_total_limit": cfg.save_total_limit,
-        "gradient_checkpointing": cfg.gradient_checkpointing,
-        "bf16": on_gpu,
-        "use_cpu": not on_gpu,
-        "report_to": [],
-        "disable_tqdm": not progress,
-    }
 
 
 def _training_args(trl: Any, cfg: SftConfig, student: StudentLayout, *, has_eval: bool, packing: bool,
@@ -349,8 +333,6 @@ def checkpoints_for(student: StudentLayout, key: dict[str, Any], fresh: bool = F
     written for this key (the same data, student and training config). Checkpoints of another
     key (or all, when `fresh`) are moved aside to checkpoints.previous (replacing an older set)
     and training starts fresh; the key is recorded before the first checkpoint is written."""
-    from synth.stages import changed
-
     ckpts = student.checkpoints
     if ckpts.is_dir() and any(ckpts.iterdir()):
         old = read_json(student.checkpoints_key)
@@ -376,29 +358,24 @@ def loss_summary(metrics: dict[str, Any]) -> str:
 
 def train_and_save(p: Prepared, fresh: bool = False) -> dict[str, Any]:
     """Train (resuming only from checkpoints of the same key) and write the adapter (or
-    model), config, metrics, plot, and last the stamp (synth.stages)."""
-    from synth.rawlog import DirLock
-    from synth.stages import write_stamp
-
-    with DirLock(p.lock_dir):
-        started = time.monotonic()
-        trainer, cfg, student = p.trainer, p.cfg, p.student
-        last = checkpoints_for(student, p.key, fresh) if trainer.is_world_process_zero() else None
-        _barrier()  # the other ranks look for checkpoints once rank 0 has sorted them out
-        if not trainer.is_world_process_zero():
-            last = last_complete_checkpoint(student.checkpoints)
-        if last:
-            logger.info("resuming from %s", last)
-        result = trainer.train(resume_from_checkpoint=last)
-        trainer.save_model(str(student.trained))  # every rank calls it (sharded setups gather); rank 0 writes
-        metrics = _metrics(p, result, last, time.monotonic() - started)
-        if trainer.is_world_process_zero():  # several processes (accelerate launch): one writer
-            p.tokenizer.save_pretrained(str(student.trained))
-            student.sft_config.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
-            student.metrics.write_text(json.dumps(metrics, indent=2, default=str) + "\n", encoding="utf-8")
-            _loss_curve(metrics["log_history"], student.loss_plot)
-            write_stamp(student.train_stamp, p.key)  # last: the student is complete for this key
-        _end_process_group()
+    model), config, metrics and plot; the stage records its key afterwards."""
+    started = time.monotonic()
+    trainer, cfg, student = p.trainer, p.cfg, p.student
+    last = checkpoints_for(student, p.key, fresh) if trainer.is_world_process_zero() else None
+    _barrier()  # the other ranks look for checkpoints once rank 0 has sorted them out
+    if not trainer.is_world_process_zero():
+        last = last_complete_checkpoint(student.checkpoints)
+    if last:
+        logger.info("resuming from %s", last)
+    result = trainer.train(resume_from_checkpoint=last)
+    trainer.save_model(str(student.trained))  # every rank calls it (sharded setups gather); rank 0 writes
+    metrics = _metrics(p, result, last, time.monotonic() - started)
+    if trainer.is_world_process_zero():  # several processes (accelerate launch): one writer
+        p.tokenizer.save_pretrained(str(student.trained))
+        student.sft_config.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+        student.metrics.write_text(json.dumps(metrics, indent=2, default=str) + "\n", encoding="utf-8")
+        _loss_curve(metrics["log_history"], student.loss_plot)
+    _end_process_group()
     return metrics
 
 
@@ -426,9 +403,7 @@ def _metrics(p: Prepared, result: Any, resumed_from: str | None, wall_s: float) 
 
 
 def _several_processes() -> bool:
-    import os
-
-    import torch.distributed as dist
+    import torch.distributed as dist  # heavy: torch
 
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available() and dist.is_initialized()
 

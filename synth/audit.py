@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from synth.filters import parse_spec
+from synth.filters.pii import TYPES, find_pii, map_strings
 from synth.layout import Layout
+from synth.runtime import atomic_write, progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +61,6 @@ def _lines(path: Path) -> Iterator[tuple[int, int, int, bytes]]:
 
 def redaction_types(layout: Layout) -> list[str] | None:
     """The PII types the run's `pii` filter looked for, or None when it had none."""
-    from synth.filters import parse_spec
-
     try:
         manifest = json.loads(layout.manifest.read_text())
         specs = manifest["curate"]["config"]["filters"]
@@ -72,8 +72,6 @@ def redaction_types(layout: Layout) -> list[str] | None:
         except ValueError:
             continue
         if name == "pii":
-            from synth.filters.pii import TYPES
-
             return list(options.get("types") or TYPES)
     return None
 
@@ -84,7 +82,6 @@ def shown(rec: dict[str, Any], source: str, types: list[str] | None) -> tuple[di
     fields of every record: a document chunk may hold what its answer did not)."""
     if types is None:
         return rec, {}
-    from synth.filters.pii import find_pii, map_strings
 
     if isinstance(rec.get("seed"), dict) and rec["seed"].get("fields"):
         rec = {**rec, "seed": {**rec["seed"], "fields": map_strings(rec["seed"]["fields"], lambda t: find_pii(t, types)[0])}}
@@ -142,29 +139,22 @@ def build(layout: Layout, progress: bool = True) -> Path:
     if "raw" not in files and "failures" not in files:
         raise ValueError(f"{layout.root}: no raw.jsonl or failures.jsonl; run `synth generate` first (or give the run's output.dir)")
     types = redaction_types(layout)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    from tqdm.auto import tqdm
-
     total = sum(p.stat().st_size for p in files.values())
-    db = sqlite3.connect(tmp)
-    try:
-        db.executescript("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;" + SCHEMA)
-        with tqdm(total=total, unit="B", unit_scale=True, desc="audit index", disable=not progress) as bar:
-            for source, file in files.items():
-                for lineno, offset, length, line in _lines(file):
-                    bar.update(length)
-                    _add(db, source, file, lineno, offset, length, line, types)
-        db.execute("CREATE INDEX by_stage ON records (stage, filter)")
-        db.execute("CREATE INDEX by_seed ON records (seed_line)")
-        db.execute("INSERT INTO meta VALUES ('signature', ?)", (signature,))
-        db.commit()
-    except BaseException:
-        db.close()
-        tmp.unlink(missing_ok=True)
-        raise
-    db.close()
-    os.replace(tmp, path)
+    with atomic_write(path, "wb") as fh:  # sqlite writes the temporary file by its name
+        db = sqlite3.connect(fh.name)
+        try:
+            db.executescript("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;" + SCHEMA)
+            with progress_bar(total, "audit index", "B", progress) as bar:
+                for source, file in files.items():
+                    for lineno, offset, length, line in _lines(file):
+                        bar.update(length)
+                        _add(db, source, file, lineno, offset, length, line, types)
+            db.execute("CREATE INDEX by_stage ON records (stage, filter)")
+            db.execute("CREATE INDEX by_seed ON records (seed_line)")
+            db.execute("INSERT INTO meta VALUES ('signature', ?)", (signature,))
+            db.commit()
+        finally:
+            db.close()
     return path
 
 

@@ -1,7 +1,8 @@
 """Teacher calls cached by request id in a JSONL log, the way generation caches answers.
 
-Used by the curation judge, prompt expansion and the diff judge: a rerun (or a run after a
-crash) sends only the calls whose ids are not in the log yet.
+Used by the curation judges, prompt expansion, the diff judge and the turns of
+conversations: a rerun (or a run after a crash) sends only the calls whose ids are not in
+the log yet.
 """
 
 from __future__ import annotations
@@ -10,21 +11,26 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from synth.backends import Completion, make_backend, teacher_identity
 from synth.config import OutputConfig, TeacherConfig
 from synth.rawlog import JsonlAppender, iter_records, repair_tail
+from synth.records import make_record
 from synth.requests import Request
 
 logger = logging.getLogger(__name__)
 
 
 class CachedCalls:
-    def __init__(self, teacher: TeacherConfig, log: Path, backend: Any = None):
-        from synth.backends import load_backend_class
+    """The answers of one teacher, cached in `log`. `backend`: a running teacher to send
+    through (else one is started when there is something to send); `identity`: the
+    teacher's identity when the caller has it (else the backend's, or computed)."""
 
+    def __init__(self, teacher: TeacherConfig, log: Path, backend: Any = None, identity: dict[str, Any] | None = None):
         self.teacher = teacher
-        self.backend_cls = load_backend_class(teacher.backend)
         self.backend = backend
-        self.identity = backend.identity() if backend is not None else self.backend_cls.identity_for(teacher)
+        if identity is None:
+            identity = backend.identity() if backend is not None else teacher_identity(teacher)
+        self.identity = identity
         self.log = log
         log.parent.mkdir(parents=True, exist_ok=True)
         repair_tail(log)
@@ -35,17 +41,12 @@ class CachedCalls:
 
     def answer(self, requests: list[Request]) -> tuple[dict[str, str], dict[str, str]]:
         """(answers by request id, failure reasons by request id) for `requests`."""
-        from synth.backends import Completion
-        from synth.generate import make_record
-
         todo = list({r.id: r for r in requests if r.id not in self.answers}.values())
         failed: dict[str, str] = {}
         if todo:
             logger.info("%d calls to send, %d cached in %s", len(todo), len(requests) - len(todo), self.log)
             if self.backend is None:
-                from synth.backends import make_backend
-
-                self.backend, self._own = make_backend(self.teacher), True
+                self.backend, self._own = make_backend(self.teacher, self.identity), True
             out = OutputConfig(dir=str(self.log.parent))
             with JsonlAppender(self.log, out.sync_every, out.sync_interval_s) as sink:
                 for result in self.backend.generate(iter(todo)):

@@ -13,8 +13,11 @@ from typing import Any
 from synth.config import Recipe
 from synth.layout import Layout
 from synth.manifest import read_manifest
-from synth.rawlog import DirLock, iter_records
+from synth.plan import Plan
+from synth.rawlog import iter_records
 from synth.runtime import read_json
+from synth.stage import Stage, StageResult
+from synth.versions import versions_of
 
 
 def _lengths(path: Path) -> list[int]:
@@ -145,8 +148,6 @@ def _dist(values: list[int]) -> str:
 
 def _versions_section(out: Path) -> list[str]:
     """A table of the dataset's versions (one per teacher), when there is more than one."""
-    from synth.versions import versions_of
-
     versions = versions_of(out)
     if len(versions) < 2:
         return []
@@ -172,36 +173,73 @@ def _logprob_lines(stats: dict[str, Any], recipe: Recipe) -> list[str]:
             f"and train on the text only; {lp['missing']} have none"]
 
 
-def write_card(recipe: Recipe) -> Path:
+class Card(Stage):
+    """The dataset card (OUTPUT/README.md) and its plots, rebuilt from the files every run."""
+
+    name = "card"
+    always_runs = "rebuilt from the files every run"
+
+    def work(self, key: dict[str, Any] | None) -> StageResult:
+        path = _write_card(self.plan)
+        return self.result(f"dataset card {path}", [f"synth card: {path}"], {"card": str(path)})
+
+
+def write_card(plan: Plan) -> Path:
     """Write OUTPUT/README.md (the dataset card) and its plots; returns the card's path."""
-    with DirLock(recipe.layout.root):
-        return _write_card(recipe)
+    return Path(Card(plan).run().details["card"])
 
 
-def _write_card(recipe: Recipe) -> Path:
-    layout = recipe.layout
-    out = layout.root
+def _write_card(plan: Plan) -> Path:
+    layout, recipe = plan.layout, plan.recipe
     manifest = read_manifest(layout.manifest)
     gen, cur = manifest.get("counts", {}), manifest.get("curate", {})
     stats = cur.get("stats", {})
     kept, rejected = _lengths(layout.train) + _lengths(layout.eval), _lengths(layout.rejected)
     plots = _plots(layout, kept, rejected, cur.get("funnel", []))
-    teacher, sampling = manifest.get("teacher", {}), recipe.sampling.identity()
     lines = [
         f"# {recipe.name}: a distillation dataset made with stillhouse",
         "",
-        f"Teacher answers to {gen.get('requests', '?')} requests from `{recipe.prompts.path}` "
+        f"Teacher answers to {gen.get('requests', '?')} requests from `{recipe.generation_seeds.path}` "
         f"(template `{recipe.template.path}`), curated for fine-tuning a student.",
         "",
+        *_teacher_lines(recipe, manifest.get("teacher", {}), stats),
+        *_count_lines(gen, stats),
+        "## Answer lengths (completion tokens)",
+        "",
+        f"- kept: {_dist(kept)}",
+        f"- rejected: {_dist(rejected)}",
+        "",
+        *[f"![{p}]({p})" for p in plots],
+        "",
+        *_selection_lines(stats),
+        *_reasoning_lines(layout),
+        *_tool_lines(layout),
+        *_source_lines(layout),
+        *_versions_section(layout.root),
+        *_load_lines(layout, stats),
+    ]
+    layout.card.write_text("\n".join(lines), encoding="utf-8")
+    return layout.card
+
+
+def _teacher_lines(recipe: Recipe, teacher: dict[str, Any], stats: dict[str, Any]) -> list[str]:
+    terms = recipe.card.teacher_terms or ("NOT STATED: check the teacher model licence or API terms before using "
+                                          "these outputs for training")
+    return [
         "## Teacher and sampling",
         "",
         f"- teacher: `{teacher.get('backend')}` / `{teacher.get('model')}`"
         + (f" at {teacher['base_url']}" if teacher.get("base_url") else "")
         + (f", weights fingerprint `{teacher['fingerprint']}`" if teacher.get("fingerprint") else ""),
-        f"- teacher licence or terms of use: {recipe.card.teacher_terms or 'NOT STATED: check the teacher model licence or API terms before using these outputs for training'}",
-        f"- sampling: n={recipe.sampling.n}, " + ", ".join(f"{k}={v}" for k, v in sampling.items()),
+        f"- teacher licence or terms of use: {terms}",
+        f"- sampling: n={recipe.sampling.n}, " + ", ".join(f"{k}={v}" for k, v in recipe.sampling.identity().items()),
         *_logprob_lines(stats, recipe),
         "",
+    ]
+
+
+def _count_lines(gen: dict[str, Any], stats: dict[str, Any]) -> list[str]:
+    return [
         "## Counts per stage",
         "",
         "| stage | records |",
@@ -220,18 +258,11 @@ def _write_card(recipe: Recipe) -> Path:
         "",
         "Every rejected record is in `rejected.jsonl` with its filter and reason.",
         "",
-        "## Answer lengths (completion tokens)",
-        "",
-        f"- kept: {_dist(kept)}",
-        f"- rejected: {_dist(rejected)}",
-        "",
-        *[f"![{p}]({p})" for p in plots],
-        "",
-        *_selection_lines(stats),
-        *_reasoning_lines(layout),
-        *_tool_lines(layout),
-        *_source_lines(layout),
-        *_versions_section(out),
+    ]
+
+
+def _load_lines(layout: Layout, stats: dict[str, Any]) -> list[str]:
+    return [
         "## Load it",
         "",
         "```python",
@@ -243,5 +274,3 @@ def _write_card(recipe: Recipe) -> Path:
         "```",
         "",
     ]
-    layout.card.write_text("\n".join(lines), encoding="utf-8")
-    return layout.card

@@ -5,175 +5,99 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from synth import __version__
-from synth.runtime import setup_logging
+from synth.curate import Curate
+from synth.diff import run_diff
+from synth.expand import Expand
+from synth.generate import Generate, dry_run, dry_run_lines
+from synth.ingest import IngestOptions, run_ingest
+from synth.pairs import Pairs
+from synth.plan import Plan, load_plan
+from synth.run import run_all
+from synth.runtime import read_json, setup_logging
+from synth.score import run_score, score_summary
+from synth.stage import StageResult
+from synth.tiny_model import CHATML_TEMPLATE, build_tiny_model
+from synth.viewer import serve
 
 
-def _summary(manifest: dict, out_dir: str) -> str:
-    c, t = manifest["counts"], manifest["tokens"]
-    lines = [
-        f"synth generate: {manifest['status']} in {manifest['wall_s']:.1f} s",
-        f"  requests {c['requests']}: kept {c['kept']} ({c['generated']} new, {c['cached']} from earlier runs), "
-        f"failed {c['failed']}, pending {c['pending']}",
-        f"  tokens: {t['prompt']:,} prompt, {t['completion']:,} completion "
-        f"({t['completion_this_run']:,} written this run)",
-    ]
-    if manifest.get("cost_usd") is not None:
-        sync = manifest.get("cost_usd_sync")
-        lines.append(f"  cost: ${manifest['cost_usd']:,.4f} at the recipe's prices"
-                     + (f" (batch price; ${sync:,.4f} synchronous)" if sync is not None else ""))
-    running = (manifest.get("batches") or {}).get("running")
-    if running:
-        lines.append(f"  pending: {c['pending']} requests in {len(running)} running batch(es) ({', '.join(running[:5])}"
-                     + (", ..." if len(running) > 5 else "") + "); rerun the same command to collect them "
-                     "(add --no-wait to check and return)")
-    if manifest.get("finish_reasons"):
-        reasons = ", ".join(f"{k} {v}" for k, v in sorted(manifest["finish_reasons"].items()))
-        lines.append(f"  finish reasons: {reasons}")
-    lines.append(f"  files: {out_dir}/raw.jsonl, failures.jsonl, manifest.json, run.log")
-    if c["failed"]:
-        lines.append("  failed requests are listed in failures.jsonl; rerun the same command to retry them")
-    return "\n".join(lines)
+def _plan(args: argparse.Namespace, log: bool = True) -> Plan:
+    """The command's plan (the recipe resolved once), with logging to its run.log."""
+    plan = load_plan(args.recipe, args.set)
+    setup_logging(plan.layout.log if log else None, args.verbose)
+    return plan
 
 
-def _dry_run_report(r: dict) -> str:
-    lines = [
-        f"synth generate --dry-run: {r['to_send']} requests to send ({r['requests']} planned, {r['done']} already done)",
-        f"  teacher: {r['teacher']['backend']} {r['teacher']['model']}"
-        + (f" at {r['teacher']['base_url']}" if r["teacher"].get("base_url") else ""),
-        f"  prompt tokens (estimate, ~4 chars a token): {r['prompt_tokens_estimate']:,}",
-        f"  completion tokens (at most, max_tokens each): {r['completion_tokens_max']:,}",
-    ]
-    if r["cost_usd_max"] is not None:
-        sync = r.get("cost_usd_max_sync")
-        lines.append(f"  cost: at most ${r['cost_usd_max']:,.4f}"
-                     + (f" at the batch price (${sync:,.4f} synchronous)" if sync is not None else ""))
-    lines.append("  nothing was sent")
-    return "\n".join(lines)
+def _print(result: StageResult) -> None:
+    print("\n".join(result.lines) if result.status == "done" else f"{result.stage}: skipped ({result.why})")
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from synth.config import load_recipe
-
-    recipe = load_recipe(args.recipe, args.set)
+    plan = _plan(args, log=not args.dry_run)
     if args.dry_run:
-        setup_logging(None, args.verbose)
-        from synth.generate import dry_run
-
-        print(_dry_run_report(dry_run(recipe, only_failed=args.only_failed)))
+        print("\n".join(dry_run_lines(dry_run(plan, only_failed=args.only_failed))))
         return 0
-    setup_logging(recipe.layout.log, args.verbose)
-    from synth.generate import run_generate
-
     try:
-        manifest = run_generate(recipe, progress=not args.no_progress, only_failed=args.only_failed,
-                                wait=not args.no_wait)
+        result = Generate(plan, not args.no_progress, only_failed=args.only_failed, wait=not args.no_wait).run()
     except KeyboardInterrupt:
-        print(f"synth generate: interrupted; finished records are in {recipe.output.dir}/raw.jsonl. "
+        print(f"synth generate: interrupted; finished records are in {plan.layout.raw}. "
               "Rerun the same command to resume.", file=sys.stderr)
         return 130
-    print(_summary(manifest, recipe.output.dir))
+    _print(result)
     return 0
 
 
 def cmd_curate(args: argparse.Namespace) -> int:
-    from synth.config import load_recipe
-
-    recipe = load_recipe(args.recipe, args.set)
-    setup_logging(recipe.layout.log, args.verbose)
-    from synth.curate import run_curate
-
-    stats = run_curate(recipe, progress=not args.no_progress)
-    out = recipe.output.dir
-    lines = [
-        f"synth curate: {stats['records']} records -> kept {stats['kept']} "
-        f"(train {stats['train']}, eval {stats['eval']}), rejected {stats['rejected']}",
-    ]
-    for key, n in stats["rejected_by_filter"].items():
-        lines.append(f"  {key.split(':', 1)[1]:<12} rejected {n}")
-    if stats["pii_redacted"]:
-        lines.append("  PII redacted: " + ", ".join(f"{k} x{v}" for k, v in stats["pii_redacted"].items()))
-    lines.append(f"  files: {out}/train.jsonl" + (", eval.jsonl" if stats["eval"] else "") + ", rejected.jsonl, stats.json")
-    print("\n".join(lines))
+    _print(Curate(_plan(args), not args.no_progress).run(force=True))
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from synth.config import load_recipe
-
-    recipe = load_recipe(args.recipe, args.set)
-    setup_logging(recipe.layout.log, args.verbose)
-    from synth.run import run_all
-
+    plan = _plan(args)
     try:
-        report = run_all(recipe, progress=not args.no_progress)
+        report = run_all(plan, progress=not args.no_progress)
     except KeyboardInterrupt:
         print("synth run: interrupted; rerun the same command to go on where it stopped", file=sys.stderr)
         return 130
-    print(f"synth run: {recipe.name}")
+    print(f"synth run: {plan.recipe.name}")
     for s in report["stages"]:
         print(f"  {s['stage']:<9} {s['status']:<8} {s.get('summary') or s.get('why') or ''}")
-    print(f"  report: {recipe.layout.report}; dataset card: {recipe.layout.card}")
-    if recipe.sft is not None:
-        from synth.runtime import read_json
-
-        student = recipe.sft.student(recipe.layout)
-        ev = read_json(student.eval_report)
+    print(f"  report: {plan.layout.report}; dataset card: {plan.layout.card}")
+    if plan.recipe.sft is not None:
+        files = plan.student.files
+        ev = read_json(files.eval_report)
         if isinstance(ev, dict) and "verifier" in ev:
             v = ev["verifier"]
-            print(f"  the task check ({recipe.sft.eval_verifier}) on {ev['examples']} held-out prompts passes: "
+            print(f"  the task check ({plan.sft.eval_verifier}) on {ev['examples']} held-out prompts passes: "
                   f"teacher {v['teacher']:.3f}, student before training {v['student_before']:.3f}, "
-                  f"after {v['student_after']:.3f} ({student.eval_markdown})")
+                  f"after {v['student_after']:.3f} ({files.eval_markdown})")
     return 0
 
 
 def cmd_expand(args: argparse.Namespace) -> int:
-    from synth.config import load_recipe
-
-    recipe = load_recipe(args.recipe, args.set)
-    setup_logging(recipe.layout.log, args.verbose)
-    from synth.expand import run_expand
-
-    r = run_expand(recipe)
-    print(f"synth expand: {r['seeds']} seeds -> {r['new']} new prompts ({r['calls_sent']} teacher calls sent, "
-          f"{r['calls_cached']} cached); discarded {r['discarded'] or 'none'}")
-    print(f"  output: {r['output']} (`synth generate` with this recipe reads it: every seed, then the new prompts)")
+    plan = _plan(args)
+    if plan.recipe.expand is None:
+        raise ValueError("expand: the recipe has no expand section; add one, e.g. expand: {method: self_instruct, target: 200}")
+    _print(Expand(plan, not args.no_progress).run())
     return 0
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from synth.config import load_recipe
-
-    recipe = load_recipe(args.recipe, args.set)
-    setup_logging(recipe.layout.log, args.verbose)
-    from synth.score import run_score, score_summary
-
-    counts = run_score(recipe, args.top_k, args.teacher, progress=not args.no_progress)
-    print(score_summary(counts, recipe.layout.logprobs))
+    plan = _plan(args)
+    counts = run_score(plan, args.top_k, args.teacher, progress=not args.no_progress)
+    print(score_summary(counts, plan.layout.logprobs))
     return 0
 
 
 def cmd_pairs(args: argparse.Namespace) -> int:
-    from synth.config import load_recipe
-
-    recipe = load_recipe(args.recipe, args.set)
-    setup_logging(recipe.layout.log, args.verbose)
-    from synth.pairs import run_pairs
-
-    counts = run_pairs(recipe)
-    by_source = ", ".join(f"{s} {counts.get(s, 0)}" for s in recipe.pair_options.sources)
-    print(f"synth pairs: {counts['pairs']} pairs ({by_source}; {counts['duplicates']} duplicates dropped) "
-          f"-> {recipe.layout.pairs}")
-    if "student_answers" in counts:
-        print(f"  the student scored lower than the teacher on {counts['student_scored_lower']} of "
-              f"{counts['student_answers']} training prompts")
+    _print(Pairs(_plan(args), not args.no_progress).run(force=True))
     return 0
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
     setup_logging(None, args.verbose)
-    from synth.diff import run_diff
 
     r = run_diff(args.a, args.b, args.out, judge=args.judge)
     a, b = r["a"], r["b"]
@@ -188,7 +112,6 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     setup_logging(None, args.verbose)
-    from synth.ingest import IngestOptions, run_ingest
 
     o = IngestOptions(max_tokens=args.max_tokens, overlap=args.overlap, min_tokens=args.min_tokens)
     r = run_ingest(args.docs, Path(args.out), o, progress=not args.no_progress)
@@ -201,7 +124,6 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 def cmd_view(args: argparse.Namespace) -> int:
     setup_logging(None, args.verbose)
-    from synth.viewer import serve
 
     root = Path(args.output_dir)
     if not root.is_dir():
@@ -224,7 +146,6 @@ def cmd_view(args: argparse.Namespace) -> int:
 
 def cmd_tiny_model(args: argparse.Namespace) -> int:
     setup_logging(None, args.verbose)
-    from synth.tiny_model import CHATML_TEMPLATE, build_tiny_model
 
     out = Path(args.out_dir)
     if (out / "config.json").exists() and not args.force:
@@ -256,7 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"stillhouse {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_generate, _add_curate, _add_run, _add_expand, _add_score, _add_pairs, _add_diff, _add_ingest,
+                _add_view, _add_tiny_model):
+        add(sub)
+    return parser
 
+
+def _add_generate(sub: Any) -> None:
     gen = sub.add_parser(
         "generate",
         help="send every seed prompt to the teacher; resumes where an earlier run stopped",
@@ -273,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "for the others (rerun to check on them)")
     gen.set_defaults(func=cmd_generate)
 
+
+def _add_curate(sub: Any) -> None:
     cur = sub.add_parser(
         "curate",
         help="filter the raw log into train.jsonl (+ eval.jsonl) and rejected.jsonl; no teacher calls",
@@ -282,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     recipe_arguments(cur)
     cur.set_defaults(func=cmd_curate)
 
+
+def _add_run(sub: Any) -> None:
     run = sub.add_parser(
         "run",
         help="the whole loop: generate, curate, dataset card, and with an sft section train and evaluate",
@@ -290,10 +221,15 @@ def build_parser() -> argparse.ArgumentParser:
     recipe_arguments(run)
     run.set_defaults(func=cmd_run)
 
-    exp = sub.add_parser("expand", help="grow the seed prompts with the teacher (self-instruct, evol-instruct, or document_qa over ingested chunks); resumable")
+
+def _add_expand(sub: Any) -> None:
+    exp = sub.add_parser("expand", help="grow the seed prompts with the teacher (self-instruct, evol-instruct, or "
+                         "document_qa over ingested chunks); resumable")
     recipe_arguments(exp)
     exp.set_defaults(func=cmd_expand)
 
+
+def _add_score(sub: Any) -> None:
     score = sub.add_parser(
         "score",
         help="a local teacher computes the top-k logprobs of the answers already in raw.jsonl (for sft.distill)",
@@ -302,9 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     recipe_arguments(score)
     score.add_argument("--top-k", type=int, default=20, help="logprobs per answer token (default 20)")
-    score.add_argument("--teacher", metavar="MODEL", help="the scoring model (a directory or HF id), if not the recipe's teacher")
+    score.add_argument("--teacher", metavar="MODEL",
+                       help="the scoring model (a directory or HF id), if not the recipe's teacher")
     score.set_defaults(func=cmd_score)
 
+
+def _add_pairs(sub: Any) -> None:
     pairs = sub.add_parser(
         "pairs",
         help="preference pairs (prompt, chosen, rejected) from the curated data, ranked by best_of_n, for `sft dpo`",
@@ -314,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     recipe_arguments(pairs)
     pairs.set_defaults(func=cmd_pairs)
 
+
+def _add_diff(sub: Any) -> None:
     diff = sub.add_parser("diff", help="compare two dataset versions (e.g. two teachers) prompt by prompt")
     diff.add_argument("a", help="output dir of the first version")
     diff.add_argument("b", help="output dir of the second version")
@@ -323,7 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("-v", "--verbose", action="store_true")
     diff.set_defaults(func=cmd_diff)
 
-    ingest = sub.add_parser("ingest", help="documents (PDF, DOCX, PPTX, HTML, Markdown, text) into chunks with their provenance (JSONL); resumable")
+
+def _add_ingest(sub: Any) -> None:
+    ingest = sub.add_parser("ingest", help="documents (PDF, DOCX, PPTX, HTML, Markdown, text) into chunks with their "
+                            "provenance (JSONL); resumable")
     ingest.add_argument("docs", nargs="+", help="files or folders (searched recursively)")
     ingest.add_argument("--out", required=True, help="the chunks file (JSONL); documents already in it are skipped")
     ingest.add_argument("--max-tokens", type=int, default=300, help="most words in a chunk (default 300)")
@@ -333,7 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("-v", "--verbose", action="store_true")
     ingest.set_defaults(func=cmd_ingest)
 
-    view = sub.add_parser("view", help="serve the audit page of a run on 127.0.0.1: every record, where it came from, why it was kept or rejected")
+
+def _add_view(sub: Any) -> None:
+    view = sub.add_parser("view", help="serve the audit page of a run on 127.0.0.1: every record, where it came from, "
+                          "why it was kept or rejected")
     view.add_argument("output_dir", help="the run's output.dir")
     view.add_argument("--port", type=int, default=8765, help="port (0: any free one)")
     view.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
@@ -341,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     view.add_argument("-v", "--verbose", action="store_true")
     view.set_defaults(func=cmd_view)
 
+
+def _add_tiny_model(sub: Any) -> None:
     tiny = sub.add_parser(
         "tiny-model",
         help="build a tiny random chat model locally (for demos and tests; it writes nonsense)",
@@ -353,7 +302,6 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--force", action="store_true", help="rebuild even if a model is there")
     tiny.add_argument("-v", "--verbose", action="store_true")
     tiny.set_defaults(func=cmd_tiny_model)
-    return parser
 
 
 def dispatch(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:

@@ -2,7 +2,10 @@
 
 A recipe is YAML with one section per dataclass below; `load_recipe` validates it and
 applies `--set a.b=c` overrides. Relative paths are relative to the working directory.
-`python -m synth.config` prints the config reference (the table in README.md).
+
+This is the bottom layer: it imports nothing of stillhouse but the config helpers and the
+output layout. What needs the registries or the files (filter options, tool functions, the
+teacher's identity, the dataset version) is checked when synth.plan resolves the recipe.
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ from typing import Any
 
 from sft.config import SftConfig
 from synth.configtools import apply_overrides, from_dict, help_field, load_yaml, reference, to_dict
-from synth.layout import Layout
+from synth.layout import Layout, packaged_prompt
 
 SEED_FORMATS = ("auto", "jsonl", "csv", "txt", "hf", "parquet")
+# The teacher backends (synth.backends maps each name to its class).
+BACKEND_NAMES = ("vllm", "openai", "anthropic")
 
 
 @dataclass
@@ -252,12 +257,41 @@ class TeacherConfig:
     reasoning: ReasoningConfig = help_field(default_factory=ReasoningConfig, help="where the teacher's reasoning ends and its answer begins")
 
     def __post_init__(self) -> None:
-        from synth.backends import BACKENDS  # a dict of names, no heavy imports
-
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend: unknown '{self.backend}'; valid backends: {', '.join(sorted(BACKENDS))}")
+        if self.backend not in BACKEND_NAMES:
+            raise ValueError(f"backend: unknown '{self.backend}'; valid backends: {', '.join(sorted(BACKEND_NAMES))}")
         if not self.model:
             raise ValueError("model: give an HF model id or a local model directory")
+
+
+@dataclass
+class JudgeConfig:
+    """A judge's calls: the model, its template and its sampling. Shared by the judge filter,
+    the yes/no checks of other filters, `synth diff --judge` and sft.eval_judge, each adding
+    its own keys (and its own default for max_tokens)."""
+
+    teacher: TeacherConfig = help_field(help="the judge model: a teacher block (backend vllm, openai or anthropic)")
+    template: str | None = help_field(None, help="the judge's template; none: the packaged one of the check")
+    max_tokens: int = help_field(256, help="most tokens of the judge's answer")
+    temperature: float = help_field(0.0, help="judge sampling temperature")
+    seed: int | None = help_field(0, help="judge sampling seed")
+
+    def __post_init__(self) -> None:
+        if self.template is not None and not Path(self.template).is_file():
+            raise ValueError(f"template: {self.template} does not exist; give a judge template or leave it out for "
+                             "the packaged one")
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens: must be at least 1, got {self.max_tokens}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ValueError(f"temperature: must be >= 0, got {self.temperature}")
+
+    def template_path(self, packaged: str) -> Path:
+        """The template file: `template`, or the packaged one named `packaged`."""
+        return Path(self.template) if self.template else packaged_prompt(packaged)
+
+    def sampling(self) -> dict[str, Any]:
+        """The sampling parameters of every judge call (part of each call's request id)."""
+        return {"temperature": self.temperature, "top_p": 1.0, "top_k": None, "max_tokens": self.max_tokens,
+                "seed": self.seed, "stop": []}
 
 
 @dataclass
@@ -289,10 +323,6 @@ class CurateConfig:
     checkpoint_s: float = help_field(120.0, help="seconds between checkpoints of a long curation, resumed after a kill (0: every 16,384 records); not with batch filters")
 
     def __post_init__(self) -> None:
-        from synth.filters import validate_spec  # options only: nothing loads or connects
-
-        for i, spec in enumerate(self.filters):
-            validate_spec(spec, i)
         if not (0 <= self.eval_fraction < 1):
             raise ValueError(f"eval_fraction: must be in [0, 1), got {self.eval_fraction}")
         if self.checkpoint_s < 0:
@@ -371,6 +401,10 @@ class ConversationConfig:
         if not self.stop.strip():
             raise ValueError("stop: give the marker the simulator writes to end a conversation, e.g. [END]")
 
+    def user_template_path(self) -> Path:
+        """The simulator's template: user_template, or the packaged conversation/user.j2."""
+        return Path(self.user_template) if self.user_template else packaged_prompt("conversation/user.j2")
+
 
 @dataclass
 class ToolsConfig:
@@ -398,9 +432,6 @@ class ToolsConfig:
                 raise ValueError(f"{name}: must be at least 1")
         if self.timeout_s <= 0:
             raise ValueError(f"timeout_s: must be positive, got {self.timeout_s}")
-        from synth.tools import check_tools
-
-        check_tools(self)
 
 
 @dataclass
@@ -441,7 +472,7 @@ class Recipe:
         return self.conversation is not None and self.conversation.turns > 1
 
     @property
-    def driven(self) -> bool:
+    def multi_call(self) -> bool:
         """Whether a record takes more than one teacher call (synth.conversation drives them)."""
         return self.multi_turn or self.tools is not None
 
@@ -482,11 +513,11 @@ class Recipe:
 
     @property
     def layout(self) -> Layout:
-        """The files of output.dir."""
+        """The files of output.dir (synth.plan resolves output.dir to the teacher's version)."""
         return Layout(Path(self.output.dir))
 
     @property
-    def prompts(self) -> SeedsConfig:
+    def generation_seeds(self) -> SeedsConfig:
         """The rows generation reads: the seeds, or with an expand section the expanded
         prompts (OUTPUT/expanded.jsonl, one `prompt` column, given to the template under the
         variable expand.field). Every command sees the same rows."""
@@ -501,11 +532,10 @@ class Recipe:
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Load and validate a recipe YAML file, applying `a.b=c` overrides first.
 
-    output.dir is resolved to the recipe teacher's dataset version (synth.versions)."""
-    from synth.versions import resolve_version
-
+    Every key is checked here; synth.plan.resolve checks the rest (filter options, tools)
+    and points output.dir at the teacher's dataset version."""
     data = apply_overrides(load_yaml(path), overrides or [])
-    return resolve_version(from_dict(Recipe, data))
+    return from_dict(Recipe, data)
 
 
 def redacted(recipe: Recipe) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import types
 import typing
 from pathlib import Path
@@ -156,8 +157,6 @@ def to_dict(obj: Any) -> Any:
 
 def canonical_dict(obj: Any) -> Any:
     """A config as plain data that compares equal across runs (for "already done" stamps)."""
-    import json
-
     if isinstance(obj, dict):
         obj = {k: to_dict(v) for k, v in obj.items()}
     return json.loads(json.dumps(to_dict(obj), sort_keys=True, default=str))

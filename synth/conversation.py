@@ -17,13 +17,12 @@ naming the turn; the next run retries from there.
 
 The record's id is the first turn's request id combined with the conversation settings
 (turns, simulator template, simulator and its sampling, stop marker; the tools, their
-functions' source and options): change one and the conversations are new records, while
-every cached turn they share is reused.
+functions' source and options; synth.plan computes them): change one and the
+conversations are new records, while every cached turn they share is reused.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -32,41 +31,14 @@ from typing import Any
 
 from synth.backends.base import Completion, Failure
 from synth.calls import CachedCalls
-from synth.config import Recipe
+from synth.plan import Plan
+from synth.rawlog import JsonlAppender, iter_records, repair_tail
 from synth.reasoning import separate
 from synth.requests import Request, request_id
-from synth.runtime import canonical_json, file_sha256
-from synth.templates import PromptTemplate, builtin_template
+from synth.templates import PromptTemplate
+from synth.tools import wire_calls
 
 logger = logging.getLogger(__name__)
-
-
-def user_template_path(recipe: Recipe) -> str:
-    c = recipe.conversation
-    return c.user_template or str(builtin_template("conversation/user.j2"))
-
-
-def settings_identity(recipe: Recipe, teacher: dict[str, Any]) -> dict[str, Any]:
-    """What a conversation's record id holds besides its first request: the settings, the
-    identity of the model that plays the user (`teacher`'s when it plays both), and the tools."""
-    from synth.backends import load_backend_class
-
-    c = recipe.conversation
-    settings: dict[str, Any] = {"turns": 1}
-    if recipe.multi_turn:
-        user = teacher if c.user_teacher is None else load_backend_class(c.user_teacher.backend).identity_for(c.user_teacher)
-        settings = {"turns": c.turns, "user_template": file_sha256(Path(user_template_path(recipe))), "user": user,
-                    "user_temperature": c.user_temperature, "user_max_tokens": c.user_max_tokens, "stop": c.stop}
-    if recipe.tools is not None:
-        from synth.tools import Toolbox
-
-        settings["tools"] = Toolbox(recipe.tools).identity()
-    return settings
-
-
-def conversation_id(first_request_id: str, settings: dict[str, Any]) -> str:
-    payload = canonical_json({"first": first_request_id, "conversation": settings})
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
 
 
 def transcript(messages: list[dict[str, str]]) -> str:
@@ -99,21 +71,19 @@ class Conversations:
     unless conversation.user_teacher names another. With tools, each user turn is a loop:
     the teacher calls tools, they run (synth.tools), their results go back, until it answers."""
 
-    def __init__(self, recipe: Recipe, teacher: Any):
+    def __init__(self, plan: Plan, teacher: Any):
+        recipe, layout = plan.recipe, plan.layout
         self.recipe, self.teacher = recipe, teacher
-        layout = recipe.layout
         self.turns = recipe.conversation.turns if recipe.conversation is not None else 1
-        self.teacher_calls = CachedCalls(recipe.teacher, layout.turns, teacher)
+        self.teacher_calls = CachedCalls(recipe.teacher, layout.turns, teacher, identity=plan.teacher)
         self.user_calls = None
         if recipe.multi_turn:
             sim = recipe.conversation.user_teacher
-            self.user_calls = CachedCalls(sim or recipe.teacher, layout.user_turns, None if sim else teacher)
-            self.template = PromptTemplate.load(type(recipe.template)(path=user_template_path(recipe)))
-        self.tools = self.tool_log = None
-        if recipe.tools is not None:
-            from synth.tools import Toolbox
-
-            self.tools = Toolbox(recipe.tools)
+            self.user_calls = CachedCalls(sim or recipe.teacher, layout.user_turns, None if sim else teacher,
+                                          identity=plan.user_identity)
+            self.template = PromptTemplate.from_file(recipe.conversation.user_template_path())
+        self.tools, self.tool_log = plan.toolbox, None
+        if self.tools is not None:
             self.tool_log = ToolResults(layout.tool_results)
             logger.info("tools: %s; sandbox: %s", ", ".join(self.tools.schemas), self.tools.sandbox)
 
@@ -151,8 +121,6 @@ class Conversations:
     def _answer(self, s: _State, rec: dict[str, Any]) -> list[Any]:
         """Add the teacher's answer (its record in turns.jsonl) to the conversation; returns
         the tool calls it makes (synth.tools.Call), none for a final answer."""
-        from synth.tools import wire_calls
-
         last = rec["messages"][-1]
         split = separate(last["content"], last.get("reasoning_content"), rec.get("finish_reason"), self.recipe.teacher.reasoning)
         text, thought = split.answer, split.reasoning
@@ -280,8 +248,6 @@ class ToolResults:
     so the conversation continues with the same history, and no tool runs twice."""
 
     def __init__(self, path: Path):
-        from synth.rawlog import JsonlAppender, iter_records, repair_tail
-
         path.parent.mkdir(parents=True, exist_ok=True)
         repair_tail(path)
         self.results = {r["id"]: r for r in iter_records(path)}

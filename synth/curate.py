@@ -8,8 +8,13 @@ indexes and the id list stay in memory.
 
 Outputs beside raw.jsonl: train.jsonl, eval.jsonl (when curate.eval_fraction > 0),
 rejected.jsonl (each row with `rejection: {filter, reason}`), stats.json, a `curate`
-section in manifest.json and the stage stamp (synth.stages). Counts add up:
-records = kept + rejected.
+section in manifest.json and the stage stamp. Counts add up: records = kept + rejected.
+
+The Curate stage's key: the raw log's bytes; the curate section (except checkpoint_s, which
+says how often, not what); what each filter reads besides its options (eval sets, schema
+files, the verifier's source file, the judge's template and identity, tokenizers and
+embedders); the logprobs sidecar's size; and with only_planned, what the planned request
+ids depend on (seeds, template, teacher, sampling, conversation settings).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -26,13 +32,18 @@ from typing import Any
 
 import numpy as np
 
-from synth.config import CurateConfig, Recipe, redacted
-from synth.filters import Filter, build_filter, prompt_text
-from synth.generate import plan_requests
+from synth.config import CurateConfig, redacted
+from synth.configtools import canonical_dict
+from synth.filters import Filter, prompt_text
+from synth.filters.dedup import NearIndex
+from synth.fingerprint import path_digest
 from synth.layout import Layout
+from synth.logprobs import LogprobStore
 from synth.manifest import update_manifest
-from synth.rawlog import DirLock, iter_records, repeated_request
-from synth.runtime import utc_now, write_json_atomically
+from synth.plan import Plan
+from synth.rawlog import iter_records, repeated_request
+from synth.runtime import commit_file, file_sha256, progress_bar, utc_now, write_json_atomically
+from synth.stage import Stage, StageResult
 
 logger = logging.getLogger(__name__)
 
@@ -137,10 +148,7 @@ class _Writer:
         self.count += 1
 
     def commit(self) -> None:
-        self.fh.flush()
-        os.fsync(self.fh.fileno())
-        self.fh.close()
-        os.replace(self.tmp, self.path)
+        commit_file(self.fh, self.tmp, self.path)
 
     def sync(self) -> int:
         """Flush and fsync; returns the file's size."""
@@ -163,8 +171,6 @@ def _split(kept_path: Path, cfg: CurateConfig) -> dict[str, str]:
     split_threshold); a cluster goes to eval when the hash of its first id and eval_seed
     falls under eval_fraction. Returns id -> "train" | "eval".
     """
-    from synth.filters.dedup import NearIndex
-
     index = NearIndex(cfg.split_threshold, 3, 64, None, 0)
     parent: dict[str, str] = {}
 
@@ -202,49 +208,103 @@ def _split(kept_path: Path, cfg: CurateConfig) -> dict[str, str]:
     return out
 
 
-def run_curate(recipe: Recipe, progress: bool = True, key: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Curate OUTPUT/raw.jsonl into train/eval/rejected files; returns the stats.
+def curate_key(plan: Plan) -> dict[str, Any]:
+    """The Curate stage's key (see the module docstring)."""
+    recipe, layout = plan.recipe, plan.layout
+    cfg = recipe.curate
+    key: dict[str, Any] = {
+        "raw": file_sha256(layout.raw),
+        "curate": {k: v for k, v in canonical_dict(cfg).items() if k != "checkpoint_s"},  # how often, not what
+        "filters": [entry.inputs() for entry in plan.filters],
+    }
+    if layout.logprobs.exists():  # counted in stats.json and the card; append-only, so its size
+        key["logprobs"] = layout.logprobs.stat().st_size  # says when `synth score` added to it
+    if cfg.only_planned:
+        prompts, template = recipe.generation_seeds, recipe.template
+        key["requests"] = canonical_dict({
+            "prompts": {**canonical_dict(prompts), "data": path_digest(Path(prompts.path))},
+            "template": {**canonical_dict(template), "source": file_sha256(Path(template.path)),
+                         "fewshot": file_sha256(Path(template.fewshot)) if template.fewshot else None},
+            "teacher": plan.teacher,
+            "sampling": recipe.sampling,
+        })
+        if recipe.multi_call:  # conversations and tools: their settings are in every planned id
+            key["requests"]["conversation"] = canonical_dict(plan.conversation)
+    return key
 
-    `key` is the stage key when the caller computed it already (synth run)."""
-    from synth.stages import curate_key, write_stamp
 
-    layout = recipe.layout
-    with DirLock(layout.root):
-        key = key if key is not None else curate_key(recipe)
-        wall0 = time.monotonic()
-        filters = [build_filter(spec, i) for i, spec in enumerate(recipe.curate.filters)]
-        planned = {r.id for r in plan_requests(recipe).requests} if recipe.curate.only_planned else None
-        entries, skipped = _index_raw(layout.raw, planned)
-        if skipped:
-            logger.info("%d records in %s belong to other configurations; left out (curate.only_planned)", skipped, layout.raw)
-        counts = _filter_all(layout, filters, entries, progress, key, recipe.curate.checkpoint_s)
-        split = _write_split(layout, recipe.curate) if recipe.curate.eval_fraction > 0 and counts["kept"] else None
-        if split is None:
-            layout.eval.unlink(missing_ok=True)
-            split = {"train": counts["kept"], "eval": 0}
-        stats = {
-            "records": len(entries),
-            "kept": counts["kept"],
-            "rejected": counts["rejected"],
-            **split,
-            "records_of_other_configs": skipped,
-            "rejected_by_filter": {f"{i}:{f.name}": f.rejected for i, f in enumerate(filters)},
-            "pii_redacted": counts["pii"],
-            "filters": [f.name for f in filters],
-        }
-        selection = [f.summary for f in filters if getattr(f, "summary", None)]
-        if selection:  # best_of_n: how often the teacher passes (pass@1, pass@n)
-            stats["selection"] = selection[-1]
-        if recipe.sampling.logprobs or layout.logprobs.exists():  # captured, or scored (synth score)
-            stats["logprobs"] = _logprob_counts(layout)
-        assert stats["records"] == stats["kept"] + stats["rejected"]
-        write_json_atomically(layout.stats, stats)  # a function of data and config only: no run facts
-        # What this run had to do (judge calls sent vs cached) goes to the manifest, not stats.json.
-        calls = {f"{f.name}_calls": f.stats for f in filters if f.batch}
-        if counts.get("resumed_at"):
-            calls["resumed_at"] = counts["resumed_at"]  # records a killed curation had decided already
-        _update_manifest(layout, recipe, stats, calls, time.monotonic() - wall0)
-        write_stamp(layout.stamp("curate"), key)
+class Curate(Stage):
+    """The raw log through the filters into train/eval/rejected (keyed; see the module docstring)."""
+
+    name = "curate"
+
+    def key(self) -> dict[str, Any]:
+        return curate_key(self.plan)
+
+    def stamp(self) -> Path:
+        return self.plan.layout.stamp("curate")
+
+    def outputs(self) -> tuple[Path, ...]:
+        return (self.plan.layout.train, self.plan.layout.stats)
+
+    def work(self, key: dict[str, Any] | None) -> StageResult:
+        s = _curate(self.plan, self.progress, key)
+        summary = f"kept {s['kept']} (train {s['train']}, eval {s['eval']}), rejected {s['rejected']}"
+        return self.result(summary, curate_lines(s, self.plan.recipe.output.dir), s)
+
+
+def run_curate(plan: Plan, progress: bool = True) -> dict[str, Any]:
+    """Curate OUTPUT/raw.jsonl into train/eval/rejected files now (the stage, forced); returns
+    the stats and this run's filter calls."""
+    return Curate(plan, progress).run(force=True).details
+
+
+def curate_lines(stats: dict[str, Any], out: str) -> list[str]:
+    """What `synth curate` prints."""
+    lines = [f"synth curate: {stats['records']} records -> kept {stats['kept']} "
+             f"(train {stats['train']}, eval {stats['eval']}), rejected {stats['rejected']}"]
+    for key, n in stats["rejected_by_filter"].items():
+        lines.append(f"  {key.split(':', 1)[1]:<12} rejected {n}")
+    if stats["pii_redacted"]:
+        lines.append("  PII redacted: " + ", ".join(f"{k} x{v}" for k, v in stats["pii_redacted"].items()))
+    lines.append(f"  files: {out}/train.jsonl" + (", eval.jsonl" if stats["eval"] else "") + ", rejected.jsonl, stats.json")
+    return lines
+
+
+def _curate(plan: Plan, progress: bool, key: dict[str, Any] | None) -> dict[str, Any]:
+    layout, cfg = plan.layout, plan.recipe.curate
+    wall0 = time.monotonic()
+    filters = [entry.build() for entry in plan.filters]
+    entries, skipped = _index_raw(layout.raw, plan.request_ids if cfg.only_planned else None)
+    if skipped:
+        logger.info("%d records in %s belong to other configurations; left out (curate.only_planned)", skipped, layout.raw)
+    counts = _filter_all(layout, filters, entries, progress, key, cfg.checkpoint_s)
+    split = _write_split(layout, cfg) if cfg.eval_fraction > 0 and counts["kept"] else None
+    if split is None:
+        layout.eval.unlink(missing_ok=True)
+        split = {"train": counts["kept"], "eval": 0}
+    stats = {
+        "records": len(entries),
+        "kept": counts["kept"],
+        "rejected": counts["rejected"],
+        **split,
+        "records_of_other_configs": skipped,
+        "rejected_by_filter": {f"{i}:{f.name}": f.rejected for i, f in enumerate(filters)},
+        "pii_redacted": counts["pii"],
+        "filters": [f.name for f in filters],
+    }
+    selection = [f.summary for f in filters if getattr(f, "summary", None)]
+    if selection:  # best_of_n: how often the teacher passes (pass@1, pass@n)
+        stats["selection"] = selection[-1]
+    if plan.recipe.sampling.logprobs or layout.logprobs.exists():  # captured, or scored (synth score)
+        stats["logprobs"] = _logprob_counts(layout)
+    assert stats["records"] == stats["kept"] + stats["rejected"]
+    write_json_atomically(layout.stats, stats)  # a function of data and config only: no run facts
+    # What this run had to do (judge calls sent vs cached) goes to the manifest, not stats.json.
+    calls = {f"{f.name}_calls": f.stats for f in filters if f.batch}
+    if counts.get("resumed_at"):
+        calls["resumed_at"] = counts["resumed_at"]  # records a killed curation had decided already
+    _update_manifest(plan, stats, calls, time.monotonic() - wall0)
     return {**stats, **calls}
 
 
@@ -265,8 +325,6 @@ def _filter_all(layout: Layout, filters: list[Filter], entries: _Entries, progre
 
 
 def _remove_tree(path: Path) -> None:
-    import shutil
-
     shutil.rmtree(path, ignore_errors=True)
 
 
@@ -329,52 +387,74 @@ class _Checkpoint:
 _SEGMENT = 16_384  # records between the points where a checkpoint may be taken
 
 
+class _Outputs:
+    """Where curation writes: train.jsonl (kept) and rejected.jsonl (each row with its
+    rejection), under temporary names until `commit`, with the PII counts of the kept
+    records. Both paths (streaming and batched) write through it."""
+
+    def __init__(self, layout: Layout, resume: dict[str, Any] | None = None):
+        """resume: a checkpoint's {writers: {train, rejected}: {size, count}, pii}."""
+        self.writers = {name: _Writer(path, resume=resume["writers"][name] if resume else None)
+                        for name, path in (("train", layout.train), ("rejected", layout.rejected))}
+        self.kept, self.rejected = self.writers["train"], self.writers["rejected"]
+        self.pii: dict[str, int] = dict(resume["pii"]) if resume else {}
+
+    def reject(self, rec: dict[str, Any], name: str, reason: str) -> None:
+        self.rejected.write({**rec, "rejection": {"filter": name, "reason": reason}})
+
+    def keep_all(self, records: Iterable[dict[str, Any]]) -> None:
+        for rec in records:
+            for name, n in (rec.get("pii") or {}).items():
+                self.pii[name] = self.pii.get(name, 0) + n
+            self.kept.write(rec)
+
+    def commit(self) -> None:
+        self.kept.commit()
+        self.rejected.commit()
+
+    def stop(self, keep_partial: bool) -> None:
+        """After an error or a kill: close the temporary files, keeping them only when a
+        checkpoint needs them."""
+        for w in self.writers.values():
+            if not w.fh.closed:
+                w.close() if keep_partial else w.abort()
+
+    def counts(self) -> dict[str, Any]:
+        return {"kept": self.kept.count, "rejected": self.rejected.count, "pii": dict(sorted(self.pii.items()))}
+
+
 def _filter_streaming(layout: Layout, filters: list[Filter], entries: _Entries, progress: bool,
                       key: dict[str, Any], checkpoint_s: float) -> dict[str, Any]:
-    paths = {"train": layout.train, "rejected": layout.rejected}
     ckpt = _Checkpoint(layout.curate_checkpoint, key)
-    meta = ckpt.load({name: p.with_name(p.name + ".tmp") for name, p in paths.items()})
+    meta = ckpt.load({name: p.with_name(p.name + ".tmp") for name, p in (("train", layout.train),
+                                                                         ("rejected", layout.rejected))})
     for f in filters:
         f.attach(ckpt.folder)
-    start, pii = 0, {}
+    start = 0
     if meta:
         ckpt.restore(filters)
-        start, pii = meta["position"], meta["pii"]
+        start = meta["position"]
         logger.info("resuming an interrupted curation at record %d of %d (its checkpoint)", start, len(entries))
-    writers = {name: _Writer(p, resume=meta["writers"][name] if meta else None) for name, p in paths.items()}
-    kept, rejected = writers["train"], writers["rejected"]
-
-    def reject(rec: dict[str, Any], name: str, reason: str) -> None:
-        rejected.write({**rec, "rejection": {"filter": name, "reason": reason}})
-
-    from tqdm.auto import tqdm
-
+    out = _Outputs(layout, resume=meta)
     last = time.monotonic()
     saved = bool(meta)
     try:
-        with layout.raw.open("rb") as fh, tqdm(total=len(entries), initial=start, unit="rec", desc="curate",
-                                               disable=not progress, dynamic_ncols=True, mininterval=0.5) as bar:
+        with layout.raw.open("rb") as fh, progress_bar(len(entries), "curate", "rec", progress, initial=start) as bar:
             for begin in range(start, len(entries), _SEGMENT):
                 end = min(begin + _SEGMENT, len(entries))
                 records: Iterable[dict[str, Any]] = _read_entries(fh, entries, begin, end, bar)
                 for f in filters:
-                    records = f.apply(records, reject)
-                for rec in records:
-                    for name, n in (rec.get("pii") or {}).items():
-                        pii[name] = pii.get(name, 0) + n
-                    kept.write(rec)
+                    records = f.apply(records, out.reject)
+                out.keep_all(records)
                 if end < len(entries) and time.monotonic() - last >= checkpoint_s:
-                    ckpt.save(end, writers, pii, filters)
+                    ckpt.save(end, out.writers, out.pii, filters)
                     saved, last = True, time.monotonic()
-        kept.commit()
-        rejected.commit()
+        out.commit()
     except BaseException:
-        for w in writers.values():
-            if not w.fh.closed:
-                w.close() if saved else w.abort()  # a checkpoint needs its partial outputs
+        out.stop(keep_partial=saved)  # a checkpoint needs its partial outputs
         raise
     _remove_tree(ckpt.folder)
-    result = {"kept": kept.count, "rejected": rejected.count, "pii": dict(sorted(pii.items()))}
+    result = out.counts()
     if start:
         result["resumed_at"] = start
     return result
@@ -382,18 +462,10 @@ def _filter_streaming(layout: Layout, filters: list[Filter], entries: _Entries, 
 
 def _filter_batched(layout: Layout, filters: list[Filter], entries: _Entries, progress: bool) -> dict[str, Any]:
     """_filter_all for chains with a batch filter: one pass, no checkpoints."""
-    from tqdm.auto import tqdm
-
-    kept, rejected = _Writer(layout.train), _Writer(layout.rejected)
+    out = _Outputs(layout)
     scratch: list[_Writer] = []
-    pii: dict[str, int] = {}
-
-    def reject(rec: dict[str, Any], name: str, reason: str) -> None:
-        rejected.write({**rec, "rejection": {"filter": name, "reason": reason}})
-
     try:
-        with layout.raw.open("rb") as fh, tqdm(total=len(entries), unit="rec", desc="curate", disable=not progress,
-                                               dynamic_ncols=True, mininterval=0.5) as bar:
+        with layout.raw.open("rb") as fh, progress_bar(len(entries), "curate", "rec", progress) as bar:
             records: Iterable[dict[str, Any]] = _read_entries(fh, entries, 0, len(entries), bar)
             for k, f in enumerate(filters):
                 if f.batch:
@@ -406,22 +478,19 @@ def _filter_batched(layout: Layout, filters: list[Filter], entries: _Entries, pr
                     stage.commit()
                     f.prepare(iter_records(stage.path), layout.root)
                     records = iter_records(stage.path)
-                records = f.apply(records, reject)
-            for rec in records:
-                for name, n in (rec.get("pii") or {}).items():
-                    pii[name] = pii.get(name, 0) + n
-                kept.write(rec)
-        kept.commit()
-        rejected.commit()
+                records = f.apply(records, out.reject)
+            out.keep_all(records)
+        out.commit()
     except BaseException:
-        for w in (kept, rejected, *scratch):
+        out.stop(keep_partial=False)
+        for w in scratch:
             if not w.fh.closed:
                 w.abort()
         raise
     finally:
         for w in scratch:
             w.path.unlink(missing_ok=True)
-    return {"kept": kept.count, "rejected": rejected.count, "pii": dict(sorted(pii.items()))}
+    return out.counts()
 
 
 def _read_entries(fh, entries: _Entries, begin: int, end: int, bar):
@@ -440,8 +509,6 @@ def _read_entries(fh, entries: _Entries, begin: int, end: int, bar):
 def _logprob_counts(layout: Layout) -> dict[str, int]:
     """How many kept records have the teacher's logprobs for exactly their answer ("ok"), had
     their answer edited by a filter since ("changed": PII redaction), or have none ("missing")."""
-    from synth.logprobs import LogprobStore
-
     store = LogprobStore(layout.logprobs)
     counts = {"ok": 0, "changed": 0, "missing": 0}
     try:
@@ -455,17 +522,16 @@ def _logprob_counts(layout: Layout) -> dict[str, int]:
 
 def _write_split(layout: Layout, cfg: CurateConfig) -> dict[str, int]:
     assignment = _split(layout.train, cfg)
-    staged = layout.train.with_name(layout.train.name + ".split")
-    train, evals = _Writer(staged), _Writer(layout.eval)
+    train, evals = _Writer(layout.train), _Writer(layout.eval)  # written beside, renamed over it at the end
     for rec in iter_records(layout.train):
         (evals if assignment[rec["id"]] == "eval" else train).write(rec)
     train.commit()
     evals.commit()
-    os.replace(staged, layout.train)
     return {"train": train.count, "eval": evals.count}
 
 
-def _update_manifest(layout: Layout, recipe: Recipe, stats: dict[str, Any], calls: dict[str, Any], wall_s: float) -> None:
+def _update_manifest(plan: Plan, stats: dict[str, Any], calls: dict[str, Any], wall_s: float) -> None:
+    layout = plan.layout
     funnel, remaining = [{"stage": "raw", "count": stats["records"]}], stats["records"]
     for key, rejected in stats["rejected_by_filter"].items():
         remaining -= rejected
@@ -479,6 +545,6 @@ def _update_manifest(layout: Layout, recipe: Recipe, stats: dict[str, Any], call
         "funnel": funnel,
         "stats": stats,
         **calls,
-        "config": redacted(recipe)["curate"],
+        "config": redacted(plan.recipe)["curate"],
         "files": files,
     }})

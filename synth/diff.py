@@ -3,7 +3,10 @@
 Matches records by prompt (the rendered chat without the answer) and reports, per version
 and per prompt: answer lengths, refusal rate, curation rejection rate, and the prompts whose
 answers changed most (lowest ROUGE-L between the two teachers' answers). Writes diff.json
-and diff.md (default: into B).
+and diff.md (default: into B). Each version's planned requests come from the plan of the
+recipe it was generated with (its config.yaml and teacher.json), so records of earlier
+configurations in the same raw log are left out. With --judge, a pairwise judge
+(synth.judging) says which answer is better.
 """
 
 from __future__ import annotations
@@ -11,23 +14,21 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import random
-import re
 import statistics
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from synth.config import TeacherConfig, TemplateConfig
-from synth.configtools import from_dict, help_field, load_yaml
+from synth.config import Recipe
+from synth.configtools import from_dict, load_yaml
 from synth.filters import answer_text, prompt_text
 from synth.filters.quality import Refusal
+from synth.judging import judge_preference
 from synth.layout import Layout
 from synth.manifest import read_manifest
+from synth.plan import resolve
 from synth.rawlog import iter_records
-from synth.requests import Request, request_id
-from synth.templates import PromptTemplate, builtin_template
 from synth.textmetrics import rouge_l
+from synth.versions import recorded_teacher
 
 logger = logging.getLogger(__name__)
 
@@ -40,11 +41,6 @@ def _prompt_key(rec: dict[str, Any]) -> str:
 def planned_ids(d: Path) -> set[str] | None:
     """The request ids of the recipe that last generated into `d` (its config.yaml, with the
     teacher recorded in it), or None when they cannot be rebuilt (no config, inputs moved)."""
-    from synth.config import Recipe
-    from synth.configtools import from_dict, load_yaml
-    from synth.generate import plan_requests
-    from synth.versions import recorded_teacher
-
     layout = Layout(d)
     teacher = recorded_teacher(d)
     if not layout.config.exists() or teacher is None:
@@ -54,7 +50,7 @@ def planned_ids(d: Path) -> set[str] | None:
         data["output"]["dir"] = str(d)  # the directory as given, wherever the run was
         for section in ("curate", "sft", "card"):  # not needed to plan; their files may be gone
             data.pop(section, None)
-        return {r.id for r in plan_requests(from_dict(Recipe, data), teacher).requests}
+        return set(resolve(from_dict(Recipe, data), teacher, versioned=False).request_ids)
     except (ValueError, KeyError, TypeError, ImportError) as exc:
         logger.warning("synth diff: cannot rebuild the requests of %s from its config.yaml (%s); comparing every "
                        "record of its raw.jsonl, which may hold records of earlier configurations", d, exc)
@@ -97,61 +93,6 @@ def _summary(v: dict[str, Any], refusal: Refusal) -> dict[str, Any]:
     if v["rejected"] is not None:
         out["rejection_rate"] = round(sum(r["id"] in v["rejected"] for r in recs) / max(len(recs), 1), 4)
     return out
-
-
-_WINNER = re.compile(r"winner\s*[:=]?\s*\[*\s*(1|2|tie)\b", re.IGNORECASE)
-
-
-def parse_winner(text: str) -> str | None:
-    """'1', '2' or 'tie' from the judge's last "Winner: ..." line, or None."""
-    found = _WINNER.findall(text)
-    return found[-1].lower() if found else None
-
-
-@dataclass
-class DiffJudgeOptions:
-    teacher: TeacherConfig = help_field(help="the judge model: a teacher block (backend vllm or openai)")
-    template: str | None = help_field(None, help="pairwise template (variables prompt, answer_1, answer_2); none: the packaged judge/pairwise.j2")
-    limit: int = help_field(200, help="judge at most this many prompts (those that changed most first)")
-    max_tokens: int = help_field(128, help="most tokens per judge answer")
-    seed: int = help_field(0, help="seed of the answer order shown to the judge (against position bias)")
-
-
-def judge_preference(pairs: list[tuple[str, str, str]], judge_file: str | Path, log: Path) -> dict[str, Any]:
-    """Ask the judge which of two answers is better, for (prompt, answer_a, answer_b)
-    triples; each pair is shown in a seeded random order and mapped back. Cached in `log`."""
-    from synth.calls import CachedCalls
-
-    o = from_dict(DiffJudgeOptions, load_yaml(judge_file), prefix="judge")
-    template = PromptTemplate.load(TemplateConfig(path=o.template or str(builtin_template("judge/pairwise.j2"))))
-    calls = CachedCalls(o.teacher, log)
-    sampling = {"temperature": 0.0, "top_p": 1.0, "top_k": None, "max_tokens": o.max_tokens, "seed": o.seed, "stop": []}
-    rng = random.Random(o.seed)
-    plans = []
-    for prompt, a, b in pairs[: o.limit]:
-        swapped = rng.random() < 0.5
-        fields = {"prompt": prompt, "answer_1": b if swapped else a, "answer_2": a if swapped else b}
-        messages = template.render(fields, where="diff judge")
-        rid = request_id(messages, {}, calls.identity, sampling, 0)
-        plans.append((Request(rid, messages, sampling, 0, {"source": "diff", "line": 0, "fields": {}}, template.provenance()), swapped))
-    try:
-        answers, failed = calls.answer([p[0] for p in plans])
-    finally:
-        calls.close()
-    tally = {"a": 0, "b": 0, "tie": 0, "unparseable": 0, "failed": len(failed)}
-    for req, swapped in plans:
-        if req.id in failed:
-            continue
-        winner = parse_winner(answers.get(req.id, ""))
-        if winner is None:
-            tally["unparseable"] += 1
-        elif winner == "tie":
-            tally["tie"] += 1
-        else:
-            tally["b" if (winner == "1") == swapped else "a"] += 1
-    decided = tally["a"] + tally["b"] + tally["tie"]
-    return {"judged": len(plans), "calls_sent": calls.sent, **tally,
-            "b_win_rate": round((tally["b"] + 0.5 * tally["tie"]) / decided, 4) if decided else None}
 
 
 def run_diff(a_dir: str | Path, b_dir: str | Path, out_dir: str | Path | None = None, top: int = 10,

@@ -30,11 +30,16 @@ import re
 from pathlib import Path
 from typing import Any
 
-from synth.config import ExpandOptions, Recipe, TemplateConfig
-from synth.rawlog import DirLock, rewrite_atomically
+from synth.calls import CachedCalls
+from synth.config import ExpandOptions
+from synth.filters.dedup import NearIndex
+from synth.layout import packaged_prompt
+from synth.plan import Plan
+from synth.rawlog import rewrite_atomically
 from synth.requests import Request, request_id
 from synth.seeds import load_seeds
-from synth.templates import PromptTemplate, builtin_template
+from synth.stage import Stage, StageResult
+from synth.templates import PromptTemplate
 from synth.textmetrics import rouge_l
 
 logger = logging.getLogger(__name__)
@@ -66,8 +71,6 @@ class NoveltyPool:
         self._index = None
 
     def _minhash(self):
-        from synth.filters.dedup import NearIndex
-
         if self._index is None:
             self._index = NearIndex(self.threshold, 2, 128, None, 0)
             for i, p in enumerate(self.prompts):
@@ -102,17 +105,16 @@ class _Caller:
     """Builds expansion requests and sends them through the recipe's teacher, cached in
     OUTPUT/expand_raw.jsonl."""
 
-    def __init__(self, recipe: Recipe, o: ExpandOptions, backend: Any = None):
-        from synth.calls import CachedCalls
-
-        self.o = o
-        self.calls = CachedCalls(recipe.teacher, recipe.layout.expand_raw, backend)
+    def __init__(self, plan: Plan, o: ExpandOptions, backend: Any = None):
+        self.options = o
+        self.calls = CachedCalls(plan.recipe.teacher, plan.layout.expand_raw, backend, identity=plan.teacher)
         self.identity = self.calls.identity
-        self.sampling = {"temperature": o.temperature, "top_p": 1.0, "top_k": None, "max_tokens": o.max_tokens, "seed": o.seed, "stop": []}
+        self.sampling = {"temperature": o.temperature, "top_p": 1.0, "top_k": None, "max_tokens": o.max_tokens,
+                         "seed": o.seed, "stop": []}
 
     def request(self, template: PromptTemplate, fields: dict[str, Any], index: int) -> Request:
         messages = template.render(fields, where="expansion request")
-        sampling = {**self.sampling, "seed": self.o.seed + index}
+        sampling = {**self.sampling, "seed": self.options.seed + index}
         rid = request_id(messages, fields, self.identity, sampling, index)
         return Request(rid, messages, sampling, index, {"source": "expand", "line": 0, "fields": {}}, template.provenance())
 
@@ -123,16 +125,36 @@ class _Caller:
         self.calls.close()
 
 
-def run_expand(recipe: Recipe, backend: Any = None) -> dict[str, Any]:
+class Expand(Stage):
+    """Grow the seeds into OUTPUT/expanded.jsonl (keyed item by item: every call has an id)."""
+
+    name = "expand"
+    always_runs = "sends only the calls not in expand_raw.jsonl (each call's id is its key)"
+
+    def __init__(self, plan: Plan, progress: bool = True, backend: Any = None):
+        super().__init__(plan, progress)
+        self.backend = backend
+
+    def why_not_applicable(self) -> str | None:
+        return None if self.plan.recipe.expand is not None else "the recipe has no expand section"
+
+    def work(self, key: dict[str, Any] | None) -> StageResult:
+        r = _expand(self.plan, self.plan.recipe.expand, self.backend)
+        lines = [f"synth expand: {r['seeds']} seeds -> {r['new']} new prompts ({r['calls_sent']} teacher calls sent, "
+                 f"{r['calls_cached']} cached); discarded {r['discarded'] or 'none'}",
+                 f"  output: {r['output']} (`synth generate` with this recipe reads it: every seed, then the new prompts)"]
+        return self.result(f"{r['seeds']} seeds -> {r['new']} new prompts ({r['calls_sent']} calls sent)", lines, r)
+
+
+def run_expand(plan: Plan, backend: Any = None) -> dict[str, Any]:
     """Grow the recipe's seeds into OUTPUT/expanded.jsonl (seeds first); returns counts."""
-    if recipe.expand is None:
+    if plan.recipe.expand is None:
         raise ValueError("expand: the recipe has no expand section; add one, e.g. expand: {method: self_instruct, target: 200}")
-    with DirLock(recipe.layout.root):
-        return _expand(recipe, recipe.expand, backend)
+    return Expand(plan, backend=backend).run().details
 
 
-def _expand(recipe: Recipe, o: ExpandOptions, backend: Any) -> dict[str, Any]:
-    seeds = load_seeds(recipe.seeds)
+def _expand(plan: Plan, o: ExpandOptions, backend: Any) -> dict[str, Any]:
+    seeds = load_seeds(plan.recipe.seeds)
     column = "text" if o.method == "document_qa" else o.field
     missing = [s for s in seeds if not isinstance(s.fields.get(column), str)]
     if missing:
@@ -141,20 +163,19 @@ def _expand(recipe: Recipe, o: ExpandOptions, backend: Any) -> dict[str, Any]:
                              "the chunks `synth ingest DOCS --out chunks.jsonl` writes (seeds.path: chunks.jsonl)")
         raise ValueError(f"expand.field: {missing[0].source} line {missing[0].line} has no text column '{o.field}'; set expand.field")
     seed_prompts = [s.fields[column].strip() for s in seeds]
-    caller = _Caller(recipe, o, backend)
+    caller = _Caller(plan, o, backend)
     rng = random.Random(o.seed)
     new: list[dict[str, Any]] = []
     discarded: dict[str, int] = {}
+    methods = {"self_instruct": _self_instruct, "evol_instruct": _evol_instruct}
     try:
-        if o.method == "self_instruct":
-            _self_instruct(caller, o, rng, seed_prompts, new, discarded)
-        elif o.method == "evol_instruct":
-            _evol_instruct(caller, o, rng, seed_prompts, new, discarded)
+        if o.method in methods:
+            methods[o.method](caller, o, rng, seed_prompts, new, discarded)
         else:
             _document_qa(caller, o, rng, [s.fields for s in seeds], new, discarded)
     finally:
         caller.close()
-    out = recipe.layout.expanded
+    out = plan.layout.expanded
     kept_seeds = [] if o.method == "document_qa" else [{"prompt": p, "origin": {"method": "seed"}} for p in seed_prompts]
     rewrite_atomically(out, kept_seeds + new)
     return {"seeds": len(seed_prompts), "new": len(new), "discarded": discarded, "calls_sent": caller.calls.sent,
@@ -172,7 +193,7 @@ def _consider(candidate: str, pool: NoveltyPool, o: ExpandOptions, discarded: di
 
 
 def _self_instruct(caller, o, rng, seeds, new, discarded) -> None:
-    template = PromptTemplate.load(TemplateConfig(path=str(builtin_template("expand/self_instruct.j2"))))
+    template = PromptTemplate.from_file(packaged_prompt("expand/self_instruct.j2"))
     pool = NoveltyPool(seeds, o.novelty, o.minhash_above)
     index = 0
     for round_no in range(o.rounds):
@@ -215,7 +236,7 @@ def _document_qa(caller, o, rng, chunks: list[dict[str, Any]], new, discarded) -
     """Questions each chunk answers (document_qa), novel across the whole corpus; each keeps
     its chunk (`context`), the chunk's provenance (`source`, `citation`) and `documents`: the
     chunk and `distractors` other chunks in a seeded order (RAFT), each with its citation."""
-    template = PromptTemplate.load(TemplateConfig(path=str(builtin_template("expand/document_qa.j2"))))
+    template = PromptTemplate.from_file(packaged_prompt("expand/document_qa.j2"))
     pool = NoveltyPool([], o.novelty, o.minhash_above)
     kinds = [KIND_TEXT[k] for k in o.question_kinds]
     plans = []
@@ -242,8 +263,8 @@ def _document_qa(caller, o, rng, chunks: list[dict[str, Any]], new, discarded) -
 
 
 def _evol_instruct(caller, o, rng, seeds, new, discarded) -> None:
-    depth = PromptTemplate.load(TemplateConfig(path=str(builtin_template("expand/evol_in_depth.j2"))))
-    breadth = PromptTemplate.load(TemplateConfig(path=str(builtin_template("expand/evol_in_breadth.j2"))))
+    depth = PromptTemplate.from_file(packaged_prompt("expand/evol_in_depth.j2"))
+    breadth = PromptTemplate.from_file(packaged_prompt("expand/evol_in_breadth.j2"))
     pool = NoveltyPool(seeds, o.novelty, o.minhash_above)
     current, index = list(seeds), 0
     for generation in range(o.rounds):

@@ -12,6 +12,8 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+from synth.runtime import file_sha256
+
 _SMALL_FILE = 4 << 20  # files up to this size are hashed whole
 _SAMPLES = 16  # larger files: this many 64 KiB blocks spread over the file, plus the tail
 _BLOCK = 1 << 16
@@ -43,9 +45,9 @@ def fingerprint_dir(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def resolve_model(model: str, key: str) -> tuple[str, str | None]:
-    """(model to load, fingerprint) for a local directory or an HF id (fingerprint None).
-    `key` (e.g. teacher.model) names the recipe key in errors."""
+def local_model(model: str, key: str) -> str:
+    """The model to load: a local model directory (resolved, checked to hold a config.json)
+    or an HF id as given. `key` (e.g. teacher.model) names the recipe key in errors."""
     path = Path(model).expanduser()
     if path.exists():
         if not (path.is_dir() and (path / "config.json").is_file()):
@@ -53,12 +55,18 @@ def resolve_model(model: str, key: str) -> tuple[str, str | None]:
                 f"{key}: {path} is not a model directory (no config.json); "
                 "give a directory saved with save_pretrained, or an HF model id"
             )
-        return str(path.resolve()), fingerprint_dir(path)
+        return str(path.resolve())
     if looks_like_path(model):
         raise ValueError(
             f"{key}: {model} does not exist; give an existing model directory or an HF id such as Qwen/Qwen2.5-7B-Instruct"
         )
-    return model, None
+    return model
+
+
+def resolve_model(model: str, key: str) -> tuple[str, str | None]:
+    """(model to load, fingerprint) for a local directory or an HF id (fingerprint None)."""
+    found = local_model(model, key)
+    return found, fingerprint_dir(Path(found)) if Path(model).expanduser().exists() else None
 
 
 def model_identity(model: str, revision: str | None = None) -> dict[str, Any]:
@@ -72,8 +80,6 @@ def model_identity(model: str, revision: str | None = None) -> dict[str, Any]:
 
 def path_digest(path: Path) -> str | None:
     """A file's SHA-256, a directory's fingerprint, or None when it does not exist."""
-    from synth.runtime import file_sha256
-
     if path.is_dir():
         return fingerprint_dir(path)
     return file_sha256(path)

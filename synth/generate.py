@@ -1,14 +1,14 @@
 """`synth generate`: seeds through a template to the teacher, into an append-only raw log.
 
-plan_requests() renders every request up front (so a bad seed or template fails before
-any model loads) and run_generate() sends the ones the raw log does not have yet,
-writing each result as it arrives. Rerunning the same recipe resumes.
+The plan (synth.plan) renders every request up front, so a bad seed or template fails
+before any model loads; `run_generate` sends the ones the raw log does not have yet, writing
+each result as it arrives. Rerunning the same recipe resumes. The Generate stage is keyed
+item by item: every request's id is its key, and the raw log is the cache.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import signal
 import time
@@ -18,16 +18,12 @@ from typing import Any
 
 import yaml
 
-from synth.backends import (
-    Backend,
-    Completion,
-    Failure,
-    load_backend_class,
-    make_backend,
-    make_batch_backend,
-)
+from synth.backends import Backend, Completion, make_backend, make_batch_backend
 from synth.config import Recipe, redacted
+from synth.conversation import Conversations
+from synth.logprobs import UNKNOWN_VOCAB, LogprobAppender
 from synth.manifest import command_line, package_versions, update_manifest
+from synth.plan import Plan
 from synth.rawlog import (
     DirLock,
     JsonlAppender,
@@ -37,125 +33,13 @@ from synth.rawlog import (
     repeated_request,
     rewrite_atomically,
 )
-from synth.reasoning import separate
-from synth.requests import Request, estimate_prompt_tokens, request_id, sample_sampling
-from synth.runtime import utc_now
-from synth.seeds import load_seeds
-from synth.templates import PromptTemplate
-from synth.tools import record_calls, wire_calls
+from synth.records import make_failure, make_record
+from synth.requests import Request, estimate_prompt_tokens
+from synth.runtime import progress_bar, utc_now
+from synth.stage import Stage, StageResult
 from synth.versions import claim
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class Plan:
-    """Every request the recipe asks for, in seed order, and what the teacher is."""
-
-    requests: list[Request]
-    teacher: dict[str, Any]
-    duplicates: int = 0  # identical requests collapsed into one (duplicate seed rows)
-
-
-def plan_requests(recipe: Recipe, teacher: dict[str, Any] | None = None) -> Plan:
-    """Render all requests of a recipe. `teacher` is the backend identity (computed if None)."""
-    if recipe.expand is not None and not recipe.layout.expanded.exists():
-        raise ValueError(
-            f"expand: the recipe expands its seeds and {recipe.layout.expanded} does not exist yet; "
-            "run `synth expand RECIPE` first (`synth run RECIPE` does every stage in order)"
-        )
-    if teacher is None:
-        teacher = load_backend_class(recipe.teacher.backend).identity_for(recipe.teacher)
-    template = PromptTemplate.load(recipe.template)
-    seeds = load_seeds(recipe.prompts)
-    base_sampling = recipe.sampling.identity()
-    conversation = None
-    if recipe.driven:  # one record per conversation (synth.conversation)
-        from synth.conversation import conversation_id, settings_identity
-
-        conversation = settings_identity(recipe, teacher)
-    requests: list[Request] = []
-    seen: set[str] = set()
-    duplicates = 0
-    for row in seeds:
-        messages = template.render(row.fields, where=f"{row.source} line {row.line}")
-        for index in range(recipe.sampling.n):
-            sampling = sample_sampling(base_sampling, index)
-            rid = request_id(messages, row.fields, teacher, sampling, index)
-            if conversation is not None:
-                rid = conversation_id(rid, conversation)
-            if rid in seen:
-                duplicates += 1
-                continue
-            seen.add(rid)
-            requests.append(
-                Request(
-                    id=rid,
-                    messages=messages,
-                    sampling=sampling,
-                    sample_index=index,
-                    seed=row.provenance(),
-                    template=template.provenance(),
-                )
-            )
-    if duplicates:
-        logger.warning("%d requests repeat earlier ones (duplicate seed rows); each is sent once", duplicates)
-    return Plan(requests=requests, teacher=teacher, duplicates=duplicates)
-
-
-def make_record(result: Completion, teacher: dict[str, Any], reasoning: Any = None) -> dict[str, Any]:
-    """The raw-log record of a completion (README, Record format). `reasoning` (the
-    teacher's ReasoningConfig) splits a tagged reasoning trace from the answer: the assistant
-    message then holds it as `reasoning_content`, as transformers' chat templates read it."""
-    req = result.request
-    split = separate(result.text, result.reasoning, result.finish_reason, reasoning)
-    text, thought, finished = split.answer, split.reasoning, split.finished
-    answer = {"role": "assistant", "content": text, **({"reasoning_content": thought} if thought is not None else {})}
-    if result.tool_calls:
-        answer["tool_calls"] = record_calls(wire_calls({"tool_calls": result.tool_calls}))
-    return {
-        "id": req.id,
-        "messages": [*(_record_message(m) for m in req.messages), answer],
-        **({"tools": json.dumps(req.tools, ensure_ascii=False)} if req.tools else {}),
-        **({"reasoning": {"chars": len(thought), "finished": finished}} if thought is not None else {}),
-        "seed": req.seed,
-        "sample_index": req.sample_index,
-        "teacher": {
-            "backend": teacher.get("backend"),
-            "model": teacher.get("model"),
-            "revision": teacher.get("revision"),
-            "base_url": teacher.get("base_url"),
-            "fingerprint": teacher.get("fingerprint"),
-        },
-        "sampling": req.sampling,
-        "template": req.template,
-        "finish_reason": result.finish_reason,
-        "usage": {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens},
-        **({"logprobs": {"k": result.topk.k, "tokens": len(result.topk.token_ids)}} if result.topk is not None else {}),
-        "latency_s": result.latency_s,
-        **({"batch_id": result.batch_id} if result.batch_id else {}),
-        **({"conversation": result.conversation} if result.conversation else {}),
-        **({"tool_use": result.tool_use} if result.tool_use else {}),
-        "created_at": utc_now(),
-    }
-
-
-def _record_message(m: dict[str, Any]) -> dict[str, Any]:
-    """A history message as a record holds it: tool calls with their arguments as objects (TRL's format)."""
-    if not m.get("tool_calls"):
-        return m
-    return {**m, "tool_calls": record_calls(wire_calls(m))}
-
-
-def make_failure(result: Failure) -> dict[str, Any]:
-    req = result.request
-    return {
-        "id": req.id,
-        "seed": req.seed,
-        "sample_index": req.sample_index,
-        "error": {"type": result.error_type, "message": result.message, "status": result.status, **result.extra},
-        "created_at": utc_now(),
-    }
 
 
 @dataclass
@@ -189,12 +73,6 @@ def _raise_on_sigterm(signum: int, frame: Any) -> None:
     raise _Interrupted(f"signal {signum}")
 
 
-def _progress(total: int, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="req", desc="generate", dynamic_ncols=True, disable=not enabled, smoothing=0.1)
-
-
 def _scan_raw(raw_path: Path, planned: set[str], counts: Counts) -> tuple[set[str], int]:
     """Ids in the raw log, and how many belong to other configurations; counts the cached.
 
@@ -218,14 +96,13 @@ def _failed_ids(fail_path: Path) -> set[str]:
     return {row["id"] for row in iter_records(fail_path)}
 
 
-def dry_run(recipe: Recipe, only_failed: bool = False) -> dict[str, Any]:
+def dry_run(plan: Plan, only_failed: bool = False) -> dict[str, Any]:
     """What `run_generate` would send: request count, token estimates, cost. Sends nothing,
     writes nothing, loads no model."""
-    plan = plan_requests(recipe)
-    layout = recipe.layout
-    counts = Counts(requests=len(plan.requests))
-    done, _ = _scan_raw(layout.raw, {r.id for r in plan.requests}, counts)
-    todo = [r for r in plan.requests if r.id not in done]
+    recipe, layout, requests = plan.recipe, plan.layout, plan.requests.requests
+    counts = Counts(requests=len(requests))
+    done, _ = _scan_raw(layout.raw, plan.request_ids, counts)
+    todo = [r for r in requests if r.id not in done]
     if only_failed:
         failed = _failed_ids(layout.failures)
         todo = [r for r in todo if r.id in failed]
@@ -238,8 +115,8 @@ def dry_run(recipe: Recipe, only_failed: bool = False) -> dict[str, Any]:
         "prompt_tokens_estimate": prompt,
         "completion_tokens_max": completion,
         "cost_usd_max": cost_usd(recipe, prompt, completion),
-        **({"cost_usd_max_sync": cost_usd(recipe, prompt, completion, sync=True)} if _batch_mode(recipe) else {}),
-        "batch": _batch_mode(recipe),
+        **({"cost_usd_max_sync": cost_usd(recipe, prompt, completion, sync=True)} if plan.batch_mode else {}),
+        "batch": plan.batch_mode,
         "teacher": plan.teacher,
     }
 
@@ -251,83 +128,68 @@ def cost_usd(recipe: Recipe, prompt_tokens: int, completion_tokens: int, sync: b
     if o is None or (o.price_input_per_mtok is None and o.price_output_per_mtok is None):
         return None
     factor = o.batch_discount if o.batch and not sync else 1.0
-    return round(
-        factor * (prompt_tokens * (o.price_input_per_mtok or 0) / 1e6 + completion_tokens * (o.price_output_per_mtok or 0) / 1e6), 6
-    )
+    per_token = prompt_tokens * (o.price_input_per_mtok or 0) + completion_tokens * (o.price_output_per_mtok or 0)
+    return round(factor * per_token / 1e6, 6)
 
 
-def run_generate(
-    recipe: Recipe,
-    backend: Backend | None = None,
-    *,
-    progress: bool = True,
-    only_failed: bool = False,
-    wait: bool = True,
-) -> dict[str, Any]:
-    """Generate every request of `recipe` that the output dir does not have yet.
+def run_generate(plan: Plan, backend: Backend | None = None, *, progress: bool = True, only_failed: bool = False,
+                 wait: bool = True) -> dict[str, Any]:
+    """Generate every request of the plan that the output dir does not have yet.
 
     `backend` lets a caller reuse a running teacher (it must be the recipe's teacher);
     by default one is started, and only when there is work to send. `only_failed` sends
     only the requests listed in failures.jsonl. In batch mode (`teacher.openai.batch`,
-    `teacher.anthropic.batch`),
-    `wait=False` submits and collects the batches already finished, then returns (the
-    manifest's `batches.running` names the others). Returns the manifest.
+    `teacher.anthropic.batch`), `wait=False` submits and collects the batches already
+    finished, then returns (the manifest's `batches.running` names the others). Returns the
+    manifest.
     """
-    if not wait and not _batch_mode(recipe):
+    if not wait and not plan.batch_mode:
         raise ValueError("--no-wait: only batch mode returns before its requests are answered; "
                          "set teacher.openai.batch: true (or teacher.anthropic.batch with teacher.backend: anthropic)")
-    started, wall0 = utc_now(), time.monotonic()
-    layout = recipe.layout
-    layout.root.mkdir(parents=True, exist_ok=True)
-    with DirLock(layout.root):
-        teacher = backend.identity() if backend is not None else None
-        plan = plan_requests(recipe, teacher)
-        teacher = plan.teacher
-        claim(recipe, teacher)  # this teacher's version of the dataset (synth.versions)
-        raw_path, fail_path = layout.raw, layout.failures
-        for path in (raw_path, fail_path):
+    if backend is not None:
+        plan.known_teacher(backend.identity())
+    plan.layout.root.mkdir(parents=True, exist_ok=True)
+    with DirLock(plan.layout.root):
+        run = _GenerateRun(plan, only_failed)
+        return run.send(backend, progress, wait)
+
+
+class _GenerateRun:
+    """One `synth generate`: what is done, what is left, and the files it writes."""
+
+    def __init__(self, plan: Plan, only_failed: bool):
+        self.plan, self.recipe, self.layout = plan, plan.recipe, plan.layout
+        self.started, self.wall0 = utc_now(), time.monotonic()
+        requests = plan.requests.requests
+        claim(self.layout.root, plan.teacher, self.recipe.output.version_by_teacher)  # (synth.versions)
+        for path in (self.layout.raw, self.layout.failures):
             repair_tail(path)
-
-        planned = {r.id for r in plan.requests}
-        counts = Counts(requests=len(plan.requests))
-        done, stale = _scan_raw(raw_path, planned, counts)
-        if stale:
-            logger.info("%s holds %d records of other configurations (kept, not counted here)", raw_path, stale)
-        todo = [r for r in plan.requests if r.id not in done]
+        self.counts = Counts(requests=len(requests))
+        self.done, self.stale = _scan_raw(self.layout.raw, plan.request_ids, self.counts)
+        if self.stale:
+            logger.info("%s holds %d records of other configurations (kept, not counted here)", self.layout.raw,
+                        self.stale)
+        self.todo = [r for r in requests if r.id not in self.done]
         if only_failed:
-            failed_before = _failed_ids(fail_path)
-            todo = [r for r in todo if r.id in failed_before]
-        logger.info(
-            "%d requests: %d already in %s, %d to send", counts.requests, counts.cached, raw_path, len(todo)
-        )
-        layout.config.write_text(yaml.safe_dump(redacted(recipe), sort_keys=False), encoding="utf-8")
-        update_manifest(layout.manifest, _manifest(recipe, plan, counts, stale, started, wall0, status="running"))
+            failed_before = _failed_ids(self.layout.failures)
+            self.todo = [r for r in self.todo if r.id in failed_before]
+        logger.info("%d requests: %d already in %s, %d to send", self.counts.requests, self.counts.cached,
+                    self.layout.raw, len(self.todo))
+        self.layout.config.write_text(yaml.safe_dump(redacted(self.recipe), sort_keys=False), encoding="utf-8")
+        update_manifest(self.layout.manifest, self.manifest("running"))
 
-        status = "complete"
-        own_backend = backend is None and bool(todo)
-        driver = None  # multi-turn: the conversations around the teacher
-        previous_sigterm = None
+    def send(self, backend: Backend | None, progress: bool, wait: bool) -> dict[str, Any]:
+        """Send what is left (starting the teacher only when there is something to send);
+        whatever happens, the failures ledger and the manifest are brought up to date."""
+        status, own_backend, driver = "complete", backend is None and bool(self.todo), None
+        previous_sigterm = _stop_on_sigterm()  # a scheduler's stop ends the run like Ctrl-C
         try:
             if own_backend:
-                backend = _generate_backend(recipe, wait)
-            # SIGTERM (a scheduler's stop) ends the run like Ctrl-C: flush, manifest, exit.
-            try:
-                previous_sigterm = signal.signal(signal.SIGTERM, _raise_on_sigterm)
-            except ValueError:  # not the main thread: leave signals alone
-                previous_sigterm = None
-            if todo and recipe.driven:
-                from synth.conversation import Conversations
-
-                driver = Conversations(recipe, backend)
-            if todo:
-                with contextlib.ExitStack() as stack:
-                    sinks = _Sinks(
-                        stack.enter_context(JsonlAppender(raw_path, recipe.output.sync_every, recipe.output.sync_interval_s)),
-                        stack.enter_context(JsonlAppender(fail_path, 1, recipe.output.sync_interval_s)),
-                        stack.enter_context(_logprob_appender(recipe)) if recipe.sampling.logprobs else None,
-                        getattr(backend, "vocab", None),
-                    )
-                    _consume(driver or backend, todo, sinks, counts, done, teacher, progress, recipe.teacher.reasoning)
+                backend = self._start_backend(wait)
+            if self.todo and self.recipe.multi_call:
+                driver = Conversations(self.plan, backend)
+            if self.todo:
+                self._consume(driver or backend, progress)
         except (KeyboardInterrupt, _Interrupted):
             status = "interrupted"
             logger.warning("interrupted: finished records are saved; rerun the same command to resume")
@@ -341,32 +203,57 @@ def run_generate(
                 driver.close()
             if own_backend and backend is not None:
                 backend.close()
-            in_flight = getattr(backend, "in_flight", set())  # batch mode: requests still running
-            counts.failed = _compact_failures(fail_path, planned, done | in_flight)
-            if status == "complete" and in_flight:
-                status = "pending"
-            manifest = _manifest(recipe, plan, counts, stale, started, wall0, status=status)
-            if backend is not None and getattr(backend, "stats", None) is not None:
-                manifest["teacher_stats"] = dict(backend.stats)  # retries, 429s, concurrency
-            if driver is not None:
-                manifest["conversations"] = dict(driver.stats)  # teacher and simulator turns sent this run
-            if backend is not None and getattr(backend, "summary", None) is not None:
-                manifest["batches"] = {**backend.summary, "ledger": layout.batches.name}
-            update_manifest(layout.manifest, manifest)
-    if status == "interrupted":
-        raise KeyboardInterrupt
-    return manifest
+            manifest = self.finish(status, backend, driver)
+        if manifest["status"] == "interrupted":
+            raise KeyboardInterrupt
+        return manifest
+
+    def _start_backend(self, wait: bool) -> Backend:
+        """The teacher for generation: batch mode's backend, or the recipe's (synth.backends)."""
+        if self.plan.batch_mode:
+            return make_batch_backend(self.recipe.teacher, self.layout.batches, wait=wait, identity=self.plan.teacher)
+        return make_backend(self.recipe.teacher, self.plan.teacher)
+
+    def _consume(self, backend: Backend, progress: bool) -> None:
+        out = self.recipe.output
+        with contextlib.ExitStack() as stack:
+            sinks = _Sinks(
+                stack.enter_context(JsonlAppender(self.layout.raw, out.sync_every, out.sync_interval_s)),
+                stack.enter_context(JsonlAppender(self.layout.failures, 1, out.sync_interval_s)),
+                stack.enter_context(LogprobAppender(self.layout.logprobs, out.sync_every, out.sync_interval_s))
+                if self.recipe.sampling.logprobs else None,
+                getattr(backend, "vocab", None),
+            )
+            _consume(backend, self.todo, sinks, self.counts, self.done, self.plan.teacher, progress,
+                     self.recipe.teacher.reasoning)
+
+    def finish(self, status: str, backend: Any, driver: Conversations | None) -> dict[str, Any]:
+        """The failures ledger compacted and the manifest written, with what this run did."""
+        in_flight = getattr(backend, "in_flight", set())  # batch mode: requests still running
+        self.counts.failed = _compact_failures(self.layout.failures, self.plan.request_ids, self.done | in_flight)
+        if status == "complete" and in_flight:
+            status = "pending"
+        manifest = self.manifest(status)
+        if backend is not None and getattr(backend, "stats", None) is not None:
+            manifest["teacher_stats"] = dict(backend.stats)  # retries, 429s, concurrency
+        if driver is not None:
+            manifest["conversations"] = dict(driver.stats)  # teacher and simulator turns sent this run
+        if backend is not None and getattr(backend, "summary", None) is not None:
+            manifest["batches"] = {**backend.summary, "ledger": self.layout.batches.name}
+        update_manifest(self.layout.manifest, manifest)
+        return manifest
+
+    def manifest(self, status: str) -> dict[str, Any]:
+        return _manifest(self.plan, self.counts, self.stale, self.started, self.wall0, status)
 
 
-def _batch_mode(recipe: Recipe) -> bool:
-    return recipe.api_options is not None and recipe.api_options.batch
-
-
-def _generate_backend(recipe: Recipe, wait: bool) -> Backend:
-    """The teacher for generation: batch mode's backend, or the recipe's (synth.backends)."""
-    if _batch_mode(recipe):
-        return make_batch_backend(recipe.teacher, recipe.layout.batches, wait=wait)
-    return make_backend(recipe.teacher)
+def _stop_on_sigterm() -> Any:
+    """SIGTERM raises _Interrupted from now on (flush, manifest, exit); returns the previous
+    handler to restore, or None where signals cannot be set (not the main thread)."""
+    try:
+        return signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    except ValueError:
+        return None
 
 
 def _add_usage(counts: Counts, rec: dict[str, Any], new: bool) -> None:
@@ -393,20 +280,12 @@ class _Sinks:
 
     def completion(self, result: Completion, rec: dict[str, Any]) -> bool:
         """Write one answer; False when logprobs were asked for and the teacher gave none."""
-        from synth.logprobs import UNKNOWN_VOCAB
-
         if self.logprobs is not None and result.topk is not None:
             # The logprobs first: a kill between the two writes leaves an entry that the
             # rerun's answer supersedes (the last entry of an id wins), never a record without.
             self.logprobs.append(rec["id"], rec["messages"], result.topk, self.vocab or UNKNOWN_VOCAB)
         self.raw.append(rec)
         return self.logprobs is None or result.topk is not None
-
-
-def _logprob_appender(recipe: Recipe) -> Any:
-    from synth.logprobs import LogprobAppender
-
-    return LogprobAppender(recipe.layout.logprobs, recipe.output.sync_every, recipe.output.sync_interval_s)
 
 
 def _consume(
@@ -423,7 +302,7 @@ def _consume(
     t0 = time.monotonic()
     failed = 0
     extra = getattr(backend, "progress_fields", None)  # e.g. retries and 429s of API teachers
-    bar = _progress(len(todo), progress)
+    bar = progress_bar(len(todo), "generate", "req", progress)
     try:
         for result in backend.generate(iter(todo)):
             if isinstance(result, Completion):
@@ -470,17 +349,17 @@ def _compact_failures(fail_path: Path, planned: set[str], done: set[str]) -> int
     return len(current)
 
 
-def _logprob_summary(recipe: Recipe, counts: Counts) -> dict[str, Any]:
-    path = recipe.layout.logprobs
+def _logprob_summary(plan: Plan, counts: Counts) -> dict[str, Any]:
+    path = plan.layout.logprobs
     size = path.stat().st_size if path.exists() else 0
-    return {"k": recipe.sampling.logprobs, "file": path.name, "answers_without_this_run": counts.logprobs_missing,
-            "answer_tokens": counts.logprob_tokens,
-            "bytes_per_1k_answer_tokens": round(1000 * size / counts.logprob_tokens) if counts.logprob_tokens else None}
+    per_1k = round(1000 * size / counts.logprob_tokens) if counts.logprob_tokens else None
+    return {"k": plan.recipe.sampling.logprobs, "file": path.name, "answers_without_this_run": counts.logprobs_missing,
+            "answer_tokens": counts.logprob_tokens, "bytes_per_1k_answer_tokens": per_1k}
 
 
-def _manifest(
-    recipe: Recipe, plan: Plan, counts: Counts, stale: int, started: str, wall0: float, status: str
-) -> dict[str, Any]:
+def _manifest(plan: Plan, counts: Counts, stale: int, started: str, wall0: float, status: str) -> dict[str, Any]:
+    recipe = plan.recipe
+    prompt, completion = counts.prompt_tokens, counts.completion_tokens
     return {
         "stage": "generate",
         "status": status,
@@ -497,21 +376,88 @@ def _manifest(
             "generated": counts.generated,
             "failed": counts.failed,
             "pending": counts.pending,
-            "duplicate_requests": plan.duplicates,
+            "duplicate_requests": plan.requests.duplicates,
             "records_of_other_configs": stale,
         },
         "finish_reasons": counts.finish_reasons,
-        **({"logprobs": _logprob_summary(recipe, counts)} if recipe.sampling.logprobs else {}),
+        **({"logprobs": _logprob_summary(plan, counts)} if recipe.sampling.logprobs else {}),
         "tokens": {
-            "prompt": counts.prompt_tokens,
-            "completion": counts.completion_tokens,
+            "prompt": prompt,
+            "completion": completion,
             "prompt_this_run": counts.new_prompt_tokens,
             "completion_this_run": counts.new_completion_tokens,
         },
-        "cost_usd": cost_usd(recipe, counts.prompt_tokens, counts.completion_tokens),
-        **({"cost_usd_sync": cost_usd(recipe, counts.prompt_tokens, counts.completion_tokens, sync=True)}
-           if _batch_mode(recipe) else {}),
+        "cost_usd": cost_usd(recipe, prompt, completion),
+        **({"cost_usd_sync": cost_usd(recipe, prompt, completion, sync=True)} if plan.batch_mode else {}),
         "config": redacted(recipe),
         "versions": package_versions(),
-        "files": {name: getattr(recipe.layout, name).name for name in ("raw", "failures", "config", "log")},
+        "files": {name: getattr(plan.layout, name).name for name in ("raw", "failures", "config", "log")},
     }
+
+
+# ---- the stage, and what it prints --------------------------------------------------------
+
+
+class Generate(Stage):
+    """Send every planned request the raw log does not hold (keyed item by item)."""
+
+    name = "generate"
+    always_runs = "sends only the requests not in raw.jsonl (each request's id is its key)"
+
+    def __init__(self, plan: Plan, progress: bool = True, *, backend: Backend | None = None,
+                 only_failed: bool = False, wait: bool = True):
+        super().__init__(plan, progress)
+        self.backend, self.only_failed, self.wait = backend, only_failed, wait
+
+    def work(self, key: dict[str, Any] | None) -> StageResult:
+        m = run_generate(self.plan, self.backend, progress=self.progress, only_failed=self.only_failed,
+                         wait=self.wait)
+        c = m["counts"]
+        summary = f"{c['kept']} of {c['requests']} answered, {c['generated']} new, {c['failed']} failed"
+        return self.result(summary, generate_lines(m, self.plan.recipe.output.dir), m)
+
+
+def generate_lines(manifest: dict[str, Any], out_dir: str) -> list[str]:
+    """What `synth generate` prints about a finished (or stopped) run."""
+    c, t = manifest["counts"], manifest["tokens"]
+    lines = [
+        f"synth generate: {manifest['status']} in {manifest['wall_s']:.1f} s",
+        f"  requests {c['requests']}: kept {c['kept']} ({c['generated']} new, {c['cached']} from earlier runs), "
+        f"failed {c['failed']}, pending {c['pending']}",
+        f"  tokens: {t['prompt']:,} prompt, {t['completion']:,} completion "
+        f"({t['completion_this_run']:,} written this run)",
+    ]
+    if manifest.get("cost_usd") is not None:
+        sync = manifest.get("cost_usd_sync")
+        lines.append(f"  cost: ${manifest['cost_usd']:,.4f} at the recipe's prices"
+                     + (f" (batch price; ${sync:,.4f} synchronous)" if sync is not None else ""))
+    running = (manifest.get("batches") or {}).get("running")
+    if running:
+        lines.append(f"  pending: {c['pending']} requests in {len(running)} running batch(es) ({', '.join(running[:5])}"
+                     + (", ..." if len(running) > 5 else "") + "); rerun the same command to collect them "
+                     "(add --no-wait to check and return)")
+    if manifest.get("finish_reasons"):
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(manifest["finish_reasons"].items()))
+        lines.append(f"  finish reasons: {reasons}")
+    lines.append(f"  files: {out_dir}/raw.jsonl, failures.jsonl, manifest.json, run.log")
+    if c["failed"]:
+        lines.append("  failed requests are listed in failures.jsonl; rerun the same command to retry them")
+    return lines
+
+
+def dry_run_lines(r: dict[str, Any]) -> list[str]:
+    """What `synth generate --dry-run` prints."""
+    teacher = r["teacher"]
+    lines = [
+        f"synth generate --dry-run: {r['to_send']} requests to send ({r['requests']} planned, {r['done']} already done)",
+        f"  teacher: {teacher['backend']} {teacher['model']}"
+        + (f" at {teacher['base_url']}" if teacher.get("base_url") else ""),
+        f"  prompt tokens (estimate, ~4 chars a token): {r['prompt_tokens_estimate']:,}",
+        f"  completion tokens (at most, max_tokens each): {r['completion_tokens_max']:,}",
+    ]
+    if r["cost_usd_max"] is not None:
+        sync = r.get("cost_usd_max_sync")
+        lines.append(f"  cost: at most ${r['cost_usd_max']:,.4f}"
+                     + (f" at the batch price (${sync:,.4f} synchronous)" if sync is not None else ""))
+    lines.append("  nothing was sent")
+    return lines

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from synth.configtools import help_field
+from synth.runtime import atomic_write, progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -178,9 +179,8 @@ def _done(out: Path) -> set[str]:
     complete = {sha for sha, n in counts.items() if n == totals[sha]}
     good = [line for sha, line in keep if sha in complete]
     if len(good) != len(keep) or sum(map(len, good)) != out.stat().st_size:
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_bytes(b"".join(good))
-        os.replace(tmp, out)
+        with atomic_write(out, "wb") as fh:
+            fh.write(b"".join(good))
         logger.info("%s: cut a partial tail left by an interrupted run", out)
     return complete
 
@@ -196,10 +196,9 @@ def run_ingest(paths: list[str], out: Path, o: IngestOptions | None = None, prog
     done = _done(out)
     counts = {"files": len(files), "skipped": 0, "ingested": 0, "chunks": 0, "failed": 0}
     failures: list[dict[str, str]] = []
-    from tqdm.auto import tqdm
-
-    with out.open("ab") as fh:
-        for path in tqdm(files, unit="file", desc="ingest", disable=not progress, dynamic_ncols=True):
+    with out.open("ab") as fh, progress_bar(len(files), "ingest", "file", progress) as bar:
+        for path in files:
+            bar.update(1)
             sha = _file_sha(path)
             if sha in done:
                 counts["skipped"] += 1

@@ -31,6 +31,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+PACKAGED_PROMPTS = Path(__file__).resolve().parent / "prompts"  # package data: expansion, judge, simulator prompts
+
+
+def packaged_prompt(name: str) -> Path:
+    """A template shipped with the package, e.g. packaged_prompt("judge/rubric.j2")."""
+    return PACKAGED_PROMPTS / name
+
 
 @dataclass(frozen=True)
 class StudentLayout:

@@ -16,6 +16,9 @@ Sources (`pairs.sources`):
 
 A pair is made only when the chosen answer scores more than the rejected one by more than
 `pairs.min_margin`. The file is rewritten whole (atomically) each run.
+
+The Pairs stage's key: the curated files (train.jsonl, rejected.jsonl), the pairs settings,
+the ranking filter's inputs and, for student pairs, the trained student's weights.
 """
 
 from __future__ import annotations
@@ -27,19 +30,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from synth.config import Recipe
-from synth.filters import build_filter, entries_named
+from sft.answers import student_answerer
+from synth.configtools import canonical_dict
 from synth.filters.best_of_n import prompt_key
+from synth.fingerprint import fingerprint_dir
 from synth.manifest import update_manifest
-from synth.rawlog import DirLock, iter_records, rewrite_atomically
-from synth.runtime import utc_now
+from synth.plan import Plan
+from synth.rawlog import iter_records, rewrite_atomically
+from synth.runtime import file_sha256, utc_now
+from synth.stage import Stage, StageResult
+
+Answerer = Callable[[list[list[dict[str, Any]]]], list[str]]  # the student's answers to prompts
 
 logger = logging.getLogger(__name__)
 
 
-def _ranking_filter(recipe: Recipe) -> Any:
-    for spec, i in entries_named(recipe.curate.filters, "best_of_n")[:1]:
-        return build_filter(spec, i)
+def _ranking_filter(plan: Plan) -> Any:
+    for entry in plan.filters_named("best_of_n")[:1]:
+        return entry.build()
     raise ValueError("pairs: the pairs are ranked by curation's best_of_n filter, and curate.filters has none; add "
                      "e.g. {name: best_of_n, function: my_checks:is_correct} (with sampling.n > 1), then rerun synth curate")
 
@@ -57,8 +65,8 @@ def _pair(prompt: list[dict[str, Any]], chosen: dict[str, Any], rejected: str, s
             "seed": chosen.get("seed")}
 
 
-def _from_samples(recipe: Recipe, by: str, margin: float) -> list[dict[str, Any]]:
-    layout = recipe.layout
+def _from_samples(plan: Plan, by: str, margin: float) -> list[dict[str, Any]]:
+    layout = plan.layout
     worst: dict[str, dict[str, Any]] = {}
     for rec in iter_records(layout.rejected) if layout.rejected.exists() else []:
         if (rec.get("rejection") or {}).get("filter") != "best_of_n" or by not in (rec.get("scores") or {}):
@@ -78,15 +86,15 @@ def _from_samples(recipe: Recipe, by: str, margin: float) -> list[dict[str, Any]
     return pairs
 
 
-def _from_student(recipe: Recipe, ranker: Any, by: str, margin: float,
-                  answer: Callable[[list[list[dict[str, Any]]]], list[str]]) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    kept = [rec for rec in iter_records(recipe.layout.train) if by in (rec.get("scores") or {})]
+def _from_student(plan: Plan, ranker: Any, by: str, margin: float,
+                  answer: Answerer) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    kept = [rec for rec in iter_records(plan.layout.train) if by in (rec.get("scores") or {})]
     answers = answer([rec["messages"][:-1] for rec in kept])
     students = [{**rec, "id": f"student:{rec['id']}", "scores": {},
                  "messages": [*rec["messages"][:-1], {"role": "assistant", "content": text}]}
                 for rec, text in zip(kept, answers, strict=True)]
     pairs, counts = [], {"student_answers": len(kept), "student_scored_lower": 0, "student_unscored": 0}
-    for rec, student, (score, reason) in zip(kept, students, _score_all(recipe, ranker, students), strict=True):
+    for rec, student, (score, reason) in zip(kept, students, _score_all(plan, ranker, students), strict=True):
         if score is None:  # the judge failed or wrote no score: no pair either way
             counts["student_unscored"] += 1
             continue
@@ -98,17 +106,17 @@ def _from_student(recipe: Recipe, ranker: Any, by: str, margin: float,
     return pairs, counts
 
 
-def _score_all(recipe: Recipe, ranker: Any, records: list[dict[str, Any]]) -> list[tuple[float | None, str | None]]:
+def _score_all(plan: Plan, ranker: Any, records: list[dict[str, Any]]) -> list[tuple[float | None, str | None]]:
     """Each record's score by the ranking: best_of_n's verifier, or the curation judge (its
     calls cached in judge.jsonl like curation's); None where the judge gave no score."""
-    if ranker.o.by == "verifier":
+    if ranker.options.by == "verifier":
         return [ranker.score(rec) for rec in records]
-    judges = entries_named(recipe.curate.filters, "judge")
+    judges = plan.filters_named("judge")
     if not judges:
         raise ValueError("pairs: best_of_n ranks by the judge, and curate.filters has no judge filter to score the "
                          "student's answers with")
-    judge = build_filter(*judges[0])
-    judge.prepare(iter(records), recipe.layout.root)
+    judge = judges[0].build()
+    judge.prepare(iter(records), plan.layout.root)
     out = []
     for rec in records:
         reason = judge.check(rec)
@@ -117,74 +125,80 @@ def _score_all(recipe: Recipe, ranker: Any, records: list[dict[str, Any]]) -> li
     return out
 
 
-def run_pairs(recipe: Recipe, answer: Callable[[list[list[dict[str, Any]]]], list[str]] | None = None,
-              key: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write OUTPUT/pairs.jsonl from the curated data; returns the counts (also in the
-    manifest's `pairs`). `answer` gives the student's answers to prompts (source: student);
-    by default the trained student of the recipe's sft section answers. `key`: the stage key
-    when the caller computed it already (synth run)."""
-    from synth.stages import pairs_key, write_stamp
+def pairs_key(plan: Plan) -> dict[str, Any]:
+    """The Pairs stage's key (see the module docstring)."""
+    layout, cfg = plan.layout, plan.recipe.pair_options
+    ranking = [entry.inputs() for entry in plan.filters_named("best_of_n")]
+    key: dict[str, Any] = {"train": file_sha256(layout.train), "rejected": file_sha256(layout.rejected),
+                           "pairs": canonical_dict(cfg), "ranking": ranking}
+    if "student" in cfg.sources and plan.recipe.sft is not None:
+        trained = plan.student.files.trained
+        key["student"] = fingerprint_dir(trained) if trained.is_dir() else None
+    return key
 
-    key = key if key is not None else pairs_key(recipe)
-    layout, cfg = recipe.layout, recipe.pair_options
+
+class Pairs(Stage):
+    """Preference pairs from the curated data (keyed; see the module docstring)."""
+
+    name = "pairs"
+
+    def __init__(self, plan: Plan, progress: bool = True, answer: Answerer | None = None):
+        super().__init__(plan, progress)
+        self.answer = answer
+
+    def key(self) -> dict[str, Any]:
+        return pairs_key(self.plan)
+
+    def stamp(self) -> Path:
+        return self.plan.layout.stamp("pairs")
+
+    def outputs(self) -> tuple[Path, ...]:
+        return (self.plan.layout.pairs,)
+
+    def work(self, key: dict[str, Any] | None) -> StageResult:
+        c = _pairs(self.plan, self.answer)
+        sources = ", ".join(f"{s} {c.get(s, 0)}" for s in self.plan.recipe.pair_options.sources)
+        lines = [f"synth pairs: {c['pairs']} pairs ({sources}; {c['duplicates']} duplicates dropped) "
+                 f"-> {self.plan.layout.pairs}"]
+        if "student_answers" in c:
+            lines.append(f"  the student scored lower than the teacher on {c['student_scored_lower']} of "
+                         f"{c['student_answers']} training prompts")
+        return self.result(f"{c['pairs']} pairs ({sources})", lines, c)
+
+
+def run_pairs(plan: Plan, answer: Answerer | None = None) -> dict[str, Any]:
+    """Write OUTPUT/pairs.jsonl from the curated data now (the stage, forced); returns the
+    counts (also in the manifest's `pairs`). `answer` gives the student's answers to prompts
+    (source: student); by default the trained student of the recipe's sft section answers."""
+    return Pairs(plan, answer=answer).run(force=True).details
+
+
+def _pairs(plan: Plan, answer: Answerer | None) -> dict[str, Any]:
+    layout, cfg = plan.layout, plan.recipe.pair_options
     if not layout.train.exists():
         raise ValueError(f"pairs: {layout.train} does not exist; run `synth curate` first")
-    ranker = _ranking_filter(recipe)
-    by = ranker.o.by
-    with DirLock(layout.root):
-        pairs: list[dict[str, Any]] = []
-        counts: dict[str, int] = {}
-        if "samples" in cfg.sources:
-            found = _from_samples(recipe, by, cfg.min_margin)
-            counts["samples"] = len(found)
-            pairs += found
-        if "student" in cfg.sources:
-            if answer is None:
-                from sft.answers import student_answerer
-
-                answer = student_answerer(recipe)
-            found, student_counts = _from_student(recipe, ranker, by, cfg.min_margin, answer)
-            counts.update(student_counts, student=len(found))
-            pairs += found
-        seen, unique = set(), []
-        for p in pairs:  # one pair per (prompt, chosen, rejected)
-            same = json.dumps([p["prompt"], p["chosen"], p["rejected"]], sort_keys=True, ensure_ascii=False)
-            if same not in seen:
-                seen.add(same)
-                unique.append(p)
-        counts.update(pairs=len(unique), duplicates=len(pairs) - len(unique))
-        rewrite_atomically(layout.pairs, unique)
-        update_manifest(layout.manifest, {"pairs": {"finished_at": utc_now(), "by": by, "sources": cfg.sources,
-                                                    "min_margin": cfg.min_margin, "counts": counts,
-                                                    "file": layout.pairs.name}})
-        write_stamp(layout.stamp("pairs"), key)
+    ranker = _ranking_filter(plan)
+    by = ranker.options.by
+    pairs: list[dict[str, Any]] = []
+    counts: dict[str, int] = {}
+    if "samples" in cfg.sources:
+        found = _from_samples(plan, by, cfg.min_margin)
+        counts["samples"] = len(found)
+        pairs += found
+    if "student" in cfg.sources:
+        found, student_counts = _from_student(plan, ranker, by, cfg.min_margin, answer or student_answerer(plan))
+        counts.update(student_counts, student=len(found))
+        pairs += found
+    seen, unique = set(), []
+    for p in pairs:  # one pair per (prompt, chosen, rejected)
+        same = json.dumps([p["prompt"], p["chosen"], p["rejected"]], sort_keys=True, ensure_ascii=False)
+        if same not in seen:
+            seen.add(same)
+            unique.append(p)
+    counts.update(pairs=len(unique), duplicates=len(pairs) - len(unique))
+    rewrite_atomically(layout.pairs, unique)
+    update_manifest(layout.manifest, {"pairs": {"finished_at": utc_now(), "by": by, "sources": cfg.sources,
+                                                "min_margin": cfg.min_margin, "counts": counts,
+                                                "file": layout.pairs.name}})
     logger.info("pairs: %s -> %s", counts, layout.pairs)
     return counts
-
-
-def read_pairs(path: Path, field: str = "sft.dpo.pairs") -> list[dict[str, Any]]:
-    """The pairs of a JSONL file, validated: errors name the file, the line and the field."""
-    from synth.runtime import read_jsonl_objects
-
-    if not path.is_file():
-        raise ValueError(f"{field}: {path} does not exist; run `synth pairs RECIPE` first (or set {field})")
-    example = '{"prompt": [{"role": "user", "content": "..."}], "chosen": [{"role": "assistant", "content": "..."}], "rejected": [...]}'
-    rows = []
-    for lineno, row in read_jsonl_objects(path, field, example):
-        where = f"{field}: {path} line {lineno}"
-        for name in ("prompt", "chosen", "rejected"):
-            value = row.get(name)
-            if not isinstance(value, list) or not value or not all(
-                    isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value):
-                raise ValueError(f"{where}: '{name}' must be a non-empty list of {{role, content}} messages ({example})")
-        if row["prompt"][-1]["role"] != "user":
-            raise ValueError(f"{where}: 'prompt' must end with a user turn")
-        for name in ("chosen", "rejected"):
-            if [m["role"] for m in row[name]] != ["assistant"]:
-                raise ValueError(f"{where}: '{name}' must be one assistant message")
-        if row["chosen"] == row["rejected"]:
-            raise ValueError(f"{where}: 'chosen' and 'rejected' are the same answer")
-        rows.append({name: row[name] for name in ("prompt", "chosen", "rejected")})
-    if not rows:
-        raise ValueError(f"{field}: {path} has no pairs; nothing to train on")
-    return rows

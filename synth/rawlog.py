@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from synth.runtime import atomic_write, is_main_process
+
 logger = logging.getLogger(__name__)
 
 
@@ -137,14 +139,10 @@ class JsonlAppender(Appender):
 
 
 def rewrite_atomically(path: Path, records: list[dict[str, Any]]) -> None:
-    """Replace a JSONL file with `records` (write a temp file, fsync, rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
+    """Replace a JSONL file with `records` (runtime.atomic_write)."""
+    with atomic_write(path) as fh:
         for record in records:
             fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 class DirLock:
@@ -161,8 +159,6 @@ class DirLock:
         self.path = (directory / ".lock").absolute()
 
     def __enter__(self) -> DirLock:
-        from synth.runtime import is_main_process
-
         if not is_main_process():
             return self
         held = self._held.get(self.path)

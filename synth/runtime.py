@@ -7,6 +7,7 @@ Nothing here imports torch or vllm at module import time.
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import json
 import logging
@@ -15,7 +16,9 @@ import sys
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +79,33 @@ def setup_logging(log_file: Path | None, verbose: bool = False) -> None:
         root.addHandler(handler)
 
 
+# ---- progress bars ----------------------------------------------------------------------
+
+
+class _LineBar(tqdm):
+    """A progress bar for output that is not a terminal (a log file, CI): a whole line per
+    refresh, at most one every `mininterval` seconds, instead of carriage-return frames."""
+
+    @staticmethod
+    def status_printer(file: Any):
+        def print_status(text: str) -> None:
+            if text.strip():
+                file.write(text.strip() + "\n")
+                file.flush()
+
+        return print_status
+
+
+def progress_bar(total: int | None, desc: str, unit: str, enabled: bool = True, initial: int = 0) -> tqdm:
+    """The progress bar of a long loop: rate and ETA; on a terminal refreshed in place, else
+    one line every 30 seconds (so `make demo > log` stays readable)."""
+    if sys.stderr.isatty():
+        return tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True,
+                    mininterval=0.5, smoothing=0.1)
+    return _LineBar(total=total, initial=initial, desc=desc, unit=unit, disable=not enabled, mininterval=30,
+                    maxinterval=60, ncols=100, smoothing=0.1)
+
+
 # ---- time, hashing, files --------------------------------------------------------------
 
 
@@ -104,15 +134,36 @@ def file_sha256(path: Path) -> str | None:
     return h.hexdigest()
 
 
-def write_json_atomically(path: Path, data: Any) -> None:
-    """Write JSON to a temporary file, fsync it and rename it into place."""
+def commit_file(fh: IO[Any], tmp: Path, path: Path) -> None:
+    """Flush and fsync the open temporary file `fh` (at `tmp`), close it and rename it to
+    `path`: the one way every output here replaces a file (a kill leaves the old file or the
+    new one, never half of either)."""
+    fh.flush()
+    os.fsync(fh.fileno())
+    fh.close()
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def atomic_write(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
+    """Write `path` through a temporary file (`path.tmp`), committed (commit_file) when the
+    block ends without an error; on an error the temporary file is removed."""
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
+    fh = tmp.open(mode, **({} if "b" in mode else {"encoding": "utf-8"}))
+    try:
+        yield fh
+    except BaseException:
+        fh.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    commit_file(fh, tmp, path)
+
+
+def write_json_atomically(path: Path, data: Any) -> None:
+    """Write JSON atomically (atomic_write)."""
+    with atomic_write(path) as fh:
         json.dump(data, fh, indent=2, ensure_ascii=False, default=str)
         fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def read_json(path: Path) -> Any:
@@ -229,8 +280,6 @@ def shutdown_engine(llm: Any) -> None:
 
 def release_engine(llm: Any) -> None:
     """Shut an engine down and hand its memory back (vLLM keeps it until told)."""
-    import gc
-
     shutdown_engine(llm)
     try:
         from vllm.distributed.parallel_state import cleanup_dist_env_and_memory

@@ -17,8 +17,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from synth.config import Recipe, TeacherConfig
+from synth.backends.vllm_engine import VllmBackend
+from synth.config import TeacherConfig
+from synth.logprobs import LogprobAppender, LogprobStore
+from synth.plan import Plan
 from synth.rawlog import DirLock, iter_records
+from synth.runtime import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -39,28 +43,29 @@ def answer_tokens(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[list[
     return list(full[:end]), len(prompt)
 
 
-def run_score(recipe: Recipe, top_k: int, scorer: str | None = None, progress: bool = True) -> dict[str, Any]:
+def run_score(plan: Plan, top_k: int, scorer: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Score every record of the recipe's raw log that has no logprobs yet; returns counts."""
-    with DirLock(recipe.layout.root):
-        return _score(recipe, top_k, scorer, progress)
+    with DirLock(plan.layout.root):
+        return _score(plan, top_k, scorer, progress)
 
 
-def _score(recipe: Recipe, top_k: int, scorer: str | None, progress: bool) -> dict[str, Any]:
-    from tqdm.auto import tqdm
-
-    from synth.backends.vllm_engine import VllmBackend
-    from synth.logprobs import LogprobAppender, LogprobStore
-
-    if not 1 <= top_k <= 64:
-        raise ValueError(f"--top-k: must be between 1 and 64, got {top_k}")
-    teacher = recipe.teacher
+def _scorer(plan: Plan, scorer: str | None) -> tuple[TeacherConfig, dict[str, Any] | None]:
+    """The scoring model (--teacher, or the recipe's local teacher) and its identity when known."""
+    teacher = plan.recipe.teacher
     if scorer is not None:
-        teacher = TeacherConfig(model=scorer, backend="vllm", vllm=recipe.teacher.vllm)
-    elif teacher.backend != "vllm":
+        return TeacherConfig(model=scorer, backend="vllm", vllm=teacher.vllm), None
+    if teacher.backend != "vllm":
         raise ValueError("synth score: the recipe's teacher is not a local model (teacher.backend is "
                          f"{teacher.backend}); give one with --teacher MODEL (a directory or HF id that shares the "
                          "student's tokenizer)")
-    layout = recipe.layout
+    return teacher, plan.teacher
+
+
+def _score(plan: Plan, top_k: int, scorer: str | None, progress: bool) -> dict[str, Any]:
+    if not 1 <= top_k <= 64:
+        raise ValueError(f"--top-k: must be between 1 and 64, got {top_k}")
+    teacher, identity = _scorer(plan, scorer)
+    layout, out = plan.layout, plan.recipe.output
     counts = {"records_scored": 0, "already_had_logprobs": 0, "not_scorable": 0}
     store = LogprobStore(layout.logprobs)
     todo = []
@@ -73,11 +78,11 @@ def _score(recipe: Recipe, top_k: int, scorer: str | None, progress: bool) -> di
     if not todo:
         return counts
     started = time.monotonic()
-    backend = VllmBackend(teacher, scoring=True)
+    backend = VllmBackend(teacher, scoring=True, identity=identity)
     try:
         tokenizer, vocab = backend.llm.get_tokenizer(), backend.vocab
-        with LogprobAppender(layout.logprobs, recipe.output.sync_every, recipe.output.sync_interval_s) as sink:
-            bar = tqdm(total=len(todo), unit="rec", desc="score", disable=not progress, dynamic_ncols=True)
+        with LogprobAppender(layout.logprobs, out.sync_every, out.sync_interval_s) as sink:
+            bar = progress_bar(len(todo), "score", "rec", progress)
             batch: list[tuple[dict[str, Any], list[int], int]] = []
             for rec in todo:
                 tokens = answer_tokens(tokenizer, rec["messages"])
@@ -104,7 +109,7 @@ def _score(recipe: Recipe, top_k: int, scorer: str | None, progress: bool) -> di
 
 def _score_batch(backend: Any, batch: list[tuple[dict[str, Any], list[int], int]], k: int, sink: Any, vocab: bytes) -> int:
     """Score one batch through the engine and append its entries; returns how many."""
-    from vllm import SamplingParams, TokensPrompt
+    from vllm import SamplingParams, TokensPrompt  # heavy: vllm
 
     params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=k, flat_logprobs=True, detokenize=False)
     outputs = backend.llm.generate([TokensPrompt(prompt_token_ids=ids) for _, ids, _ in batch], params, use_tqdm=False)

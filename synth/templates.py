@@ -17,13 +17,7 @@ import jinja2
 from jinja2.sandbox import SandboxedEnvironment, SecurityError
 
 from synth.config import TemplateConfig
-
-BUILTIN = Path(__file__).resolve().parent / "prompts"  # package data: expansion and judge prompts
-
-
-def builtin_template(name: str) -> Path:
-    """A template shipped with the package, e.g. builtin_template("judge/rubric.j2")."""
-    return BUILTIN / name
+from synth.runtime import read_jsonl_objects
 
 
 def _environment() -> SandboxedEnvironment:
@@ -34,8 +28,6 @@ def _environment() -> SandboxedEnvironment:
 
 
 def _load_fewshot(path: Path) -> list[dict[str, str]]:
-    from synth.runtime import read_jsonl_objects
-
     if not path.is_file():
         raise ValueError(f"template.fewshot: {path} does not exist")
     example = '{"user": "...", "assistant": "..."}'
@@ -90,6 +82,11 @@ class PromptTemplate:
             fewshot=fewshot,
             variables=dict(cfg.variables),
         )
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> PromptTemplate:
+        """A template file without few-shot turns or variables (packaged prompts, judges)."""
+        return cls.load(TemplateConfig(path=str(path)))
 
     def provenance(self) -> dict[str, str]:
         return {"name": self.name, "sha256": self.sha256}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 # ChatML, with generation markers around what the assistant writes (including <|im_end|>)
 # so that TRL can build an exact assistant-only loss mask. With tools (Hermes style, as
@@ -76,17 +77,18 @@ def _strings(value):
             yield from _strings(v)
 
 
-def _imports():
+def _model_libraries() -> tuple[Any, Any, Any]:
+    """torch, transformers and tokenizers, imported now (heavy: kept off `synth --help`)."""
     try:
+        import tokenizers
         import torch
         import transformers
-        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError(
             f"building the tiny model needs torch, transformers and tokenizers ({exc}): "
             "pip install 'stillhouse[cpu]'"
         ) from exc
-    return torch, transformers, (Tokenizer, decoders, models, pre_tokenizers, trainers)
+    return torch, transformers, tokenizers
 
 
 def build_tiny_model(
@@ -110,7 +112,7 @@ def build_tiny_model(
     Deterministic for a given set of arguments, so its weights fingerprint is stable.
     Needs torch, transformers and tokenizers (`pip install 'stillhouse[cpu]'`).
     """
-    torch, transformers, _ = _imports()
+    torch, transformers, _ = _model_libraries()
     families = {"llama": ("LlamaConfig", "LlamaForCausalLM"), "qwen2": ("Qwen2Config", "Qwen2ForCausalLM")}
     if architecture not in families:
         raise ValueError(f"architecture: unknown '{architecture}'; choose one of {sorted(families)}")
@@ -143,8 +145,10 @@ def build_tiny_model(
 
 def build_tokenizer(vocab_size: int, max_length: int, corpus: Path | None = None, split_digits: bool = False):
     """A byte-level BPE tokenizer trained on the corpus, with the ChatML template."""
-    _, transformers, (Tokenizer, decoders, models, pre_tokenizers, trainers) = _imports()
-    tok = Tokenizer(models.BPE(unk_token=None))
+    _, transformers, tokenizers = _model_libraries()
+    decoders, models, pre_tokenizers, trainers = (tokenizers.decoders, tokenizers.models, tokenizers.pre_tokenizers,
+                                                  tokenizers.trainers)
+    tok = tokenizers.Tokenizer(models.BPE(unk_token=None))
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
                          if split_digits else byte_level)

@@ -8,6 +8,7 @@ import importlib
 import importlib.util
 import json
 import os
+import socket
 import sys
 import traceback
 from pathlib import Path
@@ -15,8 +16,6 @@ from typing import Any
 
 
 def _no_network() -> None:
-    import socket
-
     def refused(*args: Any, **kwargs: Any) -> Any:
         raise PermissionError("tools run without network (tools.network: false)")
 

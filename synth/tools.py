@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -30,6 +31,8 @@ from dataclasses import dataclass
 from functools import cache, cached_property
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from synth.runtime import canonical_json, file_sha256
 
@@ -48,7 +51,6 @@ def load_definitions(definitions: list[dict[str, Any]] | str) -> list[dict[str, 
         path = Path(definitions)
         if not path.is_file():
             raise ValueError(f"{where}: {path} does not exist")
-        import yaml
 
         try:  # YAML is a superset of JSON: one loader reads both
             definitions = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -309,8 +311,6 @@ class Toolbox:
         limit = cfg.memory_mb * 2**20
 
         def limits() -> None:
-            import resource
-
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
         job = json.dumps({"target": cfg.functions[name], "arguments": args})

@@ -11,24 +11,16 @@ OUTPUT.v2` compares the two. `output.version_by_teacher: false` turns this off.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from synth.config import Recipe
 from synth.layout import Layout
 from synth.runtime import read_json, write_json_atomically
 
 logger = logging.getLogger(__name__)
-
-
-def teacher_identity(recipe: Recipe) -> dict[str, Any]:
-    """What identifies the recipe's teacher (the identity that goes into request ids)."""
-    from synth.backends import load_backend_class
-
-    return load_backend_class(recipe.teacher.backend).identity_for(recipe.teacher)
 
 
 def recorded_teacher(directory: Path) -> dict[str, Any] | None:
@@ -45,7 +37,7 @@ def recorded_teacher(directory: Path) -> dict[str, Any] | None:
     return None
 
 
-def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+def same_teacher(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """Same teacher: equal identities; a local model is known by its weights fingerprint, so
     the same directory named by another path (relative, absolute) is the same teacher."""
     keys = set(a) | set(b)
@@ -54,30 +46,30 @@ def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return all(a.get(k) == b.get(k) for k in keys)
 
 
-def resolve_version(recipe: Recipe) -> Recipe:
-    """The recipe with output.dir pointing at this teacher's version of the dataset."""
-    base = Path(recipe.output.dir)
-    if not recipe.output.version_by_teacher:
-        return recipe
+def resolve_version(base: Path, identity: Callable[[], dict[str, Any]]) -> Path:
+    """The directory of this teacher's version of the dataset whose first version is `base`:
+    `base` itself when it is unclaimed or holds this teacher's data, else the first sibling
+    `base.vN` that does (or the first free one). `identity` gives the teacher's identity; it
+    is asked only when `base` is claimed."""
     owner = recorded_teacher(base)
     if owner is None:
-        return recipe
+        return base
     try:
-        mine = teacher_identity(recipe)
+        mine = identity()
     except (ValueError, ImportError) as exc:
         if len(versions_of(base)) > 1:  # cannot tell which version is meant: never guess
             raise ValueError(
                 f"output.dir: {base} has versions for several teachers and this recipe's teacher cannot be "
                 f"identified ({exc}); set output.dir to the version you mean"
             ) from None
-        return recipe  # one version: the stage that needs the teacher reports the problem
-    if _same(owner, mine):
-        return recipe
+        return base  # one version: the stage that needs the teacher reports the problem
+    if same_teacher(owner, mine):
+        return base
     n = 2
     while True:
         candidate = base.with_name(f"{base.name}.v{n}")
         other = recorded_teacher(candidate)
-        if other is None or _same(other, mine):
+        if other is None or same_teacher(other, mine):
             break
         n += 1
     logger.warning(
@@ -85,27 +77,25 @@ def resolve_version(recipe: Recipe) -> Recipe:
         "(compare them with `synth diff %s %s`)",
         mine.get("model"), base, owner.get("model"), candidate, base, candidate,
     )
-    return dataclasses.replace(recipe, output=dataclasses.replace(recipe.output, dir=str(candidate)))
+    return candidate
 
 
-def claim(recipe: Recipe, identity: dict[str, Any] | None = None) -> None:
-    """Record the recipe's teacher as the owner of output.dir (once; never overwritten).
+def claim(out: Path, identity: dict[str, Any], version_by_teacher: bool = True) -> None:
+    """Record the teacher `identity` as the owner of `out` (once; never overwritten).
 
-    Refuses to write one teacher's data into another teacher's directory (a recipe built
-    without `load_recipe`, which resolves the version), unless output.version_by_teacher is
-    false."""
-    out = Path(recipe.output.dir)
-    data = identity if identity is not None else teacher_identity(recipe)
+    Refuses to write one teacher's data into another teacher's directory (a recipe planned
+    without versions, synth.plan.resolve(..., versioned=False)), unless `version_by_teacher`
+    is false (output.version_by_teacher)."""
     owner = recorded_teacher(out)
     if owner is not None:
-        if recipe.output.version_by_teacher and not _same(owner, data):
+        if version_by_teacher and not same_teacher(owner, identity):
             raise ValueError(
-                f"output.dir: {out} holds the data of teacher {owner.get('model')}, not {data.get('model')}; "
-                f"load the recipe with synth.config.load_recipe (it picks the version {out.name}.vN for a new teacher), "
+                f"output.dir: {out} holds the data of teacher {owner.get('model')}, not {identity.get('model')}; "
+                f"resolve the recipe with synth.plan.resolve (it picks the version {out.name}.vN for a new teacher), "
                 "give another output.dir, or set output.version_by_teacher: false to mix them"
             )
         return
-    write_json_atomically(Layout(out).teacher, data)
+    write_json_atomically(Layout(out).teacher, identity)
 
 
 def versions_of(directory: Path) -> list[tuple[Path, dict[str, Any]]]:

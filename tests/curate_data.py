@@ -4,8 +4,8 @@ written as the records a generate run would have produced."""
 import json
 
 from synth.backends import Completion
-from synth.config import load_recipe
-from synth.generate import make_record, plan_requests
+from synth.plan import load_plan
+from synth.records import make_record
 
 from conftest import TEST_DATA, make_recipe, write_jsonl
 
@@ -18,20 +18,20 @@ def real_rows(n: int, offset: int = 0):
 
 
 def build_raw(tmp_path, tiny_model, items, curate, finish=None):
-    """A recipe whose raw log holds `items` (question, answer) as the teacher's records."""
+    """A recipe whose raw log holds `items` (question, answer) as the teacher's records:
+    (its path, its plan, the planned requests)."""
     seeds = [{"question": q} for q, _ in items]
     path = make_recipe(tmp_path, tiny_model, seeds=seeds, sampling={"n": 1}, extra={"curate": curate})
-    recipe = load_recipe(path)
-    plan = plan_requests(recipe)
+    plan = load_plan(path)
     out = tmp_path / "out"
     out.mkdir(exist_ok=True)
     records = []
-    for i, (req, (_, answer)) in enumerate(zip(plan.requests, items, strict=True)):
+    for i, (req, (_, answer)) in enumerate(zip(plan.requests.requests, items, strict=True)):
         reason = (finish or {}).get(i, "stop")
         records.append(make_record(Completion(req, answer, reason, 10, 20, 0.1), plan.teacher))
     records.reverse()  # the teacher's completion order is not the curation order
     write_jsonl(out / "raw.jsonl", records)
-    return path, recipe, plan
+    return path, plan, plan.requests
 
 
 def by_question(rows):

@@ -53,9 +53,6 @@ class AnthropicBackend(OpenAIBackend):
     base_url_env, default_base_url = "ANTHROPIC_BASE_URL", DEFAULT_BASE_URL
     endpoint_path = "/v1/messages"
 
-    def __init__(self, cfg: TeacherConfig):
-        super().__init__(cfg)
-
     @classmethod
     def identity_for(cls, cfg: TeacherConfig) -> dict[str, Any]:
         return {
@@ -84,7 +81,7 @@ class AnthropicBackend(OpenAIBackend):
             body["top_k"] = s["top_k"]
         if s.get("stop"):
             body["stop_sequences"] = list(s["stop"])
-        body.update(self.o.extra_body)
+        body.update(self.api.extra_body)
         return body
 
     def completion(self, req: Request, data: Any, latency_s: float | None) -> Completion:
@@ -108,7 +105,7 @@ class AnthropicBackend(OpenAIBackend):
         )
 
     def _make_client(self) -> Any:
-        return self.sdk.AsyncAnthropic(base_url=self.base_url, api_key=self._key, max_retries=0, timeout=self.o.timeout_s)
+        return self.sdk.AsyncAnthropic(base_url=self.base_url, api_key=self._key, max_retries=0, timeout=self.api.timeout_s)
 
 
 def _unix(value: Any) -> float:
@@ -123,13 +120,13 @@ class AnthropicBatchBackend(BatchMode, AnthropicBackend):
     name = "anthropic-batch"
     batch_api = "the Message Batches API"
 
-    def __init__(self, cfg: TeacherConfig, ledger: Path, wait: bool = True):
-        AnthropicBackend.__init__(self, cfg)
+    def __init__(self, cfg: TeacherConfig, ledger: Path, wait: bool = True, identity: dict[str, Any] | None = None):
+        AnthropicBackend.__init__(self, cfg, identity)
         self._init_batch(ledger, wait)
 
     def _make_api(self) -> Any:
-        return self.sdk.Anthropic(base_url=self.base_url, api_key=self._key, max_retries=self.o.max_retries,
-                                  timeout=self.o.timeout_s)
+        return self.sdk.Anthropic(base_url=self.base_url, api_key=self._key, max_retries=self.api.max_retries,
+                                  timeout=self.api.timeout_s)
 
     def _batch_request(self, req: Request) -> dict[str, Any]:
         return {"custom_id": req.id, "params": self.body(req)}

@@ -138,7 +138,7 @@ class BatchMode:
         except (sdk.AuthenticationError, sdk.PermissionDeniedError) as exc:
             raise FatalTeacherError(
                 f"teacher (batch mode): {self.base_url} answered {exc.status_code} to {what} "
-                f"({self.redact(str(exc.message))[:300]}); check the API key (${self.o.api_key_env})"
+                f"({self.redact(str(exc.message))[:300]}); check the API key (${self.api.api_key_env})"
             ) from None
         except sdk.NotFoundError as exc:
             raise FatalTeacherError(
@@ -156,12 +156,12 @@ class BatchMode:
 
     def _cut(self, requests: list[Request]) -> list[list[Request]]:
         """Split into parts within the provider's request and size limits."""
-        limit = int(self.o.batch_max_mb * 1_000_000)
+        limit = int(self.api.batch_max_mb * 1_000_000)
         chunks: list[list[Request]] = [[]]
         size = 0
         for req in requests:
             n = len(self._request_line(req))
-            if chunks[-1] and (len(chunks[-1]) >= self.o.batch_max_requests or size + n > limit):
+            if chunks[-1] and (len(chunks[-1]) >= self.api.batch_max_requests or size + n > limit):
                 chunks.append([])
                 size = 0
             chunks[-1].append(req)
@@ -282,7 +282,7 @@ class BatchMode:
                 if live and not self.wait:
                     break
                 if live:
-                    time.sleep(self.o.batch_poll_s)
+                    time.sleep(self.api.batch_poll_s)
         finally:  # also when interrupted: the manifest names what is still running
             self.summary["running"] = [p.batch_id for p in live]
             self.summary["in_flight_requests"] = sum(len(p.requests) for p in live)

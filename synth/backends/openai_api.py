@@ -15,6 +15,7 @@ The API key lives only in the client: never in ids, records, logs or error messa
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import logging
 import os
@@ -24,8 +25,11 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import urlparse
 
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+
 from synth.backends.base import Completion, Failure
 from synth.config import TeacherConfig
+from synth.logprobs import TopK
 from synth.ratelimit import AdaptiveLimit, TokenBucket, budget_spent_wait, retry_after_s
 from synth.requests import Request, estimate_prompt_tokens
 
@@ -75,28 +79,26 @@ class OpenAIBackend:
             "extra_body": o.extra_body or None,
         }
 
-    def __init__(self, cfg: TeacherConfig):
-        import importlib
-
+    def __init__(self, cfg: TeacherConfig, identity: dict[str, Any] | None = None):
         try:
             self.sdk = importlib.import_module(self.sdk_module)
         except ImportError:
             raise ImportError(f"teacher.backend={self.section} needs {self.sdk_module}: pip install 'stillhouse[api]'") from None
         self.cfg = cfg
-        self.o = getattr(cfg, self.section)  # this backend's options (synth.config.ApiOptions)
+        self.api = getattr(cfg, self.section)  # this backend's options (synth.config.ApiOptions)
         self.base_url = self.base_url_for(cfg)
-        key = self.o.api_key or os.environ.get(self.o.api_key_env)
+        key = self.api.api_key or os.environ.get(self.api.api_key_env)
         if not key:
             if not _is_loopback(self.base_url):
                 raise ValueError(
                     f"teacher.{self.section}: no API key for {self.base_url}: set the environment variable "
-                    f"{self.o.api_key_env} (or teacher.{self.section}.api_key_env to the variable that holds it)"
+                    f"{self.api.api_key_env} (or teacher.{self.section}.api_key_env to the variable that holds it)"
                 )
             key = "EMPTY"  # a local server started without --api-key accepts any key
         self._key = key
-        self._identity = self.identity_for(cfg)
+        self._identity = identity if identity is not None else self.identity_for(cfg)
         self.vocab = b"\0" * 8  # the endpoint's tokenizer is not known here (synth.logprobs.UNKNOWN_VOCAB)
-        self.stats = {"retries": 0, "rate_limited": 0, "concurrency": self.o.max_concurrency}
+        self.stats = {"retries": 0, "rate_limited": 0, "concurrency": self.api.max_concurrency}
 
     def identity(self) -> dict[str, Any]:
         return dict(self._identity)
@@ -113,7 +115,7 @@ class OpenAIBackend:
 
     def body(self, req: Request) -> dict[str, Any]:
         """The chat completions request body of `req` (the batch backend writes the same)."""
-        s, o = req.sampling, self.o
+        s, o = req.sampling, self.api
         body: dict[str, Any] = {
             "model": self.cfg.model,
             "messages": req.messages,
@@ -144,8 +146,6 @@ class OpenAIBackend:
         """The answer's top-k logprobs from a chat completion's `logprobs.content`. Training
         needs token ids: a vLLM server gives them as "token_id:N" with
         `extra_body: {return_tokens_as_token_ids: true}`; token strings alone are refused."""
-        from synth.logprobs import TopK
-
         content = (choice.get("logprobs") or {}).get("content")
         if content is None:
             raise FatalTeacherError(
@@ -246,9 +246,7 @@ class OpenAIBackend:
         return retry_after_s(getattr(response, "headers", None)) if response is not None else None
 
     def _wait(self, state: Any) -> float:
-        from tenacity import wait_random_exponential
-
-        o = self.o
+        o = self.api
         backoff = wait_random_exponential(multiplier=o.backoff_s, max=o.backoff_max_s)(state)
         return max(backoff, self._asked_wait(state.outcome.exception()) or 0.0)
 
@@ -267,14 +265,12 @@ class OpenAIBackend:
         logger.debug("retrying request after %s", self.redact(f"{type(exc).__name__}: {exc}"))
 
     async def _run_one(self, client: Any, req: Request) -> Completion | Failure:
-        from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
-
         sdk = self.sdk
 
         attempts = 0
         try:
             async for attempt in AsyncRetrying(
-                stop=stop_after_attempt(self.o.max_retries + 1),
+                stop=stop_after_attempt(self.api.max_retries + 1),
                 wait=self._wait,
                 retry=retry_if_exception(self._retryable),
                 before_sleep=self._before_sleep,
@@ -296,7 +292,7 @@ class OpenAIBackend:
             raise FatalTeacherError(
                 f"teacher: {self.base_url} answered {exc.status_code} for model '{self.cfg.model}' "
                 f"({self.redact(str(exc.message))[:300]}); check the API key "
-                f"(${self.o.api_key_env}), teacher.model and teacher.{self.section}.base_url"
+                f"(${self.api.api_key_env}), teacher.model and teacher.{self.section}.base_url"
             ) from None
         except (asyncio.CancelledError, FatalTeacherError):
             raise
@@ -310,7 +306,7 @@ class OpenAIBackend:
     def _make_client(self) -> Any:
         import openai
 
-        o = self.o
+        o = self.api
         http_client = openai.DefaultAioHttpClient(timeout=o.timeout_s) if o.transport == "aiohttp" else None
         return openai.AsyncOpenAI(
             base_url=self.base_url, api_key=self._key, max_retries=0, timeout=o.timeout_s, http_client=http_client
@@ -356,7 +352,7 @@ class OpenAIBackend:
         return items
 
     def generate(self, requests: Iterable[Request]) -> Iterator[Completion | Failure]:
-        o = self.o
+        o = self.api
         loop = asyncio.new_event_loop()
         # Flow-control state belongs to this loop; rebuilt per generate() call.
         self._limit = AdaptiveLimit(o.max_concurrency, o.min_concurrency)

@@ -36,13 +36,13 @@ class OpenAIBatchBackend(BatchMode, OpenAIBackend):
     name = "openai-batch"
     batch_api = "the Files and Batch APIs"
 
-    def __init__(self, cfg: TeacherConfig, ledger: Path, wait: bool = True):
-        OpenAIBackend.__init__(self, cfg)
+    def __init__(self, cfg: TeacherConfig, ledger: Path, wait: bool = True, identity: dict[str, Any] | None = None):
+        OpenAIBackend.__init__(self, cfg, identity)
         self._init_batch(ledger, wait)
 
     def _make_api(self) -> Any:
-        return self.sdk.OpenAI(base_url=self.base_url, api_key=self._key, max_retries=self.o.max_retries,
-                               timeout=self.o.timeout_s)
+        return self.sdk.OpenAI(base_url=self.base_url, api_key=self._key, max_retries=self.api.max_retries,
+                               timeout=self.api.timeout_s)
 
     def _request_line(self, req: Request) -> bytes:
         line = {"custom_id": req.id, "method": "POST", "url": ENDPOINT, "body": self.body(req)}
@@ -80,7 +80,7 @@ class OpenAIBatchBackend(BatchMode, OpenAIBackend):
             self._log(ledger, "uploaded", part, file_id=part.file_id)
         batch = self._call(f"creating a batch of {part.filename}", self._api().batches.create,
                            input_file_id=part.file_id, endpoint=ENDPOINT,
-                           completion_window=self.o.batch_completion_window, metadata={PART_KEY: part.id})
+                           completion_window=self.api.batch_completion_window, metadata={PART_KEY: part.id})
         return batch.id
 
     # ---- collecting --------------------------------------------------------------------

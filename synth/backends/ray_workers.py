@@ -55,7 +55,7 @@ class RayBackend:
     name = "vllm"
     identity_for = staticmethod(VllmBackend.identity_for)
 
-    def __init__(self, cfg: TeacherConfig):
+    def __init__(self, cfg: TeacherConfig, identity: dict[str, Any] | None = None):
         if cfg.vllm.ray.address is None:
             # A private cluster: Ray's one-machine mode, where every address is 127.0.0.1 (else
             # it advertises the first non-loopback address). Read when ray is first imported.
@@ -65,7 +65,7 @@ class RayBackend:
         except ImportError:
             raise ImportError("teacher.vllm.ray.workers: needs Ray: pip install 'stillhouse[ray]'") from None
         self.cfg = cfg
-        self._identity = self.identity_for(cfg)
+        self._identity = identity if identity is not None else self.identity_for(cfg)
         opts = cfg.vllm.ray
         self._ray = ray
         self._own_cluster = False

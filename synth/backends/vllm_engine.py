@@ -19,11 +19,15 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import numpy as np
+
 from synth.backends.base import Completion, Failure
 from synth.config import TeacherConfig
-from synth.fingerprint import resolve_model
+from synth.fingerprint import local_model, resolve_model
+from synth.logprobs import TopK, vocab_digest
 from synth.requests import Request
 from synth.runtime import FILE_ONLY, shutdown_engine, start_llm
+from synth.tools import parse_calls, parse_required, required_schema
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +52,7 @@ class VllmBackend:
             **({"structured_outputs": cfg.vllm.structured_outputs} if cfg.vllm.structured_outputs else {}),
         }
 
-    def __init__(self, cfg: TeacherConfig, scoring: bool = False):
+    def __init__(self, cfg: TeacherConfig, scoring: bool = False, identity: dict[str, Any] | None = None):
         try:
             from vllm import SamplingParams
             from vllm.platforms import current_platform
@@ -58,7 +62,7 @@ class VllmBackend:
                 "on a GPU machine, or 'stillhouse[cpu]' for the CPU build"
             ) from None
         self.cfg = cfg
-        self._identity = self.identity_for(cfg)
+        self._identity = identity if identity is not None else self.identity_for(cfg)
         self._SamplingParams = SamplingParams
         # Errors that mean "this request is bad" (a failure record), not "the engine is broken".
         self._request_errors: tuple[type[BaseException], ...] = (ValueError, TypeError)
@@ -68,7 +72,7 @@ class VllmBackend:
             self._request_errors += (VLLMClientError,)
         except ImportError:  # older vLLM: validation errors are ValueErrors
             pass
-        model, _ = resolve_model(cfg.model, "teacher.model")
+        model = local_model(cfg.model, "teacher.model")
         v = cfg.vllm
         kwargs: dict[str, Any] = {
             "model": model,
@@ -129,7 +133,6 @@ class VllmBackend:
         if req.tools and req.tool_choice == "required":
             from vllm.sampling_params import StructuredOutputsParams
 
-            from synth.tools import required_schema
 
             # As vLLM's server does for tool_choice: required: the answer is a JSON array of calls.
             # (Whitespace inside it is the engine's setting: engine_kwargs.structured_outputs_config.)
@@ -159,7 +162,6 @@ class VllmBackend:
         `<tool_call>` blocks, or the JSON array tool_choice: required constrained it to."""
         if not req.tools or req.tool_choice == "none":
             return text, None
-        from synth.tools import parse_calls, parse_required
 
         if req.tool_choice == "required":
             calls = parse_required(text, req.id)
@@ -185,9 +187,6 @@ class VllmBackend:
         """TopK of `token_ids[start:]` from vLLM logprobs covering `token_ids` (per position: the
         top k and the position's own token, with ranks): flat (FlatLogprobs), or a list of
         dicts where a vLLM gives no flat ones."""
-        import numpy as np
-
-        from synth.logprobs import TopK
 
         if not hasattr(logprobs, "start_indices"):
             top = [sorted(((tid, lp.logprob) for tid, lp in (pos or {}).items() if lp.rank is not None and lp.rank <= k),
@@ -204,8 +203,6 @@ class VllmBackend:
     def vocab(self) -> bytes:
         """The digest of the teacher's vocabulary (the ids in its logprobs)."""
         if getattr(self, "_vocab", None) is None:
-            from synth.logprobs import vocab_digest
-
             self._vocab = vocab_digest(self._tokenizer)
         return self._vocab
 

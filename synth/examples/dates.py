@@ -27,6 +27,9 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from synth.runtime import setup_logging
+from synth.tiny_model import build_tiny_model
+
 MONTHS = list(calendar.month_name)[1:]
 ABBR = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
 INSTRUCTION = "Write this date as YYYY-MM-DD: "
@@ -118,8 +121,6 @@ def prepare(work: Path, prompts: int = 3000, teacher_examples: int = 12000, held
     the instruction become a few tokens) and keeps every digit a token of its own, so a
     sequence is ~40 tokens and the models learn the task in minutes on a CPU; otherwise it is
     trained on the Self-Instruct seed tasks."""
-    from synth.tiny_model import build_tiny_model
-
     rng = random.Random(seed)
     taken: set[str] = set()
     test = sample_prompts(rng, held_out, taken)
@@ -146,7 +147,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompts", type=int, default=3000, help="prompts to distil on")
     ap.add_argument("--teacher-examples", type=int, default=12000, help="ground-truth examples for the teacher")
     args = ap.parse_args(argv)
-    from synth.runtime import setup_logging
 
     setup_logging(None)
     paths = prepare(args.work, args.prompts, args.teacher_examples)

@@ -1,7 +1,7 @@
 """Curation filters: one module per family, chosen by name from FILTERS.
 
 Each filter is a `Filter` subclass (synth/filters/base.py) whose `check(record)` returns
-None to keep a record or a short reason to reject it. Filters run in the recipe's order and
+None to keep a record or a short reason to reject it (its options are in `self.options`). Filters run in the recipe's order and
 the first rejection wins. Stateful filters (dedup) see records in a fixed order, so
 curation is deterministic.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from synth.filters.base import Filter, answer_text, field_text, prompt_text
+from synth.filters.base import Filter, answer_text, field_text, parse_options, prompt_text
 
 FILTERS: dict[str, str] = {
     "truncated": "synth.filters.quality:Truncated",
@@ -58,27 +58,15 @@ def filter_class(name: str) -> type[Filter]:
 def validate_spec(spec: Any, index: int) -> Any:
     """Check a filter entry and its options (unknown keys, bad values, missing files) without
     building the filter: nothing is loaded, nothing is called. Returns the options."""
-    from synth.filters.base import options
-
     name, opts = parse_spec(spec, index)
-    return options(filter_class(name).Options, opts, f"curate.filters[{index}]")
+    return parse_options(filter_class(name).Options, opts, f"curate.filters[{index}]")
 
 
 def build_filter(spec: Any, index: int) -> Filter:
+    """The filter of one curate.filters entry (synth.plan builds them from checked entries)."""
     name, options = parse_spec(spec, index)
     return filter_class(name)(options, f"curate.filters[{index}]")
 
 
-def entries_named(specs: list[Any], name: str) -> list[tuple[Any, int]]:
-    """(entry, index) of every filter entry of curate.filters with this name, in order."""
-    return [(spec, i) for i, spec in enumerate(specs) if parse_spec(spec, i)[0] == name]
-
-
-def filter_inputs(spec: Any, index: int) -> dict[str, Any]:
-    """What a filter entry depends on besides its options (files, models), for stage keys."""
-    name, _ = parse_spec(spec, index)
-    return filter_class(name).inputs(validate_spec(spec, index))
-
-
-__all__ = ["FILTERS", "Filter", "answer_text", "build_filter", "entries_named", "field_text", "filter_inputs", "parse_spec",
+__all__ = ["FILTERS", "Filter", "answer_text", "build_filter", "field_text", "filter_class", "parse_spec",
            "prompt_text", "validate_spec"]

@@ -24,7 +24,7 @@ Reject = Callable[[Record, str, str], None]  # (record, filter name, reason)
 FIELDS = ("prompt", "answer", "both")
 
 
-def options(cls: type[T], values: dict[str, Any], where: str) -> T:
+def parse_options(cls: type[T], values: dict[str, Any], where: str) -> T:
     """Validate a filter's options against its dataclass; errors name curate.filters[i].key."""
     return from_dict(cls, values, prefix=where)
 
@@ -76,15 +76,17 @@ class Filter:
     Options: ClassVar[type] = NoOptions
     batch: ClassVar[bool] = False  # True: `prepare` sees every record before `check`
 
-    def __init__(self, opts: dict[str, Any], where: str):
-        self.o = options(self.Options, opts, where)
+    def __init__(self, options: dict[str, Any] | Any, where: str):
+        """`options`: the entry's options as the recipe gives them, or already checked (an
+        instance of `Options`, as synth.plan hands them over)."""
+        self.options = options if isinstance(options, self.Options) else parse_options(self.Options, options, where)
         self.where = where
         self.rejected = 0
         self.stats: dict[str, Any] = {}  # what a run had to do (judge calls sent, ...)
         self.setup()
 
     def setup(self) -> None:
-        """Load what the filter needs (indexes, models); options are in self.o."""
+        """Load what the filter needs (indexes, models); options are in self.options."""
 
     def check(self, rec: Record) -> str | None:
         """None to keep the record, else the reason it is rejected."""

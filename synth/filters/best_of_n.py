@@ -81,7 +81,7 @@ class BestOfN(Filter):
         return {"source": function_source_sha(o.function)} if o.function else {}
 
     def setup(self) -> None:
-        self.func = load_function(self.o.function, f"{self.where}.function") if self.o.by == "verifier" else None
+        self.func = load_function(self.options.function, f"{self.where}.function") if self.options.by == "verifier" else None
         self.decisions: dict[str, str | None] = {}
         self.scores: dict[str, float] = {}
         self.summary: dict[str, Any] = {}
@@ -101,7 +101,7 @@ class BestOfN(Filter):
             score, reason = self.score(rec)
             self.scores[rec["id"]] = score
             groups.setdefault(prompt_key(rec), []).append((score, int(rec.get("sample_index") or 0), rec["id"], reason))
-        cut, k = self.o.threshold, self.o.k
+        cut, k = self.options.threshold, self.options.k
         passing_share, any_pass = [], 0
         for samples in groups.values():
             samples.sort(key=lambda s: (-s[0], s[1], s[2]))
@@ -118,7 +118,7 @@ class BestOfN(Filter):
                 else:
                     self.decisions[rid] = None
         n = len(groups)
-        self.summary = {"by": self.o.by, "k": k, "min_score": cut, "prompts": n,
+        self.summary = {"by": self.options.by, "k": k, "min_score": cut, "prompts": n,
                         "samples": sum(len(g) for g in groups.values()),
                         "pass@1": round(sum(passing_share) / n, 4) if n else None,
                         "pass@n": round(any_pass / n, 4) if n else None,
@@ -126,5 +126,5 @@ class BestOfN(Filter):
 
     def check(self, rec: dict[str, Any]) -> str | None:
         # The score goes on kept and rejected samples alike (`synth pairs` reads both).
-        rec["scores"] = {**(rec.get("scores") or {}), self.o.by: self.scores[rec["id"]]}
+        rec["scores"] = {**(rec.get("scores") or {}), self.options.by: self.scores[rec["id"]]}
         return self.decisions[rec["id"]]

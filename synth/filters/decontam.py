@@ -10,10 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from synth.config import SeedsConfig
 from synth.configtools import help_field
 from synth.filters.base import BlockFilter, FieldOptions, Filter, field_text
-from synth.filters.verdict import VerdictJudge
+from synth.filters.semantic import Embedder, resolve_embedder
+from synth.filters.verdict import VerdictJudge, ask
+from synth.fingerprint import model_identity, path_digest
 from synth.minhash import normalise
+from synth.seeds import read_rows
 
 
 @dataclass
@@ -47,9 +51,6 @@ class DecontamOptions(FieldOptions):
 def eval_items(eval_sets: list[EvalSet], where: str) -> Iterator[tuple[str, str]]:
     """(label "NAME line N", text) of every text of every eval set; errors name the file,
     line and column."""
-    from synth.config import SeedsConfig
-    from synth.seeds import read_rows
-
     for i, es in enumerate(eval_sets):
         label = es.name or Path(es.path).name
         cfg = SeedsConfig(path=es.path, format=es.format, split=es.split)
@@ -63,8 +64,6 @@ def eval_items(eval_sets: list[EvalSet], where: str) -> Iterator[tuple[str, str]
 
 
 def _eval_digests(o: Any) -> dict[str, Any]:
-    from synth.fingerprint import path_digest
-
     return {"eval_sets": [path_digest(Path(es.path)) for es in o.eval_sets]}
 
 
@@ -83,7 +82,7 @@ class Decontam(Filter):
         return _eval_digests(o)
 
     def setup(self) -> None:
-        o = self.o
+        o = self.options
         self.index: dict[bytes, str] = {}
         self.lengths: set[int] = set()
         for label, value in eval_items(o.eval_sets, self.where):
@@ -96,7 +95,7 @@ class Decontam(Filter):
                 self.index.setdefault(_h(words[j : j + size]), label)
 
     def check(self, rec: dict[str, Any]) -> str | None:
-        words = normalise(field_text(rec, self.o.field)).split()
+        words = normalise(field_text(rec, self.options.field)).split()
         for size in sorted(self.lengths, reverse=True):
             for j in range(len(words) - size + 1):
                 hit = self.index.get(_h(words[j : j + size]))
@@ -139,18 +138,13 @@ class SemanticDecontam(BlockFilter):
 
     @classmethod
     def inputs(cls, o: SemanticDecontamOptions) -> dict[str, Any]:
-        from synth.filters.semantic import resolve_embedder
-        from synth.fingerprint import model_identity
-
         key = {**_eval_digests(o), "model": model_identity(resolve_embedder(o.model))}
         if o.judge is not None:
             key["judge"] = o.judge.identity(REPHRASE_TEMPLATE)
         return key
 
     def setup(self) -> None:
-        from synth.filters.semantic import Embedder
-
-        o = self.o
+        o = self.options
         self.embedder = Embedder(o.model, o.batch_size, o.max_length, self.where)
         self.items = [(label, text) for label, text in eval_items(o.eval_sets, self.where)
                       if len(normalise(text).split()) >= o.min_words]
@@ -164,7 +158,7 @@ class SemanticDecontam(BlockFilter):
     def _nearest(self, recs: list[dict[str, Any]]) -> list[tuple[float, int]]:
         if not self.items:
             return [(0.0, -1)] * len(recs)
-        emb = self.embedder.embed([field_text(r, self.o.field) for r in recs])
+        emb = self.embedder.embed([field_text(r, self.options.field) for r in recs])
         self.stats["embedded"] += len(recs)
         best, where = (emb @ self.matrix.T).max(dim=1)
         return list(zip(best.tolist(), where.tolist(), strict=True))
@@ -176,19 +170,17 @@ class SemanticDecontam(BlockFilter):
     def check_many(self, recs: list[dict[str, Any]]) -> list[str | None]:
         if self.batch:
             return [self.verdicts[r["id"]] for r in recs]
-        return [self._reason(sim, j) if sim >= self.o.threshold else None for sim, j in self._nearest(recs)]
+        return [self._reason(sim, j) if sim >= self.options.threshold else None for sim, j in self._nearest(recs)]
 
     def prepare(self, records: Iterable[dict[str, Any]], out_dir: Path) -> None:
         """With a judge: embed every record, then ask the judge about each flagged one."""
-        from synth.filters.verdict import ask
-
         flagged: dict[str, tuple[float, int, str]] = {}  # record id -> (cosine, eval item, the record's text)
         block: list[dict[str, Any]] = []
 
         def embed(block: list[dict[str, Any]]) -> None:
             for rec, (sim, j) in zip(block, self._nearest(block), strict=True):
-                if sim >= self.o.threshold:
-                    flagged[rec["id"]] = (sim, j, field_text(rec, self.o.field))
+                if sim >= self.options.threshold:
+                    flagged[rec["id"]] = (sim, j, field_text(rec, self.options.field))
                 self.verdicts[rec["id"]] = None
 
         for rec in records:
@@ -198,7 +190,7 @@ class SemanticDecontam(BlockFilter):
                 block = []
         embed(block)
         items = {rid: {"eval_item": self.items[j][1], "text": text} for rid, (_, j, text) in flagged.items()}
-        answers, stats = ask(self.o.judge, REPHRASE_TEMPLATE, items, out_dir / "decontam_judge.jsonl", ("YES", "NO"))
+        answers, stats = ask(self.options.judge, REPHRASE_TEMPLATE, items, out_dir / "decontam_judge.jsonl", ("YES", "NO"))
         self.stats.update(stats)
         for rec_id, (sim, j, _) in flagged.items():
             tag, why = answers[rec_id]

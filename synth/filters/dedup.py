@@ -47,7 +47,7 @@ class ExactDedup(BlockFilter):
         self._ids = Keys()
 
     def check_many(self, recs: list[dict[str, Any]]) -> list[str | None]:
-        digests = np.array([int.from_bytes(hashlib.blake2b(normalise(_key_text(r, self.o.field)).encode(),
+        digests = np.array([int.from_bytes(hashlib.blake2b(normalise(_key_text(r, self.options.field)).encode(),
                                                            digest_size=8).digest(), "little") for r in recs], np.uint64)
         pos, first = self._seen.query(digests)
         earlier = dict(zip(pos.tolist(), first.tolist(), strict=True))
@@ -56,9 +56,9 @@ class ExactDedup(BlockFilter):
         fresh = []
         for i, (rec, digest) in enumerate(zip(recs, digests.tolist(), strict=True)):
             if i in earlier:
-                reasons.append(f"exact duplicate ({self.o.field}) of {self._ids[earlier[i]]}")
+                reasons.append(f"exact duplicate ({self.options.field}) of {self._ids[earlier[i]]}")
             elif digest in new:
-                reasons.append(f"exact duplicate ({self.o.field}) of {new[digest]}")
+                reasons.append(f"exact duplicate ({self.options.field}) of {new[digest]}")
             else:
                 new[digest] = rec["id"]
                 fresh.append(i)
@@ -248,7 +248,7 @@ class NearDedup(BlockFilter):
     Options = NearOptions
 
     def setup(self) -> None:
-        o = self.o
+        o = self.options
         self.index = NearIndex(o.threshold, o.shingle, o.num_perm, o.num_bands, o.seed)
 
     def attach(self, folder: Path) -> None:
@@ -263,5 +263,5 @@ class NearDedup(BlockFilter):
         self.index.load(state["index"], arrays, prefix, self._digests_path)
 
     def check_many(self, recs: list[dict[str, Any]]) -> list[str | None]:
-        matches = self.index.add_many([r["id"] for r in recs], [_key_text(r, self.o.field) for r in recs])
-        return [f"near duplicate ({self.o.field}, Jaccard ~{m[1]:.2f}) of {m[0]}" if m else None for m in matches]
+        matches = self.index.add_many([r["id"] for r in recs], [_key_text(r, self.options.field) for r in recs])
+        return [f"near duplicate ({self.options.field}, Jaccard ~{m[1]:.2f}) of {m[0]}" if m else None for m in matches]

@@ -19,7 +19,7 @@ from typing import Any
 
 from synth.configtools import help_field
 from synth.filters.base import Filter, answer_text, prompt_text
-from synth.filters.verdict import VerdictJudge
+from synth.filters.verdict import VerdictJudge, ask
 
 GROUNDED_TEMPLATE = "judge/grounded.j2"
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
@@ -72,32 +72,30 @@ class Grounded(Filter):
         return {"judge": o.judge.identity(GROUNDED_TEMPLATE)} if o.judge is not None else {}
 
     def setup(self) -> None:
-        if self.o.judge is not None:
+        if self.options.judge is not None:
             self.batch = True  # the judge's calls go out as one batch
             self.verdicts: dict[str, str | None] = {}
             self.stats = {"flagged": 0, "sent": 0, "cached": 0, "supported": 0, "unsupported": 0, "unreadable": 0, "failed": 0}
 
     def _lexical(self, rec: dict[str, Any]) -> str | None:
-        source = ((rec.get("seed") or {}).get("fields") or {}).get(self.o.context_field)
+        source = ((rec.get("seed") or {}).get("fields") or {}).get(self.options.context_field)
         if not isinstance(source, str) or not source.strip():
-            return (f"no source text: the record's seed has no '{self.o.context_field}' field (grounded checks "
+            return (f"no source text: the record's seed has no '{self.options.context_field}' field (grounded checks "
                     "document_qa data; set context_field to the seed column that holds the source)")
         share, missing = support(answer_text(rec), source)
-        if share < self.o.min_support:
+        if share < self.options.min_support:
             return (f"answer not supported by its source: {share:.0%} of its content words occur in it (at least "
-                    f"{self.o.min_support:.0%} needed); not in the source: {', '.join(missing[:8])}")
+                    f"{self.options.min_support:.0%} needed); not in the source: {', '.join(missing[:8])}")
         return None
 
     def prepare(self, records: Iterable[dict[str, Any]], out_dir: Path) -> None:
-        from synth.filters.verdict import ask
-
         items = {}
         for rec in records:
             self.verdicts[rec["id"]] = self._lexical(rec)
             if self.verdicts[rec["id"]] is None:
-                source = rec["seed"]["fields"][self.o.context_field]
+                source = rec["seed"]["fields"][self.options.context_field]
                 items[rec["id"]] = {"source": source, "question": prompt_text(rec), "answer": answer_text(rec)}
-        answers, stats = ask(self.o.judge, GROUNDED_TEMPLATE, items, out_dir / "grounded_judge.jsonl", ("SUPPORTED", "UNSUPPORTED"))
+        answers, stats = ask(self.options.judge, GROUNDED_TEMPLATE, items, out_dir / "grounded_judge.jsonl", ("SUPPORTED", "UNSUPPORTED"))
         self.stats.update(stats)
         for rec_id, (tag, why) in answers.items():
             if tag == "UNSUPPORTED":

@@ -42,7 +42,7 @@ class Regex(Filter):
     Options = RegexOptions
 
     def setup(self) -> None:
-        o = self.o
+        o = self.options
         flags = re.IGNORECASE if o.ignore_case else 0
         self.block = _compile(o.block, flags, "block")
         self.allow = _compile(o.allow, flags, "allow")
@@ -51,7 +51,7 @@ class Regex(Filter):
         self.allow_groups = [g for g in (self.allow, allow_kw) if g]
 
     def check(self, rec: dict[str, Any]) -> str | None:
-        text = field_text(rec, self.o.field)
+        text = field_text(rec, self.options.field)
         for pattern in self.block:
             match = pattern.search(text)
             if match:

@@ -18,7 +18,8 @@ from typing import Any
 
 from synth.configtools import help_field
 from synth.filters.base import Filter
-from synth.filters.verdict import VerdictJudge
+from synth.filters.pii_names import find_spans
+from synth.filters.verdict import VerdictJudge, call
 
 
 def luhn_ok(digits: str) -> bool:
@@ -87,7 +88,6 @@ def find_pii(text: str, types: list[str]) -> tuple[str, dict[str, int]]:
     """(text with PII replaced by [TYPE], counts per type)."""
     counts: dict[str, int] = {}
     if "person" in types or "address" in types:  # first: an address's numbers are not phone numbers
-        from synth.filters.pii_names import find_spans
 
         for kind, start, end in reversed(find_spans(text, types)):
             text = f"{text[:start]}[{kind.upper()}]{text[end:]}"
@@ -150,32 +150,31 @@ class Pii(Filter):
 
     def setup(self) -> None:
         self.listed: dict[str, dict[str, list[str]] | str] = {}
-        if self.o.detector is not None:
+        if self.options.detector is not None:
             self.batch = True  # the detector's calls go out as one batch
             self.stats = {"sent": 0, "cached": 0, "unreadable": 0, "failed": 0}
 
     def prepare(self, records: Iterable[dict[str, Any]], out_dir: Path) -> None:
         """With a detector: ask it about every record (cached in pii_detect.jsonl)."""
-        from synth.filters.verdict import call
-
         items = {rec["id"]: {"text": "\n\n".join(f"{m['role']}: {m['content']}" for m in rec["messages"]
                                                   if isinstance(m.get("content"), str))} for rec in records}
-        answers, failed, counts = call(self.o.detector, DETECT_TEMPLATE, items, out_dir / "pii_detect.jsonl")
-        self.stats.update(counts)
+        got = call(self.options.detector, DETECT_TEMPLATE, items, out_dir / "pii_detect.jsonl")
+        self.stats.update({"sent": got.sent, "cached": got.cached})
         for rec_id in items:
-            if rec_id in failed:
+            if rec_id in got.failed:
                 self.stats["failed"] += 1
-                self.listed[rec_id] = f"the PII detector's call failed ({failed[rec_id]})"
+                self.listed[rec_id] = f"the PII detector's call failed ({got.failed[rec_id]})"
                 continue
-            found = _listed(answers[rec_id])
+            found = _listed(got.answers[rec_id])
             if found is None:
                 self.stats["unreadable"] += 1
-                self.listed[rec_id] = f"the PII detector's answer is not the JSON asked for: {json.dumps(answers[rec_id][:80])}"
+                self.listed[rec_id] = ("the PII detector's answer is not the JSON asked for: "
+                                       f"{json.dumps(got.answers[rec_id][:80])}")
             else:
                 self.listed[rec_id] = found
 
     def _clean(self, text: str, listed: dict[str, list[str]]) -> tuple[str, dict[str, int]]:
-        text, counts = find_pii(text, self.o.types)
+        text, counts = find_pii(text, self.options.types)
         for kind in ("address", "person"):  # an address may hold a name: addresses first
             for item in sorted(set(listed.get(kind, [])), key=len, reverse=True):
                 n = text.count(item)
@@ -198,7 +197,7 @@ class Pii(Filter):
         if not total:
             return None
         summary = ", ".join(f"{k} x{v}" for k, v in sorted(total.items()))
-        if self.o.action == "drop":
+        if self.options.action == "drop":
             return f"contains PII: {summary}"
         for message, text in zip(rec["messages"], redacted, strict=True):
             message["content"] = text

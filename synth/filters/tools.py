@@ -35,7 +35,7 @@ class Tools(Filter):
     Options = ToolsOptions
 
     def check(self, rec: dict[str, Any]) -> str | None:
-        o = self.o
+        o = self.options
         use = rec.get("tool_use") or {}
         for error in use.get("errors") or []:
             if error.get("kind") in o.reject:

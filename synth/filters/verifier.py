@@ -13,6 +13,7 @@ from typing import Any
 
 from synth.configtools import help_field
 from synth.filters.base import Filter
+from synth.runtime import file_sha256
 
 
 def load_function(spec: str, where: str) -> Callable[[dict[str, Any]], Any]:
@@ -33,8 +34,6 @@ def load_function(spec: str, where: str) -> Callable[[dict[str, Any]], Any]:
 def function_source_sha(spec: str) -> str | None:
     """SHA-256 of the file that defines a 'module:function' (its code is an input of every
     decision it makes), or None when it has no file."""
-    from synth.runtime import file_sha256
-
     module = importlib.import_module(spec.partition(":")[0])
     source = getattr(module, "__file__", None)
     return file_sha256(Path(source)) if source else None
@@ -59,14 +58,14 @@ class Verifier(Filter):
         return {"source": function_source_sha(o.function)}
 
     def setup(self) -> None:
-        self.func = load_function(self.o.function, f"{self.where}.function")
+        self.func = load_function(self.options.function, f"{self.where}.function")
 
     def check(self, rec: dict[str, Any]) -> str | None:
         try:
             result = self.func(rec)
         except Exception as exc:  # a verifier's bug rejects the record, with the error as reason
-            return f"verifier {self.o.function} raised {type(exc).__name__}: {exc}"
+            return f"verifier {self.options.function} raised {type(exc).__name__}: {exc}"
         ok, reason = (result if isinstance(result, tuple) else (result, None))
         if ok:
             return None
-        return f"verifier {self.o.function}: {reason or 'rejected'}"
+        return f"verifier {self.options.function}: {reason or 'rejected'}"

@@ -8,6 +8,7 @@ import yaml
 
 from sft.distill import last_assistant_span, topk_kl
 from synth.config import load_recipe
+from synth.plan import load_plan
 
 from conftest import make_recipe, read_jsonl, write_jsonl
 
@@ -61,14 +62,14 @@ def test_distillation_trains_on_the_teachers_logprobs(tmp_path, tiny_model, vllm
     from synth.generate import run_generate
 
     path = _kd_recipe(tmp_path, tiny_model)
-    recipe = load_recipe(path)
-    run_generate(recipe, vllm_backend, progress=False)
-    run_curate(recipe, progress=False)
+    plan = load_plan(path)
+    run_generate(plan, vllm_backend, progress=False)
+    run_curate(plan, progress=False)
     train = tmp_path / "out" / "train.jsonl"
     rows = read_jsonl(train)
     rows[0]["messages"][-1]["content"] += " [REDACTED]"
     write_jsonl(train, rows)
-    metrics = run_train(load_recipe(path), progress=False)
+    metrics = run_train(load_plan(path), progress=False)
     counts = metrics["data"]["distill"]
     assert counts["changed"] == 1 and counts.get("with", 0) + counts.get("partly aligned", 0) >= len(rows) // 2
     assert sum(counts.values()) == len(rows)
@@ -78,11 +79,11 @@ def test_distillation_trains_on_the_teachers_logprobs(tmp_path, tiny_model, vllm
 
     # Bad input: one clear error each.
     with pytest.raises(ValueError, match=r"sft.distill.top_k: 8 is more than the 5 logprobs captured"):
-        run_train(load_recipe(path, ["sft.distill.top_k=8"]), progress=False)
+        run_train(load_plan(path, ["sft.distill.top_k=8"]), progress=False)
     with pytest.raises(ValueError, match=r"sft.distill.require: 1 training examples|sft.distill.require: \d+ training examples"):
-        run_train(load_recipe(path, ["sft.distill.require=true"]), progress=False)
+        run_train(load_plan(path, ["sft.distill.require=true"]), progress=False)
     with pytest.raises(ValueError, match=r"sft.distill: .*nowhere.bin does not exist; generate with sampling.logprobs"):
-        run_train(load_recipe(path, [f"sft.distill.logprobs={tmp_path / 'nowhere.bin'}"]), progress=False)
+        run_train(load_plan(path, [f"sft.distill.logprobs={tmp_path / 'nowhere.bin'}"]), progress=False)
 
 
 @pytest.mark.slow
@@ -94,11 +95,11 @@ def test_a_student_with_another_vocabulary_is_refused(tmp_path, tiny_model, vllm
 
     other = build_tiny_model(tmp_path / "other-student", vocab_size=1024)
     path = _kd_recipe(tmp_path, tiny_model, student=other)
-    recipe = load_recipe(path)
-    run_generate(recipe, vllm_backend, progress=False)
-    run_curate(recipe, progress=False)
+    plan = load_plan(path)
+    run_generate(plan, vllm_backend, progress=False)
+    run_curate(plan, progress=False)
     with pytest.raises(ValueError, match="use another vocabulary than the student") as err:
-        run_train(recipe, progress=False)
+        run_train(plan, progress=False)
     assert "share a tokenizer" in str(err.value)
 
 

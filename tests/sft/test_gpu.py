@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sft.train import prepare, train_and_save
-from synth.config import load_recipe
+from synth.plan import load_plan
 
 pytestmark = pytest.mark.gpu
 
@@ -19,7 +19,7 @@ def test_flex_attention_packs_and_trains_in_bf16(tmp_path, tiny_model):
     from test_train import sft_recipe
 
     path = sft_recipe(tmp_path, tiny_model, attn_implementation="flex_attention", max_steps=30, batch_size=8)
-    p = prepare(load_recipe(path), progress=False)
+    p = prepare(load_plan(path), progress=False)
     assert p.packing and p.attn == "flex_attention" and p.on_gpu
     metrics = train_and_save(p)
     assert metrics["last_loss"] < metrics["first_loss"] - 0.3

@@ -12,7 +12,7 @@ import torch
 from sft.evaluate import run_eval
 from sft.merge import run_merge
 from sft.train import run_train
-from synth.config import load_recipe
+from synth.plan import load_plan
 from synth.textmetrics import exact_match, rouge_l
 
 from conftest import write_jsonl
@@ -34,7 +34,7 @@ def trained(tmp_path_factory, tiny_model):
     rows = teacher_rows(48)
     path = sft_recipe(tmp, tiny_model, rows=rows[:40], max_steps=40, eval_limit=8, eval_max_new_tokens=16)
     write_jsonl(tmp / "out" / "eval.jsonl", rows[40:])
-    run_train(load_recipe(path), progress=False)
+    run_train(load_plan(path), progress=False)
     return tmp, path
 
 
@@ -45,7 +45,7 @@ def test_merge_matches_the_adapter(trained, tiny_model, dtype, tol):
     from transformers import AutoModelForCausalLM
 
     tmp, path = trained
-    report = run_merge(load_recipe(path), dtype=dtype)
+    report = run_merge(load_plan(path), dtype=dtype)
     assert report["max_abs_logit_diff"] <= tol
     merged = AutoModelForCausalLM.from_pretrained(tmp / "out" / "student" / "merged", dtype=torch.float32)
     assert not any("lora" in n for n, _ in merged.named_parameters()), "a standalone model, no adapter layers"
@@ -60,7 +60,7 @@ def test_merge_matches_the_adapter(trained, tiny_model, dtype, tol):
 @pytest.mark.slow
 def test_eval_with_transformers_generate(trained):
     _, path = trained
-    report = run_eval(load_recipe(path, ["sft.eval_engine=transformers"]))
+    report = run_eval(load_plan(path, ["sft.eval_engine=transformers"]))
     ppl = report["perplexity_of_teacher_answers"]
     assert report["examples"] == 8 and report["engine"] == "transformers"
     assert ppl["after"] < ppl["before"], "training on teacher answers lowers their perplexity"
@@ -90,11 +90,11 @@ def test_merge_and_eval_need_an_adapter_and_a_split(tmp_path, tiny_model):
 
     path = sft_recipe(tmp_path, tiny_model)
     with pytest.raises(ValueError, match="no adapter in"):
-        run_merge(load_recipe(path))
+        run_merge(load_plan(path))
     with pytest.raises(ValueError, match="no held-out split"):
-        run_eval(load_recipe(path))
+        run_eval(load_plan(path))
     with pytest.raises(ValueError, match="never a quantised type"):
-        run_merge(load_recipe(path), dtype="int4")
+        run_merge(load_plan(path), dtype="int4")
 
 
 @pytest.mark.slow
@@ -108,7 +108,7 @@ def test_eval_judge_win_rate_through_a_real_server(trained, vllm_server, monkeyp
         judge = tmp / "judge.yaml"
         judge.write_text(json.dumps({"teacher": {"backend": "openai", "model": SERVED_MODEL, "openai": {
             "base_url": proxy.url, "api_key_env": "STILLHOUSE_TEST_KEY"}}, "max_tokens": 8}))
-        report = run_eval(load_recipe(path, ["sft.eval_engine=transformers", f"sft.eval_judge={judge}"]))
+        report = run_eval(load_plan(path, ["sft.eval_engine=transformers", f"sft.eval_judge={judge}"]))
         assert len(proxy.hits) == 8
     j = report["judge"]
     assert j["teacher_wins"] + j["student_wins"] + j["ties"] + j["unparseable"] + j["failed"] == 8
@@ -128,7 +128,7 @@ def test_full_finetune_trains_every_weight_then_evaluates_with_two_engines(tmp_p
     path = sft_recipe(tmp_path, tiny_model, rows=rows[:40], full_finetune=True, learning_rate=1e-3,
                       eval_limit=6, eval_max_new_tokens=12)
     write_jsonl(tmp_path / "out" / "eval.jsonl", rows[40:])
-    metrics = run_train(load_recipe(path), progress=False)
+    metrics = run_train(load_plan(path), progress=False)
     model_dir = tmp_path / "out" / "student" / "model"
     assert metrics["saved"] == str(model_dir) and metrics["last_loss"] < metrics["first_loss"] - 0.3
     assert not (tmp_path / "out" / "student" / "adapter").exists()
@@ -138,13 +138,13 @@ def test_full_finetune_trains_every_weight_then_evaluates_with_two_engines(tmp_p
     assert _dir_digest(tiny_model) == base_digest
 
     with pytest.raises(ValueError, match="already a standalone model"):
-        run_merge(load_recipe(path))
+        run_merge(load_plan(path))
     # vLLM in a child process, as a user runs it (engines built in the test process keep their memory).
     res = subprocess.run([sys.executable, "-m", "sft.cli", "eval", str(path), "--set", "sft.eval_engine=vllm"],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     by_vllm = json.loads((tmp_path / "out" / "student" / "eval_report.json").read_text())
-    by_hf = run_eval(load_recipe(path, ["sft.eval_engine=transformers"]))
+    by_hf = run_eval(load_plan(path, ["sft.eval_engine=transformers"]))
     assert by_vllm["engine"] == "vllm" and by_vllm["examples"] == 6
     ppl = by_hf["perplexity_of_teacher_answers"]
     assert ppl["after"] < ppl["before"]

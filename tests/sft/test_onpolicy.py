@@ -5,6 +5,7 @@ import json
 import pytest
 
 from synth.config import load_recipe
+from synth.plan import load_plan
 
 from conftest import make_recipe, write_jsonl
 
@@ -33,13 +34,13 @@ def test_on_policy_distillation_scores_the_students_samples_with_the_teacher(tmp
     from sft.train import run_train
     from synth.tiny_model import build_tiny_model
 
-    same = run_train(load_recipe(_on_policy_recipe(tmp_path / "same", tiny_model, tiny_model, steps=1)), progress=False)
+    same = run_train(load_plan(_on_policy_recipe(tmp_path / "same", tiny_model, tiny_model, steps=1)), progress=False)
     assert same["data"]["distill"] == {"on_policy prompts": 16}
     assert abs(_losses(same)[0]) < 1e-3, _losses(same)
 
     student = build_tiny_model(tmp_path / "student", seed=1)
     path = _on_policy_recipe(tmp_path / "other", tiny_model, student, steps=12)
-    metrics = run_train(load_recipe(path), progress=False)
+    metrics = run_train(load_plan(path), progress=False)
     losses = _losses(metrics)
     assert len(losses) == 12 and losses[0] > 0.01, losses
     assert sum(losses[-3:]) / 3 < 0.5 * losses[0], losses
@@ -55,22 +56,22 @@ def test_on_policy_needs_a_teacher_with_the_students_tokenizer(tmp_path, tiny_mo
     other = build_tiny_model(tmp_path / "other-teacher", vocab_size=1024)
     path = _on_policy_recipe(tmp_path, tiny_model, tiny_model, teacher=str(other))
     with pytest.raises(ValueError, match="has another vocabulary than the student") as err:
-        run_train(load_recipe(path), progress=False)
+        run_train(load_plan(path), progress=False)
     assert "share a tokenizer" in str(err.value)
 
 
 def test_on_policy_teacher_and_its_stage_key(tmp_path, tiny_model):
     """The teacher defaults to the recipe's local teacher and is part of the train key; an API
     teacher cannot score in the training process: an error naming sft.distill.teacher."""
-    from synth.stages import train_key
+    from sft.train import train_key
 
     path = _on_policy_recipe(tmp_path, tiny_model, tiny_model)
-    key = train_key(load_recipe(path))
+    key = train_key(load_plan(path))
     assert "teacher" in key and "teacher_logprobs" not in key
-    other = train_key(load_recipe(path, [f"sft.distill.teacher={tmp_path}/another-model"]))
+    other = train_key(load_plan(path, [f"sft.distill.teacher={tmp_path}/another-model"]))
     assert other["teacher"] != key["teacher"]
-    assert json.dumps(train_key(load_recipe(path, ["sft.distill.beta=1.0"]))["sft"]) != json.dumps(key["sft"])
-    api = load_recipe(path, ["teacher.backend=openai", "teacher.model=some-hosted-model"])
+    assert json.dumps(train_key(load_plan(path, ["sft.distill.beta=1.0"]))["sft"]) != json.dumps(key["sft"])
+    api = load_plan(path, ["teacher.backend=openai", "teacher.model=some-hosted-model"])
     with pytest.raises(ValueError, match="sft.distill.teacher: on_policy needs a teacher it can run in the training process"):
         train_key(api)
     with pytest.raises(ValueError, match=r"sft.distill.beta: must be in \[0, 1\]"):

@@ -4,6 +4,9 @@ import pytest
 
 from sft.config import LoraOptions, SftConfig
 from synth.configtools import from_dict, reference
+from synth.plan import load_plan
+
+from conftest import make_recipe
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -31,9 +34,10 @@ def test_readme_names_every_sft_key():
         ({"modle": "m"}, "sft.modle: unknown key. Did you mean 'model'?"),
     ],
 )
-def test_invalid_sft_config(section, message):
+def test_invalid_sft_config(tmp_path, section, message):
+    path = make_recipe(tmp_path, "org/unused", extra={"sft": section})
     with pytest.raises(ValueError) as err:
-        from_dict(SftConfig, section, prefix="sft")
+        load_plan(path)  # the sft section's keys (load_recipe), then the eval verifier (resolve)
     assert message in str(err.value)
 
 

@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from sft.train import prepare, run_train
-from synth.config import load_recipe
+from synth.plan import load_plan
 
 from conftest import TEST_DATA, _free_port, make_recipe, write_jsonl
 
@@ -55,7 +55,7 @@ def test_lora_training_lowers_the_loss_and_leaves_the_base_alone(tmp_path, tiny_
     from transformers import AutoModelForCausalLM
 
     base_digest = _dir_digest(tiny_model)
-    metrics = run_train(load_recipe(sft_recipe(tmp_path, tiny_model)), progress=False)
+    metrics = run_train(load_plan(sft_recipe(tmp_path, tiny_model)), progress=False)
     assert metrics["global_step"] == 30
     assert metrics["last_loss"] < metrics["first_loss"] - 0.3, (metrics["first_loss"], metrics["last_loss"])
     student = tmp_path / "out" / "student"
@@ -97,7 +97,7 @@ def _trainable_segments(batch):
 @pytest.mark.parametrize("packing", [False, True])
 def test_label_mask_is_exactly_the_assistant_turns_and_end_of_turn(tmp_path, tiny_model, packing):
     rows = teacher_rows(12)
-    p = prepare(load_recipe(sft_recipe(tmp_path, tiny_model, rows=rows, packing=packing)), progress=False)
+    p = prepare(load_plan(sft_recipe(tmp_path, tiny_model, rows=rows, packing=packing)), progress=False)
     tok = p.tokenizer
     expected = {r["messages"][-1]["content"] + "<|im_end|>" for r in rows}
     trainer = p.trainer
@@ -121,13 +121,13 @@ def _padding_share(trainer):
 
 def test_group_by_length_cuts_the_padding(tmp_path, tiny_model):
     rows = teacher_rows(200, max_chars=1500)  # from one line to a page: mixed lengths
-    shuffled = prepare(load_recipe(sft_recipe(tmp_path, tiny_model, rows=rows, batch_size=4)), progress=False)
+    shuffled = prepare(load_plan(sft_recipe(tmp_path, tiny_model, rows=rows, batch_size=4)), progress=False)
     assert not shuffled.packing and not shuffled.grouped, "off by default"
-    grouped = prepare(load_recipe(sft_recipe(tmp_path, tiny_model, rows=rows, batch_size=4, group_by_length=True)), progress=False)
+    grouped = prepare(load_plan(sft_recipe(tmp_path, tiny_model, rows=rows, batch_size=4, group_by_length=True)), progress=False)
     assert grouped.grouped
     grouped_share, shuffled_share = _padding_share(grouped.trainer), _padding_share(shuffled.trainer)
     assert grouped_share < 0.5 * shuffled_share, (grouped_share, shuffled_share)
-    packed = prepare(load_recipe(sft_recipe(tmp_path, tiny_model, rows=rows, packing=True, group_by_length=True)), progress=False)
+    packed = prepare(load_plan(sft_recipe(tmp_path, tiny_model, rows=rows, packing=True, group_by_length=True)), progress=False)
     assert packed.packing and not packed.grouped, "packed rows are full: nothing to group"
 
 
@@ -142,7 +142,7 @@ def test_training_never_hashes_a_dataset_table(tmp_path, tiny_model, monkeypatch
     monkeypatch.setattr(datasets.arrow_dataset, "generate_fingerprint", unpicklable)
     path = sft_recipe(tmp_path, tiny_model, max_steps=2, eval_steps=1)
     write_jsonl(tmp_path / "out" / "eval.jsonl", teacher_rows(44)[40:])
-    metrics = run_train(load_recipe(path), progress=False)
+    metrics = run_train(load_plan(path), progress=False)
     assert metrics["global_step"] == 2 and metrics["eval_loss"] is not None
 
 
@@ -150,11 +150,11 @@ def test_resume_from_the_last_checkpoint_of_the_same_inputs(tmp_path, tiny_model
     import shutil
 
     path = sft_recipe(tmp_path, tiny_model, max_steps=6, save_steps=2)
-    first = run_train(load_recipe(path), progress=False)
+    first = run_train(load_plan(path), progress=False)
     assert first["global_step"] == 6 and first["resumed_from"] is None
     ckpts = tmp_path / "out" / "student" / "checkpoints"
     shutil.rmtree(ckpts / "checkpoint-6")  # as if the run had stopped after step 4
-    second = run_train(load_recipe(path), progress=False)
+    second = run_train(load_plan(path), progress=False)
     assert second["resumed_from"].endswith("checkpoint-4") and second["global_step"] == 6
 
 
@@ -165,10 +165,11 @@ def test_checkpoints_of_other_inputs_are_never_resumed(tmp_path, tiny_model, cha
     fail to load the old rank), the old checkpoints moved aside, the stamp names the new data."""
     from peft import PeftConfig
 
-    from synth.stages import read_stamp, train_key
+    from sft.train import train_key
+    from synth.stage import read_stamp
 
     path = sft_recipe(tmp_path, tiny_model, max_steps=4, save_steps=2)
-    first = run_train(load_recipe(path), progress=False)
+    first = run_train(load_plan(path), progress=False)
     assert first["global_step"] == 4
     student = tmp_path / "out" / "student"
     first_weights = (student / "adapter" / "adapter_model.safetensors").read_bytes()
@@ -177,13 +178,13 @@ def test_checkpoints_of_other_inputs_are_never_resumed(tmp_path, tiny_model, cha
         write_jsonl(tmp_path / "out" / "train.jsonl", teacher_rows(60)[20:])
     else:
         overrides = ["sft.lora.r=4", "sft.lora.alpha=8"]
-    recipe = load_recipe(path, overrides)
-    second = run_train(recipe, progress=False)
+    plan = load_plan(path, overrides)
+    second = run_train(plan, progress=False)
     assert second["resumed_from"] is None and second["global_step"] == 4
     assert (student / "adapter" / "adapter_model.safetensors").read_bytes() != first_weights, "new weights were trained"
     assert (student / "checkpoints.previous" / "checkpoint-4").is_dir(), "the old checkpoints are kept aside"
-    assert read_stamp(student / "trained_on.json") == train_key(recipe)
-    assert json.loads((student / "checkpoints" / "key.json").read_text()) == train_key(recipe)
+    assert read_stamp(student / "trained_on.json") == train_key(plan)
+    assert json.loads((student / "checkpoints" / "key.json").read_text()) == train_key(plan)
     if change == "lora_rank":
         assert PeftConfig.from_pretrained(student / "adapter").r == 4
 
@@ -192,7 +193,7 @@ def test_save_and_reload_give_the_same_outputs(tmp_path, tiny_model):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    p = prepare(load_recipe(sft_recipe(tmp_path, tiny_model, max_steps=5)), progress=False)
+    p = prepare(load_plan(sft_recipe(tmp_path, tiny_model, max_steps=5)), progress=False)
     from sft.train import train_and_save
 
     train_and_save(p)
@@ -223,7 +224,7 @@ def test_bad_input_is_one_clear_error(tmp_path, tiny_model, rows_or_text, sft, m
     if rows_or_text is not None:
         (tmp_path / "out" / "train.jsonl").write_text(rows_or_text)
     with pytest.raises(ValueError) as err:
-        prepare(load_recipe(path), progress=False)
+        prepare(load_plan(path), progress=False)
     assert message in str(err.value)
 
 
@@ -232,7 +233,7 @@ def test_template_without_generation_markers(tmp_path, tiny_model):
     plain.write_text("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}<|im_end|>\n{% endfor %}")
     path = sft_recipe(tmp_path, tiny_model, chat_template=str(plain))
     with pytest.raises(ValueError, match=r"no \{% generation %\} markers"):
-        prepare(load_recipe(path), progress=False)
+        prepare(load_plan(path), progress=False)
 
 
 def test_cli_error_is_one_line(tmp_path, tiny_model):
@@ -319,8 +320,8 @@ def test_training_leaves_a_process_group_it_did_not_launch(tmp_path, tiny_model)
     script = (
         "import sys, torch.distributed as dist\n"
         "dist.init_process_group('gloo', init_method='tcp://127.0.0.1:0', rank=0, world_size=1)\n"
-        "from sft.train import run_train\nfrom synth.config import load_recipe\n"
-        "run_train(load_recipe(sys.argv[1]), progress=False)\n"
+        "from sft.train import run_train\nfrom synth.plan import load_plan\n"
+        "run_train(load_plan(sys.argv[1]), progress=False)\n"
         "assert dist.is_initialized(), 'the group was closed'\n"
         "dist.destroy_process_group()\n"
     )

@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from synth.config import load_recipe
-from synth.generate import plan_requests, run_generate
+from synth.generate import run_generate
+from synth.plan import load_plan
 
 from conftest import SERVED_MODEL, SERVER_KEY, make_recipe, read_jsonl
 from killing import sigkill_when
@@ -49,9 +50,9 @@ def _no_key_in(directory, *texts):
 
 def test_messages_api_with_system_prompt_429_and_529_retried(tmp_path, server):
     questions = ["What is 2 plus 2?", "Name a colour. [429]", "Name a fruit. [529]", "Say hello."]
-    recipe = load_recipe(_recipe(tmp_path, server, questions))
-    manifest = run_generate(recipe, progress=False)
-    raw = read_jsonl(recipe.layout.raw)
+    plan = load_plan(_recipe(tmp_path, server, questions))
+    manifest = run_generate(plan, progress=False)
+    raw = read_jsonl(plan.layout.raw)
     assert manifest["counts"]["kept"] == 4 and manifest["counts"]["failed"] == 0
     assert all(r["teacher"]["backend"] == "anthropic" and r["finish_reason"] in ("stop", "length") for r in raw)
     assert all(r["usage"]["prompt_tokens"] > 0 and r["usage"]["completion_tokens"] > 0 for r in raw)
@@ -87,23 +88,23 @@ def test_logprobs_are_refused_for_an_anthropic_teacher(tmp_path, server):
 def test_message_batches_answer_as_sync_does_and_account_for_every_request(tmp_path, server):
     questions = [f"What is {i} times {i}?" for i in range(5)] + ["Count to three. [bad-request]", "Spell cat. [no-result]"]
     path = _recipe(tmp_path, server, questions, batch=True, batch_max_requests=4)
-    recipe = load_recipe(path)
-    manifest = run_generate(recipe, progress=False)
+    plan = load_plan(path)
+    manifest = run_generate(plan, progress=False)
     c = manifest["counts"]
     assert c["kept"] == 5 and c["failed"] == 2 and c["requests"] == c["kept"] + c["failed"] + c["pending"]
     assert server.creates == 2 and len(server.message_batches) == 2
-    failures = {f["seed"]["fields"]["question"]: f["error"] for f in read_jsonl(recipe.layout.failures)}
+    failures = {f["seed"]["fields"]["question"]: f["error"] for f in read_jsonl(plan.layout.failures)}
     assert failures[questions[5]]["type"] == "BatchRequestErrored" and "max_tokens" in failures[questions[5]]["message"]
     assert failures[questions[5]]["code"] == "invalid_request_error"
     assert failures[questions[6]]["type"] == "BatchEnded" and "without a result" in failures[questions[6]]["message"]
     assert manifest["cost_usd"] == pytest.approx(0.5 * manifest["cost_usd_sync"], abs=1e-6) and manifest["cost_usd"] > 0
-    raw = read_jsonl(recipe.layout.raw)
+    raw = read_jsonl(plan.layout.raw)
     assert all(r["batch_id"].startswith("msgbatch-") for r in raw)
     assert max(server.executed.values()) == 1
 
     # Synchronous mode plans the same ids and gives the same (greedy) answers.
-    sync = load_recipe(_recipe(tmp_path, server, questions[:5], out="sync"))
-    assert {r.id for r in plan_requests(sync).requests} <= {r["id"] for r in raw}
+    sync = load_plan(_recipe(tmp_path, server, questions[:5], out="sync"))
+    assert {r.id for r in sync.requests.requests} <= {r["id"] for r in raw}
     run_generate(sync, progress=False)
     by_id = {r["id"]: r["messages"][-1]["content"] for r in raw}
     assert all(by_id[r["id"]] == r["messages"][-1]["content"] for r in read_jsonl(sync.layout.raw))
@@ -113,7 +114,7 @@ def test_message_batches_answer_as_sync_does_and_account_for_every_request(tmp_p
 def test_a_message_batch_that_expires_and_a_kill_while_creating_are_recovered(tmp_path, server):
     questions = [f"Name the number {i}." for i in range(6)]
     path = _recipe(tmp_path, server, questions, batch=True)
-    recipe = load_recipe(path)
+    plan = load_plan(path)
     # Killed after the server created the batch, before the client heard its id: message
     # batches have no metadata, so the rerun finds it by elimination (new, unrecorded, 6 requests).
     server.expire_after = 3
@@ -122,12 +123,12 @@ def test_a_message_batch_that_expires_and_a_kill_while_creating_are_recovered(tm
     sigkill_when([*SYNTH, "generate", str(path), "--no-progress"], server.hung.is_set, 120, env=env)
     server.hang_create.clear()
     server.release()
-    manifest = run_generate(recipe, progress=False)
+    manifest = run_generate(plan, progress=False)
     assert server.creates == 1
     assert manifest["counts"]["kept"] == 3 and manifest["counts"]["failed"] == 3
-    assert {f["error"]["type"] for f in read_jsonl(recipe.layout.failures)} == {"BatchExpired"}
+    assert {f["error"]["type"] for f in read_jsonl(plan.layout.failures)} == {"BatchExpired"}
     # The next run sends the expired three, once.
-    manifest = run_generate(recipe, progress=False)
+    manifest = run_generate(plan, progress=False)
     assert server.creates == 2 and manifest["counts"]["kept"] == 6 and manifest["status"] == "complete"
-    assert sorted(server.executed) == sorted(r["id"] for r in read_jsonl(recipe.layout.raw))
+    assert sorted(server.executed) == sorted(r["id"] for r in read_jsonl(plan.layout.raw))
     assert max(server.executed.values()) == 1

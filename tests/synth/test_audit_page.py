@@ -32,8 +32,8 @@ def run_dir(tmp_path_factory, tiny_model):
         ("Tell me how to pick a lock.", "I'm sorry, but as an AI language model I cannot help with that."),
     ]
     curate = {"filters": ["truncated", "empty", "refusal", {"name": "exact_dedup", "field": "answer"}, "pii"]}
-    _, recipe, _ = build_raw(tmp, tiny_model, items, curate)
-    run_curate(recipe, progress=False)
+    _, plan, _ = build_raw(tmp, tiny_model, items, curate)
+    run_curate(plan, progress=False)
     student = tmp / "out" / "student"
     student.mkdir()
     (student / "eval_report.json").write_text(json.dumps({  # the shape sft eval writes

@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from synth.backends.batch import read_ledger
-from synth.config import load_recipe
-from synth.generate import dry_run, plan_requests, run_generate
+from synth.generate import dry_run, run_generate
+from synth.plan import load_plan
 
 from conftest import SERVER_KEY, make_api_recipe, read_jsonl
 from killing import sigkill_when
@@ -53,9 +53,9 @@ def _counts_add_up(manifest) -> None:
 
 def test_batch_mode_answers_as_sync_mode_does_and_switches_with_one_key(tmp_path, server):
     path = _recipe(tmp_path, server, batch_max_requests=3)
-    recipe = load_recipe(path)
-    manifest = run_generate(recipe, progress=False)
-    raw = read_jsonl(recipe.layout.raw)
+    plan = load_plan(path)
+    manifest = run_generate(plan, progress=False)
+    raw = read_jsonl(plan.layout.raw)
     assert len(raw) == 7 and manifest["status"] == "complete" and manifest["counts"]["failed"] == 0
     assert server.uploads == 3 and server.creates == 3  # 3 + 3 + 1 requests
     assert len({r["batch_id"] for r in raw}) == 3
@@ -68,42 +68,42 @@ def test_batch_mode_answers_as_sync_mode_does_and_switches_with_one_key(tmp_path
 
     # The same requests and ids in synchronous mode: switching keeps the finished work ...
     _set_batch(path, False)
-    sync = load_recipe(path)
-    assert [r.id for r in plan_requests(sync).requests] == [r.id for r in plan_requests(recipe).requests]
+    sync = load_plan(path)
+    assert [r.id for r in sync.requests.requests] == [r.id for r in plan.requests.requests]
     again = run_generate(sync, progress=False)
     assert again["counts"]["cached"] == 7 and again["counts"]["generated"] == 0 and server.sync_calls == 0
     # ... and the answers are the ones synchronous calls give (greedy, same server).
     fresh = yaml.safe_load(path.read_text())
     fresh["output"]["dir"] = str(tmp_path / "sync-out")
     (tmp_path / "sync.yaml").write_text(yaml.safe_dump(fresh))
-    sync_fresh = load_recipe(tmp_path / "sync.yaml")
+    sync_fresh = load_plan(tmp_path / "sync.yaml")
     run_generate(sync_fresh, progress=False)
     assert server.sync_calls == 7
     by_id = {r["id"]: r["messages"][-1]["content"] for r in read_jsonl(sync_fresh.layout.raw)}
     assert {r["id"]: r["messages"][-1]["content"] for r in raw} == by_id
     # A rerun in batch mode sends nothing.
     _set_batch(path, True)
-    run_generate(load_recipe(path), progress=False)
+    run_generate(load_plan(path), progress=False)
     assert server.uploads == 3 and server.creates == 3
     # Records lost after their batch was collected (a machine crash before the fsync): the
     # next run downloads that batch's output again, and submits nothing.
-    lines = recipe.layout.raw.read_text().splitlines(keepends=True)
-    recipe.layout.raw.write_text("".join(lines[:4]))
-    manifest = run_generate(load_recipe(path), progress=False)
+    lines = plan.layout.raw.read_text().splitlines(keepends=True)
+    plan.layout.raw.write_text("".join(lines[:4]))
+    manifest = run_generate(load_plan(path), progress=False)
     assert manifest["counts"]["generated"] == 3 and manifest["counts"]["kept"] == 7
     assert server.uploads == 3 and server.creates == 3
-    assert {r["id"]: r["messages"][-1]["content"] for r in read_jsonl(recipe.layout.raw)} == by_id
+    assert {r["id"]: r["messages"][-1]["content"] for r in read_jsonl(plan.layout.raw)} == by_id
     _no_request_ran_twice(server)
 
 
 def test_error_lines_and_missing_results_are_failures_that_the_next_run_resends(tmp_path, server):
     questions = ["What is 1 plus 1? [bad-request]", "What is 2 plus 2? [server-error]", "What is 3 plus 3? [no-result]",
                  "What is 4 plus 4?", "What is 5 plus 5?"]
-    recipe = load_recipe(_recipe(tmp_path, server, questions))
-    manifest = run_generate(recipe, progress=False)
+    plan = load_plan(_recipe(tmp_path, server, questions))
+    manifest = run_generate(plan, progress=False)
     _counts_add_up(manifest)
     assert manifest["counts"]["kept"] == 2 and manifest["counts"]["failed"] == 3
-    failures = {row["seed"]["fields"]["question"]: row["error"] for row in read_jsonl(recipe.layout.failures)}
+    failures = {row["seed"]["fields"]["question"]: row["error"] for row in read_jsonl(plan.layout.failures)}
     batch_id = next(iter(server.batches))
     assert failures[questions[0]]["type"] == "BatchRequest400" and failures[questions[0]]["status"] == 400
     assert "max_tokens" in failures[questions[0]]["message"]
@@ -112,7 +112,7 @@ def test_error_lines_and_missing_results_are_failures_that_the_next_run_resends(
     assert all(e["batch_id"] == batch_id for e in failures.values())
 
     # The next run resends the three (and only them), in a batch of their own.
-    again = run_generate(recipe, progress=False)
+    again = run_generate(plan, progress=False)
     assert server.creates == 2
     second = server.batches[sorted(server.batches)[-1]]
     assert second["request_counts"]["total"] == 3
@@ -121,18 +121,18 @@ def test_error_lines_and_missing_results_are_failures_that_the_next_run_resends(
 
 
 def test_a_batch_that_expires_half_done_keeps_its_half_and_the_rest_is_resent_once(tmp_path, server):
-    recipe = load_recipe(_recipe(tmp_path, server, [f"Name the number {i}." for i in range(6)]))
+    plan = load_plan(_recipe(tmp_path, server, [f"Name the number {i}." for i in range(6)]))
     server.expire_after = 3
-    manifest = run_generate(recipe, progress=False)
+    manifest = run_generate(plan, progress=False)
     assert manifest["counts"]["kept"] == 3 and manifest["counts"]["failed"] == 3
-    failures = read_jsonl(recipe.layout.failures)
+    failures = read_jsonl(plan.layout.failures)
     assert {f["error"]["type"] for f in failures} == {"BatchExpired"}
     assert "ended expired before this request ran" in failures[0]["error"]["message"]
-    manifest = run_generate(recipe, progress=False)
+    manifest = run_generate(plan, progress=False)
     assert manifest["counts"]["kept"] == 6 and manifest["counts"]["failed"] == 0 and manifest["status"] == "complete"
-    assert server.creates == 2 and sorted(server.executed) == sorted(r["id"] for r in read_jsonl(recipe.layout.raw))
+    assert server.creates == 2 and sorted(server.executed) == sorted(r["id"] for r in read_jsonl(plan.layout.raw))
     _no_request_ran_twice(server)
-    assert not read_jsonl(recipe.layout.failures)
+    assert not read_jsonl(plan.layout.failures)
 
 
 @pytest.mark.parametrize("hang", ["upload", "create"])
@@ -140,7 +140,7 @@ def test_a_kill_while_uploading_or_creating_never_submits_twice(tmp_path, server
     """The server does the work, then the client is killed before it hears back: the next run
     finds the file by its name and the batch by its metadata instead of sending them again."""
     path = _recipe(tmp_path, server)
-    recipe = load_recipe(path)
+    plan = load_plan(path)
     (server.hang_upload if hang == "upload" else server.hang_create).set()
     env = {**os.environ, "STILLHOUSE_TEST_KEY": SERVER_KEY}
     sigkill_when([*SYNTH, "generate", str(path), "--no-progress"], server.hung.is_set, 120, env=env)
@@ -148,35 +148,35 @@ def test_a_kill_while_uploading_or_creating_never_submits_twice(tmp_path, server
     server.hang_create.clear()
     server.release()
     assert server.uploads == 1 and server.creates == (1 if hang == "create" else 0)
-    manifest = run_generate(recipe, progress=False)
+    manifest = run_generate(plan, progress=False)
     assert server.uploads == 1 and server.creates == 1
-    assert manifest["counts"]["kept"] == 7 and len(read_jsonl(recipe.layout.raw)) == 7
+    assert manifest["counts"]["kept"] == 7 and len(read_jsonl(plan.layout.raw)) == 7
     _no_request_ran_twice(server)
-    events = [e["event"] for e in read_jsonl(recipe.layout.batches)]
+    events = [e["event"] for e in read_jsonl(plan.layout.batches)]
     assert events.count("part") == 1 and events.count("submitted") == 1
 
 
 def test_a_kill_while_polling_reattaches_and_no_wait_returns_at_once(tmp_path, server):
     path = _recipe(tmp_path, server, batch_max_requests=4)
-    recipe = load_recipe(path)
+    plan = load_plan(path)
     server.hold_batches.set()
     env = {**os.environ, "STILLHOUSE_TEST_KEY": SERVER_KEY}
     sigkill_when([*SYNTH, "generate", str(path), "--no-progress"],
-                 lambda: sum(p.batch_id is not None for p in read_ledger(recipe.layout.batches).values()) == 2, 120, env=env)
-    assert server.creates == 2 and not read_jsonl(recipe.layout.raw)
+                 lambda: sum(p.batch_id is not None for p in read_ledger(plan.layout.batches).values()) == 2, 120, env=env)
+    assert server.creates == 2 and not read_jsonl(plan.layout.raw)
 
     # --no-wait re-attaches, finds both still running, and returns: nothing pending is a failure.
     out = subprocess.run([*SYNTH, "generate", str(path), "--no-progress", "--no-wait"], env=env, capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "pending 7" in out.stdout and "2 running batch(es)" in out.stdout
-    manifest = json.loads(recipe.layout.manifest.read_text())
+    manifest = json.loads(plan.layout.manifest.read_text())
     assert manifest["status"] == "pending" and manifest["counts"]["pending"] == 7 and manifest["counts"]["failed"] == 0
     assert sorted(manifest["batches"]["running"]) == sorted(server.batches)
     assert SERVER_KEY not in out.stdout + out.stderr
 
     server.hold_batches.clear()
-    manifest = run_generate(recipe, progress=False)
+    manifest = run_generate(plan, progress=False)
     assert server.creates == 2 and server.uploads == 2
     assert manifest["counts"]["kept"] == 7 and manifest["status"] == "complete"
     _no_request_ran_twice(server)
@@ -197,11 +197,11 @@ def test_a_wrong_key_stops_at_the_first_call_and_is_never_written(tmp_path, serv
 
 
 def test_dry_run_prices_batch_and_sync(tmp_path, server):
-    recipe = load_recipe(_recipe(tmp_path, server))
-    r = dry_run(recipe)
+    plan = load_plan(_recipe(tmp_path, server))
+    r = dry_run(plan)
     assert r["batch"] and r["to_send"] == 7
     assert r["cost_usd_max"] == pytest.approx(0.5 * r["cost_usd_max_sync"]) and r["cost_usd_max"] > 0
     assert server.uploads == 0
     _set_batch(tmp_path / "recipe.yaml", False)
     with pytest.raises(ValueError, match="--no-wait: only batch mode"):
-        run_generate(load_recipe(tmp_path / "recipe.yaml"), progress=False, wait=False)
+        run_generate(load_plan(tmp_path / "recipe.yaml"), progress=False, wait=False)

@@ -161,8 +161,8 @@ def test_a_killed_curation_resumes_where_its_checkpoint_was(tmp_path):
 
     import yaml
 
-    from synth.config import load_recipe
     from synth.curate import run_curate
+    from synth.plan import load_plan
 
     from killing import sigkill_when
 
@@ -202,8 +202,8 @@ def test_a_killed_curation_resumes_where_its_checkpoint_was(tmp_path):
 
     sigkill_when([sys.executable, "-m", "synth.cli", "curate", str(recipes["killed"]), "--no-progress"], past_two_checkpoints, 120)
     assert not (tmp_path / "killed" / "train.jsonl").exists()
-    resumed = run_curate(load_recipe(recipes["killed"]), progress=False)
-    clean = run_curate(load_recipe(recipes["clean"]), progress=False)
+    resumed = run_curate(load_plan(recipes["killed"]), progress=False)
+    clean = run_curate(load_plan(recipes["clean"]), progress=False)
     assert resumed["resumed_at"] >= 2 * 16_384 and "resumed_at" not in clean
     for name in ("train.jsonl", "rejected.jsonl", "stats.json"):  # as if never killed: nothing lost, nothing twice
         assert (tmp_path / "killed" / name).read_bytes() == (tmp_path / "clean" / name).read_bytes(), name

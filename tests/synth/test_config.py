@@ -6,6 +6,7 @@ import yaml
 
 from synth.config import Recipe, SamplingConfig, load_recipe, redacted, reference_markdown
 from synth.configtools import reference
+from synth.plan import resolve
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -123,12 +124,10 @@ def test_readme_documents_every_config_key():
 
 @pytest.mark.parametrize("name", ["demo/recipe.yaml", "demo/api-recipe.yaml", "compliance/recipe.yaml"])
 def test_example_recipes_are_valid(name):
-    from synth.generate import plan_requests
-
     r = load_recipe(REPO / "prompts" / name)
     assert Path(r.seeds.path).is_file() and Path(r.template.path).is_file()
     teacher = {"backend": r.teacher.backend, "model": r.teacher.model}  # no model files needed to plan
-    plan = plan_requests(r, teacher)
+    plan = resolve(r, teacher).requests
     assert len(plan.requests) == len(Path(r.seeds.path).read_text().splitlines()) * r.sampling.n - plan.duplicates
 
 

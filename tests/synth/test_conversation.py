@@ -8,9 +8,9 @@ from collections import Counter
 import pytest
 import yaml
 
-from synth.config import load_recipe
 from synth.conversation import next_user_message, transcript
-from synth.generate import plan_requests, run_generate
+from synth.generate import run_generate
+from synth.plan import load_plan
 
 from conftest import make_recipe, read_jsonl
 from killing import lines, sigkill_when
@@ -44,24 +44,24 @@ def _check_conversations(records, turns_log, turns):
 
 @pytest.mark.slow
 def test_conversations_are_generated_in_rounds_and_reuse_every_cached_turn(tmp_path, tiny_model, vllm_backend):
-    recipe = load_recipe(_recipe(tmp_path, tiny_model))
-    manifest = run_generate(recipe, backend=vllm_backend, progress=False)
-    records = read_jsonl(recipe.layout.raw)
+    plan = load_plan(_recipe(tmp_path, tiny_model))
+    manifest = run_generate(plan, backend=vllm_backend, progress=False)
+    records = read_jsonl(plan.layout.raw)
     assert manifest["counts"]["kept"] == 6 and len(records) == 6
-    _check_conversations(records, recipe.layout.turns, 3)
+    _check_conversations(records, plan.layout.turns, 3)
     assert sum(r["conversation"]["turns"] for r in records) == manifest["conversations"]["turns_sent"]
     assert all(r["usage"]["completion_tokens"] > 0 for r in records)
     # A rerun sends nothing.
-    again = run_generate(recipe, backend=vllm_backend, progress=False)
+    again = run_generate(plan, backend=vllm_backend, progress=False)
     assert again["counts"]["cached"] == 6
     # One more turn: new conversations (new ids), but every turn they share is reused: only
     # the fourth turns (and the simulator's third follow-ups) are sent.
-    longer = load_recipe(_recipe(tmp_path, tiny_model, turns=4))
-    assert {r.id for r in plan_requests(longer).requests}.isdisjoint(r["id"] for r in records)
+    longer = load_plan(_recipe(tmp_path, tiny_model, turns=4))
+    assert {r.id for r in longer.requests.requests}.isdisjoint(r["id"] for r in records)
     manifest = run_generate(longer, backend=vllm_backend, progress=False)
     reached = sum(1 for r in records if r["conversation"]["ended"] == "turns")
     assert manifest["conversations"] == {"turns_sent": reached, "user_turns_sent": reached}
-    new = {r.id for r in plan_requests(longer).requests}
+    new = {r.id for r in longer.requests.requests}
     _check_conversations([r for r in read_jsonl(longer.layout.raw) if r["id"] in new], longer.layout.turns, 4)
 
 
@@ -69,16 +69,16 @@ def test_conversations_are_generated_in_rounds_and_reuse_every_cached_turn(tmp_p
 def test_a_turn_that_fails_mid_conversation_is_a_failure_naming_the_turn(tmp_path, tiny_model, vllm_backend):
     """Long answers outgrow the engine's 512-token context by the third turn: those
     conversations fail at that turn (the turns before stay cached), the others are kept."""
-    recipe = load_recipe(_recipe(tmp_path, tiny_model, turns=6, max_tokens=120, user_max_tokens=120))
-    manifest = run_generate(recipe, backend=vllm_backend, progress=False)
-    failures = read_jsonl(recipe.layout.failures)
+    plan = load_plan(_recipe(tmp_path, tiny_model, turns=6, max_tokens=120, user_max_tokens=120))
+    manifest = run_generate(plan, backend=vllm_backend, progress=False)
+    failures = read_jsonl(plan.layout.failures)
     c = manifest["counts"]
     assert failures and c["requests"] == c["kept"] + c["failed"] + c["pending"]
     for f in failures:
         assert f["error"]["type"] == "ConversationTurnFailed" and f["error"]["turn"] >= 2
         assert f"turn {f['error']['turn']} (" in f["error"]["message"]
         assert f["error"]["turns_done"] >= 1
-    _check_conversations(read_jsonl(recipe.layout.raw), recipe.layout.turns, 6)
+    _check_conversations(read_jsonl(plan.layout.raw), plan.layout.turns, 6)
 
 
 @pytest.mark.slow
@@ -88,19 +88,19 @@ def test_sigkill_mid_conversation_resumes_without_paying_for_a_turn_twice(tmp_pa
     data["seeds"]["path"] = str(tmp_path / "many.jsonl")
     (tmp_path / "many.jsonl").write_text("".join(f'{{"question": "What is {i} times {i}?"}}\n' for i in range(60)))
     path.write_text(yaml.safe_dump(data))
-    recipe = load_recipe(path)
-    turns = recipe.layout.turns
+    plan = load_plan(path)
+    turns = plan.layout.turns
     # Killed once the second round of teacher turns is under way.
     sigkill_when([*SYNTH, "generate", str(path), "--no-progress"], lambda: lines(turns) >= 60 + 10, 240)
     before = lines(turns)
-    assert not read_jsonl(recipe.layout.raw)
+    assert not read_jsonl(plan.layout.raw)
     # Resumed on the session's engine (the same teacher): a second in-process engine closed
     # here would take vLLM's process-wide state down with it.
-    manifest = run_generate(recipe, backend=vllm_backend, progress=False)
+    manifest = run_generate(plan, backend=vllm_backend, progress=False)
     assert manifest["counts"]["kept"] == 60
     assert manifest["conversations"]["turns_sent"] == lines(turns) - before
-    _check_conversations(read_jsonl(recipe.layout.raw), turns, 4)
-    assert Counter(r["id"] for r in read_jsonl(recipe.layout.user_turns)).most_common(1)[0][1] == 1
+    _check_conversations(read_jsonl(plan.layout.raw), turns, 4)
+    assert Counter(r["id"] for r in read_jsonl(plan.layout.user_turns)).most_common(1)[0][1] == 1
 
 
 @pytest.mark.slow
@@ -112,11 +112,11 @@ def test_another_model_can_play_the_user(tmp_path, tiny_model, vllm_backend, vll
     monkeypatch.setenv("STILLHOUSE_TEST_KEY", SERVER_KEY)
     user = {"backend": "openai", "model": SERVED_MODEL,
             "openai": {"base_url": vllm_server.url, "api_key_env": "STILLHOUSE_TEST_KEY"}}
-    recipe = load_recipe(_recipe(tmp_path, tiny_model, turns=2, user_teacher=user))
-    manifest = run_generate(recipe, backend=vllm_backend, progress=False)
+    plan = load_plan(_recipe(tmp_path, tiny_model, turns=2, user_teacher=user))
+    manifest = run_generate(plan, backend=vllm_backend, progress=False)
     assert manifest["counts"]["kept"] == 6
-    user_turns = read_jsonl(recipe.layout.user_turns)
+    user_turns = read_jsonl(plan.layout.user_turns)
     assert user_turns and all(r["teacher"]["backend"] == "openai" for r in user_turns)
-    assert all(r["teacher"]["backend"] == "vllm" for r in read_jsonl(recipe.layout.turns))
-    _check_conversations(read_jsonl(recipe.layout.raw), recipe.layout.turns, 2)
-    assert SERVER_KEY not in recipe.layout.config.read_text()
+    assert all(r["teacher"]["backend"] == "vllm" for r in read_jsonl(plan.layout.turns))
+    _check_conversations(read_jsonl(plan.layout.raw), plan.layout.turns, 2)
+    assert SERVER_KEY not in plan.layout.config.read_text()

@@ -8,8 +8,8 @@ import sys
 import pytest
 import yaml
 
-from synth.config import load_recipe
 from synth.curate import run_curate
+from synth.plan import load_plan
 
 from conftest import make_recipe, read_jsonl, write_jsonl
 from curate_data import build_raw, by_question, real_rows
@@ -45,8 +45,8 @@ def test_filters_decide_and_explain_on_real_text(tmp_path, tiny_model):
         {"name": "decontam", "eval_sets": [{"path": str(eval_file), "fields": ["question"]}], "field": "prompt"},
         {"name": "pii", "action": "redact"},
     ]}
-    path, recipe, plan = build_raw(tmp_path, tiny_model, items, curate, finish={truncated_index: "length"})
-    stats = run_curate(recipe, progress=False)
+    path, plan, _ = build_raw(tmp_path, tiny_model, items, curate, finish={truncated_index: "length"})
+    stats = run_curate(plan, progress=False)
     out = tmp_path / "out"
     kept, rejected = read_jsonl(out / "train.jsonl"), read_jsonl(out / "rejected.jsonl")
     assert stats["records"] == len(items) == len(kept) + len(rejected)
@@ -87,11 +87,11 @@ def test_rerun_is_byte_identical_and_loads_in_datasets(tmp_path, tiny_model):
 
     items = real_rows(40)
     curate = {"filters": ["empty", {"name": "near_dedup"}, {"name": "pii"}], "eval_fraction": 0.25}
-    path, recipe, _ = build_raw(tmp_path, tiny_model, items, curate)
-    run_curate(recipe, progress=False)
+    path, plan, _ = build_raw(tmp_path, tiny_model, items, curate)
+    run_curate(plan, progress=False)
     out = tmp_path / "out"
     first = {name: (out / name).read_bytes() for name in ("train.jsonl", "eval.jsonl", "rejected.jsonl", "stats.json")}
-    run_curate(load_recipe(path), progress=False)
+    run_curate(load_plan(path), progress=False)
     assert {name: (out / name).read_bytes() for name in first} == first
     ds = datasets.load_dataset("json", data_files={"train": str(out / "train.jsonl"), "eval": str(out / "eval.jsonl")})
     assert len(ds["train"]) + len(ds["eval"]) == 40 and len(ds["eval"]) > 0
@@ -104,8 +104,8 @@ def test_near_duplicate_prompts_never_straddle_train_and_eval(tmp_path, tiny_mod
     for q, a in base:
         items.append((q, a))
         items.append((q + " Please answer briefly.", a + " (v2)"))  # a near-duplicate prompt
-    path, recipe, _ = build_raw(tmp_path, tiny_model, items, {"filters": [], "eval_fraction": 0.3, "split_threshold": 0.6})
-    stats = run_curate(recipe, progress=False)
+    path, plan, _ = build_raw(tmp_path, tiny_model, items, {"filters": [], "eval_fraction": 0.3, "split_threshold": 0.6})
+    stats = run_curate(plan, progress=False)
     out = tmp_path / "out"
     train_q = {r["messages"][-2]["content"] for r in read_jsonl(out / "train.jsonl")}
     eval_q = {r["messages"][-2]["content"] for r in read_jsonl(out / "eval.jsonl")}
@@ -126,8 +126,8 @@ def test_json_schema_and_verifier(tmp_path, tiny_model):
         ("q5", '{"label": "no"}'),
     ]
     curate = {"filters": [{"name": "json", "schema": schema}, {"name": "verifier", "function": "curate_verifiers:mentions_a_number"}]}
-    _, recipe, _ = build_raw(tmp_path, tiny_model, items, curate)
-    run_curate(recipe, progress=False)
+    _, plan, _ = build_raw(tmp_path, tiny_model, items, curate)
+    run_curate(plan, progress=False)
     out = tmp_path / "out"
     kept = {r["messages"][-2]["content"] for r in read_jsonl(out / "train.jsonl")}
     rejected = {r["messages"][-2]["content"]: r["rejection"] for r in read_jsonl(out / "rejected.jsonl")}
@@ -140,8 +140,8 @@ def test_json_schema_and_verifier(tmp_path, tiny_model):
 def test_token_length_bounds_use_the_students_tokenizer(tmp_path, tiny_model):
     items = [("short", "one two"), ("long", " ".join(["word"] * 300))]
     curate = {"filters": [{"name": "length", "min_tokens": 2, "max_tokens": 100, "tokenizer": str(tiny_model)}]}
-    _, recipe, _ = build_raw(tmp_path, tiny_model, items, curate)
-    stats = run_curate(recipe, progress=False)
+    _, plan, _ = build_raw(tmp_path, tiny_model, items, curate)
+    stats = run_curate(plan, progress=False)
     rejected = read_jsonl(tmp_path / "out" / "rejected.jsonl")
     assert stats["kept"] == 1 and "tokens, more than max_tokens 100" in rejected[0]["rejection"]["reason"]
 
@@ -171,8 +171,8 @@ def test_bad_curation_config_is_one_clear_error(tmp_path, tiny_model, filters, m
 
 
 def test_verifier_exceptions_reject_with_the_error(tmp_path, tiny_model):
-    _, recipe, _ = build_raw(tmp_path, tiny_model, real_rows(2), {"filters": [{"name": "verifier", "function": "curate_verifiers:explodes"}]})
-    stats = run_curate(recipe, progress=False)
+    _, plan, _ = build_raw(tmp_path, tiny_model, real_rows(2), {"filters": [{"name": "verifier", "function": "curate_verifiers:explodes"}]})
+    stats = run_curate(plan, progress=False)
     assert stats["kept"] == 0
     assert "raised RuntimeError: verifier bug" in read_jsonl(tmp_path / "out" / "rejected.jsonl")[0]["rejection"]["reason"]
 
@@ -183,9 +183,9 @@ def test_generate_then_curate_through_the_real_engine(tmp_path, tiny_model, vllm
 
     path = make_recipe(tmp_path, tiny_model, sampling={"max_tokens": 4},
                        extra={"curate": {"filters": ["truncated", "empty", {"name": "exact_dedup", "field": "both"}]}})
-    recipe = load_recipe(path)
-    manifest = run_generate(recipe, vllm_backend, progress=False)
-    stats = run_curate(recipe, progress=False)
+    plan = load_plan(path)
+    manifest = run_generate(plan, vllm_backend, progress=False)
+    stats = run_curate(plan, progress=False)
     reasons = manifest["finish_reasons"]
     assert stats["records"] == 12 == stats["kept"] + stats["rejected"]
     assert stats["rejected_by_filter"]["0:truncated"] == reasons.get("length", 0)
@@ -202,8 +202,8 @@ def test_semantic_dedup_with_the_packaged_minilm(tmp_path, tiny_model):
         ("q4", "Photosynthesis turns light, water and carbon dioxide into sugar and oxygen."),
     ]
     curate = {"filters": [{"name": "semantic_dedup", "threshold": 0.85}]}
-    _, recipe, _ = build_raw(tmp_path, tiny_model, items, curate)
-    stats = run_curate(recipe, progress=False)
+    _, plan, _ = build_raw(tmp_path, tiny_model, items, curate)
+    stats = run_curate(plan, progress=False)
     rejected = read_jsonl(tmp_path / "out" / "rejected.jsonl")
     assert stats["kept"] == 3 and len(rejected) == 1
     assert rejected[0]["messages"][-2]["content"] in ("q1", "q2")

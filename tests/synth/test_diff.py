@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from synth.config import load_recipe
 from synth.generate import run_generate
+from synth.plan import load_plan, resolve
 from synth.tiny_model import build_tiny_model
 
 from conftest import make_recipe, read_jsonl
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 def test_new_teacher_writes_a_new_version_and_diff_is_right(tmp_path, tiny_model, vllm_backend):
     seeds = [{"question": f"Describe topic {i} in one line."} for i in range(8)]
     path = make_recipe(tmp_path, tiny_model, seeds=seeds, sampling={"n": 1, "max_tokens": 12})
-    run_generate(load_recipe(path), vllm_backend, progress=False)  # version A: the first teacher
+    run_generate(load_plan(path), vllm_backend, progress=False)  # version A: the first teacher
     a_before = (tmp_path / "out" / "raw.jsonl").read_bytes()
 
     teacher_b = build_tiny_model(tmp_path / "teacher-b", seed=1)  # other weights: other answers
@@ -33,31 +33,31 @@ def test_new_teacher_writes_a_new_version_and_diff_is_right(tmp_path, tiny_model
 
     # Every command resolves the same version: the first teacher keeps out, the second out.v2
     # (also when named by another path), a third gets out.v3; the switch turns it off.
-    assert load_recipe(path).output.dir == str(tmp_path / "out")
-    assert load_recipe(path, [f"teacher.model={teacher_b}"]).output.dir == str(tmp_path / "out.v2")
+    assert load_plan(path).recipe.output.dir == str(tmp_path / "out")
+    assert load_plan(path, [f"teacher.model={teacher_b}"]).recipe.output.dir == str(tmp_path / "out.v2")
     relative = f"teacher.model={teacher_b.relative_to(tmp_path)}"
     import os
 
     cwd = os.getcwd()
     os.chdir(tmp_path)
     try:
-        assert load_recipe(path, [relative]).output.dir == str(tmp_path / "out.v2")
+        assert load_plan(path, [relative]).recipe.output.dir == str(tmp_path / "out.v2")
     finally:
         os.chdir(cwd)
     teacher_c = build_tiny_model(tmp_path / "teacher-c", seed=2)
-    assert load_recipe(path, [f"teacher.model={teacher_c}"]).output.dir == str(tmp_path / "out.v3")
-    assert load_recipe(path, [f"teacher.model={teacher_c}", "output.version_by_teacher=false"]).output.dir == str(tmp_path / "out")
+    assert load_plan(path, [f"teacher.model={teacher_c}"]).recipe.output.dir == str(tmp_path / "out.v3")
+    assert load_plan(path, [f"teacher.model={teacher_c}", "output.version_by_teacher=false"]).recipe.output.dir == str(tmp_path / "out")
     # A teacher that cannot be identified (its directory gone) never falls back to a guess.
     with pytest.raises(ValueError, match="versions for several teachers"):
-        load_recipe(path, [f"teacher.model={tmp_path / 'deleted-teacher'}"])
-    # A recipe built without load_recipe cannot write one teacher's data into another's dir.
+        load_plan(path, [f"teacher.model={tmp_path / 'deleted-teacher'}"])
+    # A recipe resolved without versions cannot write one teacher's data into another's dir.
     from synth.config import Recipe
     from synth.configtools import from_dict, to_dict
 
-    data = to_dict(load_recipe(path, ["output.version_by_teacher=false"]))
+    data = to_dict(load_plan(path, ["output.version_by_teacher=false"]).recipe)
     data["teacher"]["model"], data["output"]["version_by_teacher"] = str(teacher_c), True
     with pytest.raises(ValueError, match="holds the data of teacher"):
-        run_generate(from_dict(Recipe, data), progress=False)
+        run_generate(resolve(from_dict(Recipe, data), versioned=False), progress=False)
     assert (tmp_path / "out" / "raw.jsonl").read_bytes() == a_before
 
     res = subprocess.run([sys.executable, "-m", "synth.cli", "diff", str(tmp_path / "out"), str(tmp_path / "out.v2")],
@@ -76,7 +76,7 @@ def test_new_teacher_writes_a_new_version_and_diff_is_right(tmp_path, tiny_model
     # The card of a version lists every version with its teacher.
     from synth.card import write_card
 
-    card = write_card(load_recipe(path, [f"teacher.model={teacher_b}"])).read_text()
+    card = write_card(load_plan(path, [f"teacher.model={teacher_b}"])).read_text()
     section = card.split("## Versions", 1)[1].split("## Load it", 1)[0]
     assert f"| `{tmp_path / 'out'}` | `{tiny_model}` | not curated |" in section
     assert f"| `{tmp_path / 'out.v2'}` (this one) | `{teacher_b}` | not curated |" in section
@@ -91,7 +91,7 @@ def test_new_teacher_writes_a_new_version_and_diff_is_right(tmp_path, tiny_model
     ("Both are fine.", None),
 ])
 def test_parse_winner(text, expected):
-    from synth.diff import parse_winner
+    from synth.judging import parse_winner
 
     assert parse_winner(text) == expected
 

@@ -14,12 +14,12 @@ import pytest
 import yaml
 
 from synth.card import write_card
-from synth.config import load_recipe
 from synth.curate import run_curate
 from synth.expand import run_expand
 from synth.filters import build_filter
 from synth.generate import run_generate
 from synth.ingest import IngestOptions, run_ingest
+from synth.plan import load_plan
 
 from conftest import SERVED_MODEL, SERVER_KEY, make_api_recipe, read_jsonl
 
@@ -73,7 +73,7 @@ def test_from_documents_to_examples_that_name_their_source(tmp_path, vllm_server
     })
     path.write_text(yaml.safe_dump(recipe))
 
-    expanded = run_expand(load_recipe(path))
+    expanded = run_expand(load_plan(path))
     rows = read_jsonl(tmp_path / "out" / "expanded.jsonl")
     assert expanded["new"] == len(rows) > 0 and expanded["calls_sent"] == len(by_id)  # one call per chunk
     for row in rows:
@@ -81,8 +81,8 @@ def test_from_documents_to_examples_that_name_their_source(tmp_path, vllm_server
         assert row["context"] == chunk["text"] and row["source"]["file"] == chunk["source"]["file"]
         assert len(row["documents"]) == 2 and chunk["text"] in [d["text"] for d in row["documents"]]
 
-    run_generate(load_recipe(path), progress=False)
-    stats = run_curate(load_recipe(path), progress=False)
+    run_generate(load_plan(path), progress=False)
+    stats = run_curate(load_plan(path), progress=False)
     calls = stats["grounded_calls"]
     assert calls["flagged"] == stats["records"] == len(rows) and calls["supported"] == len(rows)
     kept = read_jsonl(tmp_path / "out" / "train.jsonl")
@@ -97,7 +97,7 @@ def test_from_documents_to_examples_that_name_their_source(tmp_path, vllm_server
         pages.add((Path(source["file"]).name, source["page"]))
     assert ("aml-policy.pdf", 5) in pages or len({p for p in pages if p[0] == "aml-policy.pdf"}) >= 3
     assert json.loads((tmp_path / "out" / "stats.json").read_text())["kept"] == len(kept)
-    card = write_card(load_recipe(path)).read_text()
+    card = write_card(load_plan(path)).read_text()
     assert "## Source documents" in card and "aml-policy.pdf |" in card
 
 
@@ -117,14 +117,14 @@ def test_a_model_as_pii_detector_is_cached_and_its_finds_redacted(tmp_path, tiny
             detector = {"max_tokens": 96, "teacher": {"backend": "openai", "model": SERVED_MODEL, "openai": {
                 "base_url": proxy.url, "api_key_env": "STILLHOUSE_TEST_KEY",
                 "extra_body": {"structured_outputs": {"choice": [answer]}}}}}
-            path, recipe, _ = build_raw(tmp_path, tiny_model, items, {"filters": ["empty", {"name": "pii", "detector": detector}]})
-            stats = run_curate(recipe, progress=False)
+            path, plan, _ = build_raw(tmp_path, tiny_model, items, {"filters": ["empty", {"name": "pii", "detector": detector}]})
+            stats = run_curate(plan, progress=False)
             assert stats["pii_calls"]["sent"] == 1
             if answer == listed:
                 (rec,) = read_jsonl(tmp_path / "out" / "train.jsonl")
                 assert rec["messages"][-1]["content"] == "[PERSON] at [ADDRESS] handles it; write to [EMAIL]."
                 assert rec["pii"] == {"address": 1, "email": 1, "person": 1}
-                again = run_curate(load_recipe(path), progress=False)
+                again = run_curate(load_plan(path), progress=False)
                 assert again["pii_calls"] == {**stats["pii_calls"], "sent": 0, "cached": 1}
             else:
                 (rejected,) = read_jsonl(tmp_path / "out" / "rejected.jsonl")

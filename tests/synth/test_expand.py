@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from synth.config import load_recipe
 from synth.expand import ExpandOptions, NoveltyPool, acceptable, parse_items, run_expand
+from synth.plan import load_plan
 
 from conftest import SEED_TASKS, make_recipe, read_jsonl
 
@@ -57,10 +57,10 @@ def test_acceptable_rules():
 def test_bad_expand_config(tmp_path, tiny_model):
     path = make_recipe(tmp_path, tiny_model, extra={"expand": {"method": "magic"}})
     with pytest.raises(ValueError, match="expand.method: unknown 'magic'"):
-        run_expand(load_recipe(path))
+        run_expand(load_plan(path))
     path = make_recipe(tmp_path, tiny_model, extra={"expand": {"field": "nope"}})
     with pytest.raises(ValueError, match="expand.field: .* has no text column 'nope'"):
-        run_expand(load_recipe(path))
+        run_expand(load_plan(path))
 
 
 @pytest.mark.slow
@@ -69,13 +69,13 @@ def test_expand_through_the_engine_is_resumable(tmp_path, tiny_model, vllm_backe
     seeds = [{"question": s} for s in SEEDS[:12]]
     options = {"method": method, "field": "question", "rounds": 2, "requests_per_round": 4, "max_tokens": 24, "target": 50}
     path = make_recipe(tmp_path, tiny_model, seeds=seeds, extra={"expand": options})
-    first = run_expand(load_recipe(path), backend=vllm_backend)
+    first = run_expand(load_plan(path), backend=vllm_backend)
     out = tmp_path / "out"
     rows = read_jsonl(out / "expanded.jsonl")
     assert [r["prompt"] for r in rows[:12]] == SEEDS[:12] and all(r["origin"]["method"] == "seed" for r in rows[:12])
     assert len(rows) == 12 + first["new"]
     assert first["calls_sent"] > 0 and len(read_jsonl(out / "expand_raw.jsonl")) == first["calls_sent"]
     before = (out / "expanded.jsonl").read_bytes()
-    again = run_expand(load_recipe(path), backend=vllm_backend)
+    again = run_expand(load_plan(path), backend=vllm_backend)
     assert again["calls_sent"] == 0, "a rerun rebuilds the same requests and finds them answered"
     assert (out / "expanded.jsonl").read_bytes() == before

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from synth.config import load_recipe
-from synth.generate import plan_requests, run_generate
+from synth.generate import run_generate
+from synth.plan import load_plan
 
 from conftest import SERVER_KEY, make_api_recipe, read_jsonl
 from faultproxy import FaultProxy
@@ -40,11 +40,11 @@ def _assert_key_nowhere(out_dir: Path, *texts: str, key: str = SERVER_KEY) -> No
 
 def test_end_to_end_against_real_vllm_server(tmp_path, vllm_server, key_env):
     import datasets  # the data extra, installed by make setup
-    recipe = load_recipe(make_api_recipe(tmp_path, vllm_server.url))
-    manifest = run_generate(recipe, progress=False)
+    plan = load_plan(make_api_recipe(tmp_path, vllm_server.url))
+    manifest = run_generate(plan, progress=False)
     records = read_jsonl(tmp_path / "out" / "raw.jsonl")
     assert manifest["counts"]["kept"] == 12 and manifest["counts"]["failed"] == 0
-    assert sorted(r["id"] for r in records) == sorted(r.id for r in plan_requests(recipe).requests)
+    assert sorted(r["id"] for r in records) == sorted(r.id for r in plan.requests.requests)
     rec = records[0]
     assert rec["teacher"] == {
         "backend": "openai", "model": "tiny", "revision": None, "base_url": vllm_server.url, "fingerprint": None,
@@ -55,15 +55,15 @@ def test_end_to_end_against_real_vllm_server(tmp_path, vllm_server, key_env):
     ds = datasets.load_dataset("json", data_files=str(tmp_path / "out" / "raw.jsonl"), split="train")
     assert len(ds) == 12
     # Resume: nothing left to send.
-    again = run_generate(recipe, progress=False)
+    again = run_generate(plan, progress=False)
     assert again["counts"]["cached"] == 12 and again["counts"]["generated"] == 0
     _assert_key_nowhere(tmp_path / "out")
 
 
 def test_base_url_is_part_of_the_request_id(tmp_path, vllm_server, key_env):
-    a = load_recipe(make_api_recipe(tmp_path, vllm_server.url))
-    b = load_recipe(make_api_recipe(tmp_path, vllm_server.url.replace("127.0.0.1", "localhost")))
-    assert not {r.id for r in plan_requests(a).requests} & {r.id for r in plan_requests(b).requests}
+    a = load_plan(make_api_recipe(tmp_path, vllm_server.url))
+    b = load_plan(make_api_recipe(tmp_path, vllm_server.url.replace("127.0.0.1", "localhost")))
+    assert not {r.id for r in a.requests.requests} & {r.id for r in b.requests.requests}
 
 
 FAULTS = ["429", "500", "503", "reset", "hang", "badjson", "always500"]
@@ -73,11 +73,11 @@ def test_faults_are_retried_bounded_and_accounted_for(tmp_path, vllm_server, key
     seeds = [{"question": f"[{fault}] question {i}"} for fault in FAULTS for i in range(2)]
     seeds += [{"question": f"plain question {i}"} for i in range(4)]
     with FaultProxy(vllm_server.url) as proxy:
-        recipe = load_recipe(make_api_recipe(
+        plan = load_plan(make_api_recipe(
             tmp_path, proxy.url, seeds=seeds, sampling={"n": 1},
             openai={"max_retries": 3, "timeout_s": 3.0, "max_concurrency": 8},
         ))
-        manifest = run_generate(recipe, progress=False)
+        manifest = run_generate(plan, progress=False)
         by_key = proxy.attempts_by_key()
         hits = list(proxy.hits)
 
@@ -112,7 +112,7 @@ def test_faults_are_retried_bounded_and_accounted_for(tmp_path, vllm_server, key
         # The ledger can be retried on its own once the endpoint heals.
         proxy.faults_enabled = False
         before = len(proxy.hits)
-        healed = run_generate(recipe, progress=False, only_failed=True)
+        healed = run_generate(plan, progress=False, only_failed=True)
         assert len(proxy.hits) - before == 2
         assert healed["counts"]["failed"] == 0 and healed["counts"]["kept"] == 18
     assert read_jsonl(tmp_path / "out" / "failures.jsonl") == []
@@ -122,11 +122,11 @@ def test_requests_per_minute_limit_holds_in_every_window(tmp_path, vllm_server, 
     rate, burst = 10.0, 2  # rpm 600
     seeds = [{"question": f"rate limited question {i}"} for i in range(30)]
     with FaultProxy(vllm_server.url) as proxy:
-        recipe = load_recipe(make_api_recipe(
+        plan = load_plan(make_api_recipe(
             tmp_path, proxy.url, seeds=seeds, sampling={"n": 1},
             openai={"rpm": rate * 60, "burst": burst, "max_concurrency": 16},
         ))
-        run_generate(recipe, progress=False)
+        run_generate(plan, progress=False)
         times = sorted(h.received for h in proxy.hits)
     assert len(times) == 30
     worst = 0.0
@@ -185,11 +185,11 @@ def test_dry_run_sends_nothing_and_prices(tmp_path, vllm_server):
 
 def test_sampling_and_pass_through_fields_reach_the_server(tmp_path, vllm_server, key_env):
     with FaultProxy(vllm_server.url) as proxy:
-        recipe = load_recipe(make_api_recipe(
+        plan = load_plan(make_api_recipe(
             tmp_path, proxy.url, sampling={"n": 1, "top_k": 5, "stop": ["\n\n"], "seed": 3},
             openai={"extra_body": {"repetition_penalty": 1.1}},
         ))
-        manifest = run_generate(recipe, progress=False)
+        manifest = run_generate(plan, progress=False)
         body = proxy.hits[0].body
     assert manifest["counts"]["kept"] == 6
     assert body["model"] == "tiny" and body["max_tokens"] == 8 and body["temperature"] == 0.8
@@ -211,14 +211,14 @@ def test_sigkill_and_resume_through_the_api(tmp_path, vllm_server):
     assert f"({600 - complete} new, {complete} from earlier runs)" in res.stdout
     ids = [r["id"] for r in read_jsonl(raw)]
     assert len(ids) == len(set(ids)) == 600
-    assert set(ids) == {r.id for r in plan_requests(load_recipe(recipe_path)).requests}
+    assert set(ids) == {r.id for r in load_plan(recipe_path).requests.requests}
 
 
 def test_400_is_a_failure_record_without_retries(tmp_path, vllm_server, key_env):
     seeds = [{"question": "short"}, {"question": "word " * 2000}]  # beyond the server's 512 tokens
     with FaultProxy(vllm_server.url) as proxy:
-        recipe = load_recipe(make_api_recipe(tmp_path, proxy.url, seeds=seeds, sampling={"n": 1}))
-        manifest = run_generate(recipe, progress=False)
+        plan = load_plan(make_api_recipe(tmp_path, proxy.url, seeds=seeds, sampling={"n": 1}))
+        manifest = run_generate(plan, progress=False)
         attempts = proxy.attempts_by_key()
     assert manifest["counts"]["kept"] == 1 and manifest["counts"]["failed"] == 1
     (failure,) = read_jsonl(tmp_path / "out" / "failures.jsonl")

@@ -3,9 +3,9 @@
 
 import pytest
 
-from synth.config import load_recipe
 from synth.curate import run_curate
 from synth.filters.judge import parse_score
+from synth.plan import load_plan
 
 from conftest import SERVED_MODEL, SERVER_KEY, read_jsonl, write_jsonl
 from curate_data import build_raw, real_rows
@@ -39,8 +39,8 @@ def test_judge_calls_are_cached_and_malformed_answers_are_recorded(tmp_path, tin
         judge = {"name": "judge", "threshold": 5, "max_tokens": 12, "teacher": {
             "backend": "openai", "model": SERVED_MODEL,
             "openai": {"base_url": proxy.url, "api_key_env": "STILLHOUSE_TEST_KEY"}}}
-        path, recipe, _ = build_raw(tmp_path, tiny_model, items, {"filters": ["empty", judge]})
-        stats = run_curate(recipe, progress=False)
+        path, plan, _ = build_raw(tmp_path, tiny_model, items, {"filters": ["empty", judge]})
+        stats = run_curate(plan, progress=False)
         out = tmp_path / "out"
         assert len(proxy.hits) == 6, "one judge call per record that reached the judge"
         first = {n: (out / n).read_bytes() for n in ("train.jsonl", "rejected.jsonl", "stats.json")}
@@ -49,7 +49,7 @@ def test_judge_calls_are_cached_and_malformed_answers_are_recorded(tmp_path, tin
         assert len(read_jsonl(out / "judge.jsonl")) == 6
 
         # Rerun: every judge call comes from judge.jsonl; nothing is sent, outputs are identical.
-        again = run_curate(load_recipe(path), progress=False)
+        again = run_curate(load_plan(path), progress=False)
         assert len(proxy.hits) == 6 and again["judge_calls"]["cached"] == 6 and again["judge_calls"]["sent"] == 0
         assert {n: (out / n).read_bytes() for n in first} == first
 
@@ -115,12 +115,12 @@ def test_semantic_decontam_asks_a_judge_about_flagged_records_only(tmp_path, tin
                 "max_tokens": 8, "teacher": {"backend": "openai", "model": SERVED_MODEL, "openai": {
                     "base_url": proxy.url, "api_key_env": "STILLHOUSE_TEST_KEY",
                     "extra_body": {"structured_outputs": {"choice": [verdict]}}}}}}
-            path, recipe, _ = build_raw(tmp_path, tiny_model, items, {"filters": ["empty", spec]})
-            stats = run_curate(recipe, progress=False)
+            path, plan, _ = build_raw(tmp_path, tiny_model, items, {"filters": ["empty", spec]})
+            stats = run_curate(plan, progress=False)
             calls = stats["semantic_decontam_calls"]
             assert calls["flagged"] == 1 and calls["sent"] == 1 and calls[verdict.strip("[]").lower()] == 1
             outcomes[verdict] = read_jsonl(tmp_path / "out" / "rejected.jsonl")
-            again = run_curate(load_recipe(path), progress=False)
+            again = run_curate(load_plan(path), progress=False)
             assert again["semantic_decontam_calls"]["cached"] == 1 and again["semantic_decontam_calls"]["sent"] == 0
         assert len(proxy.hits) == 2, "one judge call per verdict run, none for the unrelated record, none on reruns"
     judged = read_jsonl(tmp_path / "out" / "decontam_judge.jsonl")

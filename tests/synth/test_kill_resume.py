@@ -7,8 +7,8 @@ import time
 import psutil
 import pytest
 
-from synth.config import load_recipe
-from synth.generate import plan_requests, run_generate
+from synth.generate import run_generate
+from synth.plan import load_plan
 
 from conftest import make_recipe, read_jsonl
 from killing import lines, sigkill_when
@@ -30,8 +30,8 @@ def _vllm_processes_since(t0: float) -> list[psutil.Process]:
 def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path, tiny_model, vllm_backend):
     seeds = [{"question": f"Write about topic number {i}, please."} for i in range(600)]
     recipe_path = make_recipe(tmp_path, tiny_model, seeds=seeds, sampling={"n": 2, "max_tokens": 64})
-    recipe = load_recipe(recipe_path)
-    planned = {r.id for r in plan_requests(recipe).requests}
+    plan = load_plan(recipe_path)
+    planned = {r.id for r in plan.requests.requests}
     assert len(planned) == 1200
     raw = tmp_path / "out" / "raw.jsonl"
 
@@ -54,6 +54,6 @@ def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path, tiny
     assert f"({1200 - complete} new, {complete} from earlier runs)" in res.stdout
 
     # The same ids as an uninterrupted run of the same recipe.
-    fresh = load_recipe(recipe_path, [f"output.dir={tmp_path / 'fresh'}"])
+    fresh = load_plan(recipe_path, [f"output.dir={tmp_path / 'fresh'}"])
     run_generate(fresh, vllm_backend, progress=False)
     assert {r["id"] for r in read_jsonl(tmp_path / "fresh" / "raw.jsonl")} == set(ids)

@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from synth.config import load_recipe
-from synth.generate import plan_requests, run_generate
+from synth.generate import run_generate
 from synth.logprobs import LogprobAppender, LogprobStore, TopK, chat_digest, scan
+from synth.plan import load_plan
 
 from conftest import SERVER_KEY, make_api_recipe, make_recipe, read_jsonl
 from killing import lines, sigkill_when
@@ -70,8 +70,8 @@ def test_a_torn_last_entry_is_cut_and_a_damaged_middle_is_an_error(tmp_path):
 def test_capture_through_the_real_engine(tmp_path, tiny_model, vllm_backend):
     from synth.logprobs import vocab_digest
 
-    recipe = load_recipe(make_recipe(tmp_path, tiny_model, sampling={"logprobs": 4, "max_tokens": 6, "temperature": 0.0}))
-    manifest = run_generate(recipe, vllm_backend, progress=False)
+    plan = load_plan(make_recipe(tmp_path, tiny_model, sampling={"logprobs": 4, "max_tokens": 6, "temperature": 0.0}))
+    manifest = run_generate(plan, vllm_backend, progress=False)
     records = read_jsonl(tmp_path / "out" / "raw.jsonl")
     store = LogprobStore(tmp_path / "out" / "logprobs.bin")
     tokenizer = vllm_backend.llm.get_tokenizer()
@@ -88,8 +88,8 @@ def test_capture_through_the_real_engine(tmp_path, tiny_model, vllm_backend):
     assert manifest["logprobs"]["bytes_per_1k_answer_tokens"] > 0
     # Asking for logprobs is another request: the ids of the same recipe without them differ,
     # and the answers are the same text (with logprobs the answer is decoded from its tokens).
-    plain = load_recipe(make_recipe(tmp_path, tiny_model, sampling={"max_tokens": 6, "temperature": 0.0}, out="plain"))
-    assert not {r.id for r in plan_requests(plain).requests} & {r["id"] for r in records}
+    plain = load_plan(make_recipe(tmp_path, tiny_model, sampling={"max_tokens": 6, "temperature": 0.0}, out="plain"))
+    assert not {r.id for r in plain.requests.requests} & {r["id"] for r in records}
     run_generate(plain, vllm_backend, progress=False)
     answers = {json.dumps(r["messages"][:-1]): r["messages"][-1]["content"] for r in records}
     plain_answers = {json.dumps(r["messages"][:-1]): r["messages"][-1]["content"] for r in read_jsonl(tmp_path / "plain" / "raw.jsonl")}
@@ -120,7 +120,7 @@ def test_capture_through_a_real_vllm_server_needs_token_ids(tmp_path, vllm_serve
     monkeypatch.setenv("STILLHOUSE_TEST_KEY", SERVER_KEY)
     path = make_api_recipe(tmp_path, vllm_server.url, sampling={"logprobs": 3, "max_tokens": 6},
                            openai={"extra_body": {"return_tokens_as_token_ids": True}})
-    run_generate(load_recipe(path), progress=False)
+    run_generate(load_plan(path), progress=False)
     records = read_jsonl(tmp_path / "out" / "raw.jsonl")
     store = LogprobStore(tmp_path / "out" / "logprobs.bin")
     assert len(records) == len(store) == 12
@@ -140,11 +140,11 @@ def test_capture_through_a_real_vllm_server_needs_token_ids(tmp_path, vllm_serve
 def test_synth_score_gives_existing_answers_the_logprobs_generation_would_have(tmp_path, tiny_model, vllm_backend):
     """Greedy answers written without logprobs, scored afterwards by `synth score` with the same
     model: the same top-k as capturing them during generation; a rerun scores nothing."""
-    captured = load_recipe(make_recipe(tmp_path, tiny_model, out="captured",
-                                       sampling={"n": 1, "max_tokens": 8, "temperature": 0.0, "logprobs": 5}))
+    captured = load_plan(make_recipe(tmp_path, tiny_model, out="captured",
+                                     sampling={"n": 1, "max_tokens": 8, "temperature": 0.0, "logprobs": 5}))
     run_generate(captured, vllm_backend, progress=False)
     path = make_recipe(tmp_path, tiny_model, out="scored", sampling={"n": 1, "max_tokens": 8, "temperature": 0.0})
-    run_generate(load_recipe(path), vllm_backend, progress=False)
+    run_generate(load_plan(path), vllm_backend, progress=False)
     cmd = [sys.executable, "-m", "synth.cli", "score", str(path), "--top-k", "5", "--no-progress"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -5,9 +5,10 @@ import pytest
 
 from synth.backends import Completion
 from synth.card import write_card
-from synth.config import PairsConfig, load_recipe
+from synth.config import PairsConfig
 from synth.curate import run_curate
-from synth.generate import make_record, plan_requests
+from synth.plan import load_plan
+from synth.records import make_record
 
 from conftest import make_recipe, read_jsonl, write_jsonl
 
@@ -22,19 +23,18 @@ def samples_raw(tmp_path, tiny_model, filters, **recipe_extra):
     """A raw log of three teacher samples per prompt, as a generate run with n=3 writes it."""
     path = make_recipe(tmp_path, tiny_model, seeds=[{"question": q} for q in ANSWERS], sampling={"n": 3},
                        extra={"curate": {"filters": filters, "eval_fraction": 0.0}, **recipe_extra})
-    recipe = load_recipe(path)
-    plan = plan_requests(recipe)
+    plan = load_plan(path)
     records = [make_record(Completion(req, ANSWERS[req.seed["fields"]["question"]][req.sample_index], "stop", 10, 5, 0.1),
-                           plan.teacher) for req in plan.requests]
+                           plan.teacher) for req in plan.requests.requests]
     (tmp_path / "out").mkdir(exist_ok=True)
     write_jsonl(tmp_path / "out" / "raw.jsonl", records)
-    return recipe
+    return plan
 
 
 def test_best_of_n_keeps_the_best_passing_samples_and_reports_pass_rates(tmp_path, tiny_model):
-    recipe = samples_raw(tmp_path, tiny_model, [{"name": "best_of_n", "function": "curate_verifiers:number_count"}])
-    stats = run_curate(recipe, progress=False)
-    kept = {r["messages"][-2]["content"]: r for r in read_jsonl(recipe.layout.train)}
+    plan = samples_raw(tmp_path, tiny_model, [{"name": "best_of_n", "function": "curate_verifiers:number_count"}])
+    stats = run_curate(plan, progress=False)
+    kept = {r["messages"][-2]["content"]: r for r in read_jsonl(plan.layout.train)}
     # The most digits wins ("12 pears" over "7 apples"); no sample of "Name a colour." passes.
     assert {q: r["messages"][-1]["content"] for q, r in kept.items()} == {"How many apples?": "12 pears",
                                                                          "What is 2 plus 2?": "It is 4."}
@@ -42,16 +42,16 @@ def test_best_of_n_keeps_the_best_passing_samples_and_reports_pass_rates(tmp_pat
     assert stats["selection"] == {"by": "verifier", "k": 1, "min_score": 1.0, "prompts": 3, "samples": 9,
                                   "pass@1": round((2 / 3 + 0 + 1 / 3) / 3, 4), "pass@n": round(2 / 3, 4),
                                   "prompts_without_pass": 1}
-    reasons = {r["messages"][-1]["content"]: r["rejection"]["reason"] for r in read_jsonl(recipe.layout.rejected)}
+    reasons = {r["messages"][-1]["content"]: r["rejection"]["reason"] for r in read_jsonl(plan.layout.rejected)}
     assert reasons["7 apples"] == "not among the best 1 of the 3 samples of its prompt (score 1, best 2)"
     assert reasons["blue"] == "score 0 below min_score 1 (no sample of its 3 passes)"
-    assert "- pass@1: 0.3333, pass@n: 0.6667" in write_card(recipe).read_text()
+    assert "- pass@1: 0.3333, pass@n: 0.6667" in write_card(plan).read_text()
 
 
 def test_ties_are_broken_by_sample_index_and_k_keeps_more(tmp_path, tiny_model):
-    recipe = samples_raw(tmp_path, tiny_model, [{"name": "best_of_n", "function": "curate_verifiers:mentions_a_number", "k": 2}])
-    run_curate(recipe, progress=False)
-    kept = sorted((r["messages"][-2]["content"], r["sample_index"]) for r in read_jsonl(recipe.layout.train))
+    plan = samples_raw(tmp_path, tiny_model, [{"name": "best_of_n", "function": "curate_verifiers:mentions_a_number", "k": 2}])
+    run_curate(plan, progress=False)
+    kept = sorted((r["messages"][-2]["content"], r["sample_index"]) for r in read_jsonl(plan.layout.train))
     assert kept == [("How many apples?", 1), ("How many apples?", 2), ("What is 2 plus 2?", 1)]
 
 
@@ -66,20 +66,20 @@ def test_a_bad_best_of_n_is_a_clear_error(tmp_path, tiny_model, spec, message):
 
 
 def test_best_of_n_by_judge_needs_a_judge_before_it(tmp_path, tiny_model):
-    recipe = samples_raw(tmp_path, tiny_model, [{"name": "best_of_n", "by": "judge"}])
+    plan = samples_raw(tmp_path, tiny_model, [{"name": "best_of_n", "by": "judge"}])
     with pytest.raises(ValueError, match="put a judge filter before best_of_n"):
-        run_curate(recipe, progress=False)
+        run_curate(plan, progress=False)
 
 
 def test_pairs_from_ranked_samples_and_their_provenance(tmp_path, tiny_model):
-    from synth.pairs import run_pairs
-    from synth.stages import pairs_key, read_stamp
+    from synth.pairs import pairs_key, run_pairs
+    from synth.stage import read_stamp
 
-    recipe = samples_raw(tmp_path, tiny_model, [{"name": "best_of_n", "function": "curate_verifiers:number_count"}])
-    run_curate(recipe, progress=False)
-    counts = run_pairs(recipe)
-    assert read_stamp(recipe.layout.stamp("pairs")) == pairs_key(recipe)  # synth run skips it next time
-    pairs = {p["prompt"][-1]["content"]: p for p in read_jsonl(recipe.layout.pairs)}
+    plan = samples_raw(tmp_path, tiny_model, [{"name": "best_of_n", "function": "curate_verifiers:number_count"}])
+    run_curate(plan, progress=False)
+    counts = run_pairs(plan)
+    assert read_stamp(plan.layout.stamp("pairs")) == pairs_key(plan)  # synth run skips it next time
+    pairs = {p["prompt"][-1]["content"]: p for p in read_jsonl(plan.layout.pairs)}
     # "Name a colour." kept nothing, so it has no pair; each other kept answer against the
     # lowest-scored sample of its prompt.
     assert counts == {"samples": 2, "pairs": 2, "duplicates": 0}
@@ -91,17 +91,17 @@ def test_pairs_from_ranked_samples_and_their_provenance(tmp_path, tiny_model):
     assert apples["reason"].startswith("score 0 below min_score 1")
     assert pairs["What is 2 plus 2?"]["rejected"][0]["content"] in ("four", "fourish")
     # A margin wider than every gap makes no pairs.
-    recipe.pairs = PairsConfig(min_margin=5.0)
-    assert run_pairs(recipe)["pairs"] == 0
+    plan.recipe.pairs = PairsConfig(min_margin=5.0)
+    assert run_pairs(plan)["pairs"] == 0
 
 
 def test_pairs_need_a_ranking(tmp_path, tiny_model):
     from synth.pairs import run_pairs
 
-    recipe = samples_raw(tmp_path, tiny_model, ["empty"])
-    run_curate(recipe, progress=False)
+    plan = samples_raw(tmp_path, tiny_model, ["empty"])
+    run_curate(plan, progress=False)
     with pytest.raises(ValueError, match="curate.filters has none; add e.g. {name: best_of_n"):
-        run_pairs(recipe)
+        run_pairs(plan)
 
 
 @pytest.mark.parametrize("row, message", [
@@ -112,7 +112,7 @@ def test_pairs_need_a_ranking(tmp_path, tiny_model):
       "rejected": [{"role": "assistant", "content": "b"}]}, "'prompt' must end with a user turn"),
 ])
 def test_a_bad_pair_file_names_the_line_and_the_field(tmp_path, row, message):
-    from synth.pairs import read_pairs
+    from sft.data import read_pairs
 
     good = {"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "assistant", "content": "a"}],
             "rejected": [{"role": "assistant", "content": "b"}]}
@@ -136,13 +136,13 @@ def test_real_samples_to_pairs_to_a_dpo_student_that_resumes(tmp_path, tiny_mode
                        extra={"curate": {"filters": [{"name": "best_of_n", "function": "curate_verifiers:answer_chars"}],
                                          "eval_fraction": 0.0},
                               "pairs": {"sources": ["samples", "student"], "student_max_tokens": 16}, "sft": sft})
-    recipe = load_recipe(path)
-    run_generate(recipe, backend=vllm_backend, progress=False)
-    run_curate(recipe, progress=False)
-    run_train(recipe, progress=False)
-    counts = run_pairs(recipe)
-    pairs = read_jsonl(recipe.layout.pairs)
-    train = {r["id"]: r for r in read_jsonl(recipe.layout.train)}
+    plan = load_plan(path)
+    run_generate(plan, backend=vllm_backend, progress=False)
+    run_curate(plan, progress=False)
+    run_train(plan, progress=False)
+    counts = run_pairs(plan)
+    pairs = read_jsonl(plan.layout.pairs)
+    train = {r["id"]: r for r in read_jsonl(plan.layout.train)}
     assert counts["samples"] >= 1 and counts["student_answers"] == len(train) == 6
     assert counts["pairs"] == len(pairs) == counts["samples"] + counts["student"]
     for p in pairs:
@@ -151,20 +151,20 @@ def test_real_samples_to_pairs_to_a_dpo_student_that_resumes(tmp_path, tiny_mode
         assert p["scores"]["chosen"] > p["scores"]["rejected"]
         assert p["scores"]["chosen"] == len(p["chosen"][0]["content"].strip())
         assert p["scores"]["rejected"] == len(p["rejected"][0]["content"].strip())
-    answers = recipe.layout.student_answers.read_bytes()
-    run_pairs(recipe)
-    assert recipe.layout.student_answers.read_bytes() == answers  # cached: the student answered once
+    answers = plan.layout.student_answers.read_bytes()
+    run_pairs(plan)
+    assert plan.layout.student_answers.read_bytes() == answers  # cached: the student answered once
 
-    first = run_dpo(recipe, progress=False)
-    dpo = recipe.layout.root / "student" / "dpo"
+    first = run_dpo(plan, progress=False)
+    dpo = plan.layout.root / "student" / "dpo"
     assert first["global_step"] == 4 and (dpo / "adapter" / "adapter_config.json").is_file()
-    sft_weights = (recipe.layout.root / "student" / "adapter" / "adapter_model.safetensors").read_bytes()
+    sft_weights = (plan.layout.root / "student" / "adapter" / "adapter_model.safetensors").read_bytes()
     assert (dpo / "adapter" / "adapter_model.safetensors").read_bytes() != sft_weights
     assert any("rewards/margins" in h for h in first["log_history"])  # DPO's own metrics were logged
     import shutil
 
     shutil.rmtree(dpo / "checkpoints" / "checkpoint-4")  # as if killed after step 2's checkpoint
-    second = run_dpo(recipe, progress=False)
+    second = run_dpo(plan, progress=False)
     assert second["resumed_from"].endswith("checkpoint-2") and second["global_step"] == 4
 
 
@@ -179,10 +179,10 @@ def test_pairs_ranked_by_a_judge_score_the_students_answers_with_the_same_judge(
         "backend": "openai", "model": SERVED_MODEL, "openai": {
             "base_url": vllm_server.url, "api_key_env": "STILLHOUSE_TEST_KEY",
             "extra_body": {"structured_outputs": {"regex": "Score: [1-9]"}}}}}  # a score from the random model
-    recipe = samples_raw(tmp_path, tiny_model, [judge, {"name": "best_of_n", "by": "judge", "min_score": 1}],
+    plan = samples_raw(tmp_path, tiny_model, [judge, {"name": "best_of_n", "by": "judge", "min_score": 1}],
                          pairs={"sources": ["samples", "student"]})
-    run_curate(recipe, progress=False)
-    calls = len(read_jsonl(recipe.layout.judge))
+    run_curate(plan, progress=False)
+    calls = len(read_jsonl(plan.layout.judge))
     assert calls == 9  # one per sample
     students = []
 
@@ -190,15 +190,15 @@ def test_pairs_ranked_by_a_judge_score_the_students_answers_with_the_same_judge(
         students.extend(prompts)
         return [f"a student's answer {i}" for i in range(len(prompts))]
 
-    counts = run_pairs(recipe, answer=student)
-    pairs = read_jsonl(recipe.layout.pairs)
-    kept = {r["id"]: r for r in read_jsonl(recipe.layout.train)}
-    assert len(students) == len(kept) == 3 and len(read_jsonl(recipe.layout.judge)) == calls + 3  # the student's judged
+    counts = run_pairs(plan, answer=student)
+    pairs = read_jsonl(plan.layout.pairs)
+    kept = {r["id"]: r for r in read_jsonl(plan.layout.train)}
+    assert len(students) == len(kept) == 3 and len(read_jsonl(plan.layout.judge)) == calls + 3  # the student's judged
     assert counts["student_answers"] == 3 and counts["pairs"] == len(pairs) == counts["samples"] + counts["student"]
     # The judge samples its scores (seed None), so which pairs exist varies; the counts follow
     # from the files: a kept answer pairs with its prompt's lowest-scored sample when that is lower.
     worst = {}
-    for r in read_jsonl(recipe.layout.rejected):
+    for r in read_jsonl(plan.layout.rejected):
         if r["rejection"]["filter"] != "best_of_n":
             continue
         q = r["messages"][-2]["content"]
@@ -209,5 +209,5 @@ def test_pairs_ranked_by_a_judge_score_the_students_answers_with_the_same_judge(
         assert p["by"] == "judge" and 1 <= p["scores"]["rejected"] < p["scores"]["chosen"] <= 9
         assert p["chosen"][0]["content"] == kept[p["chosen_id"]]["messages"][-1]["content"]
         assert p["source"] == "samples" or p["rejected"][0]["content"].startswith("a student's answer")
-    run_pairs(recipe, answer=student)
-    assert len(read_jsonl(recipe.layout.judge)) == calls + 3  # the student's answers were judged once
+    run_pairs(plan, answer=student)
+    assert len(read_jsonl(plan.layout.judge)) == calls + 3  # the student's answers were judged once

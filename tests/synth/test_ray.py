@@ -19,6 +19,7 @@ import pytest
 
 from synth.config import load_recipe
 from synth.generate import run_generate
+from synth.plan import load_plan
 
 from conftest import _free_port, make_recipe, read_jsonl
 
@@ -141,7 +142,7 @@ def test_a_recipe_runs_unchanged_on_a_ray_cluster(tmp_path, tiny_model, vllm_bac
                          capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     on_ray = read_jsonl(tmp_path / "out" / "raw.jsonl")
-    local = load_recipe(path, ["teacher.vllm.ray.workers=0", f"output.dir={tmp_path / 'local'}"])
+    local = load_plan(path, ["teacher.vllm.ray.workers=0", f"output.dir={tmp_path / 'local'}"])
     run_generate(local, vllm_backend, progress=False)
     in_process = read_jsonl(tmp_path / "local" / "raw.jsonl")
     assert len(on_ray) == len({r["id"] for r in on_ray}) == 40

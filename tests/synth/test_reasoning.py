@@ -10,9 +10,9 @@ import sys
 import pytest
 import yaml
 
-from synth.config import load_recipe
 from synth.filters.reasoning import Reasoning
 from synth.generate import run_generate
+from synth.plan import load_plan
 from synth.reasoning import split_reasoning
 
 from conftest import (
@@ -61,7 +61,7 @@ def test_anthropic_thinking_blocks_are_the_reasoning(monkeypatch):
     are the reasoning, text blocks the answer."""
     from synth.backends.anthropic_api import AnthropicBackend
     from synth.config import TeacherConfig
-    from synth.generate import make_record
+    from synth.records import make_record
     from synth.requests import Request
 
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-0123456789")
@@ -86,16 +86,16 @@ def test_api_teachers_reasoning_from_tags_and_from_the_servers_field(tmp_path, b
     seeds = [{"question": f"What is {i} plus {i}?"} for i in range(4)]
     opts = {"extra_body": {"structured_outputs": {"regex": REGEX}}}
     # A server without a reasoning parser: the tags stay in the text and synth splits them.
-    recipe = load_recipe(make_api_recipe(tmp_path / "a", server.url, openai=opts, seeds=seeds,
-                                         sampling={"n": 1, "max_tokens": 64}))
-    run_generate(recipe, progress=False)
-    tagged = read_jsonl(recipe.layout.raw)
+    plan = load_plan(make_api_recipe(tmp_path / "a", server.url, openai=opts, seeds=seeds,
+                                     sampling={"n": 1, "max_tokens": 64}))
+    run_generate(plan, progress=False)
+    tagged = read_jsonl(plan.layout.raw)
     # A server with a reasoning parser: the reasoning comes in its own field.
     server.reasoning_parser = True
-    recipe = load_recipe(make_api_recipe(tmp_path / "b", server.url, openai=opts, seeds=seeds, out="out-b",
-                                         sampling={"n": 1, "max_tokens": 64}))
-    run_generate(recipe, progress=False)
-    fielded = read_jsonl(recipe.layout.raw)
+    plan = load_plan(make_api_recipe(tmp_path / "b", server.url, openai=opts, seeds=seeds, out="out-b",
+                                     sampling={"n": 1, "max_tokens": 64}))
+    run_generate(plan, progress=False)
+    fielded = read_jsonl(plan.layout.raw)
     for records in (tagged, fielded):
         assert len(records) == 4
         for r in records:

@@ -7,7 +7,7 @@ import pytest
 from synth.backends.vllm_engine import VllmBackend
 from synth.config import load_recipe
 from synth.fingerprint import fingerprint_dir
-from synth.generate import plan_requests
+from synth.plan import resolve
 
 from conftest import make_recipe
 
@@ -16,7 +16,7 @@ TEACHER = {"backend": "vllm", "model": "m", "revision": None, "fingerprint": "f"
 
 def _ids(tmp_path, overrides=(), teacher=TEACHER, **kw):
     recipe = load_recipe(make_recipe(tmp_path, "unused-model", **kw), list(overrides))
-    return [r.id for r in plan_requests(recipe, teacher).requests]
+    return [r.id for r in resolve(recipe, teacher).requests.requests]
 
 
 def test_ids_are_stable_across_plans(tmp_path):
@@ -82,7 +82,7 @@ def test_reordering_seeds_keeps_ids_and_duplicates_collapse(tmp_path):
     b = set(_ids(tmp_path, seeds=list(reversed(seeds))))
     assert a == b
     recipe = load_recipe(make_recipe(tmp_path, "m", seeds=seeds + [seeds[0]]))
-    plan = plan_requests(recipe, TEACHER)
+    plan = resolve(recipe, TEACHER).requests
     assert len(plan.requests) == 6 and plan.duplicates == 2
 
 
@@ -105,8 +105,8 @@ def test_weights_fingerprint_follows_model_files(tmp_path, tiny_model):
     tpl.write_text(tpl.read_text() + " ")
     recipe_a = load_recipe(make_recipe(tmp_path, tiny_model))
     recipe_b = load_recipe(make_recipe(tmp_path, copy))
-    ids_a = {r.id for r in plan_requests(recipe_a).requests}
-    ids_b = {r.id for r in plan_requests(recipe_b).requests}
+    ids_a = {r.id for r in resolve(recipe_a).requests.requests}
+    ids_b = {r.id for r in resolve(recipe_b).requests.requests}
     assert not ids_a & ids_b
 
 

@@ -10,9 +10,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+from sft.evaluate import eval_key
+from sft.train import train_key
+from synth.backends import Completion
 from synth.config import load_recipe
-from synth.curate import run_curate
-from synth.generate import plan_requests, run_generate
+from synth.curate import curate_key, run_curate
+from synth.generate import run_generate
+from synth.plan import load_plan, resolve
+from synth.records import make_record
+from synth.stage import changed, why_run
 
 from conftest import REPO, make_recipe, write_jsonl
 from curate_data import build_raw, real_rows
@@ -48,12 +54,12 @@ def test_a_typo_anywhere_in_the_recipe_fails_before_generation(tmp_path, tiny_mo
 
 
 def test_generate_keeps_the_curate_section_of_the_manifest(tmp_path, tiny_model):
-    path, recipe, _ = build_raw(tmp_path, tiny_model, real_rows(4), {"filters": ["empty"]})
-    run_curate(recipe, progress=False)
+    path, plan, _ = build_raw(tmp_path, tiny_model, real_rows(4), {"filters": ["empty"]})
+    run_curate(plan, progress=False)
     manifest = tmp_path / "out" / "manifest.json"
     curated = json.loads(manifest.read_text())["curate"]
     # Every request is answered already: generate sends nothing and starts no engine.
-    result = run_generate(load_recipe(path), progress=False)
+    result = run_generate(load_plan(path), progress=False)
     assert result["counts"]["generated"] == 0 and result["status"] == "complete"
     after = json.loads(manifest.read_text())
     assert after["curate"] == curated and after["counts"]["requests"] == 4
@@ -91,24 +97,20 @@ def _version_dir(tmp_path, name, teacher, answers_by_sample, stale_answer=None):
     """An output dir as `synth generate` leaves it: config.yaml, teacher.json and a raw log
     written in completion order (sample 1 before sample 0), plus records of an older
     sampling config when `stale_answer` is given."""
-    from synth.backends import Completion
-    from synth.generate import make_record
-
     seeds = [{"question": f"Question {i}?"} for i in range(3)]
     (tmp_path / name).mkdir()
     path = make_recipe(tmp_path / name, "org/model", seeds=seeds, sampling={"n": 2, "max_tokens": 8}, out="out")
-    recipe = load_recipe(path)
     out = tmp_path / name / "out"
     out.mkdir()
     (out / "config.yaml").write_text(path.read_text())
     (out / "teacher.json").write_text(json.dumps(teacher))
     records = []
-    for req in plan_requests(recipe, teacher).requests:
+    for req in resolve(load_recipe(path), teacher, versioned=False).requests.requests:
         text = answers_by_sample[req.sample_index](req.messages[-1]["content"])
         records.append(make_record(Completion(req, text, "stop", 5, 5, 0.1), teacher))
     if stale_answer is not None:
         old = load_recipe(path, ["sampling.max_tokens=4"])
-        for req in plan_requests(old, teacher).requests:
+        for req in resolve(old, teacher, versioned=False).requests.requests:
             records.append(make_record(Completion(req, stale_answer, "stop", 5, 5, 0.1), teacher))
     records.sort(key=lambda r: -r["sample_index"])  # completion order is not sample order
     write_jsonl(out / "raw.jsonl", records)
@@ -137,7 +139,7 @@ def test_eval_puts_the_students_models_on_the_gpu_when_there_is_one(tmp_path, ti
     import torch
 
     from sft.config import SftConfig
-    from sft.evaluate import _load_models
+    from sft.generation import load_student_models
     from synth.tiny_model import build_tiny_model
 
     trained = build_tiny_model(tmp_path / "trained", seed=3)
@@ -145,7 +147,7 @@ def test_eval_puts_the_students_models_on_the_gpu_when_there_is_one(tmp_path, ti
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.nn.Module, "to", lambda self, *a, **k: moved.append((type(self).__name__, a, k)) or self)
     cfg = SftConfig(model=str(tiny_model), full_finetune=True)
-    models = _load_models(cfg, str(tiny_model), trained)
+    models = load_student_models(cfg, str(tiny_model), trained)
     assert len(moved) == 2 and all(a == ("cuda",) for _, a, _ in moved), moved
     assert models.base.dtype == torch.bfloat16
 
@@ -164,10 +166,10 @@ def test_the_packaged_prompts_ship_in_the_wheel_and_load_from_any_directory(tmp_
         assert f"synth/prompts/{template}" in names, template
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
-    probe = ("import synth, sys\nfrom synth.filters.judge import JudgeOptions\nfrom synth.templates import builtin_template\n"
+    probe = ("import synth, sys\nfrom synth.filters.judge import RUBRIC, JudgeOptions\nfrom synth.layout import packaged_prompt\n"
              "assert synth.__file__.startswith(sys.argv[1]), synth.__file__\n"
-             "o = JudgeOptions(teacher=None)\nassert o.template_path.is_file(), o.template_path\n"
-             "assert builtin_template('expand/self_instruct.j2').is_file()\nprint('ok')\n")
+             "o = JudgeOptions(teacher=None)\nassert o.template_path(RUBRIC).is_file(), o.template_path(RUBRIC)\n"
+             "assert packaged_prompt('expand/self_instruct.j2').is_file()\nprint('ok')\n")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     res = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(site)!r})\n" + probe, str(site)],
@@ -176,8 +178,6 @@ def test_the_packaged_prompts_ship_in_the_wheel_and_load_from_any_directory(tmp_
 
 
 def test_stage_keys_name_exactly_their_inputs(tmp_path, tiny_model):
-    from synth.stages import changed, curate_key, eval_key, train_key, why_run
-
     path, _, _ = build_raw(tmp_path, tiny_model, real_rows(3), {"filters": ["empty"], "eval_fraction": 0.3})
     data = yaml.safe_load(path.read_text())
     data["sft"] = {"model": str(tiny_model), "max_steps": 4}
@@ -185,8 +185,8 @@ def test_stage_keys_name_exactly_their_inputs(tmp_path, tiny_model):
     write_jsonl(tmp_path / "out" / "train.jsonl", [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}])
 
     def keys(*overrides):
-        r = load_recipe(path, list(overrides))
-        return curate_key(r), train_key(r), eval_key(r)
+        plan = load_plan(path, list(overrides))
+        return curate_key(plan), train_key(plan), eval_key(plan, plan.student)
 
     base = keys()
     # Bookkeeping (logging, checkpoint cadence) changes no key; eval settings only eval's.
@@ -214,15 +214,13 @@ def test_stage_keys_name_exactly_their_inputs(tmp_path, tiny_model):
 
 
 def test_a_verifiers_code_is_part_of_curations_key(tmp_path, tiny_model, monkeypatch):
-    from synth.stages import changed, curate_key
-
     module = tmp_path / "my_checks.py"
     module.write_text("def ok(record):\n    return True\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    path, recipe, _ = build_raw(tmp_path, tiny_model, real_rows(2), {"filters": [{"name": "verifier", "function": "my_checks:ok"}]})
-    before = curate_key(recipe)
+    path, plan, _ = build_raw(tmp_path, tiny_model, real_rows(2), {"filters": [{"name": "verifier", "function": "my_checks:ok"}]})
+    before = curate_key(plan)
     module.write_text("def ok(record):\n    return False\n")
-    assert changed(before, curate_key(load_recipe(path))) == ["filters"]
+    assert changed(before, curate_key(load_plan(path))) == ["filters"]
 
 
 def test_expanded_prompts_are_what_every_command_plans(tmp_path, tiny_model):
@@ -230,20 +228,17 @@ def test_expanded_prompts_are_what_every_command_plans(tmp_path, tiny_model):
     then new prompts) under the template's variable; before expansion, a clear error."""
     path = make_recipe(tmp_path, tiny_model, sampling={"n": 1}, extra={"expand": {"field": "question"}})
     with pytest.raises(ValueError, match=r"expand: .*expanded.jsonl does not exist yet; run `synth expand RECIPE` first"):
-        plan_requests(load_recipe(path))
+        _ = load_plan(path).requests
     out = tmp_path / "out"
     out.mkdir()
     seeds = [json.loads(line)["question"] for line in (tmp_path / "seeds.jsonl").read_text().splitlines()]
     write_jsonl(out / "expanded.jsonl", [{"prompt": q, "origin": {"method": "seed"}} for q in seeds]
                 + [{"prompt": "A brand new prompt about tides?", "origin": {"method": "self_instruct"}}])
-    plan = plan_requests(load_recipe(path))
+    plan = load_plan(path).requests
     assert [r.messages[-1]["content"] for r in plan.requests] == [*seeds, "A brand new prompt about tides?"]
 
 
 def test_standalone_curate_keeps_the_records_of_expanded_prompts(tmp_path, tiny_model):
-    from synth.backends import Completion
-    from synth.generate import make_record
-
     path = make_recipe(tmp_path, tiny_model, sampling={"n": 1}, extra={"expand": {"field": "question"}, "curate": {"filters": ["empty"]}})
     out = tmp_path / "out"
     out.mkdir()
@@ -251,8 +246,9 @@ def test_standalone_curate_keeps_the_records_of_expanded_prompts(tmp_path, tiny_
     new = ["A brand new prompt about tides?", "Another new prompt about volcanoes?"]
     write_jsonl(out / "expanded.jsonl", [{"prompt": q, "origin": {"method": "seed" if q in seeds else "evol_instruct"}}
                                          for q in [*seeds, *new]])
-    plan = plan_requests(load_recipe(path))
-    write_jsonl(out / "raw.jsonl", [make_record(Completion(r, "An answer.", "stop", 3, 3, 0.1), plan.teacher) for r in plan.requests])
+    plan = load_plan(path)
+    write_jsonl(out / "raw.jsonl", [make_record(Completion(r, "An answer.", "stop", 3, 3, 0.1), plan.teacher)
+                                    for r in plan.requests.requests])
     res = _synth("curate", path, "--no-progress")
     assert res.returncode == 0, res.stderr[-2000:]
     stats = json.loads((out / "stats.json").read_text())

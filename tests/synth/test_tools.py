@@ -13,11 +13,11 @@ import yaml
 
 from synth.card import write_card
 from synth.config import ToolsConfig, load_recipe
-from synth.curate import run_curate
+from synth.curate import curate_key, run_curate
 from synth.filters.tools import Tools
-from synth.generate import plan_requests, run_generate
-from synth.stages import curate_key
-from synth.tools import Call, Toolbox, parse_calls, parse_required
+from synth.generate import run_generate
+from synth.plan import load_plan
+from synth.tools import Call, Toolbox, check_tools, parse_calls, parse_required
 
 from conftest import REPO, SERVED_MODEL, make_api_recipe, make_recipe, read_jsonl
 
@@ -76,7 +76,7 @@ def test_calls_are_parsed_from_hermes_text_and_from_required_json():
 ])
 def test_a_bad_tools_section_is_a_clear_error(change, error):
     with pytest.raises(ValueError, match=error.replace("(", r"\(").replace(")", r"\)").replace("{", r"\{").replace("[", r"\[")):
-        ToolsConfig(**{**tools_section(["weather"]), **change})
+        check_tools(ToolsConfig(**{**tools_section(["weather"]), **change}))
 
 
 def test_the_filter_rejects_tool_errors_markup_and_unanswered_calls():
@@ -104,7 +104,7 @@ def test_tools_are_refused_where_they_cannot_work(tmp_path, tiny_model):
 
 
 def _engine_recipe(tmp_path, tiny_model, names, out="out", **tools):
-    return load_recipe(make_recipe(
+    return load_plan(make_recipe(
         tmp_path, tiny_model, seeds=[{"question": f"Weather {i}?"} for i in range(4)], out=out,
         sampling={"n": 1, "max_tokens": 48},
         extra={"tools": tools_section(names, **{"first_choice": "required", "parallel": False, **tools}),
@@ -115,9 +115,9 @@ def _engine_recipe(tmp_path, tiny_model, names, out="out", **tools):
 def test_the_engine_calls_tools_gets_results_back_answers_and_resumes_without_rerunning(tmp_path, tiny_model, vllm_backend):
     impl = tmp_path / "my_tools.py"
     shutil.copy(IMPL, impl)
-    recipe = _engine_recipe(tmp_path, tiny_model, ["weather"], impl=impl)
-    manifest = run_generate(recipe, backend=vllm_backend, progress=False)
-    records = read_jsonl(recipe.layout.raw)
+    plan = _engine_recipe(tmp_path, tiny_model, ["weather"], impl=impl)
+    manifest = run_generate(plan, backend=vllm_backend, progress=False)
+    records = read_jsonl(plan.layout.raw)
     assert manifest["counts"]["kept"] == 4 and manifest["conversations"]["tool_calls_run"] == 4
     for r in records:
         user, call, result, answer = [m for m in r["messages"] if m["role"] != "system"]
@@ -131,10 +131,10 @@ def test_the_engine_calls_tools_gets_results_back_answers_and_resumes_without_re
         assert r["tool_use"] == {"calls": 1, "rounds": 2, "errors": [], "ended": "turns", "turn_ids": r["tool_use"]["turn_ids"]}
         assert json.loads(r["tools"]) == [tool("weather")]
     # Records lost (a crash before they were written): the rerun runs no tool, sends no call.
-    recipe.layout.raw.unlink()
-    again = run_generate(recipe, backend=vllm_backend, progress=False)
+    plan.layout.raw.unlink()
+    again = run_generate(plan, backend=vllm_backend, progress=False)
     assert again["conversations"] == {"turns_sent": 0, "user_turns_sent": 0, "tool_calls_run": 0}
-    assert [r["messages"] for r in read_jsonl(recipe.layout.raw)] == [r["messages"] for r in records]
+    assert [r["messages"] for r in read_jsonl(plan.layout.raw)] == [r["messages"] for r in records]
 
     # Curated, the records load into datasets with their tools, and the student trains on the
     # call and the answer, never on the tool's result.
@@ -143,13 +143,13 @@ def test_the_engine_calls_tools_gets_results_back_answers_and_resumes_without_re
 
     from sft.data import read_conversations, tool_arguments_as_text
 
-    run_curate(recipe, progress=False)
-    card = write_card(recipe).read_text()
+    run_curate(plan, progress=False)
+    card = write_card(plan).read_text()
     assert "- kept records that call a tool: 4 of 4" in card and "by tool: weather 4" in card
-    rows = datasets.load_dataset("json", data_files=str(recipe.layout.train), split="train")
+    rows = datasets.load_dataset("json", data_files=str(plan.layout.train), split="train")
     assert json.loads(rows[0]["tools"]) == [tool("weather")]
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    (chat, *_) = tool_arguments_as_text(read_conversations(recipe.layout.train), tokenizer)
+    (chat, *_) = tool_arguments_as_text(read_conversations(plan.layout.train), tokenizer)
     enc = tokenizer.apply_chat_template(chat, tools=chat.tools, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
     trained = tokenizer.decode([t for t, m in zip(enc["input_ids"], enc["assistant_masks"], strict=True) if m])
     shown = tokenizer.decode(enc["input_ids"])
@@ -157,23 +157,24 @@ def test_the_engine_calls_tools_gets_results_back_answers_and_resumes_without_re
     assert "<tool_response>" in shown and "temperature" in shown and "temperature" not in trained
     assert '"name": "weather"' in shown.split("<|im_start|>user")[0]  # the tools, in the system turn
     # A changed tool function is a changed input: new records (the first calls stay cached).
-    curated_with = curate_key(recipe)
+    curated_with = curate_key(plan)
     impl.write_text(impl.read_text() + "\n# fixed a bug\n")
-    assert {r.id for r in plan_requests(recipe).requests}.isdisjoint(r["id"] for r in records)
-    assert curate_key(recipe) != curated_with  # `synth run` curates again, not the old records
+    changed = load_plan(tmp_path / "recipe.yaml")  # the next command resolves the recipe again
+    assert {r.id for r in changed.requests.requests}.isdisjoint(r["id"] for r in records)
+    assert curate_key(changed) != curated_with  # `synth run` curates again, not the old records
 
 
 @pytest.mark.slow
 def test_a_hanging_or_crashing_tool_is_an_error_curation_rejects(tmp_path, tiny_model, vllm_backend):
     for name, kind in (("hang", "timeout"), ("crash", "tool_error")):
-        recipe = _engine_recipe(tmp_path, tiny_model, [name], out=name, timeout_s=1)
-        manifest = run_generate(recipe, backend=vllm_backend, progress=False)
+        plan = _engine_recipe(tmp_path, tiny_model, [name], out=name, timeout_s=1)
+        manifest = run_generate(plan, backend=vllm_backend, progress=False)
         assert manifest["counts"]["kept"] == 4
-        records = read_jsonl(recipe.layout.raw)
+        records = read_jsonl(plan.layout.raw)
         assert all(r["tool_use"]["errors"][0]["kind"] == kind for r in records)
         assert all(json.loads(r["messages"][-2]["content"])["error"] for r in records)  # fed back to the teacher
-        stats = run_curate(recipe, progress=False)
-        rejected = read_jsonl(recipe.layout.rejected)
+        stats = run_curate(plan, progress=False)
+        rejected = read_jsonl(plan.layout.rejected)
         assert stats["kept"] == 0 and len(rejected) == 4
         assert all(r["rejection"]["reason"].startswith(f"tool {kind}: {name}") for r in rejected)
 
@@ -184,11 +185,11 @@ def test_through_a_vllm_server_calls_are_parsed_answered_and_bad_ones_rejected(t
     seeds = [{"question": f"Weather {i}?"} for i in range(3)]
     path = make_api_recipe(tmp_path, vllm_server.url, seeds=seeds, sampling={"n": 1, "max_tokens": 48}, out="good",
                            extra={"tools": tools_section(["weather"], first_choice="required", parallel=False)})
-    recipe = load_recipe(path)
-    assert recipe.teacher.model == SERVED_MODEL
-    manifest = run_generate(recipe, progress=False)
+    plan = load_plan(path)
+    assert plan.recipe.teacher.model == SERVED_MODEL
+    manifest = run_generate(plan, progress=False)
     assert manifest["counts"]["kept"] == 3 and manifest["conversations"]["tool_calls_run"] == 3
-    for r in read_jsonl(recipe.layout.raw):
+    for r in read_jsonl(plan.layout.raw):
         roles = [m["role"] for m in r["messages"] if m["role"] != "system"]
         assert roles == ["user", "assistant", "tool", "assistant"] and r["tool_use"]["errors"] == []
         assert r["messages"][-3]["tool_calls"][0]["function"]["arguments"]["city"] in ("Paris", "Lima")
@@ -200,10 +201,10 @@ def test_through_a_vllm_server_calls_are_parsed_answered_and_bad_ones_rejected(t
                                openai={"extra_body": {"structured_outputs": {"regex": regex}}},
                                extra={"tools": tools_section(["weather"], max_rounds=2),
                                       "curate": {"filters": ["tools"], "eval_fraction": 0.0}})
-        recipe = load_recipe(path)
-        run_generate(recipe, progress=False)
-        run_curate(recipe, progress=False)
-        reasons = {r["rejection"]["reason"].split(":")[0] for r in read_jsonl(recipe.layout.rejected)}
+        plan = load_plan(path)
+        run_generate(plan, progress=False)
+        run_curate(plan, progress=False)
+        reasons = {r["rejection"]["reason"].split(":")[0] for r in read_jsonl(plan.layout.rejected)}
         assert reasons == {"malformed tool call" if out == "malformed" else "tool unknown_tool"}, reasons
 
 
@@ -214,24 +215,24 @@ def test_sigkill_while_tools_run_resumes_without_running_a_recorded_call_again(t
 
     from killing import lines, sigkill_when
 
-    recipe = _engine_recipe(tmp_path, tiny_model, ["slow"], workers=1)
+    plan = _engine_recipe(tmp_path, tiny_model, ["slow"], workers=1)
     data = yaml.safe_load((tmp_path / "recipe.yaml").read_text())
     data["seeds"]["path"] = str(tmp_path / "many.jsonl")
     (tmp_path / "many.jsonl").write_text("".join(f'{{"question": "Weather {i}?"}}\n' for i in range(8)))
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(data))
-    recipe = load_recipe(tmp_path / "recipe.yaml")
-    results = recipe.layout.tool_results
+    plan = load_plan(tmp_path / "recipe.yaml")
+    results = plan.layout.tool_results
     # Killed while the tools of the first round run, one at a time (two of eight recorded).
     sigkill_when([sys.executable, "-m", "synth.cli", "generate", str(tmp_path / "recipe.yaml"), "--no-progress"],
                  lambda: lines(results) >= 2, 240)
     recorded = lines(results)
-    assert 2 <= recorded < 8 and not read_jsonl(recipe.layout.raw)
-    manifest = run_generate(recipe, backend=vllm_backend, progress=False)
+    assert 2 <= recorded < 8 and not read_jsonl(plan.layout.raw)
+    manifest = run_generate(plan, backend=vllm_backend, progress=False)
     assert manifest["counts"]["kept"] == 8
     assert manifest["conversations"]["tool_calls_run"] == 8 - recorded  # the recorded ones were not run again
     assert manifest["conversations"]["turns_sent"] == 8  # the first round's calls came from the cache
     assert Counter(r["id"] for r in read_jsonl(results)).most_common(1)[0][1] == 1
-    assert all(r["tool_use"]["calls"] == 1 and not r["tool_use"]["errors"] for r in read_jsonl(recipe.layout.raw))
+    assert all(r["tool_use"]["calls"] == 1 and not r["tool_use"]["errors"] for r in read_jsonl(plan.layout.raw))
 
 
 def test_tiny_model_rebuilds_a_model_whose_template_predates_tools(tmp_path, capsys):
