@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo demo-plumbing distill test test-fast lint bench clean
+.PHONY: setup demo demo-plumbing distill test test-fast lint docs bench clean
 
 setup: $(VENV)/.installed
 
@@ -67,6 +67,13 @@ test-fast: setup
 
 lint: setup
 	$(BIN)/ruff check synth sft tests bench
+	$(BIN)/lint-imports
+
+# The reference pages (recipe keys, filters, command lines) regenerated from the code, then
+# the docs site built into site/ (open site/index.html).
+docs: setup
+	$(BIN)/python -m synth.reference
+	$(BIN)/mkdocs build --strict
 
 # Every bench/ script but the GPU one, each to its RESULT line (bench/RESULTS.md). The peers
 # they compare against (datasketch) come with the `bench` extra.
@@ -86,4 +93,4 @@ bench: setup
 	$(BIN)/python bench/ray_overhead.py
 
 clean:
-	rm -rf .demo runs .bench .pytest_cache
+	rm -rf .demo runs .bench .pytest_cache site

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sft.config import SftConfig
-from synth.configtools import apply_overrides, from_dict, help_field, load_yaml, reference, to_dict
+from synth.configtools import apply_overrides, from_dict, help_field, load_yaml, to_dict
 from synth.layout import Layout, packaged_prompt
 
 SEED_FORMATS = ("auto", "jsonl", "csv", "txt", "hf", "parquet")
@@ -548,15 +548,3 @@ def redacted(recipe: Recipe) -> dict[str, Any]:
         return node
 
     return scrub(to_dict(recipe))
-
-
-def reference_markdown() -> str:
-    """The config reference as a Markdown table (kept in README.md)."""
-    lines = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
-    for key, tp, default, text in reference(Recipe):
-        lines.append(f"| `{key}` | {tp} | `{default}` | {text} |")
-    return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    print(reference_markdown())

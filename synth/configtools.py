@@ -239,4 +239,7 @@ def reference(cls: type, prefix: str = "", seen: dict[type, str] | None = None) 
         else:
             default = "required"
         rows.append((key, _type_name(tp), default, f.metadata.get("help", "")))
+        item = typing.get_args(tp)[0] if typing.get_origin(tp) is list and typing.get_args(tp) else None
+        if item is not None and dataclasses.is_dataclass(item):  # a list of sections: each entry's keys
+            rows.extend(reference(item, f"{key}[]", seen))
     return rows

@@ -70,7 +70,9 @@ def score_with(func: Any, rec: dict[str, Any]) -> tuple[float, str | None]:
 
 
 class BestOfN(Filter):
-    """Keep the best k samples of each prompt (see the module docstring)."""
+    """With `sampling.n > 1`, keep the best `k` samples of each prompt by a verifier or a judge
+    score (ties: the lower sample index, then the lower id); stats.json says how often the
+    teacher passes (pass@1, pass@n, prompts with no passing sample). Put it last."""
 
     name = "best_of_n"
     Options = BestOfNOptions
