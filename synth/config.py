@@ -179,6 +179,7 @@ class ApiOptions:
     batch_max_requests: int = help_field(50_000, help="most requests in one batch input file (OpenAI's limit: 50,000)")
     batch_max_mb: float = help_field(190.0, help="largest batch input file in MB (OpenAI's limit: 200 MB)")
     batch_poll_s: float = help_field(30.0, help="seconds between two status checks of the running batches")
+    batch_create_grace_s: float = help_field(600.0, help="after a run was killed while asking for a batch, how long (from that request) a rerun keeps looking for it at the provider before creating it anew; the SDKs' longest request time")
     batch_discount: float = help_field(0.5, help="batch price as a share of the synchronous price, for --dry-run and the manifest's cost")
 
     def __post_init__(self) -> None:
@@ -206,6 +207,8 @@ class ApiOptions:
             raise ValueError(f"batch_max_mb: must be > 0, got {self.batch_max_mb}")
         if self.batch_poll_s <= 0:
             raise ValueError(f"batch_poll_s: must be > 0, got {self.batch_poll_s}")
+        if self.batch_create_grace_s < 0:
+            raise ValueError(f"batch_create_grace_s: must be >= 0, got {self.batch_create_grace_s}")
         if not 0 < self.batch_discount <= 1:
             raise ValueError(f"batch_discount: must be in (0, 1] (0.5 is half the synchronous price), got {self.batch_discount}")
 

@@ -16,6 +16,10 @@ Knobs for failures a real provider produces but not on demand:
     hold_batches      an Event: while set, batches stay `in_progress` (nothing runs)
     hang_upload       an Event: while set, POST /files stores the file, then never answers
     hang_create       an Event: while set, POST /batches creates the batch, then never answers
+    create_late       an Event: while set, POST /batches (either API) never answers and creates
+                      its batch only after the server has answered its next listing of batches:
+                      a provider that finishes a creation after the client is gone and after a
+                      rerun has looked for it
     expire_after      int or None: the next batch runs this many lines, then ends `expired`
     api_key           the only key accepted; any other gets a 401
     reasoning_parser  True: chat completions come back as a server with a reasoning parser
@@ -61,6 +65,8 @@ class BatchServer:
         self.hang_upload = threading.Event()
         self.hang_create = threading.Event()
         self.hung = threading.Event()  # a hanging upload or creation has done its work
+        self.create_late = threading.Event()
+        self._listed = threading.Event()  # a listing of batches was answered
         self.expire_after: int | None = None
         self._release = threading.Event()
         self._lock = threading.Lock()
@@ -105,18 +111,22 @@ class BatchServer:
                         return self._json(404, {"error": {"message": f"No such File object: {m[1]}"}})
                     return self._send(200, server.contents[m[1]], "application/octet-stream")
                 if path == "/messages/batches":
-                    data = sorted(server.message_batches.values(), key=lambda b: b["id"], reverse=True)
-                    return self._json(200, {"data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
-                                            "last_id": data[-1]["id"] if data else None})
+                    with server._lock:  # counts as one consistent snapshot
+                        data = sorted(server.message_batches.values(), key=lambda b: b["id"], reverse=True)
+                        payload = json.dumps({"data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
+                                              "last_id": data[-1]["id"] if data else None}).encode()
+                    self._send(200, payload)
+                    return server._listed.set()
                 if m := re.fullmatch(r"/messages/batches/([\w-]+)/results", path):
                     return self._send(200, server.contents[f"results-{m[1]}"], "application/binary")
                 if m := re.fullmatch(r"/messages/batches/([\w-]+)", path):
                     return self._json(200, server.message_batches[m[1]])
                 if path == "/batches":
                     data = sorted(server.batches.values(), key=lambda b: (b["created_at"], b["id"]), reverse=True)
-                    return self._json(200, {"object": "list", "data": data, "has_more": False,
-                                            "first_id": data[0]["id"] if data else None,
-                                            "last_id": data[-1]["id"] if data else None})
+                    self._json(200, {"object": "list", "data": data, "has_more": False,
+                                     "first_id": data[0]["id"] if data else None,
+                                     "last_id": data[-1]["id"] if data else None})
+                    return server._listed.set()
                 if m := re.fullmatch(r"/batches/([\w-]+)", path):
                     if m[1] not in server.batches:
                         return self._json(404, {"error": {"message": f"No such batch: {m[1]}"}})
@@ -159,6 +169,8 @@ class BatchServer:
                         return
                     return self._json(*server._forward(body, "/messages"))
                 if path == "/messages/batches":
+                    if server._late(lambda: server._create_messages(json.loads(raw))):
+                        return
                     batch = server._create_messages(json.loads(raw))
                     if server.hang_create.is_set():
                         server.hung.set()
@@ -173,6 +185,8 @@ class BatchServer:
                         return
                     return self._json(200, uploaded)
                 if path == "/batches":
+                    if server._late(lambda: server._create(json.loads(raw))):
+                        return
                     batch = server._create(json.loads(raw))
                     if server.hang_create.is_set():
                         server.hung.set()
@@ -285,25 +299,24 @@ class BatchServer:
         for n, item in enumerate(requests):
             cid, params = item["custom_id"], item["params"]
             text = json.dumps(params["messages"][-1])
-            counts["processing"] -= 1
             if limit is not None and n >= limit:
                 rows.append({"custom_id": cid, "result": {"type": "expired"}})
-                counts["expired"] += 1
+                outcome = "expired"
             elif "[no-result]" in text:
-                counts["succeeded"] += 1  # counted, but left out of the results (a provider bug)
+                outcome = "succeeded"  # counted, but left out of the results (a provider bug)
             elif "[bad-request]" in text:
                 rows.append({"custom_id": cid, "result": {"type": "errored", "error": {"type": "error", "error": {
                     "type": "invalid_request_error", "message": "max_tokens: must be at most 8192"}}}})
-                counts["errored"] += 1
+                outcome = "errored"
             else:
                 status, answer = self._forward(params, "/messages")
                 self.executed[cid] += 1
-                if status == 200:
-                    rows.append({"custom_id": cid, "result": {"type": "succeeded", "message": answer}})
-                    counts["succeeded"] += 1
-                else:
-                    rows.append({"custom_id": cid, "result": {"type": "errored", "error": answer}})
-                    counts["errored"] += 1
+                outcome = "succeeded" if status == 200 else "errored"
+                rows.append({"custom_id": cid, "result": {"type": outcome, **(
+                    {"message": answer} if status == 200 else {"error": answer})}})
+            with self._lock:  # a listing never sees a request counted twice or not at all
+                counts["processing"] -= 1
+                counts[outcome] += 1
         self.contents[f"results-{batch['id']}"] = "".join(json.dumps(r) + "\n" for r in rows).encode()
         batch.update(processing_status="ended", ended_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                      results_url=f"{self.root}/v1/messages/batches/{batch['id']}/results")
@@ -320,6 +333,17 @@ class BatchServer:
             return response.status, json.loads(response.read())
         finally:
             conn.close()
+
+    def _late(self, create) -> bool:
+        """With create_late set: the client waits in vain, then is killed (the test's `hung`);
+        the batch is created once the next listing has been answered. False otherwise."""
+        if not self.create_late.is_set():
+            return False
+        self._listed.clear()
+        self.hung.set()
+        if self._listed.wait(120):
+            create()
+        return True
 
     def release(self) -> None:
         """Let a hanging batch creation finish (its client is gone)."""

@@ -9,9 +9,14 @@ modes with one key and keeps its finished work), sent as batches:
    are re-attached: their requests are in flight (paid for) and never sent again.
 2. Requests with no answer and in no batch are cut into parts (at most `batch_max_requests`
    requests and `batch_max_mb` each). Each part is recorded in the ledger (with its request
-   ids) before anything is sent, and its batch id after the batch is created (OpenAI: its
-   uploaded file's id in between). A kill between two of these steps is repaired by the next
-   run, which looks the upload and the batch up before sending anything again.
+   ids) before anything is sent, a `creating` entry just before the batch is asked for, and
+   its batch id after the batch is created (OpenAI: its uploaded file's id in between). A
+   kill between two of these steps is repaired by the next run, which looks the upload and
+   the batch up before sending anything again. A creation the killed run never heard back
+   from can still appear at the provider after the rerun's first look (the provider finishes
+   the request after the client is gone), so a part with a `creating` entry and no batch id
+   is looked for again every `batch_poll_s` until `batch_create_grace_s` after that entry
+   before it is created anew (the log says so while it waits).
 3. The running batches are polled every `batch_poll_s`; as each ends, its results are
    downloaded and one result is yielded per request: a Completion for an answer, a Failure
    for an error, and for a request the batch never ran (expired, cancelled, failed, or left
@@ -57,6 +62,7 @@ class Part:
     status: str | None = None  # the batch's final status once collected
     ok: list[str] = field(default_factory=list)  # requests the collected batch answered
     abandoned: bool = False
+    creating: float | None = None  # unix time a run last asked the provider to create its batch
 
     @property
     def live(self) -> bool:
@@ -73,6 +79,10 @@ class BatchView:
     progress: str  # e.g. "in_progress 120/500", for the log
     errors: str = ""  # the provider's reason for a failed batch, if it gives one
     raw: Any = None  # the provider's batch object
+
+
+def _clock(unix: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(unix))
 
 
 def part_id(request_ids: list[str]) -> str:
@@ -99,6 +109,8 @@ def read_ledger(path: Path) -> dict[str, Part]:
             p = parts[pid]
             if kind == "uploaded":
                 p.file_id = event["file_id"]
+            elif kind == "creating":
+                p.creating = float(event["time"])
             elif kind == "submitted":
                 p.batch_id = event["batch_id"]
             elif kind == "collected":
@@ -171,13 +183,39 @@ class BatchMode:
     def _submit(self, ledger: JsonlAppender, part: Part, requests: dict[str, Request], known: set[str],
                 fresh: bool) -> None:
         """Create the part's batch; a part left by a killed run is first looked up."""
-        part.batch_id = None if fresh else self._find_batch(part, known)
+        part.batch_id = None if fresh else self._find_unconfirmed(part, known)
         if part.batch_id is None:
+            self._prepare_batch(ledger, part, [requests[r] for r in part.requests], fresh)
+            part.creating = time.time()
+            self._log(ledger, "creating", part, time=part.creating)
             part.batch_id = self._create_batch(ledger, part, [requests[r] for r in part.requests], fresh)
         self._log(ledger, "submitted", part, batch_id=part.batch_id, **({"file_id": part.file_id} if part.file_id else {}))
         known.add(part.batch_id)
         self.summary["submitted"].append(part.batch_id)
         logger.info("batch %s submitted: %d requests", part.batch_id, len(part.requests))
+
+    def _find_unconfirmed(self, part: Part, known: set[str]) -> str | None:
+        """The batch a killed run created for `part` without recording it. When that run had
+        asked for the batch (`creating`), the provider may still be creating it: look again
+        until the grace period after the request has passed, so it is never paid for twice."""
+        found = self._find_batch(part, known)
+        if found is not None or part.creating is None:
+            return found
+        deadline = part.creating + self.api.batch_create_grace_s
+        if time.time() < deadline:
+            logger.info("batch part %s: the run that asked for its batch at %s never heard back and no such batch is "
+                        "listed yet; looking again every %g s until %s (teacher.*.batch_create_grace_s) before creating "
+                        "it anew, so that it is not paid for twice", part.id, _clock(part.creating),
+                        self.api.batch_poll_s, _clock(deadline))
+        while found is None and time.time() < deadline:
+            time.sleep(min(self.api.batch_poll_s, max(0.0, deadline - time.time())))
+            found = self._find_batch(part, known)
+        if found is None:
+            logger.info("batch part %s: no batch appeared within the grace period; creating it", part.id)
+        return found
+
+    def _prepare_batch(self, ledger: JsonlAppender, part: Part, requests: list[Request], fresh: bool) -> None:
+        """What the provider needs before a batch is created (OpenAI: the uploaded file)."""
 
     # ---- collecting --------------------------------------------------------------------
 

@@ -69,7 +69,7 @@ class OpenAIBatchBackend(BatchMode, OpenAIBackend):
                 break  # newest first: older than the part, no need to look further
         return None
 
-    def _create_batch(self, ledger: JsonlAppender, part: Part, requests: list[Request], fresh: bool) -> str:
+    def _prepare_batch(self, ledger: JsonlAppender, part: Part, requests: list[Request], fresh: bool) -> None:
         if part.file_id is None:
             part.file_id = None if fresh else self._find_file(part)
             if part.file_id is None:
@@ -78,6 +78,8 @@ class OpenAIBatchBackend(BatchMode, OpenAIBackend):
                                       file=(part.filename, data, "application/jsonl"), purpose="batch")
                 part.file_id = uploaded.id
             self._log(ledger, "uploaded", part, file_id=part.file_id)
+
+    def _create_batch(self, ledger: JsonlAppender, part: Part, requests: list[Request], fresh: bool) -> str:
         batch = self._call(f"creating a batch of {part.filename}", self._api().batches.create,
                            input_file_id=part.file_id, endpoint=ENDPOINT,
                            completion_window=self.api.batch_completion_window, metadata={PART_KEY: part.id})

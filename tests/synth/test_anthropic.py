@@ -3,6 +3,7 @@ against tests/batchserver.py, whose Messages calls are answered by the session's
 server (vLLM serves /v1/messages). Retries and batch integrity are checked from what the
 server saw and executed."""
 
+import logging
 import os
 import subprocess
 import sys
@@ -111,20 +112,24 @@ def test_message_batches_answer_as_sync_does_and_account_for_every_request(tmp_p
     _no_key_in(tmp_path)
 
 
-def test_a_message_batch_that_expires_and_a_kill_while_creating_are_recovered(tmp_path, server):
+def test_a_message_batch_that_expires_and_a_kill_while_creating_are_recovered(tmp_path, server, caplog):
     questions = [f"Name the number {i}." for i in range(6)]
-    path = _recipe(tmp_path, server, questions, batch=True)
+    path = _recipe(tmp_path, server, questions, batch=True, batch_create_grace_s=120)
     plan = load_plan(path)
-    # Killed after the server created the batch, before the client heard its id: message
-    # batches have no metadata, so the rerun finds it by elimination (new, unrecorded, 6 requests).
+    # Killed while asking for the batch; the server creates it only after the rerun's first
+    # listing (a provider finishing a request whose client is gone). Message batches have no
+    # metadata, so the rerun finds it by elimination (new, unrecorded, 6 requests), looking
+    # again within the grace period instead of paying for a second batch.
     server.expire_after = 3
-    server.hang_create.set()
+    server.create_late.set()
     env = {**os.environ, "STILLHOUSE_ANTHROPIC_KEY": SERVER_KEY}
     sigkill_when([*SYNTH, "generate", str(path), "--no-progress"], server.hung.is_set, 120, env=env)
-    server.hang_create.clear()
-    server.release()
-    manifest = run_generate(plan, progress=False)
+    server.create_late.clear()
+    assert server.creates == 0
+    with caplog.at_level(logging.INFO, logger="synth.backends.batch"):
+        manifest = run_generate(plan, progress=False)
     assert server.creates == 1
+    assert "never heard back and no such batch is listed yet" in caplog.text
     assert manifest["counts"]["kept"] == 3 and manifest["counts"]["failed"] == 3
     assert {f["error"]["type"] for f in read_jsonl(plan.layout.failures)} == {"BatchExpired"}
     # The next run sends the expired three, once.

@@ -135,17 +135,20 @@ def test_a_batch_that_expires_half_done_keeps_its_half_and_the_rest_is_resent_on
     assert not read_jsonl(plan.layout.failures)
 
 
-@pytest.mark.parametrize("hang", ["upload", "create"])
+@pytest.mark.parametrize("hang", ["upload", "create", "create-late"])
 def test_a_kill_while_uploading_or_creating_never_submits_twice(tmp_path, server, hang):
     """The server does the work, then the client is killed before it hears back: the next run
-    finds the file by its name and the batch by its metadata instead of sending them again."""
-    path = _recipe(tmp_path, server)
+    finds the file by its name and the batch by its metadata instead of sending them again.
+    create-late: the server creates the batch only after the rerun's first listing; the rerun
+    looks again within the grace period instead of creating a second one."""
+    path = _recipe(tmp_path, server, batch_create_grace_s=120)
     plan = load_plan(path)
-    (server.hang_upload if hang == "upload" else server.hang_create).set()
+    {"upload": server.hang_upload, "create": server.hang_create, "create-late": server.create_late}[hang].set()
     env = {**os.environ, "STILLHOUSE_TEST_KEY": SERVER_KEY}
     sigkill_when([*SYNTH, "generate", str(path), "--no-progress"], server.hung.is_set, 120, env=env)
     server.hang_upload.clear()
     server.hang_create.clear()
+    server.create_late.clear()
     server.release()
     assert server.uploads == 1 and server.creates == (1 if hang == "create" else 0)
     manifest = run_generate(plan, progress=False)
