@@ -168,8 +168,10 @@ def _split(kept_path: Path, cfg: CurateConfig) -> dict[str, str]:
     """Assign each kept record to train or eval, keeping near-duplicate prompts together.
 
     Prompts are clustered with MinHash LSH (union of every pair at or above
-    split_threshold); a cluster goes to eval when the hash of its first id and eval_seed
-    falls under eval_fraction. Returns id -> "train" | "eval".
+    split_threshold); a cluster goes to eval when the hash of eval_seed and its smallest
+    prompt hash falls under eval_fraction. Only the prompts' text decides (not the ids, which
+    carry the teacher's fingerprint and so where its model lives): the same seeds give the
+    same held-out prompts on every machine and for every teacher. Returns id -> "train" | "eval".
     """
     index = NearIndex(cfg.split_threshold, 3, 64, None, 0)
     parent: dict[str, str] = {}
@@ -181,16 +183,19 @@ def _split(kept_path: Path, cfg: CurateConfig) -> dict[str, str]:
         return x
 
     ids: list[str] = []
+    text_hash: dict[str, str] = {}
 
     def link(block: list[dict[str, Any]]) -> None:
         keys = [rec["id"] for rec in block]
-        for rid, others in zip(keys, index.link_many(keys, [prompt_text(rec) for rec in block]), strict=True):
+        texts = [prompt_text(rec) for rec in block]
+        for rid, text, others in zip(keys, texts, index.link_many(keys, texts), strict=True):
             ids.append(rid)
             parent[rid] = rid
+            text_hash[rid] = hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
             for other in others:
-                a, b = find(rid), find(other)
+                a, b = sorted((find(rid), find(other)), key=lambda x: (text_hash[x], x))
                 if a != b:
-                    parent[max(a, b)] = min(a, b)  # the smaller id is the root: order-independent
+                    parent[b] = a  # the smallest prompt hash is the root: order-independent
 
     block: list[dict[str, Any]] = []
     for rec in iter_records(kept_path):
@@ -203,7 +208,7 @@ def _split(kept_path: Path, cfg: CurateConfig) -> dict[str, str]:
     out = {}
     for rid in ids:
         root = find(rid)
-        h = int.from_bytes(hashlib.blake2b(f"{cfg.eval_seed}:{root}".encode(), digest_size=8).digest(), "big")
+        h = int.from_bytes(hashlib.blake2b(f"{cfg.eval_seed}:{text_hash[root]}".encode(), digest_size=8).digest(), "big")
         out[rid] = "eval" if h / 2**64 < cfg.eval_fraction else "train"
     return out
 

@@ -2,6 +2,7 @@
 duplicates, near-duplicates, contamination, PII, refusals and truncations."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -114,6 +115,24 @@ def test_near_duplicate_prompts_never_straddle_train_and_eval(tmp_path, tiny_mod
         twin = q + " Please answer briefly."
         assert (q in train_q) == (twin in train_q), q[:60]
         assert (q in eval_q) == (twin in eval_q)
+
+
+def test_the_eval_split_follows_the_prompts_not_where_the_teacher_lives(tmp_path, tiny_model):
+    """The same seeds and answers, from the same model copied elsewhere (so other ids): the
+    same prompts are held out, as on another machine."""
+    items = real_rows(40)
+    copy = tmp_path / "elsewhere" / "teacher"
+    shutil.copytree(tiny_model, copy)
+    held_out = []
+    for name, model in (("a", tiny_model), ("b", copy)):
+        (tmp_path / name).mkdir()
+        _, plan, requests = build_raw(tmp_path / name, model, items, {"filters": [], "eval_fraction": 0.3})
+        run_curate(plan, progress=False)
+        held_out.append((sorted(r["messages"][-2]["content"] for r in read_jsonl(plan.layout.eval)),
+                         {r.id for r in requests.requests}))
+    (eval_a, ids_a), (eval_b, ids_b) = held_out
+    assert ids_a.isdisjoint(ids_b), "the copy's ids differ (the teacher's fingerprint names its directory)"
+    assert eval_a == eval_b and 0 < len(eval_a) < 40
 
 
 def test_json_schema_and_verifier(tmp_path, tiny_model):
