@@ -6,6 +6,7 @@ Nothing here imports torch or vllm at module import time.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import gc
 import hashlib
@@ -174,26 +175,44 @@ def read_json(path: Path) -> Any:
         return None
 
 
+def text_lines(path: Path, field: str) -> Iterator[str]:
+    """The lines of a UTF-8 text file, each with its line ending (csv's `newline=""` view). A
+    byte-order mark, as Excel's "CSV UTF-8" writes, is dropped. A line that is not UTF-8 is an
+    error naming `field` (the config key that points at the file), the file, the line and the
+    way to convert it."""
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8):]
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(
+                    f"{field}: {path} line {lineno} is not UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); "
+                    f"save the file as UTF-8 (Excel: Save As 'CSV UTF-8'), or convert it, e.g. "
+                    f"`iconv -f cp1252 -t utf-8 {path} > utf8-{path.name}` for a Windows file"
+                ) from None
+
+
 def read_jsonl_objects(path: Path, field: str, example: str) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for each non-blank line of a JSONL file. A bad line is an error
     naming `field` (the config key that points at the file), the file and the line."""
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(
-                    f"{field}: {path} line {lineno} is not valid JSON ({exc.msg} at column {exc.colno}); "
-                    "fix or remove that line"
-                ) from None
-            if not isinstance(row, dict):
-                raise ValueError(
-                    f"{field}: {path} line {lineno} is a JSON {type(row).__name__}, not an object; "
-                    f"each line must be an object such as {example}"
-                )
-            yield lineno, row
+    for lineno, line in enumerate(text_lines(path, field), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f"{field}: {path} line {lineno} is not valid JSON ({exc.msg} at column {exc.colno}); "
+                "fix or remove that line"
+            ) from None
+        if not isinstance(row, dict):
+            raise ValueError(
+                f"{field}: {path} line {lineno} is a JSON {type(row).__name__}, not an object; "
+                f"each line must be an object such as {example}"
+            )
+        yield lineno, row
 
 
 # ---- vLLM engines ----------------------------------------------------------------------

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from synth.config import SeedsConfig
-from synth.runtime import read_jsonl_objects
+from synth.runtime import read_jsonl_objects, text_lines
 
 _EXTENSIONS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".txt": "txt", ".parquet": "parquet"}
 
@@ -44,32 +44,30 @@ def detect_format(path: Path, fmt: str) -> str:
 
 
 def _read_csv(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with path.open(encoding="utf-8", newline="") as fh:
-        reader = csv.DictReader(fh)
-        if not reader.fieldnames:
-            return
-        for row in reader:
-            lineno = reader.line_num
-            if None in row:
-                raise ValueError(
-                    f"seeds.path: {path} line {lineno} has more cells than the header "
-                    f"({len(reader.fieldnames)} columns: {', '.join(reader.fieldnames)}); quote cells that contain commas"
-                )
-            missing = [k for k, v in row.items() if v is None]
-            if missing:
-                raise ValueError(
-                    f"seeds.path: {path} line {lineno} has no cell for column '{missing[0]}'; "
-                    "every row needs as many cells as the header"
-                )
-            yield lineno, dict(row)
+    reader = csv.DictReader(text_lines(path, "seeds.path"))
+    if not reader.fieldnames:
+        return
+    for row in reader:
+        lineno = reader.line_num
+        if None in row:
+            raise ValueError(
+                f"seeds.path: {path} line {lineno} has more cells than the header "
+                f"({len(reader.fieldnames)} columns: {', '.join(reader.fieldnames)}); quote cells that contain commas"
+            )
+        missing = [k for k, v in row.items() if v is None]
+        if missing:
+            raise ValueError(
+                f"seeds.path: {path} line {lineno} has no cell for column '{missing[0]}'; "
+                "every row needs as many cells as the header"
+            )
+        yield lineno, dict(row)
 
 
 def _read_txt(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            text = line.rstrip("\r\n")
-            if text.strip():
-                yield lineno, {"prompt": text}
+    for lineno, line in enumerate(text_lines(path, "seeds.path"), 1):
+        text = line.rstrip("\r\n")
+        if text.strip():
+            yield lineno, {"prompt": text}
 
 
 def _read_dataset(path: Path, fmt: str, split: str) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -29,6 +29,30 @@ def test_field_mapping_renames_columns(tmp_path):
     assert rows[0].fields == {"question": "hi"}
 
 
+def test_a_csv_saved_by_excel_with_a_byte_order_mark_keeps_its_first_column_name(tmp_path):
+    p = tmp_path / "s.csv"
+    p.write_bytes("question,topic\r\nWhat is KYC?,kyc\r\nDéfinir AML,aml\r\n".encode("utf-8-sig"))
+    rows = load_seeds(SeedsConfig(path=str(p)))
+    assert [r.fields for r in rows] == [{"question": "What is KYC?", "topic": "kyc"}, {"question": "Définir AML", "topic": "aml"}]
+    jsonl = tmp_path / "s.jsonl"
+    jsonl.write_bytes('{"question": "x"}\n'.encode("utf-8-sig"))
+    assert load_seeds(SeedsConfig(path=str(jsonl)))[0].fields == {"question": "x"}
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".txt"])
+def test_a_seed_file_that_is_not_utf8_names_the_file_the_line_and_the_fix(tmp_path, suffix):
+    p = tmp_path / f"s{suffix}"
+    good = {".csv": "question\nfirst\n", ".jsonl": '{"question": "first"}\n', ".txt": "first\n"}[suffix]
+    bad = {".csv": "Qu'est-ce que la conformité ?\n", ".jsonl": '{"question": "conformité"}\n',
+           ".txt": "conformité\n"}[suffix]
+    p.write_bytes(good.encode() + bad.encode("cp1252"))
+    with pytest.raises(ValueError) as err:
+        load_seeds(SeedsConfig(path=str(p)))
+    message = str(err.value)
+    line = 3 if suffix == ".csv" else 2
+    assert f"seeds.path: {p} line {line} is not UTF-8 (byte 0xe9" in message and "iconv -f cp1252 -t utf-8" in message
+
+
 def test_csv(tmp_path):
     p = tmp_path / "s.csv"
     p.write_text('question,topic\n"What is KYC, briefly?",kyc\nDefine AML,aml\n')
