@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from synth.examples.dates import prepare
 from synth.plan import load_plan
@@ -19,6 +20,13 @@ PRE_PLAN_RUN = REPO / "tests" / "data" / "pre-plan-run"  # written by af6fece, b
 
 def _files(root):
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _within(old, new) -> bool:
+    """Every key and value of `old` is in `new` (dicts may gain keys)."""
+    if isinstance(old, dict):
+        return isinstance(new, dict) and all(k in new and _within(v, new[k]) for k, v in old.items())
+    return old == new
 
 
 @pytest.mark.parametrize("recipe, out, keyed", [
@@ -46,8 +54,11 @@ def test_a_run_made_before_the_plan_is_reused_whole(tmp_path, monkeypatch, recip
     assert f"{len(raw_ids)} of {len(raw_ids)} answered, 0 new, 0 failed" == stages["generate"]["summary"]
     after = _files(work / out)
     rebuilt = {"README.md", "report.md", "report.json", "manifest.json", "lengths.png", "funnel.png", "run.log", ".lock"}
-    assert {name: data for name, data in after.items() if name not in rebuilt} == \
-        {name: data for name, data in before.items() if name not in rebuilt}, "no other file changed"
+    assert {name: data for name, data in after.items() if name not in rebuilt | {"config.yaml"}} == \
+        {name: data for name, data in before.items() if name not in rebuilt | {"config.yaml"}}, "no other file changed"
+    # The resolved config is rewritten with the keys added since (at their defaults); every
+    # value the old run recorded is unchanged.
+    assert _within(yaml.safe_load(before["config.yaml"]), yaml.safe_load(after["config.yaml"])), "the same config"
 
 
 # Runs `synth run` in a process of its own (its engine must not share this test session's
