@@ -69,7 +69,7 @@ class DistillOptions:
 
 @dataclass
 class DpoOptions:
-    """Preference training on OUTPUT/pairs.jsonl (README, Best-of-n and preference pairs)."""
+    """Preference training on OUTPUT/pairs.jsonl (docs/distillation.md)."""
 
     pairs: str | None = help_field(None, help="the preference pairs (prompt, chosen, rejected); default OUTPUT/pairs.jsonl (`synth pairs`)")
     beta: float = help_field(0.1, help="DPO's beta: how far the student may move from the SFT student it starts from")
@@ -101,7 +101,7 @@ class SftConfig:
     reasoning: str = help_field("keep", help="the teacher's reasoning traces: keep (trained on, through a chat template that renders reasoning_content, else written before the answer between the teacher's tags) or drop", stage="train")
     packing: str | bool = help_field("auto", help="auto (BFD packing where attention handles it without a dense mask: flash attention, flex_attention), true or false", stage="train")
     attn_implementation: str | None = help_field(None, help="attention implementation (sdpa, eager, flash_attention_2, flex_attention); none lets transformers pick", stage="train")
-    group_by_length: bool = help_field(False, help="padded batches of similar lengths, in random order: less padding, but where length goes with content it can cost quality (see README)", stage="train")
+    group_by_length: bool = help_field(False, help="padded batches of similar lengths, in random order: less padding, but where length goes with content it can cost quality (see docs/distillation.md)", stage="train")
     gradient_checkpointing: bool = help_field(False, help="recompute activations to save memory")
     epochs: float = help_field(3.0, help="passes over the training set", stage="train")
     max_steps: int = help_field(-1, help="stop after this many optimizer steps (-1: use epochs)", stage="train")
@@ -120,7 +120,7 @@ class SftConfig:
     eval_limit: int | None = help_field(None, help="`sft eval`: evaluate only the first N held-out examples", stage="eval")
     eval_judge: str | None = help_field(None, help="`sft eval`: a JUDGE.yaml (as for synth diff --judge) for the judge win rate of student vs teacher", stage="eval")
     eval_verifier: str | None = help_field(None, help="`sft eval`: 'module:function' task check run on student and teacher answers", stage="eval")
-    distill: DistillOptions | None = help_field(None, help="train on the teacher's top-k logprobs too (knowledge distillation); see README", stage="train")
+    distill: DistillOptions | None = help_field(None, help="train on the teacher's top-k logprobs too (knowledge distillation); see docs/distillation.md", stage="train")
     dpo: DpoOptions = help_field(default_factory=DpoOptions, help="`sft dpo`: preference training of the SFT student on pairs")
     eval_kv_cache_gib: float | None = help_field(None, help="`sft eval` with vLLM: KV cache size in GiB; none: 0.5 on a CPU, vLLM's share of GPU memory (0.9) on a GPU")
 
@@ -148,7 +148,7 @@ class SftConfig:
         if self.chat_template is not None and not Path(self.chat_template).is_file():
             raise ValueError(f"chat_template: {self.chat_template} does not exist")
         if self.eval_judge is not None and not Path(self.eval_judge).is_file():
-            raise ValueError(f"eval_judge: {self.eval_judge} does not exist; give a JUDGE.yaml (see README, synth diff --judge)")
+            raise ValueError(f"eval_judge: {self.eval_judge} does not exist; give a JUDGE.yaml (see docs/guides/new-teacher.md)")
 
     @property
     def on_policy(self) -> bool:

@@ -238,7 +238,7 @@ class AnthropicConfig(ApiOptions):
 
 @dataclass
 class ReasoningConfig:
-    """How a teacher's reasoning is told apart from its answer (README, Reasoning traces)."""
+    """How a teacher's reasoning is told apart from its answer (docs/distillation.md)."""
 
     parse: bool = help_field(True, help="split the reasoning from the answer: the API's reasoning_content/reasoning field or Anthropic's thinking blocks, else the text between the tags")
     open_tag: str = help_field("<think>", help="the tag that opens the reasoning in the teacher's text")
@@ -317,7 +317,7 @@ class OutputConfig:
 class CurateConfig:
     filters: list[Any] = help_field(
         ["truncated", "empty", "refusal", "exact_dedup"],
-        help="filters in order: names or {name: ..., options}; see README, Curation",
+        help="filters in order: names or {name: ..., options}; see docs/curation.md and docs/reference/filters.md",
     )
     eval_fraction: float = help_field(0.0, help="share of prompts held out in eval.jsonl (near-duplicate prompts stay together)")
     eval_seed: int = help_field(0, help="seed of the train/eval assignment")
@@ -385,7 +385,7 @@ class ExpandOptions:
 
 @dataclass
 class ConversationConfig:
-    """Multi-turn generation (README, Conversations)."""
+    """Multi-turn generation (docs/distillation.md)."""
 
     turns: int = help_field(1, help="assistant turns per conversation; above 1 a user simulator writes each follow-up")
     user_template: str | None = help_field(None, help="Jinja2 template (system and user blocks) asking the simulator for the next user message; variables: conversation (the transcript), messages, turn, stop and the seed's fields; none: the packaged conversation/user.j2")
@@ -411,7 +411,7 @@ class ConversationConfig:
 
 @dataclass
 class ToolsConfig:
-    """Tool calls (README, Tool calls): the tools the teacher may call and the Python
+    """Tool calls (docs/distillation.md): the tools the teacher may call and the Python
     functions that run them."""
 
     definitions: list[dict[str, Any]] | str = help_field(help="the tools, in OpenAI's format ({type: function, function: {name, description, parameters}}): a list, or a JSON/YAML file holding one")
@@ -439,7 +439,7 @@ class ToolsConfig:
 
 @dataclass
 class PairsConfig:
-    """`synth pairs` (README, Best-of-n and preference pairs): preference pairs from the
+    """`synth pairs` (docs/distillation.md): preference pairs from the
     curated data, ranked by the recipe's best_of_n filter."""
 
     sources: list[str] = help_field(["samples"], help="samples: each kept answer against the worst ranked sample of its prompt; student: each kept answer against the trained student's answer to its prompt, where the teacher's scores higher")

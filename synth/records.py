@@ -1,6 +1,6 @@
 """The record format: a teacher's answer (or failure) as one JSONL line.
 
-make_record turns a Completion into the raw-log record (README, Record format) that
+make_record turns a Completion into the raw-log record (docs/concepts.md) that
 generation, the cached judge and expansion calls and the conversation turns all write;
 make_failure does the same for failures.jsonl.
 """

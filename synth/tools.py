@@ -1,4 +1,4 @@
-"""Tool calls (README, Tool calls): the recipe's tools, the teacher's calls, and running them.
+"""Tool calls (docs/distillation.md): the recipe's tools, the teacher's calls, and running them.
 
 The teacher sees the tools (OpenAI's format) on every call: an API teacher as the request's
 `tools`, the in-process engine through its chat template's tools support. Its calls come

@@ -1,4 +1,4 @@
-"""Best-of-n (README, Best-of-n and preference pairs): with `sampling.n > 1`, keep the best
+"""Best-of-n (docs/distillation.md): with `sampling.n > 1`, keep the best
 `k` samples of each prompt by a verifier or a judge score, and say how often the teacher
 passes (pass@1, pass@n, prompts with no passing sample).
 

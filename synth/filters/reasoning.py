@@ -1,4 +1,4 @@
-"""Reasoning traces (README, Reasoning traces): missing, unfinished, too short or too long,
+"""Reasoning traces (docs/distillation.md): missing, unfinished, too short or too long,
 or not followed by an answer."""
 
 from __future__ import annotations

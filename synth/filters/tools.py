@@ -1,4 +1,4 @@
-"""Tool calls (README, Tool calls): calls to unknown tools, arguments the tool's schema
+"""Tool calls (docs/distillation.md): calls to unknown tools, arguments the tool's schema
 refuses, tools that failed or timed out, calls left as unparsed markup in the answer, and
 conversations still calling tools when tools.max_rounds ran out."""
 
