@@ -1,12 +1,14 @@
 """Every command the docs show runs as written.
 
-The commands are collected from README.md's ```bash blocks and from the comments of every
-recipe under prompts/ (lines `#   synth ...`, `#   sft ...`, `#   make ...`, `#   python ...`,
-with `\\` continuations). Each one either runs here, in the documents' order, in one scratch
-copy of the repository (so later commands find what earlier ones made, as a reader following
-the docs would), or is listed in NOT_HERE with the reason it cannot run on this machine (a
-GPU, a hub model, a hosted API key). A documented command in neither list fails the test:
-new docs must say which it is. The NOT_HERE list is printed with every run.
+The commands are collected from the ```bash blocks of README.md and of every page of the docs
+site (in mkdocs.yml's nav order), and from the comments of every recipe under prompts/ (lines
+`#   synth ...`, `#   sft ...`, `#   make ...`, `#   python ...`, with `\\` continuations). Each
+one either runs here, in that order, in one scratch copy of the repository (so later commands
+find what earlier ones made, as a reader following the docs would), or is listed in NOT_HERE
+with the reason it cannot run on this machine (a GPU, a hub model, a hosted API key). A
+command shown in several places runs once, where it first appears. A documented command in
+neither list fails the test: new docs must say which it is. The NOT_HERE list is printed with
+every run.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import REPO
 
@@ -32,11 +35,6 @@ NOT_HERE = {
     "synth run prompts/aml/recipe.yaml": "the teacher Qwen/Qwen2.5-7B-Instruct and the student Qwen/Qwen2.5-0.5B-Instruct "
     "come from the hub, on a GPU; its CPU variant runs below",
     "make bench": "the benchmarks take about 45 minutes; their results are in bench/RESULTS.md",
-    "make distill RECIPE=prompts/compliance/recipe.yaml": "the compliance recipe's teacher and student are hub models "
-    "(Qwen/Qwen2.5-7B-Instruct, Qwen/Qwen2.5-0.5B-Instruct): a GPU and the hub; its CPU variant runs below",
-    ".venv/bin/synth run prompts/demo/recipe.yaml --set teacher.model=Qwen/Qwen2.5-7B-Instruct "
-    "--set teacher.vllm.dtype=auto --set teacher.vllm.gpu_memory_utilization=0.9 --set teacher.vllm.enforce_eager=false "
-    "--set sft.model=Qwen/Qwen2.5-0.5B-Instruct --set output.dir=runs/qwen7b": "a 7B teacher from the hub on a GPU",
     "synth generate prompts/compliance/recipe.yaml && synth curate prompts/compliance/recipe.yaml":
         "the teacher Qwen/Qwen2.5-7B-Instruct comes from the hub, on a GPU",
     "sft train prompts/compliance/recipe.yaml && sft eval prompts/compliance/recipe.yaml":
@@ -47,6 +45,12 @@ NOT_HERE = {
     "Qwen/Qwen2.5-0.5B-Instruct come from the hub, on a GPU; its CPU variant runs below",
     "synth run prompts/tools/recipe.yaml": "the teacher Qwen/Qwen2.5-7B-Instruct and the student "
     "Qwen/Qwen2.5-0.5B-Instruct come from the hub, on a GPU; its CPU variant runs below",
+    "synth view runs/compliance-cpu": "serves the audit page until stopped (tests/synth/test_audit_page.py starts it and "
+    "drives it with a headless chromium)",
+    "synth diff runs/demo runs/demo.v2 --judge judge.yaml": "the judge file names gpt-4o, called with your OpenAI key "
+    "(tests/synth/test_diff.py runs the judge against the local vLLM server)",
+    "sft eval prompts/aml/recipe.yaml --set sft.eval_judge=judge.yaml": "evaluates the GPU recipe's hub student with a "
+    "judge that calls OpenAI with your key (tests/sft/test_merge_eval.py runs a judge through a real local server)",
     "export OPENAI_API_KEY=...": "sets your own API key",
     "synth generate prompts/demo/api-recipe.yaml": "calls OpenAI with your key (tests/synth/test_generate_openai.py "
     "runs the same client against a local vLLM server)",
@@ -86,15 +90,30 @@ def _strip_comment(line: str) -> str:
     return re.sub(r"\s+#\s.*$", "", line).strip()
 
 
+def _nav_pages(nav: list) -> list[str]:
+    pages: list[str] = []
+    for entry in nav:
+        for value in (entry.values() if isinstance(entry, dict) else [entry]):
+            pages.extend(_nav_pages(value) if isinstance(value, list) else [value])
+    return pages
+
+
+def documented_pages() -> list[Path]:
+    """README.md, then the docs site's pages in its nav order."""
+    nav = yaml.load((REPO / "mkdocs.yml").read_text(encoding="utf-8"), Loader=yaml.BaseLoader)["nav"]
+    return [REPO / "README.md", *(REPO / "docs" / page for page in _nav_pages(nav))]
+
+
 def documented_commands() -> list[tuple[str, str]]:
-    """(where, command) for every command in README.md's bash blocks and the recipes' comments."""
+    """(where, command) for every command in the docs' bash blocks and the recipes' comments."""
     found: list[tuple[str, str]] = []
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    for block in re.findall(r"```bash\n(.*?)```", readme, flags=re.DOTALL):
-        for line in _join_continuations(block.splitlines()):
-            command = _strip_comment(line)
-            if command:
-                found.append(("README.md", command))
+    for page in documented_pages():
+        text = page.read_text(encoding="utf-8")
+        for block in re.findall(r"^```bash\n(.*?)^```", text, flags=re.DOTALL | re.MULTILINE):
+            for line in _join_continuations(block.splitlines()):
+                command = _strip_comment(line)
+                if command:
+                    found.append((str(page.relative_to(REPO)), command))
     for recipe in sorted((REPO / "prompts").rglob("*.yaml")):
         comments = []
         for line in recipe.read_text(encoding="utf-8").splitlines():
@@ -109,8 +128,10 @@ def documented_commands() -> list[tuple[str, str]]:
 
 
 def test_the_collector_finds_the_documented_commands():
-    commands = [c for _, c in documented_commands()]
+    found = documented_commands()
+    commands = [c for _, c in found]
     assert "make demo" in commands and "make test" in commands
+    assert {where for where, _ in found} >= {"README.md", "docs/guides/seed-prompts.md", "docs/guides/new-teacher.md"}
     assert "synth run prompts/dates/recipe.yaml" in commands
     assert any(c.startswith("synth run prompts/compliance/recipe.yaml --set output.dir=runs/compliance-cpu") for c in commands)
     assert all("\\" not in c and " # " not in c for c in commands), "continuations joined, comments dropped"
@@ -146,9 +167,11 @@ def test_every_documented_command_runs_as_written_or_says_why_not(tmp_path, caps
     assert up_to_date.returncode == 0, ".venv is older than pyproject.toml or constraints/: run `make setup` first"
     env = {**os.environ, "PATH": f"{work / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}"}
     env.pop("PYTEST_CURRENT_TEST", None)
+    done: set[str] = set()
     for where, command in commands:
-        if command in NOT_HERE:
-            continue
+        if command in NOT_HERE or command in done:
+            continue  # a command shown on several pages runs once, where a reader first meets it
+        done.add(command)
         started = time.monotonic()
         res = subprocess.run(["bash", "-c", command], cwd=work, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
         assert res.returncode == 0, (
