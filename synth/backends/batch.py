@@ -185,10 +185,11 @@ class BatchMode:
         """Create the part's batch; a part left by a killed run is first looked up."""
         part.batch_id = None if fresh else self._find_unconfirmed(part, known)
         if part.batch_id is None:
-            self._prepare_batch(ledger, part, [requests[r] for r in part.requests], fresh)
+            batch = [requests[r] for r in part.requests]
+            self._prepare_batch(ledger, part, batch, fresh)
             part.creating = time.time()
             self._log(ledger, "creating", part, time=part.creating)
-            part.batch_id = self._create_batch(ledger, part, [requests[r] for r in part.requests], fresh)
+            part.batch_id = self._create_batch(ledger, part, batch, fresh)
         self._log(ledger, "submitted", part, batch_id=part.batch_id, **({"file_id": part.file_id} if part.file_id else {}))
         known.add(part.batch_id)
         self.summary["submitted"].append(part.batch_id)
