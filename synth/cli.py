@@ -260,7 +260,7 @@ def _add_diff(sub: Any) -> None:
     diff.add_argument("b", help="output dir of the second version")
     diff.add_argument("--out", help="where diff.md and diff.json go (default: B)")
     diff.add_argument("--judge", metavar="JUDGE.yaml",
-                      help="also ask a judge which answer is better: a YAML with a teacher block (see docs/distillation.md)")
+                      help="also ask a judge which answer is better: a YAML with a teacher block (see docs/guides/new-teacher.md)")
     diff.add_argument("-v", "--verbose", action="store_true")
     diff.set_defaults(func=cmd_diff)
 
