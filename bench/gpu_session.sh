@@ -4,6 +4,7 @@
 #
 #   here:    bash bench/gpu_session.sh fetch     # wheels the device lacks, into .whl/ (git-ignored)
 #   device:  bash bench/gpu_session.sh run       # carry [".whl"]; ~8 minutes on an H200 (timeout_s 600)
+#   device:  bash bench/gpu_session.sh kd        # carry [".whl"]; KD vs SFT step cost (bench/kd_step_cost.py), ~6 min
 #
 # `run` installs the wheels into /tmp/site, then runs bench/sft_throughput.py on the
 # Qwen2.5-0.5B shape: plain TRL vs sft's default (padded batches of 8, as TRL's), and the
@@ -43,8 +44,20 @@ run)
         --variant "flex32:attn_implementation=flex_attention,batch_size=32" 2>&1 | grep -v "it/s\]" | tee "$out/sft_throughput.log" || true
     timeout 240 python3 -m pytest -q -p no:cacheprovider -m gpu tests/sft 2>&1 | tail -15 || true  # ~150 s on an H200
     ;;
+kd)  # issue 30: a KD step vs an SFT step at Qwen2.5's vocabulary (~4 min), then the gpu-marked tests
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    if ! python3 -c "import sys, pyarrow; sys.exit(int(pyarrow.__version__.split('.')[0]) < 24)"; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/extra/*.whl
+    fi
+    export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false \
+        HF_DATASETS_DISABLE_PROGRESS_BARS=1 PYTHONUNBUFFERED=1
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+    out=${OUT:-/tmp}
+    timeout 400 python3 bench/kd_step_cost.py --shape qwen05b --steps 30 --batch 8 --k 20 2>&1 | grep -v "it/s\]" | tee "$out/kd_step_cost.log" || true
+    timeout 200 python3 -m pytest -q -p no:cacheprovider -m gpu tests/sft 2>&1 | tail -15 || true
+    ;;
 *)
-    echo "usage: bash bench/gpu_session.sh fetch|run" >&2
+    echo "usage: bash bench/gpu_session.sh fetch|run|kd" >&2
     exit 2
     ;;
 esac

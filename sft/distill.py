@@ -226,6 +226,10 @@ def distill_trainer(base: type, opts: DistillOptions) -> type:
                 correct = (logits[valid].argmax(-1) == targets[valid]).float().mean()
             self._metrics[mode]["mean_token_accuracy"].append(float(correct))
             self._metrics[mode]["kd_kl"].append(float(kl.detach() * denom / tokens.clamp(min=1)))
+            if mode == "train":  # TRL's count of tokens seen (its own path counts in its compute_loss)
+                seen = inputs["attention_mask"].sum() if "attention_mask" in inputs else torch.tensor(inputs["position_ids"].size(1))
+                self._total_train_tokens += self.accelerator.gather_for_metrics(seen.to(logits.device)).sum().item() // self._tp_size
+            self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
             return (loss, outputs) if return_outputs else loss
 
     DistillTrainer.__name__ = DistillTrainer.__qualname__ = f"Distill{base.__name__}"

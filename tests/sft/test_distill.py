@@ -75,6 +75,8 @@ def test_distillation_trains_on_the_teachers_logprobs(tmp_path, tiny_model, vllm
     assert sum(counts.values()) == len(rows)
     kls = [h["kd_kl"] for h in metrics["log_history"] if "kd_kl" in h]
     assert len(kls) == 3 and kls[0] < 0.01, kls
+    seen = [h["num_tokens"] for h in metrics["log_history"] if "num_tokens" in h]  # TRL's count goes on under KD
+    assert len(seen) == 3 and 0 < seen[0] < seen[1] < seen[2], seen
     assert metrics["global_step"] == 3 and (tmp_path / "out" / "student" / "adapter" / "adapter_model.safetensors").exists()
 
     # Bad input: one clear error each.
