@@ -129,7 +129,7 @@ def cmd_view(args: argparse.Namespace) -> int:
     if not root.is_dir():
         raise ValueError(f"{root} is not a directory; give a run's output.dir (where raw.jsonl is)")
     try:
-        server = serve(root, args.host, args.port, progress=not args.no_progress)
+        server = serve(root, args.host, args.port, progress=not args.no_progress, allow_hosts=tuple(args.allow_host))
     except OSError as exc:
         raise ValueError(f"--port {args.port}: cannot listen on {args.host}:{args.port} ({exc.strerror}); "
                          "choose another port, or --port 0 for any free one") from None
@@ -284,6 +284,9 @@ def _add_view(sub: Any) -> None:
     view.add_argument("output_dir", help="the run's output.dir")
     view.add_argument("--port", type=int, default=8765, help="port (0: any free one)")
     view.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    view.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                      help="also answer requests for this host name (a DNS name or proxy in front of the page); "
+                           "IP addresses, localhost and --host are always answered, other names get 403")
     view.add_argument("--no-progress", action="store_true")
     view.add_argument("-v", "--verbose", action="store_true")
     view.set_defaults(func=cmd_view)

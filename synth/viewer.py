@@ -3,7 +3,10 @@
 A small JSON API over the index and three static files (synth/static/). Everything the page
 shows from a run is set as text in the browser (textContent), never as markup, and the page
 forbids inline scripts (Content-Security-Policy), so teacher output that contains `<script>`
-is shown, not run.
+is shown, not run. It answers only requests whose Host header names this machine (an IP
+address, localhost, the address it listens on, this host's name, or one given with
+`allow_hosts`), as Jupyter does: a web page elsewhere that points its own domain at 127.0.0.1
+(DNS rebinding) gets 403, not the records.
 
     GET /api/summary           the funnel, counts by stage, filter and PII type, students' evaluations, the diff
     GET /api/records?...       one page of records: stage, filter, pii, seed (line or file), q (text or id), page, per
@@ -12,9 +15,11 @@ is shown, not run.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import re
+import socket
 import sqlite3
 import threading
 from functools import cached_property
@@ -149,7 +154,36 @@ class Audit:
                 "pii": json.loads(row["pii"]) if row["pii"] else None, "record": rec, "students": students}
 
 
-def make_handler(audit: Audit) -> type[BaseHTTPRequestHandler]:
+def host_name(header: str) -> str:
+    """The name in a Host header, without its port and brackets, lower case."""
+    header = header.strip().lower()
+    if header.startswith("["):  # [::1]:8765
+        return header[1:header.find("]")] if "]" in header else header
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+def host_allowed(header: str | None, allowed: frozenset[str]) -> bool:
+    """True when a request's Host header names this machine: an IP address (DNS rebinding needs a
+    domain name), or one of `allowed`."""
+    if not header:
+        return False
+    name = host_name(header)
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return name.rstrip(".") in allowed
+
+
+def local_names(host: str, extra: tuple[str, ...] = ()) -> frozenset[str]:
+    """The host names a server bound to `host` answers to."""
+    names = {"localhost", host.lower(), *(e.lower() for e in extra)}
+    if host in ("", "0.0.0.0", "::"):  # every interface: this machine's own names too
+        names |= {socket.gethostname().lower(), socket.getfqdn().lower()}
+    return frozenset(n for n in names if n)
+
+
+def make_handler(audit: Audit, allowed: frozenset[str] = frozenset({"localhost"})) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "stillhouse-view"
 
@@ -169,6 +203,12 @@ def make_handler(audit: Audit) -> type[BaseHTTPRequestHandler]:
             self._send(status, json.dumps(data, ensure_ascii=False).encode(), "application/json")
 
         def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            if not host_allowed(self.headers.get("Host"), allowed):
+                logger.warning("synth view: refused a request for Host %r (not this machine's name; a web page using "
+                               "DNS rebinding looks like this); serve with --allow-host NAME to accept a name",
+                               (self.headers.get("Host") or "")[:100])
+                self._json({"error": "host not allowed"}, HTTPStatus.FORBIDDEN)
+                return
             url = urlparse(self.path)
             params = {k: v[-1] for k, v in parse_qs(url.query).items()}
             try:
@@ -192,9 +232,11 @@ def make_handler(audit: Audit) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def serve(root: Path, host: str = "127.0.0.1", port: int = 8765, progress: bool = True) -> ThreadingHTTPServer:
-    """Build (or reuse) the run's audit index and return a server for its page (not started)."""
+def serve(root: Path, host: str = "127.0.0.1", port: int = 8765, progress: bool = True,
+          allow_hosts: tuple[str, ...] = ()) -> ThreadingHTTPServer:
+    """Build (or reuse) the run's audit index and return a server for its page (not started).
+    It answers requests whose Host is an IP address, localhost, `host`, or one of `allow_hosts`."""
     audit = Audit(root, progress)
-    server = ThreadingHTTPServer((host, port), make_handler(audit))
+    server = ThreadingHTTPServer((host, port), make_handler(audit, local_names(host, allow_hosts)))
     server.daemon_threads = True
     return server

@@ -145,3 +145,30 @@ def test_the_api_pages_and_refuses_what_it_cannot_answer(page_url):
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(page_url + "api/record?rowid=999")
     assert err.value.code == 404
+
+
+def test_only_this_machines_host_names_are_answered(page_url, run_dir):
+    """DNS rebinding: a page on evil.example pointed at 127.0.0.1 sends Host: evil.example."""
+    def get(url, host):
+        req = urllib.request.Request(url + "api/summary", headers={"Host": host})
+        with urllib.request.urlopen(req) as r:
+            return r.status
+    port = page_url.rsplit(":", 1)[1].strip("/")
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "LOCALHOST", "[::1]:80", "10.1.2.3"):
+        assert get(page_url, host) == 200, host
+    for host in ("evil.example", f"evil.example:{port}", "localhost.evil.example", "127.0.0.1.nip.io", ""):
+        with pytest.raises(urllib.error.HTTPError) as err:
+            get(page_url, host)
+        assert err.value.code == 403 and b"records" not in err.value.read(), host
+    # A name the user allows (a proxy, a DNS name for the box) is answered.
+    server = serve(run_dir, port=0, progress=False, allow_hosts=("audit.internal",))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        assert get(url, "audit.internal:8765") == 200
+        with pytest.raises(urllib.error.HTTPError):
+            get(url, "evil.example")
+    finally:
+        server.shutdown()
+        server.server_close()
