@@ -4,15 +4,34 @@ import os
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import Callable
 
 import psutil
 import pytest
 
+TAG = "STILLHOUSE_TEST_TAG"
 
-def sigkill_when(cmd: list[str], ready: Callable[[], bool], timeout: float, env: dict | None = None) -> None:
+
+def tagged(tag: str) -> list[psutil.Process]:
+    """Live processes whose environment carries `tag` (what one killed run started, wherever
+    they were re-parented), and no process of a test running beside it."""
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE and p.environ().get(TAG) == tag:
+                found.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def sigkill_when(cmd: list[str], ready: Callable[[], bool], timeout: float, env: dict | None = None) -> str:
     """Start `cmd` in its own session, SIGKILL it once `ready()` holds, and check that no
-    process it started outlives it."""
+    process it started outlives it. Returns the tag in the environment of every process it
+    started (see `tagged`)."""
+    tag = uuid.uuid4().hex
+    env = {**(env if env is not None else os.environ), TAG: tag}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)
     try:
         deadline = time.monotonic() + timeout
@@ -32,6 +51,7 @@ def sigkill_when(cmd: list[str], ready: Callable[[], bool], timeout: float, env:
     assert proc.returncode == -signal.SIGKILL
     alive = psutil.wait_procs(children, timeout=10)[1]
     assert not alive, f"processes outlived the killed run: {alive}"
+    return tag
 
 
 def lines(path) -> int:
