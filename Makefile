@@ -58,11 +58,8 @@ RECIPE ?= prompts/dates/recipe.yaml
 distill: setup
 	$(BIN)/synth run $(RECIPE)
 
-# Two workers (pytest-xdist), one test module at a time each: about 40% of a serial run's
-# time is spent waiting (engines starting, subprocesses, servers), which the other worker
-# fills. tests/conftest.py starts the longest module (test_docs.py) first.
 test: setup
-	$(BIN)/python -m pytest -q -n 2 --dist loadscope
+	$(BIN)/python -m pytest -q
 
 # Unit tests only: no engine, no kill-and-resume (seconds).
 test-fast: setup

@@ -214,12 +214,3 @@ def batch_server(vllm_server):
     server = BatchServer(vllm_server.url, api_key=SERVER_KEY, upstream_key=SERVER_KEY)
     yield server
     server.close()
-
-
-# The longest module first: under `make test` (two xdist workers, a module at a time) the docs
-# run (every documented command, ~7 minutes) then overlaps the rest instead of trailing it.
-FIRST = ("tests/test_docs.py",)
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: not item.nodeid.startswith(FIRST))  # stable: the rest keep their order
