@@ -18,7 +18,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from conftest import REPO
+from conftest import HANG_S, REPO
 
 PACKAGES = ("synth", "sft")
 # The only libraries imported inside functions, and why: each is heavy (seconds and
@@ -68,7 +68,7 @@ def _imports(tree: ast.AST):
 
 def test_the_layer_contract_holds():
     res = subprocess.run([str(Path(sys.executable).parent / "lint-imports")], cwd=REPO, capture_output=True, text=True,
-                         timeout=300)
+                         timeout=HANG_S)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
     assert "1 kept, 0 broken" in res.stdout
 
@@ -85,7 +85,7 @@ def test_the_layer_contract_fails_when_a_lower_layer_imports_a_higher_one(tmp_pa
                       "    return run_curate\n")
     env = {"PYTHONPATH": str(tmp_path), "PATH": str(Path(sys.executable).parent)}
     res = subprocess.run([str(Path(sys.executable).parent / "lint-imports")], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=300, env=env)
+                         text=True, timeout=HANG_S, env=env)
     assert res.returncode != 0, res.stdout[-3000:]
     assert "BROKEN" in res.stdout and "synth.config -> synth.curate" in res.stdout, res.stdout[-3000:]
 
@@ -148,5 +148,5 @@ def test_no_function_is_longer_than_60_lines():
 
 def test_ruff_is_clean():
     res = subprocess.run([sys.executable, "-m", "ruff", "check", "synth", "sft", "tests", "bench"], cwd=REPO,
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=HANG_S)
     assert res.returncode == 0, res.stdout[-3000:]

@@ -13,7 +13,7 @@ from synth.configtools import reference
 from synth.filters import FILTERS
 from synth.reference import PAGES, stale_pages
 
-from conftest import REPO
+from conftest import HANG_S, REPO
 
 
 def test_the_reference_pages_are_generated_from_the_code_byte_for_byte():
@@ -31,7 +31,7 @@ def test_the_reference_names_every_recipe_key_filter_and_command():
 def test_the_site_builds_strict(tmp_path):
     mkdocs = Path(sys.executable).parent / "mkdocs"
     res = subprocess.run([str(mkdocs), "build", "--strict", "--site-dir", str(tmp_path / "site")], cwd=REPO,
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=HANG_S)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     for page in ("index.html", "guides/new-teacher/index.html", "reference/filters/index.html",
                  "benchmarks/index.html"):

@@ -10,7 +10,7 @@ from sft.distill import last_assistant_span, topk_kl
 from synth.config import load_recipe
 from synth.plan import load_plan
 
-from conftest import make_recipe, read_jsonl, write_jsonl
+from conftest import HANG_S, make_recipe, read_jsonl, write_jsonl
 
 
 def test_topk_kl_is_zero_for_the_same_distribution_and_falls_as_the_student_learns():
@@ -133,7 +133,7 @@ def test_one_recipe_captures_and_distils_with_synth_run(tmp_path, tiny_model):
     data["sft"].update(eval_limit=2, eval_max_new_tokens=4, eval_engine="transformers")
     path.write_text(yaml.safe_dump(data))
     res = subprocess.run([sys.executable, "-m", "synth.cli", "run", str(path), "--no-progress"],
-                         capture_output=True, text=True, timeout=600)
+                         capture_output=True, text=True, timeout=HANG_S)
     assert res.returncode == 0, res.stderr[-3000:]
     out = tmp_path / "out"
     report = {s["stage"]: s for s in json.loads((out / "report.json").read_text())["stages"]}

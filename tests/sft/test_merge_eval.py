@@ -15,7 +15,7 @@ from sft.train import run_train
 from synth.plan import load_plan
 from synth.textmetrics import exact_match, rouge_l
 
-from conftest import write_jsonl
+from conftest import HANG_S, write_jsonl
 
 
 def test_rouge_l_and_exact_match():
@@ -74,7 +74,7 @@ def test_eval_with_vllm_and_the_adapter_as_lora_request(trained):
     tmp, path = trained
     res = subprocess.run([sys.executable, "-m", "sft.cli", "eval", str(path), "--set", "sft.eval_engine=vllm",
                           "--set", "sft.eval_verifier=curate_verifiers:mentions_a_number"],
-                         capture_output=True, text=True, timeout=300,
+                         capture_output=True, text=True, timeout=HANG_S,
                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})  # tests/ holds the verifier
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads((tmp / "out" / "student" / "eval_report.json").read_text())
@@ -141,7 +141,7 @@ def test_full_finetune_trains_every_weight_then_evaluates_with_two_engines(tmp_p
         run_merge(load_plan(path))
     # vLLM in a child process, as a user runs it (engines built in the test process keep their memory).
     res = subprocess.run([sys.executable, "-m", "sft.cli", "eval", str(path), "--set", "sft.eval_engine=vllm"],
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=HANG_S)
     assert res.returncode == 0, res.stderr[-3000:]
     by_vllm = json.loads((tmp_path / "out" / "student" / "eval_report.json").read_text())
     by_hf = run_eval(load_plan(path, ["sft.eval_engine=transformers"]))

@@ -13,7 +13,7 @@ import yaml
 from sft.train import prepare, run_train
 from synth.plan import load_plan
 
-from conftest import TEST_DATA, _free_port, make_recipe, write_jsonl
+from conftest import HANG_S, TEST_DATA, _free_port, make_recipe, write_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -238,7 +238,7 @@ def test_template_without_generation_markers(tmp_path, tiny_model):
 
 def test_cli_error_is_one_line(tmp_path, tiny_model):
     path = sft_recipe(tmp_path, tiny_model, model=str(tmp_path / "missing-student"))
-    res = subprocess.run([sys.executable, "-m", "sft.cli", "train", str(path)], capture_output=True, text=True, timeout=120)
+    res = subprocess.run([sys.executable, "-m", "sft.cli", "train", str(path)], capture_output=True, text=True, timeout=HANG_S)
     assert res.returncode == 2
     lines = [line for line in res.stderr.splitlines() if line.startswith("sft: error:")]
     assert len(lines) == 1 and "missing-student does not exist" in lines[0]
@@ -272,7 +272,7 @@ def _train_with_two_processes(tmp_path, tiny_model, launcher: list[str]):
 
     path = sft_recipe(tmp_path, tiny_model, rows=teacher_rows(40), max_steps=5, batch_size=4, logging_steps=1)
     res = subprocess.run([*launcher, "-m", "sft.cli", "train", str(path), "--no-progress"],
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=HANG_S)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.count("sft train: 5 steps") == 1, res.stdout
     student = tmp_path / "out" / "student"
@@ -326,5 +326,5 @@ def test_training_leaves_a_process_group_it_did_not_launch(tmp_path, tiny_model)
         "dist.destroy_process_group()\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
-    res = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=300, env=env)
+    res = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=HANG_S, env=env)
     assert res.returncode == 0, res.stderr[-3000:]

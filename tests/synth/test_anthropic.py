@@ -15,7 +15,7 @@ from synth.config import load_recipe
 from synth.generate import run_generate
 from synth.plan import load_plan
 
-from conftest import SERVED_MODEL, SERVER_KEY, make_recipe, read_jsonl
+from conftest import HANG_S, SERVED_MODEL, SERVER_KEY, make_recipe, read_jsonl
 from killing import sigkill_when
 
 pytestmark = pytest.mark.slow
@@ -72,7 +72,7 @@ def test_a_wrong_key_stops_the_run_with_one_message(tmp_path, server):
     path = _recipe(tmp_path, server, ["Say hello."])
     env = {**os.environ, "STILLHOUSE_ANTHROPIC_KEY": "sk-ant-wrong-0123456789abcdef"}
     out = subprocess.run([*SYNTH, "generate", str(path), "--no-progress"], env=env, capture_output=True, text=True,
-                         timeout=120)
+                         timeout=HANG_S)
     assert out.returncode != 0 and "401" in out.stderr and "STILLHOUSE_ANTHROPIC_KEY" in out.stderr
     assert "sk-ant-wrong" not in out.stdout + out.stderr
     for f in (tmp_path / "out").rglob("*"):
@@ -123,7 +123,7 @@ def test_a_message_batch_that_expires_and_a_kill_while_creating_are_recovered(tm
     server.expire_after = 3
     server.create_late.set()
     env = {**os.environ, "STILLHOUSE_ANTHROPIC_KEY": SERVER_KEY}
-    sigkill_when([*SYNTH, "generate", str(path), "--no-progress"], server.hung.is_set, 120, env=env)
+    sigkill_when([*SYNTH, "generate", str(path), "--no-progress"], server.hung.is_set, HANG_S, env=env)
     server.create_late.clear()
     assert server.creates == 0
     with caplog.at_level(logging.INFO, logger="synth.backends.batch"):

@@ -14,6 +14,7 @@ import pytest
 from synth.curate import run_curate
 from synth.viewer import serve
 
+from conftest import HANG_S
 from curate_data import build_raw
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -69,7 +70,7 @@ def _open(browser, url):
     errors = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.goto(url)
-    page.wait_for_selector("body[data-ready='1']", timeout=15_000)
+    page.wait_for_selector("body[data-ready='1']", timeout=HANG_S * 1000)
     return page, errors
 
 

@@ -15,7 +15,7 @@ from synth.backends.batch import read_ledger
 from synth.generate import dry_run, run_generate
 from synth.plan import load_plan
 
-from conftest import SERVER_KEY, make_api_recipe, read_jsonl
+from conftest import HANG_S, SERVER_KEY, make_api_recipe, read_jsonl
 from killing import sigkill_when
 
 pytestmark = pytest.mark.slow
@@ -145,7 +145,7 @@ def test_a_kill_while_uploading_or_creating_never_submits_twice(tmp_path, server
     plan = load_plan(path)
     {"upload": server.hang_upload, "create": server.hang_create, "create-late": server.create_late}[hang].set()
     env = {**os.environ, "STILLHOUSE_TEST_KEY": SERVER_KEY}
-    sigkill_when([*SYNTH, "generate", str(path), "--no-progress"], server.hung.is_set, 120, env=env)
+    sigkill_when([*SYNTH, "generate", str(path), "--no-progress"], server.hung.is_set, HANG_S, env=env)
     server.hang_upload.clear()
     server.hang_create.clear()
     server.create_late.clear()
@@ -170,7 +170,7 @@ def test_a_kill_while_polling_reattaches_and_no_wait_returns_at_once(tmp_path, s
 
     # --no-wait re-attaches, finds both still running, and returns: nothing pending is a failure.
     out = subprocess.run([*SYNTH, "generate", str(path), "--no-progress", "--no-wait"], env=env, capture_output=True,
-                         text=True, timeout=120)
+                         text=True, timeout=HANG_S)
     assert out.returncode == 0, out.stderr
     assert "pending 7" in out.stdout and "2 running batch(es)" in out.stdout
     manifest = json.loads(plan.layout.manifest.read_text())
@@ -189,7 +189,7 @@ def test_a_wrong_key_stops_at_the_first_call_and_is_never_written(tmp_path, serv
     path = _recipe(tmp_path, server)
     env = {**os.environ, "STILLHOUSE_TEST_KEY": "sk-wrong-key-0123456789abcdef"}
     out = subprocess.run([*SYNTH, "generate", str(path), "--no-progress"], env=env, capture_output=True, text=True,
-                         timeout=120)
+                         timeout=HANG_S)
     assert out.returncode != 0
     assert "401" in out.stderr and "STILLHOUSE_TEST_KEY" in out.stderr
     assert "sk-wrong-key" not in out.stdout + out.stderr

@@ -6,13 +6,13 @@ import sys
 
 import pytest
 
-from conftest import make_recipe, write_jsonl
+from conftest import HANG_S, make_recipe, write_jsonl
 
 SYNTH = [sys.executable, "-m", "synth.cli"]
 
 
 def _run(*args):
-    return subprocess.run([*SYNTH, *map(str, args)], capture_output=True, text=True, timeout=120)
+    return subprocess.run([*SYNTH, *map(str, args)], capture_output=True, text=True, timeout=HANG_S)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from synth.filters import build_filter
 from synth.filters.dedup import NearIndex
 from synth.minhash import Signer, shingle_hashes
 
-from conftest import write_jsonl
+from conftest import HANG_S, write_jsonl
 
 WORDS = [f"w{i}" for i in range(5000)]
 
@@ -200,7 +200,7 @@ def test_a_killed_curation_resumes_where_its_checkpoint_was(tmp_path):
         except (OSError, ValueError):
             return False
 
-    sigkill_when([sys.executable, "-m", "synth.cli", "curate", str(recipes["killed"]), "--no-progress"], past_two_checkpoints, 120)
+    sigkill_when([sys.executable, "-m", "synth.cli", "curate", str(recipes["killed"]), "--no-progress"], past_two_checkpoints, HANG_S)
     assert not (tmp_path / "killed" / "train.jsonl").exists()
     resumed = run_curate(load_plan(recipes["killed"]), progress=False)
     clean = run_curate(load_plan(recipes["clean"]), progress=False)

@@ -12,7 +12,7 @@ from synth.conversation import next_user_message, transcript
 from synth.generate import run_generate
 from synth.plan import load_plan
 
-from conftest import make_recipe, read_jsonl
+from conftest import HANG_S, make_recipe, read_jsonl
 from killing import lines, sigkill_when
 
 SYNTH = [sys.executable, "-m", "synth.cli"]
@@ -91,7 +91,7 @@ def test_sigkill_mid_conversation_resumes_without_paying_for_a_turn_twice(tmp_pa
     plan = load_plan(path)
     turns = plan.layout.turns
     # Killed once the second round of teacher turns is under way.
-    sigkill_when([*SYNTH, "generate", str(path), "--no-progress"], lambda: lines(turns) >= 60 + 10, 240)
+    sigkill_when([*SYNTH, "generate", str(path), "--no-progress"], lambda: lines(turns) >= 60 + 10, HANG_S)
     before = lines(turns)
     assert not read_jsonl(plan.layout.raw)
     # Resumed on the session's engine (the same teacher): a second in-process engine closed

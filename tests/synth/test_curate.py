@@ -12,7 +12,7 @@ import yaml
 from synth.curate import run_curate
 from synth.plan import load_plan
 
-from conftest import make_recipe, read_jsonl, write_jsonl
+from conftest import HANG_S, make_recipe, read_jsonl, write_jsonl
 from curate_data import build_raw, by_question, real_rows
 
 LONG = " ".join(answer for _, answer in real_rows(2, offset=100))  # text not among the 30 items
@@ -182,7 +182,7 @@ def test_bad_curation_config_is_one_clear_error(tmp_path, tiny_model, filters, m
     data = yaml.safe_load(path.read_text())
     data["curate"]["filters"] = filters
     path.write_text(yaml.safe_dump(data))
-    res = subprocess.run([sys.executable, "-m", "synth.cli", "curate", str(path)], capture_output=True, text=True, timeout=120)
+    res = subprocess.run([sys.executable, "-m", "synth.cli", "curate", str(path)], capture_output=True, text=True, timeout=HANG_S)
     assert res.returncode == 2, res.stderr
     err = [line for line in res.stderr.splitlines() if line.startswith("synth: error:")]
     assert len(err) == 1 and message in err[0], res.stderr
@@ -209,7 +209,7 @@ def test_generate_then_curate_through_the_real_engine(tmp_path, tiny_model, vllm
     assert stats["records"] == 12 == stats["kept"] + stats["rejected"]
     assert stats["rejected_by_filter"]["0:truncated"] == reasons.get("length", 0)
     res = subprocess.run([sys.executable, "-m", "synth.cli", "curate", str(path), "--no-progress"],
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=HANG_S)
     assert res.returncode == 0 and f"synth curate: 12 records -> kept {stats['kept']}" in res.stdout
 
 

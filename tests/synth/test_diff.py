@@ -11,7 +11,7 @@ from synth.generate import run_generate
 from synth.plan import load_plan, resolve
 from synth.tiny_model import build_tiny_model
 
-from conftest import make_recipe, read_jsonl
+from conftest import HANG_S, make_recipe, read_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +25,7 @@ def test_new_teacher_writes_a_new_version_and_diff_is_right(tmp_path, tiny_model
     teacher_b = build_tiny_model(tmp_path / "teacher-b", seed=1)  # other weights: other answers
     # The same recipe and output.dir with another teacher: a new version beside the old one.
     res = subprocess.run([sys.executable, "-m", "synth.cli", "generate", str(path), "--no-progress",
-                          "--set", f"teacher.model={teacher_b}"], capture_output=True, text=True, timeout=300)
+                          "--set", f"teacher.model={teacher_b}"], capture_output=True, text=True, timeout=HANG_S)
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"uses the version {tmp_path / 'out.v2'}" in res.stderr
     assert (tmp_path / "out" / "raw.jsonl").read_bytes() == a_before, "the old version is never written over"
@@ -61,7 +61,7 @@ def test_new_teacher_writes_a_new_version_and_diff_is_right(tmp_path, tiny_model
     assert (tmp_path / "out" / "raw.jsonl").read_bytes() == a_before
 
     res = subprocess.run([sys.executable, "-m", "synth.cli", "diff", str(tmp_path / "out"), str(tmp_path / "out.v2")],
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=HANG_S)
     assert res.returncode == 0, res.stderr
     report = json.loads((tmp_path / "out.v2" / "diff.json").read_text())
     a, b = read_jsonl(tmp_path / "out" / "raw.jsonl"), read_jsonl(tmp_path / "out.v2" / "raw.jsonl")

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import ENGINE
+from conftest import ENGINE, HANG_S
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +47,7 @@ print(f"generated {len(done)} with rss {rss / 2**30:.2f} GiB, node 0 {node_total
 
 
 def test_engine_starts_and_generates_after_the_process_grew(tiny_model):
-    res = subprocess.run([sys.executable, "-c", PROBE, str(tiny_model), repr(ENGINE)], capture_output=True, text=True, timeout=300)
+    res = subprocess.run([sys.executable, "-c", PROBE, str(tiny_model), repr(ENGINE)], capture_output=True, text=True, timeout=HANG_S)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "generated 4 with rss" in res.stdout, res.stdout
 
@@ -60,7 +60,7 @@ def test_a_kv_cache_that_does_not_fit_is_one_clear_error(tmp_path, tiny_model):
 
     path = make_recipe(tmp_path, tiny_model, vllm={"kv_cache_gib": 4000})
     res = subprocess.run([sys.executable, "-m", "synth.cli", "generate", str(path), "--no-progress"],
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=HANG_S)
     assert res.returncode == 2, res.stderr[-3000:]
     err = [line for line in res.stderr.splitlines() if line.startswith("synth: error:")]
     assert len(err) == 1 and "teacher.vllm.kv_cache_gib: a KV cache of 4000.00 GiB does not work here" in err[0], res.stderr[-2000:]

@@ -12,7 +12,7 @@ import pytest
 from synth.generate import run_generate
 from synth.plan import load_plan
 
-from conftest import SERVER_KEY, make_api_recipe, read_jsonl
+from conftest import HANG_S, SERVER_KEY, make_api_recipe, read_jsonl
 from faultproxy import FaultProxy
 from killing import lines, sigkill_when
 
@@ -75,7 +75,9 @@ def test_faults_are_retried_bounded_and_accounted_for(tmp_path, vllm_server, key
     with FaultProxy(vllm_server.url) as proxy:
         plan = load_plan(make_api_recipe(
             tmp_path, proxy.url, seeds=seeds, sampling={"n": 1},
-            openai={"max_retries": 3, "timeout_s": 3.0, "max_concurrency": 8},
+            # a [hang] is given up after timeout_s; a clean request must never be, however slow
+            # the machine (it is then sent twice)
+            openai={"max_retries": 3, "timeout_s": 10.0, "max_concurrency": 8},
         ))
         manifest = run_generate(plan, progress=False)
         by_key = proxy.attempts_by_key()
@@ -145,7 +147,7 @@ def test_401_stops_the_run_at_once_with_one_clear_message(tmp_path, vllm_server)
     with FaultProxy(vllm_server.url) as proxy:
         recipe = make_api_recipe(tmp_path, proxy.url, seeds=seeds, openai={"max_concurrency": 4})
         res = subprocess.run([*SYNTH, "generate", str(recipe), "--no-progress"],
-                             capture_output=True, text=True, env=_env(wrong), timeout=120)
+                             capture_output=True, text=True, env=_env(wrong), timeout=HANG_S)
         sent = len(proxy.hits)
     assert res.returncode == 2
     assert "Unclosed" not in res.stderr and "Traceback" not in res.stderr, res.stderr
@@ -163,7 +165,7 @@ def test_key_never_reaches_files_or_logs(tmp_path, vllm_server):
     with FaultProxy(vllm_server.url) as proxy:
         recipe = make_api_recipe(tmp_path, proxy.url, seeds=seeds, openai={"max_retries": 1})
         res = subprocess.run([*SYNTH, "generate", str(recipe), "-v"], capture_output=True, text=True,
-                             env=_env(), timeout=120)
+                             env=_env(), timeout=HANG_S)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "failed 2" in res.stdout  # the [always500] request, both samples
     assert (tmp_path / "out" / "run.log").stat().st_size > 0
@@ -174,7 +176,7 @@ def test_dry_run_sends_nothing_and_prices(tmp_path, vllm_server):
     with FaultProxy(vllm_server.url) as proxy:
         recipe = make_api_recipe(tmp_path, proxy.url, openai={"price_input_per_mtok": 2.0, "price_output_per_mtok": 8.0})
         res = subprocess.run([*SYNTH, "generate", str(recipe), "--dry-run"], capture_output=True, text=True,
-                             env=_env(), timeout=60)
+                             env=_env(), timeout=HANG_S)
         assert proxy.hits == []
     assert res.returncode == 0, res.stderr
     assert "12 requests to send (12 planned, 0 already done)" in res.stdout
@@ -202,11 +204,11 @@ def test_sigkill_and_resume_through_the_api(tmp_path, vllm_server):
     recipe_path = make_api_recipe(tmp_path, vllm_server.url, seeds=seeds, sampling={"n": 2, "max_tokens": 48},
                                   openai={"max_concurrency": 16})
     raw = tmp_path / "out" / "raw.jsonl"
-    sigkill_when([*SYNTH, "generate", str(recipe_path), "--no-progress"], lambda: lines(raw) >= 60, 120, env=_env())
+    sigkill_when([*SYNTH, "generate", str(recipe_path), "--no-progress"], lambda: lines(raw) >= 60, HANG_S, env=_env())
     complete = lines(raw)
     assert 60 <= complete < 600
     res = subprocess.run([*SYNTH, "generate", str(recipe_path), "--no-progress"], env=_env(),
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=HANG_S)
     assert res.returncode == 0, res.stderr[-2000:]
     assert f"({600 - complete} new, {complete} from earlier runs)" in res.stdout
     ids = [r["id"] for r in read_jsonl(raw)]

@@ -7,7 +7,7 @@ from synth.curate import run_curate
 from synth.filters.judge import parse_score
 from synth.plan import load_plan
 
-from conftest import SERVED_MODEL, SERVER_KEY, read_jsonl, write_jsonl
+from conftest import HANG_S, SERVED_MODEL, SERVER_KEY, read_jsonl, write_jsonl
 from curate_data import build_raw, real_rows
 from faultproxy import FaultProxy
 
@@ -89,7 +89,7 @@ def test_judge_with_the_in_process_vllm_engine(tmp_path, tiny_model):
              "teacher": {"backend": "vllm", "model": str(tiny_model), "vllm": ENGINE}}
     path, _, _ = build_raw(tmp_path, tiny_model, real_rows(5), {"filters": [judge]})
     res = subprocess.run([sys.executable, "-m", "synth.cli", "curate", str(path), "--no-progress"],
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=HANG_S)
     assert res.returncode == 0, res.stderr[-3000:]
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["curate"]["judge_calls"]["sent"] == 5

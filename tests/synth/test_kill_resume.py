@@ -8,7 +8,7 @@ import pytest
 from synth.generate import run_generate
 from synth.plan import load_plan
 
-from conftest import make_recipe, read_jsonl
+from conftest import HANG_S, make_recipe, read_jsonl
 from killing import lines, sigkill_when, tagged
 
 pytestmark = pytest.mark.slow
@@ -26,13 +26,13 @@ def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path, tiny
 
     # SIGKILL mid-run; no engine outlives it: neither its children (checked by sigkill_when)
     # nor any process that carries the run's tag (re-parented ones too; not another test's).
-    tag = sigkill_when([*SYNTH, "generate", str(recipe_path), "--no-progress"], lambda: lines(raw) >= 100, 240)
+    tag = sigkill_when([*SYNTH, "generate", str(recipe_path), "--no-progress"], lambda: lines(raw) >= 100, HANG_S)
     complete = lines(raw)  # a torn last line has no newline
     assert 100 <= complete < 1200, "the kill must land mid-run"
     assert not tagged(tag)
 
     # Resume with the same command: only the rest is sent.
-    res = subprocess.run([*SYNTH, "generate", str(recipe_path), "--no-progress"], capture_output=True, text=True, timeout=600)
+    res = subprocess.run([*SYNTH, "generate", str(recipe_path), "--no-progress"], capture_output=True, text=True, timeout=HANG_S)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "kept 1200" in res.stdout
     records = read_jsonl(raw)

@@ -13,7 +13,7 @@ from synth.generate import run_generate
 from synth.logprobs import LogprobAppender, LogprobStore, TopK, chat_digest, scan
 from synth.plan import load_plan
 
-from conftest import SERVER_KEY, make_api_recipe, make_recipe, read_jsonl
+from conftest import HANG_S, SERVER_KEY, make_api_recipe, make_recipe, read_jsonl
 from killing import lines, sigkill_when
 
 RID = "0123456789abcdef0123456789abcdef"
@@ -103,9 +103,9 @@ def test_sigkill_mid_run_loses_no_logprobs(tmp_path, tiny_model):
     path = make_recipe(tmp_path, tiny_model, seeds=seeds, sampling={"n": 2, "max_tokens": 48, "logprobs": 5})
     raw = tmp_path / "out" / "raw.jsonl"
     cmd = [sys.executable, "-m", "synth.cli", "generate", str(path), "--no-progress"]
-    sigkill_when(cmd, lambda: lines(raw) >= 100, 240)
+    sigkill_when(cmd, lambda: lines(raw) >= 100, HANG_S)
     assert 100 <= lines(raw) < 600, "the kill must land mid-run"
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=HANG_S)
     assert res.returncode == 0, res.stderr[-3000:]
     records = read_jsonl(raw)
     assert len(records) == len({r["id"] for r in records}) == 600
@@ -129,7 +129,7 @@ def test_capture_through_a_real_vllm_server_needs_token_ids(tmp_path, vllm_serve
     # Without token ids the logprobs cannot be lined up with tokens: one error, the run stops.
     other = make_api_recipe(tmp_path, vllm_server.url, out="strings", sampling={"logprobs": 3, "max_tokens": 6})
     res = subprocess.run([sys.executable, "-m", "synth.cli", "generate", str(other), "--no-progress"],
-                         capture_output=True, text=True, timeout=300, env={**os.environ, "STILLHOUSE_TEST_KEY": SERVER_KEY})
+                         capture_output=True, text=True, timeout=HANG_S, env={**os.environ, "STILLHOUSE_TEST_KEY": SERVER_KEY})
     assert res.returncode == 2, res.stderr[-2000:]
     err = [line for line in res.stderr.splitlines() if line.startswith("synth: error:")]
     assert len(err) == 1 and "logprobs as token strings" in err[0] and "return_tokens_as_token_ids" in err[0]
@@ -146,7 +146,7 @@ def test_synth_score_gives_existing_answers_the_logprobs_generation_would_have(t
     path = make_recipe(tmp_path, tiny_model, out="scored", sampling={"n": 1, "max_tokens": 8, "temperature": 0.0})
     run_generate(load_plan(path), vllm_backend, progress=False)
     cmd = [sys.executable, "-m", "synth.cli", "score", str(path), "--top-k", "5", "--no-progress"]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=HANG_S)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "synth score: 6 records scored" in res.stdout
 
@@ -168,5 +168,5 @@ def test_synth_score_gives_existing_answers_the_logprobs_generation_would_have(t
     assert compared >= 3
     scored.close()
     reference.close()
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=HANG_S)
     assert again.returncode == 0 and "0 records scored" in again.stdout and "6 had logprobs already" in again.stdout

@@ -13,7 +13,7 @@ import yaml
 from synth.examples.dates import prepare
 from synth.plan import load_plan
 
-from conftest import REPO
+from conftest import HANG_S, REPO
 
 PRE_PLAN_RUN = REPO / "tests" / "data" / "pre-plan-run"  # written by af6fece, before the plan (its README)
 
@@ -46,7 +46,7 @@ def test_a_run_made_before_the_plan_is_reused_whole(tmp_path, monkeypatch, recip
     assert load_plan(recipe).request_ids == set(raw_ids), "the same request ids"
 
     res = subprocess.run([sys.executable, "-m", "synth.cli", "run", recipe, "--no-progress"], cwd=work,
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=HANG_S)
     assert res.returncode == 0, res.stderr[-3000:]
     stages = {s["stage"]: s for s in json.loads((work / out / "report.json").read_text())["stages"]}
     assert {name for name, s in stages.items() if s["status"] == "skipped"} == keyed, stages
@@ -99,7 +99,7 @@ def test_one_identity_and_one_planning_per_synth_run_of_the_dates_recipe(tmp_pat
     script.write_text(COUNTING_RUN)
     for run in ("first", "second"):
         res = subprocess.run([sys.executable, str(script), str(REPO / "prompts" / "dates" / "recipe.yaml"), *overrides],
-                             capture_output=True, text=True, timeout=600)
+                             capture_output=True, text=True, timeout=HANG_S)
         assert res.returncode == 0, res.stderr[-3000:]
         result = json.loads(res.stdout.strip().splitlines()[-1])
         counts, statuses = result["counts"], result["stages"]

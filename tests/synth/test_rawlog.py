@@ -4,6 +4,8 @@ import pytest
 
 from synth.rawlog import DirLock, JsonlAppender, iter_records, repair_tail
 
+from conftest import HANG_S
+
 
 def test_append_and_read_back(tmp_path):
     p = tmp_path / "raw.jsonl"
@@ -54,7 +56,7 @@ def test_dir_lock_refuses_another_process_and_nests_within_one(tmp_path):
              "except ValueError as exc:\n    print(exc)\n")
 
     def other_process() -> str:
-        return subprocess.run([sys.executable, "-c", probe, str(tmp_path)], capture_output=True, text=True, timeout=60).stdout
+        return subprocess.run([sys.executable, "-c", probe, str(tmp_path)], capture_output=True, text=True, timeout=HANG_S).stdout
 
     with DirLock(tmp_path):
         with DirLock(tmp_path):  # the same process (a stage inside synth run) holds it already

@@ -21,7 +21,7 @@ from synth.config import load_recipe
 from synth.generate import run_generate
 from synth.plan import load_plan
 
-from conftest import _free_port, make_recipe, read_jsonl
+from conftest import HANG_S, _free_port, make_recipe, read_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -39,6 +39,14 @@ def _ray_processes(temp_dir: str | None = None) -> list[psutil.Process]:
         if ("ray::" in cmd or "raylet" in cmd or "gcs_server" in cmd) and (temp_dir is None or temp_dir in cmd or "ray::" in cmd):
             found.append(p)
     return found
+
+
+def _running(p: psutil.Process) -> bool:
+    """Alive and not a zombie (a killed process whose parent has not reaped it yet is gone)."""
+    try:
+        return p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _teacher_workers() -> list[psutil.Process]:
@@ -75,7 +83,7 @@ def ray_cluster():
         head = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + HANG_S
         while subprocess.run([str(Path(sys.executable).parent / "ray"), "status", "--address", address],
                              capture_output=True).returncode != 0:
             if head.poll() is not None or time.monotonic() > deadline:
@@ -84,24 +92,29 @@ def ray_cluster():
         assert "Local node IP: 127.0.0.1" in log.read_text(errors="replace"), log.read_text(errors="replace")[-2000:]
         yield address
     finally:
+        # The cluster this fixture started, and nothing of stillhouse's: `ray start --block`
+        # takes ~30 s to wind down on SIGTERM, and Ray's RuntimeEnvAgent and DashboardAgent can
+        # take minutes to notice their raylet is gone (longer on a slow machine). So: SIGTERM,
+        # a moment, then SIGKILL for the process group and every process of its temp dir;
+        # nothing may survive that.
         os.killpg(head.pid, signal.SIGTERM)
         try:
-            head.wait(timeout=60)
+            head.wait(timeout=5)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()
-        deadline = time.monotonic() + 30
-        while _ray_processes(temp_dir) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        left = _ray_processes(temp_dir)
-        for p in left:
-            p.kill()
+        for p in _ray_processes(temp_dir):
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        alive = [p for p in psutil.wait_procs(_ray_processes(temp_dir), timeout=30)[1] if _running(p)]
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-        assert not left, f"Ray processes outlived the cluster: {[p.cmdline() for p in left]}"
+        assert not alive, f"Ray processes of the test cluster survived SIGKILL: {[p.pid for p in alive]}"
 
 
 def _recipe(tmp_path, tiny_model, address, n=40, max_tokens=8, out="out", workers=2):
@@ -115,7 +128,7 @@ def _generate(path, *extra):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _wait_for_records(raw: Path, n: int, proc: subprocess.Popen, timeout: float = 600) -> None:
+def _wait_for_records(raw: Path, n: int, proc: subprocess.Popen, timeout: float = HANG_S) -> None:
     deadline = time.monotonic() + timeout
     while len(read_jsonl(raw)) < n:
         if proc.poll() is not None:
@@ -139,7 +152,7 @@ def test_a_recipe_runs_unchanged_on_a_ray_cluster(tmp_path, tiny_model, vllm_bac
     """Two workers: the same request ids and (greedy) answers as the in-process engine, each once."""
     path = _recipe(tmp_path, tiny_model, ray_cluster)
     res = subprocess.run([sys.executable, "-m", "synth.cli", "generate", str(path), "--no-progress"],
-                         capture_output=True, text=True, timeout=900)
+                         capture_output=True, text=True, timeout=HANG_S)
     assert res.returncode == 0, res.stderr[-3000:]
     on_ray = read_jsonl(tmp_path / "out" / "raw.jsonl")
     local = load_plan(path, ["teacher.vllm.ray.workers=0", f"output.dir={tmp_path / 'local'}"])
@@ -155,7 +168,7 @@ def test_a_worker_killed_mid_run_loses_nothing(tmp_path, tiny_model, ray_cluster
     victims = _teacher_workers()
     assert len(victims) == 2, [p.cmdline() for p in victims]
     victims[0].kill()
-    out, err = proc.communicate(timeout=900)
+    out, err = proc.communicate(timeout=HANG_S)
     assert proc.returncode == 0, err[-3000:]
     records = read_jsonl(raw)
     assert len(records) == len({r["id"] for r in records}) == 400, "every request kept once"
@@ -168,19 +181,19 @@ def test_the_driver_killed_mid_run_resumes_and_leaves_no_workers(tmp_path, tiny_
     proc.kill()
     proc.wait()
     before = {r["id"] for r in read_jsonl(raw)}
-    deadline = time.monotonic() + 60  # Ray ends a dead driver's actors
+    deadline = time.monotonic() + HANG_S  # Ray ends a dead driver's actors
     while _teacher_workers() and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not _teacher_workers(), "the killed driver's workers were left running"
     res = subprocess.run([sys.executable, "-m", "synth.cli", "generate", str(path), "--no-progress"],
-                         capture_output=True, text=True, timeout=900)
+                         capture_output=True, text=True, timeout=HANG_S)
     assert res.returncode == 0, res.stderr[-3000:]
     records = read_jsonl(raw)
     assert len(records) == len({r["id"] for r in records}) == 400
     assert before <= {r["id"] for r in records}
     assert f"{len(before)} from earlier runs" in res.stdout or f"{len(before)} already" in (tmp_path / "out" / "run.log").read_text()
     # No engine outlives a finished run either.
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + HANG_S
     while _teacher_workers() and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not _teacher_workers()

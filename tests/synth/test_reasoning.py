@@ -17,6 +17,7 @@ from synth.reasoning import split_reasoning
 
 from conftest import (
     ENGINE,
+    HANG_S,
     REASONING_TEMPLATE,
     REPO,
     SERVER_KEY,
@@ -129,7 +130,7 @@ def test_a_reasoning_teacher_through_the_whole_loop(tmp_path, tiny_model):
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     res = subprocess.run([sys.executable, "-m", "synth.cli", "run", str(path), "--no-progress"], capture_output=True,
-                         text=True, timeout=600)
+                         text=True, timeout=HANG_S)
     assert res.returncode == 0, res.stderr[-3000:]
     out = tmp_path / "out"
     raw = read_jsonl(out / "raw.jsonl")

@@ -7,7 +7,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import ENGINE, REPO, SEED_TASKS
+from conftest import ENGINE, HANG_S, REPO, SEED_TASKS
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +28,7 @@ def test_whole_loop_then_rerun_skips_done_work(tmp_path, tiny_model):
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     cmd = [sys.executable, "-m", "synth.cli", "run", str(path), "--no-progress"]
-    first = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=HANG_S)
     assert first.returncode == 0, first.stderr[-3000:]
     out = tmp_path / "out"
 
@@ -46,7 +46,7 @@ def test_whole_loop_then_rerun_skips_done_work(tmp_path, tiny_model):
     assert "test model, no terms" in card and "| requests | 40 |" in card and "load_dataset" in card
 
     def run(*overrides):
-        res = subprocess.run(cmd + [x for o in overrides for x in ("--set", o)], capture_output=True, text=True, timeout=600)
+        res = subprocess.run(cmd + [x for o in overrides for x in ("--set", o)], capture_output=True, text=True, timeout=HANG_S)
         assert res.returncode == 0, res.stderr[-3000:]
         return stages()
 
@@ -99,7 +99,7 @@ def test_expand_stage_and_a_kill_inside_training_resume(tmp_path, tiny_model):
     # Kill once a checkpoint is complete (the Trainer writes trainer_state.json last).
     sigkill_when(cmd, lambda: ckpts.is_dir() and any((p / "trainer_state.json").exists() for p in ckpts.iterdir()), 300)
 
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=HANG_S)
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     stages = {s["stage"]: s for s in report["stages"]}
@@ -113,7 +113,7 @@ def test_expand_stage_and_a_kill_inside_training_resume(tmp_path, tiny_model):
     raw = [json.loads(line) for line in (tmp_path / "out" / "raw.jsonl").read_text().splitlines()]
     before = {n: (tmp_path / "out" / n).read_bytes() for n in ("train.jsonl", "eval.jsonl", "rejected.jsonl")}
     res = subprocess.run([sys.executable, "-m", "synth.cli", "curate", str(path), "--no-progress"],
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=HANG_S)
     assert res.returncode == 0, res.stderr[-3000:]
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
     assert stats["records"] == len(raw) and stats["records_of_other_configs"] == 0

@@ -20,14 +20,14 @@ from synth.plan import load_plan, resolve
 from synth.records import make_record
 from synth.stage import changed, why_run
 
-from conftest import REPO, make_recipe, write_jsonl
+from conftest import HANG_S, REPO, make_recipe, write_jsonl
 from curate_data import build_raw, real_rows
 
 SYNTH = [sys.executable, "-m", "synth.cli"]
 
 
 def _synth(*args, **kw):
-    return subprocess.run([*SYNTH, *map(str, args)], capture_output=True, text=True, timeout=120, **kw)
+    return subprocess.run([*SYNTH, *map(str, args)], capture_output=True, text=True, timeout=HANG_S, **kw)
 
 
 def _one_line_error(res, *needles):
@@ -157,7 +157,7 @@ def test_the_packaged_prompts_ship_in_the_wheel_and_load_from_any_directory(tmp_
     (not editable) copy finds them whatever the working directory."""
     wheels = tmp_path / "wheels"
     res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(REPO)],
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=HANG_S)
     assert res.returncode == 0, res.stderr[-2000:]
     (wheel,) = wheels.glob("stillhouse-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
@@ -173,7 +173,7 @@ def test_the_packaged_prompts_ship_in_the_wheel_and_load_from_any_directory(tmp_
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     res = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(site)!r})\n" + probe, str(site)],
-                         capture_output=True, text=True, timeout=60, cwd=elsewhere)
+                         capture_output=True, text=True, timeout=HANG_S, cwd=elsewhere)
     assert res.stdout.strip() == "ok", res.stderr[-2000:]
 
 
