@@ -14,6 +14,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# On the device: the carried wheels into /tmp/site (pyarrow only where the device's is older
+# than datasets needs), the environment for an offline run, and the card's name.
+on_device() {
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    if ! python3 -c "import sys, pyarrow; sys.exit(int(pyarrow.__version__.split('.')[0]) < 24)"; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/extra/*.whl
+    fi
+    export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false \
+        HF_DATASETS_DISABLE_PROGRESS_BARS=1 PYTHONUNBUFFERED=1
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+}
+
 case "${1:-}" in
 fetch)
     grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo /.whl/ >> .git/info/exclude
@@ -26,13 +38,7 @@ fetch)
     ls -la .whl .whl/extra
     ;;
 run)
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-    if ! python3 -c "import sys, pyarrow; sys.exit(int(pyarrow.__version__.split('.')[0]) < 24)"; then
-        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/extra/*.whl
-    fi
-    export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false \
-        HF_DATASETS_DISABLE_PROGRESS_BARS=1 PYTHONUNBUFFERED=1
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+    on_device
     python3 -c "import torch, transformers, trl, peft; import pyarrow, datasets; print('torch', torch.__version__, 'transformers', transformers.__version__, 'trl', trl.__version__, 'peft', peft.__version__, 'datasets', datasets.__version__, 'pyarrow', pyarrow.__version__)"
     out=${OUT:-/tmp}
     timeout 420 python3 bench/sft_throughput.py --shape qwen05b --steps 30 --batch 8 \
@@ -45,13 +51,7 @@ run)
     timeout 240 python3 -m pytest -q -p no:cacheprovider -m gpu tests/sft 2>&1 | tail -15 || true  # ~150 s on an H200
     ;;
 kd)  # issue 30: a KD step vs an SFT step at Qwen2.5's vocabulary (~4 min), then the gpu-marked tests
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-    if ! python3 -c "import sys, pyarrow; sys.exit(int(pyarrow.__version__.split('.')[0]) < 24)"; then
-        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/extra/*.whl
-    fi
-    export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false \
-        HF_DATASETS_DISABLE_PROGRESS_BARS=1 PYTHONUNBUFFERED=1
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+    on_device
     out=${OUT:-/tmp}
     timeout 400 python3 bench/kd_step_cost.py --shape qwen05b --steps 30 --batch 8 --k 20 2>&1 | grep -v "it/s\]" | tee "$out/kd_step_cost.log" || true
     timeout 200 python3 -m pytest -q -p no:cacheprovider -m gpu tests/sft 2>&1 | tail -15 || true

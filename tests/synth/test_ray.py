@@ -55,9 +55,9 @@ def _teacher_workers() -> list[psutil.Process]:
     workers = []
     for p in _ray_processes():
         try:
-            if p.status() != psutil.STATUS_ZOMBIE and "ray::TeacherWorker" in " ".join(p.cmdline() or [p.name()]):
+            if _running(p) and "ray::TeacherWorker" in " ".join(p.cmdline() or [p.name()]):
                 workers.append(p)
-        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        except psutil.NoSuchProcess:  # ZombieProcess is one too
             continue
     return workers
 
