@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from sft import __version__
+from sft.config import GGUF_QUANTS
 from sft.dpo import Dpo
 from sft.evaluate import eval_lines, run_eval
+from sft.export import export_config, export_stages
+from sft.export_eval import ExportEval
+from sft.llamacpp import LOOPBACK
 from sft.merge import run_merge
 from sft.train import Train
 from synth.cli import dispatch, recipe_arguments
@@ -54,7 +59,57 @@ def cmd_eval(args: argparse.Namespace) -> int:
     plan = _plan(args)
     setup_logging(plan.layout.log, args.verbose)
     print("\n".join(eval_lines(run_eval(plan), plan.student.files)))
+    export = plan.recipe.export
+    if export is not None and export.eval and all(plan.student.files.gguf(q).is_file() for q in ["f16", *export.quants]):
+        print("\n".join(ExportEval(plan, export).run(force=True).lines))
     return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    plan = _plan(args)
+    setup_logging(plan.layout.log, args.verbose)
+    export = export_config(plan)
+    if args.quant:
+        export = dataclasses.replace(export, quants=args.quant)  # validated again
+    for stage in export_stages(plan, export, not args.no_progress):
+        result = stage.run()
+        files = plan.student.files
+        print("\n".join(result.lines) if result.status == "done" else
+              f"sft export: {files.gguf(stage.quant)} is current (same student, quantization and llama.cpp); skipped")
+    if args.no_eval:
+        return 0
+    evaluation = ExportEval(plan, export, not args.no_progress)
+    result = evaluation.run()
+    if result.status == "skipped":
+        print(f"sft export: evaluation skipped ({result.why}); {plan.student.files.eval_markdown} has the last one")
+    else:
+        print("\n".join(result.lines))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from sft.llamacpp import LlamaServer
+
+    plan = _plan(args)
+    export = export_config(plan)
+    quant = args.quant or export.quants[-1]
+    gguf = plan.student.files.gguf(quant)
+    if not gguf.is_file():
+        raise ValueError(f"sft serve: {gguf} does not exist; run `sft export {args.recipe} --quant {quant}` first")
+    if args.host != LOOPBACK:
+        print(f"sft serve: listening on {args.host}, not only this machine: anyone who can reach it can query the "
+              "model (llama-server has no key here)", file=sys.stderr)
+    server = LlamaServer(gguf, host=args.host, port=args.port, threads=export.threads, ctx_size=export.ctx_size,
+                         parallel=args.parallel, alias=args.name)
+    with server:
+        print(f"sft serve: {gguf} at {server.base_url} (model name '{args.name}', {args.parallel} slots); Ctrl-C stops it",
+              flush=True)
+        try:
+            code = server.process.wait() if server.process else 0
+        except KeyboardInterrupt:
+            return 0
+    print(f"sft serve: llama-server exited with code {code}", file=sys.stderr)
+    return 1
 
 
 def cmd_dpo(args: argparse.Namespace) -> int:
@@ -90,6 +145,27 @@ def build_parser() -> argparse.ArgumentParser:
     recipe_arguments(dpo)
     dpo.add_argument("--fresh", action="store_true", help="train from the start (earlier checkpoints are moved aside)")
     dpo.set_defaults(func=cmd_dpo)
+    export = sub.add_parser("export", help="the trained student as GGUF files for llama.cpp (f16 and export.quants), "
+                            "each evaluated under llama-server", description="Export the trained student (an adapter is "
+                            "merged first) to GGUF with llama.cpp's converter and quantizer, then evaluate every file "
+                            "on the held-out prompts through llama-server. Skipped per file when the student, "
+                            "quantization and llama.cpp are unchanged.")
+    recipe_arguments(export)
+    export.add_argument("--format", default="gguf", choices=["gguf"], help="the export format (GGUF for llama.cpp)")
+    export.add_argument("--quant", action="append", default=[], metavar="Q", choices=list(GGUF_QUANTS),
+                        help=f"a quantization ({', '.join(GGUF_QUANTS)}); repeatable; default export.quants")
+    export.add_argument("--no-eval", action="store_true", help="export only; do not evaluate the files")
+    export.set_defaults(func=cmd_export)
+    serve = sub.add_parser("serve", help="serve the exported student with llama-server (OpenAI-compatible, "
+                           "127.0.0.1 by default)", description="Start llama-server on an exported GGUF file; call "
+                           "it with any OpenAI client at http://HOST:PORT/v1. Runs until Ctrl-C.")
+    recipe_arguments(serve)
+    serve.add_argument("--quant", choices=list(GGUF_QUANTS), help="which export to serve; default the last of export.quants")
+    serve.add_argument("--host", default=LOOPBACK, help="address to listen on; anything but 127.0.0.1 must be given here")
+    serve.add_argument("--port", type=int, default=8080, help="port to listen on")
+    serve.add_argument("--parallel", type=int, default=4, help="requests served at once (llama-server slots)")
+    serve.add_argument("--name", default="student", help="the model name clients send")
+    serve.set_defaults(func=cmd_serve)
     ev = sub.add_parser("eval", help="compare the student with the teacher on the held-out split")
     recipe_arguments(ev)
     ev.set_defaults(func=cmd_eval)

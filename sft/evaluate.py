@@ -23,6 +23,7 @@ from typing import Any
 
 from sft.config import SftConfig
 from sft.data import read_conversations, tools_of
+from sft.export_report import export_markdown, read_export_report
 from sft.generation import engine_for, generate_transformers, generate_vllm, load_student_models
 from sft.student import resolve_student
 from synth.configtools import stage_fields
@@ -117,9 +118,18 @@ def _run_eval(plan: Plan, student: Student) -> dict[str, Any]:
     conversations = read_conversations(cfg.eval_path(plan.layout), "sft.eval")[: cfg.eval_limit]
     report = _evaluate(cfg, files, conversations)
     files.eval_report.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    files.eval_markdown.write_text(_markdown(report), encoding="utf-8")
+    write_markdown(files)
     _plot(report, files.eval_plot)
     return report
+
+
+def write_markdown(files: StudentLayout) -> None:
+    """eval_report.md from eval_report.json, with the exported files' table when they were
+    evaluated (STUDENT/export/eval.json)."""
+    report = json.loads(files.eval_report.read_text(encoding="utf-8"))
+    exports = read_export_report(files.export_eval)
+    text = _markdown(report) + ("\n".join(export_markdown(exports)) + "\n" if exports else "")
+    files.eval_markdown.write_text(text, encoding="utf-8")
 
 
 def eval_lines(r: dict[str, Any], files: StudentLayout) -> list[str]:
@@ -173,6 +183,9 @@ def _evaluate(cfg: SftConfig, student: StudentLayout, conversations: list[list[d
                                                                           "student_after": after})
     if cfg.eval_judge:
         report["judge"] = _judge(cfg.eval_judge, prompts, references, after, student.eval_judge)
+    report["per_prompt"] = {"exact_match_after": [exact_match(a, r) for a, r in zip(after, references, strict=True)]}
+    if cfg.eval_verifier:
+        report["per_prompt"]["verifier_after"] = _verifier_passed(cfg.eval_verifier, prompts, after)
     report["samples"] = [
         {"prompt": p[-1]["content"][:300], "teacher": r[:300], "student_before": b[:300], "student_after": a[:300]}
         for p, r, b, a in list(zip(prompts, references, before, after, strict=True))[:5]
@@ -180,16 +193,16 @@ def _evaluate(cfg: SftConfig, student: StudentLayout, conversations: list[list[d
     return report
 
 
+def _verifier_passed(spec: str, prompts: list, answers: list[str]) -> list[bool]:
+    """Whether the task check accepts each answer."""
+    verifier = Verifier({"function": spec}, "sft.eval_verifier")
+    return [verifier.check({"messages": [*p, {"role": "assistant", "content": a}]}) is None
+            for p, a in zip(prompts, answers, strict=True)]
+
+
 def _verifier_rates(spec: str, prompts: list, answers: dict[str, list[str]]) -> dict[str, float]:
     """Share of each side's answers the task check accepts."""
-    verifier = Verifier({"function": spec}, "sft.eval_verifier")
-
-    def passed(side: list[str]) -> float:
-        ok = sum(verifier.check({"messages": [*p, {"role": "assistant", "content": a}]}) is None
-                 for p, a in zip(prompts, side, strict=True))
-        return ok / len(side)
-
-    return {name: passed(side) for name, side in answers.items()}
+    return {name: sum(_verifier_passed(spec, prompts, side)) / len(side) for name, side in answers.items()}
 
 
 def _judge(judge_file: str, prompts: list, references: list[str], after: list[str], log: Path) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sft.export_report import export_lines, read_export_report
 from synth import __version__
 from synth.curate import Curate
 from synth.diff import run_diff
@@ -73,6 +74,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"  the task check ({plan.sft.eval_verifier}) on {ev['examples']} held-out prompts passes: "
                   f"teacher {v['teacher']:.3f}, student before training {v['student_before']:.3f}, "
                   f"after {v['student_after']:.3f} ({files.eval_markdown})")
+        exports = read_export_report(files.export_eval) if plan.recipe.export is not None else None
+        if exports is not None:
+            print("\n".join(export_lines(exports)))
     return 0
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sft.config import SftConfig
+from sft.config import ExportConfig, SftConfig
 from synth.configtools import apply_overrides, from_dict, help_field, load_yaml, to_dict
 from synth.layout import Layout, packaged_prompt
 
@@ -467,6 +467,7 @@ class Recipe:
     sft: SftConfig | None = help_field(None, help="student training (`sft train`, `sft eval`)")
     conversation: ConversationConfig | None = help_field(None, help="multi-turn conversations: a user simulator writes follow-ups, the teacher answers each")
     tools: ToolsConfig | None = help_field(None, help="tool calls: tools the teacher may call, run by Python functions, results fed back until it answers")
+    export: ExportConfig | None = help_field(None, help="ship the trained student: GGUF files for llama.cpp (`sft export`), each evaluated through llama-server; with this section (and sft), `synth run` exports and evaluates after training")
     pairs: PairsConfig | None = help_field(None, help="preference pairs (`synth pairs`) for `sft dpo`; with this section (and sft), `synth run` also builds the pairs, trains the DPO student and evaluates it")
     name: str = help_field("recipe", help="a name for this recipe, shown in the manifest")
 
@@ -480,6 +481,9 @@ class Recipe:
         return self.multi_turn or self.tools is not None
 
     def __post_init__(self) -> None:
+        if self.export is not None and self.sft is None:
+            raise ValueError("export: exports the trained student, and the recipe has no sft section; add one (sft.model "
+                             "at least) or remove export")
         if self.tools is not None:
             api = self.api_options
             if self.teacher.backend == "anthropic":

@@ -71,6 +71,18 @@ class StudentLayout:
     eval_judge = property(lambda self: self.root / "eval_judge.jsonl")
     merged = property(lambda self: self.root / "merged")
     merge_report = property(lambda self: self.root / "merge.json")
+    export_dir = property(lambda self: self.root / "export")
+    export_manifest = property(lambda self: self.root / "export" / "exports.json")
+    export_eval = property(lambda self: self.root / "export" / "eval.json")
+    export_eval_stamp = property(lambda self: self.root / "export" / "evaluated_on.json")
+
+    def gguf(self, quant: str) -> Path:
+        """The student exported as GGUF at this quantization: STUDENT/export/model-QUANT.gguf."""
+        return self.export_dir / f"model-{quant}.gguf"
+
+    def gguf_stamp(self, quant: str) -> Path:
+        """The key the GGUF export at this quantization last finished with."""
+        return self.export_dir / f"model-{quant}.key.json"
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """`synth run`: the whole loop from one recipe, as a loop over its stages (synth.stage).
 
 expand (with an `expand` section) -> generate -> curate -> card -> train -> eval (with an
-`sft` section) -> pairs -> dpo -> dpo eval (with a `pairs` section too). The command
+`sft` section) -> export f16, export QUANT..., export eval (with an `export` section too) ->
+pairs -> dpo -> dpo eval (with a `pairs` section too). The command
 resolves the recipe into one plan (synth.plan) and hands it to every stage; each stage's
 skip or resume decision follows from its key: expand and generate send only the calls
 their logs do not hold; curate, pairs, train, dpo and the evals run when the key of what
@@ -16,6 +17,8 @@ from typing import Any
 
 from sft.dpo import Dpo
 from sft.evaluate import Eval
+from sft.export import export_stages
+from sft.export_eval import ExportEval
 from sft.train import Train
 from synth.card import Card
 from synth.curate import Curate
@@ -36,6 +39,8 @@ def stages(plan: Plan, progress: bool = True) -> list[Stage]:
     if recipe.sft is None:
         return out
     out += [Train(plan, progress), Eval(plan, progress)]
+    if recipe.export is not None:
+        out += [*export_stages(plan, recipe.export, progress), ExportEval(plan, recipe.export, progress)]
     if recipe.pairs is None:
         return out
     return out + [Pairs(plan, progress), Dpo(plan, progress), Eval(plan, progress, plan.dpo_student, "dpo eval")]

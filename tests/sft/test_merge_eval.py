@@ -153,3 +153,246 @@ def test_full_finetune_trains_every_weight_then_evaluates_with_two_engines(tmp_p
     same = sum(a["student_after"] == b["student_after"] for a, b in zip(by_vllm["samples"], by_hf["samples"], strict=True))
     assert same >= len(by_hf["samples"]) - 1
     assert sum(a["student_before"] == b["student_before"] for a, b in zip(by_vllm["samples"], by_hf["samples"], strict=True)) >= len(by_hf["samples"]) - 1
+
+
+# ---- sft export / sft serve: the student as GGUF files under llama.cpp ---------------------
+
+
+def _export_plan(path, *sets):
+    return load_plan(path, ["export={quants: [q8_0, q4_K_M], eval: false}", *sets])
+
+
+@pytest.mark.slow
+def test_export_writes_gguf_files_llama_cpp_runs_as_the_student(trained):
+    """A LoRA student is merged, converted to f16 GGUF by llama.cpp's converter (its test
+    tokenizer, unknown to llama.cpp, mapped from tokenizer.json: byte-level BPE is gpt-2) and
+    quantized; llama-server then tokenizes exactly as the student's tokenizer and predicts the
+    same next token as the merged model wherever that model's choice is clear."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sft.export import export_stages
+    from sft.llamacpp import LlamaServer
+    from synth.fingerprint import fingerprint_dir
+
+    tmp, path = trained
+    plan = _export_plan(path)
+    results = [s.run() for s in export_stages(plan, plan.recipe.export, progress=False)]
+    assert [(r.stage, r.status) for r in results] == [("export f16", "done"), ("export q8_0", "done"),
+                                                      ("export q4_K_M", "done")]
+    files = plan.student.files
+    size = {q: files.gguf(q).stat().st_size for q in ("f16", "q8_0", "q4_K_M")}
+    assert size["q4_K_M"] < size["q8_0"] < size["f16"]
+    assert not list(files.export_dir.glob("*.partial"))
+    manifest = {e["quant"]: e for e in json.loads(files.export_manifest.read_text())}
+    assert set(manifest) == {"f16", "q8_0", "q4_K_M"}
+    for q, entry in manifest.items():
+        assert entry["format"] == "gguf" and entry["bytes"] == size[q] and entry["file"] == f"model-{q}.gguf"
+        assert entry["source_weights"] == fingerprint_dir(files.trained) and "llama.cpp" in entry["llama_cpp"]
+    assert (files.merged / "config.json").is_file(), "the adapter was merged into its base first"
+
+    gguf_py = plan_tools_gguf()
+    reader = gguf_py.GGUFReader(files.gguf("f16"))
+    fields = {name: f.contents() for name, f in reader.fields.items() if name.startswith("tokenizer.")}
+    assert fields["tokenizer.ggml.pre"] == "gpt-2"
+    assert "{% generation" not in fields["tokenizer.chat_template"] and "<|im_start|>" in fields["tokenizer.chat_template"]
+
+    again = [s.run() for s in export_stages(_export_plan(path), progress=False)]
+    assert {r.status for r in again} == {"skipped"}, "same student, quantizations and llama.cpp: nothing to do"
+
+    tokenizer = AutoTokenizer.from_pretrained(files.merged)
+    model = AutoModelForCausalLM.from_pretrained(files.merged, dtype=torch.float32).eval()
+    rows = [json.loads(line) for line in (tmp / "out" / "eval.jsonl").read_text().splitlines()]
+    texts = [tokenizer.apply_chat_template(r["messages"][:1], tokenize=False, add_generation_prompt=True) for r in rows]
+    clear = agree = 0
+    with LlamaServer(files.gguf("f16")) as server:
+        root = server.base_url.removesuffix("/v1")
+        for text in texts:
+            ids = tokenizer(text, add_special_tokens=False).input_ids
+            assert _post(root + "/tokenize", {"content": text, "add_special": False, "parse_special": True})["tokens"] == ids
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
+            top2 = torch.topk(logits, 2)
+            if float(top2.values[0] - top2.values[1]) < 0.05:
+                continue  # a near tie: f16 rounding may pick either
+            clear += 1
+            out = _post(root + "/completion", {"prompt": ids, "n_predict": 1, "temperature": 0, "return_tokens": True})
+            agree += out["tokens"] == [int(top2.indices[0])]
+    assert clear >= 4 and agree == clear, f"llama.cpp agreed with the merged model on {agree} of {clear} clear choices"
+
+
+def plan_tools_gguf():
+    """llama.cpp's own gguf-py, as the converter uses it."""
+    from sft.llamacpp import find_llama_cpp
+
+    gguf_py = str(find_llama_cpp().convert_dir / "gguf-py")
+    if gguf_py not in sys.path:
+        sys.path.insert(0, gguf_py)
+    import gguf
+
+    return gguf
+
+
+def _post(url: str, body: dict) -> dict:
+    import urllib.request
+
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        return json.loads(resp.read())
+
+
+@pytest.mark.slow
+def test_export_errors_name_the_key_and_the_fix(trained, tmp_path, tiny_model, monkeypatch):
+    import shutil
+
+    from sft.export import GgufExport
+    from synth.config import load_recipe
+
+    _, path = trained
+    with pytest.raises(ValueError, match=r"quants: unknown 'q3_XS'"):
+        load_recipe(path, ["export={quants: [q3_XS]}"])
+    with pytest.raises(ValueError, match="compressed-tensors checkpoint for vLLM is not built"):
+        load_recipe(path, ["export={format: compressed-tensors}"])
+
+    from test_train import sft_recipe
+
+    untrained = tmp_path / "untrained"
+    untrained.mkdir()
+
+    with pytest.raises(ValueError, match=r"no trained student in .*run `sft train RECIPE`"):
+        GgufExport(load_plan(sft_recipe(untrained, tiny_model)), "f16").run()
+
+    monkeypatch.setenv("STILLHOUSE_LLAMA_CPP", str(tmp_path / "nowhere"))
+    with pytest.raises(ValueError, match="not found in .*nowhere.*make setup"):
+        GgufExport(_export_plan(path), "f16").run()
+    monkeypatch.delenv("STILLHOUSE_LLAMA_CPP")
+
+    # A tokenizer whose pre-tokenizer llama.cpp has no equal for: the error names the key.
+    odd = tmp_path / "odd"
+    student = odd / "out" / "student" / "model"
+    shutil.copytree(tiny_model, student)
+    tok = json.loads((student / "tokenizer.json").read_text())
+    tok["pre_tokenizer"] = {"type": "Whitespace"}
+    (student / "tokenizer.json").write_text(json.dumps(tok))
+    odd_recipe = sft_recipe(odd, tiny_model, full_finetune=True)
+    with pytest.raises(ValueError, match=r"export.pre_tokenizer: llama.cpp does not know the tokenizer"):
+        GgufExport(load_plan(odd_recipe), "f16").run()
+    assert not list((odd / "out" / "student" / "export").glob("*.gguf*")), "nothing half-written is left"
+    # Told which it is, it converts.
+    assert GgufExport(load_plan(odd_recipe, ["export={pre_tokenizer: gpt-2}"]), "f16").run().status == "done"
+
+
+@pytest.mark.slow
+def test_a_failed_quantization_leaves_nothing_that_looks_finished(trained, tmp_path):
+    """llama-quantize dies after writing half a file: no model-q8_0.gguf, no key, no partial
+    file; the next run (with a working quantizer) writes it."""
+    from sft.export import GgufExport
+    from sft.llamacpp import LlamaCpp, find_llama_cpp
+
+    _, path = trained
+    real = find_llama_cpp()
+    GgufExport(_export_plan(path), "f16").run()
+    fake = tmp_path / "llama.cpp"
+    (fake / "bin").mkdir(parents=True)
+    (fake / "bin" / "llama-server").symlink_to(real.server)
+    (fake / "convert").symlink_to(real.convert_dir)
+    (fake / "VERSION").write_text((real.root / "VERSION").read_text())
+    quantize = fake / "bin" / "llama-quantize"
+    quantize.write_text("#!/bin/sh\nhead -c 1000 \"$1\" > \"$2\"\necho 'out of memory (injected)' >&2\nexit 1\n")
+    quantize.chmod(0o755)
+    plan = _export_plan(path)
+    files = plan.student.files
+    files.gguf("q8_0").unlink(missing_ok=True)
+    files.gguf_stamp("q8_0").unlink(missing_ok=True)
+    with pytest.raises(ValueError, match=r"llama-quantize q8_0 failed .*\n.*out of memory \(injected\)"):
+        GgufExport(plan, "q8_0", tools=LlamaCpp(fake)).run()
+    assert not files.gguf("q8_0").exists() and not files.gguf_stamp("q8_0").exists()
+    assert not list(files.export_dir.glob("*.partial"))
+    assert GgufExport(_export_plan(path), "q8_0").run().status == "done"
+
+
+@pytest.mark.slow
+def test_sft_serve_answers_openai_clients_on_loopback_and_leaves_nothing_behind(trained):
+    import openai
+
+    from sft.llamacpp import free_port
+
+    _, path = trained
+    plan = _export_plan(path)
+    from sft.export import export_stages
+
+    for stage in export_stages(plan, plan.recipe.export, progress=False):
+        stage.run()
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "sft.cli", "serve", str(path), "--quant", "q8_0", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        line = ""
+        while "Ctrl-C stops it" not in line:
+            line = proc.stdout.readline()
+            assert line or proc.poll() is None, "sft serve exited before serving"
+        assert f"http://127.0.0.1:{port}/v1" in line
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", timeout=60)
+        out = client.chat.completions.create(model="student", messages=[{"role": "user", "content": "Name a colour."}],
+                                             max_tokens=8, temperature=0)
+        assert out.usage.completion_tokens >= 1 and isinstance(out.choices[0].message.content, str)
+        server_pids = _llama_servers(plan.student.files.gguf("q8_0"))
+        assert server_pids, "llama-server runs the exported file"
+    finally:
+        proc.send_signal(2)  # Ctrl-C
+        proc.wait(timeout=HANG_S)
+    assert proc.returncode == 0
+    assert not _llama_servers(plan.student.files.gguf("q8_0")), "no llama-server is left running"
+
+
+def _llama_servers(gguf: Path) -> list[int]:
+    """Live llama-server processes serving this file."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            state = (proc / "stat").read_text().split()[2]
+        except OSError:
+            continue
+        if cmd and cmd[0].endswith(b"llama-server") and str(gguf).encode() in cmd and state != "Z":
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_paired_change_and_its_standard_error():
+    from sft.export_report import human_size, paired_change
+
+    mean, se = paired_change([1, 1, 0, 1], [1, 0, 0, 1])
+    assert mean == pytest.approx(0.25) and se == pytest.approx(0.25)  # d = 0,1,0,0: sd 0.5, n 4
+    assert paired_change([1, 0], [1, 0]) == (0.0, 0.0)
+    assert human_size(871168) == "871.2 KB" and human_size(512) == "512 B" and human_size(3.2e9) == "3.2 GB"
+
+
+@pytest.mark.slow
+def test_export_eval_scores_each_file_under_llama_server_against_the_student(trained):
+    """`sft export` evaluates f16 and each quantization on the held-out prompts of `sft eval`,
+    paired by prompt with the trained student's answers; eval_report.md gains the table; a
+    rerun with nothing changed sends nothing."""
+    tmp, path = trained
+    sets = ["export={quants: [q8_0], eval_concurrency: 2}", "sft.eval_engine=transformers"]
+    run_eval(load_plan(path, sets))
+    student = json.loads((tmp / "out" / "student" / "eval_report.json").read_text())
+    assert len(student["per_prompt"]["exact_match_after"]) == 8
+    res = subprocess.run([sys.executable, "-m", "sft.cli", "export", str(path), *(a for s in sets for a in ("--set", s))],
+                         capture_output=True, text=True, timeout=HANG_S)
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads((tmp / "out" / "student" / "export" / "eval.json").read_text())
+    assert report["examples"] == 8 and report["metric"] == "exact match with the teacher"
+    assert [r["quant"] for r in report["exports"]] == ["f16", "q8_0"]
+    for row in report["exports"]:
+        assert len(row["per_prompt"]) == 8 and row["tokens"] > 0 and row["tokens_per_s"] > 0
+        assert row["score"] == pytest.approx(sum(row["per_prompt"]) / 8)
+        diffs = [a - b for a, b in zip(row["per_prompt"], student["per_prompt"]["exact_match_after"], strict=True)]
+        assert row["change"] == pytest.approx(sum(diffs) / 8) and row["change_se"] >= 0
+        assert f"{row['file']}:" in res.stdout and "tokens/s" in res.stdout
+    md = (tmp / "out" / "student" / "eval_report.md").read_text()
+    assert "## The exported student, as served" in md and "| model-q8_0.gguf |" in md
+    again = subprocess.run([sys.executable, "-m", "sft.cli", "export", str(path), *(a for s in sets for a in ("--set", s))],
+                           capture_output=True, text=True, timeout=HANG_S)
+    assert again.returncode == 0 and "evaluation skipped (inputs unchanged" in again.stdout, again.stdout

@@ -1,0 +1,178 @@
+"""`sft export`: the trained student as GGUF files for llama.cpp (docs/guides/ship.md).
+
+One stage per quantization (`export f16`, `export q8_0`, ...). The f16 file comes from
+llama.cpp's own converter (sft.gguf_convert runs it) reading the trained weights: the full
+fine-tune's model/, or for a LoRA student the adapter merged into its base first (`sft
+merge`, fp32). Every other quantization is llama-quantize's from the f16 file.
+
+Each stage is keyed like the others: the trained weights (and the base of an adapter), the
+quantization, export.pre_tokenizer and the llama.cpp build. A changed student or setting
+exports again; the same one is skipped. Files are written under a temporary name and renamed
+when complete, so a killed export never leaves a file that looks finished.
+`STUDENT/export/exports.json` lists every file written: format, quantization, size,
+the source weights' fingerprint and the llama.cpp build.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from sft.config import ExportConfig
+from sft.export_report import human_size
+from sft.gguf_convert import UNRECOGNISED
+from sft.llamacpp import LlamaCpp, find_llama_cpp
+from sft.merge import run_merge
+from synth.fingerprint import fingerprint_dir, model_identity
+from synth.plan import Plan
+from synth.runtime import read_json, utc_now, write_json_atomically
+from synth.stage import Stage, StageResult
+
+logger = logging.getLogger(__name__)
+
+LLAMA_FTYPES = {"f16": "F16", "bf16": "BF16", "q8_0": "Q8_0", "q6_K": "Q6_K", "q5_K_M": "Q5_K_M", "q5_0": "Q5_0",
+                "q4_K_M": "Q4_K_M", "q4_0": "Q4_0"}
+CONVERTER_TYPES = ("f16", "bf16")  # written by the converter itself; the rest by llama-quantize from f16
+
+
+def export_config(plan: Plan) -> ExportConfig:
+    """The recipe's export section, or its defaults (`sft export` on a recipe without one)."""
+    return plan.recipe.export if plan.recipe.export is not None else ExportConfig()
+
+
+class GgufExport(Stage):
+    """The trained student as one GGUF file at one quantization (keyed; see the module docstring)."""
+
+    name = "export"
+
+    def __init__(self, plan: Plan, quant: str, progress: bool = True, export: ExportConfig | None = None,
+                 tools: LlamaCpp | None = None):
+        super().__init__(plan, progress)
+        self.quant = quant
+        self.name = f"export {quant}"
+        self.export = export or export_config(plan)
+        self._tools = tools
+        if quant not in LLAMA_FTYPES:
+            raise ValueError(f"export.quants: unknown '{quant}'; choose from {', '.join(LLAMA_FTYPES)}")
+
+    @property
+    def tools(self) -> LlamaCpp:
+        if self._tools is None:
+            self._tools = find_llama_cpp()
+        return self._tools
+
+    def key(self) -> dict[str, Any]:
+        cfg, files = self.plan.sft, self.plan.student.files
+        return {
+            "weights": fingerprint_dir(files.trained) if files.trained.is_dir() else None,
+            "base": None if cfg.full_finetune else model_identity(cfg.model),
+            "quant": self.quant,
+            "pre_tokenizer": self.export.pre_tokenizer,
+            "llama_cpp": self.tools.build,
+        }
+
+    def stamp(self) -> Path:
+        return self.plan.student.files.gguf_stamp(self.quant)
+
+    def outputs(self) -> tuple[Path, ...]:
+        return (self.plan.student.files.gguf(self.quant),)
+
+    def work(self, key: dict[str, Any] | None) -> StageResult:
+        files = self.plan.student.files
+        if not files.trained_marker.is_file():
+            raise ValueError(f"sft export: no trained student in {files.trained}; run `sft train RECIPE` (or `synth run "
+                             "RECIPE`) first")
+        target = files.gguf(self.quant)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + ".partial")
+        tmp.unlink(missing_ok=True)
+        if self.quant in CONVERTER_TYPES:
+            source = self._source_weights()
+            _check_disk(target.parent, _dir_size(source))
+            self._convert(source, tmp)
+        else:
+            f16 = GgufExport(self.plan, "f16", self.progress, self.export, self.tools).run()
+            del f16  # run or skipped: files.gguf("f16") is current either way
+            _check_disk(target.parent, files.gguf("f16").stat().st_size)
+            self._quantize(files.gguf("f16"), tmp)
+        os.replace(tmp, target)
+        entry = {"format": "gguf", "quant": self.quant, "file": target.name, "bytes": target.stat().st_size,
+                 "source_weights": key["weights"] if key else None, "llama_cpp": self.tools.version,
+                 "exported_at": utc_now()}
+        _record(files.export_manifest, entry)
+        line = f"{target} ({human_size(entry['bytes'])}, GGUF {self.quant})"
+        logger.info("exported %s", line)
+        return self.result(f"GGUF {self.quant}: {human_size(entry['bytes'])}", [f"sft export: {line}"], entry)
+
+    def _source_weights(self) -> Path:
+        """The trained weights as a standalone HF model: model/ of a full fine-tune, else the merged adapter."""
+        cfg, files = self.plan.sft, self.plan.student.files
+        if cfg.full_finetune:
+            return files.trained
+        logger.info("export: merging the adapter into its base first (sft merge, fp32)")
+        run_merge(self.plan, dtype="float32")
+        return files.merged
+
+    def _convert(self, source: Path, out: Path) -> None:
+        cmd = [sys.executable, "-m", "sft.gguf_convert", str(self.tools.convert_dir), self.export.pre_tokenizer, "--",
+               str(source), "--outfile", str(out), "--outtype", self.quant]
+        done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "NO_LOCAL_GGUF": "1"})
+        if done.returncode == UNRECOGNISED:
+            raise ValueError(f"export.pre_tokenizer: llama.cpp does not know the tokenizer of {source}, and its "
+                             "tokenizer.json does not say which of llama.cpp's pre-tokenizers it equals. Set "
+                             "export.pre_tokenizer to the name of the model family whose pre-tokenization it uses "
+                             "(gpt-2: plain byte-level BPE; starcoder: single digits, then byte-level; llama-bpe: "
+                             "Llama 3's; qwen2: Qwen's); a wrong name converts but tokenizes differently, and the "
+                             "export's evaluation shows it")
+        if done.returncode != 0:
+            out.unlink(missing_ok=True)
+            tail = "\n  ".join((done.stderr or done.stdout).strip().splitlines()[-6:])
+            hint = ""
+            if "not supported" in done.stderr or "Model " in done.stderr and "is not supported" in done.stderr:
+                hint = " (llama.cpp's converter does not support this architecture; see its convert_hf_to_gguf.py)"
+            raise ValueError(f"sft export: llama.cpp's converter failed on {source}{hint}:\n  {tail}")
+        for line in done.stderr.splitlines():
+            if line.startswith("stillhouse:"):
+                logger.info("export: %s", line.removeprefix("stillhouse: "))
+
+    def _quantize(self, f16: Path, out: Path) -> None:
+        cmd = [str(self.tools.quantize), str(f16), str(out), LLAMA_FTYPES[self.quant]]
+        if self.export.threads:
+            cmd.append(str(self.export.threads))
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            out.unlink(missing_ok=True)
+            tail = "\n  ".join((done.stderr or done.stdout).strip().splitlines()[-6:])
+            raise ValueError(f"sft export: llama-quantize {self.quant} failed on {f16}:\n  {tail}")
+        fallbacks = [ln.strip() for ln in done.stderr.splitlines() if "fallback" in ln.lower()]
+        if fallbacks:
+            logger.info("export %s: %d tensors used a fallback type (their rows are not a multiple of the "
+                        "quantization's block), e.g. %s", self.quant, len(fallbacks), fallbacks[0])
+
+
+def _dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _check_disk(directory: Path, need: int) -> None:
+    free = shutil.disk_usage(directory).free
+    if free < need * 1.1:
+        raise ValueError(f"sft export: {directory} has {human_size(free)} free and the export needs about "
+                      f"{human_size(int(need * 1.1))}; free some space, or set sft.output_dir to a disk with room")
+
+
+def _record(manifest: Path, entry: dict[str, Any]) -> None:
+    """Add (or replace) the file's entry in exports.json."""
+    entries = [e for e in (read_json(manifest) or []) if isinstance(e, dict) and e.get("file") != entry["file"]]
+    write_json_atomically(manifest, sorted([*entries, entry], key=lambda e: e["file"]))
+
+
+def export_stages(plan: Plan, export: ExportConfig | None = None, progress: bool = True) -> list[GgufExport]:
+    """The export stages of export.quants: f16 first, always."""
+    export = export or export_config(plan)
+    return [GgufExport(plan, q, progress, export) for q in dict.fromkeys(["f16", *export.quants])]
