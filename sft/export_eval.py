@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from sft.config import ExportConfig
+from sft.config import GGUF_QUANTS, ExportConfig
 from sft.data import read_conversations
 from sft.evaluate import write_markdown
 from sft.export_report import export_lines, export_summary, paired_change
@@ -45,7 +45,14 @@ class ExportEval(Stage):
     def __init__(self, plan: Plan, export: ExportConfig, progress: bool = True):
         super().__init__(plan, progress)
         self.export = export
-        self.quants = list(dict.fromkeys(["f16", *export.quants]))
+
+    @property
+    def quants(self) -> list[str]:
+        """f16, export.quants, and any other GGUF file exported earlier (`sft export --quant`):
+        every file there is, in GGUF_QUANTS' order (largest first)."""
+        files = self.plan.student.files
+        wanted = {"f16", *self.export.quants} | {q for q in GGUF_QUANTS if files.gguf(q).is_file()}
+        return [q for q in GGUF_QUANTS if q in wanted]
 
     def why_not_applicable(self) -> str | None:
         if not self.export.eval:

@@ -62,6 +62,8 @@ NOT_HERE = {
     "runs the same SDK against a local Messages server answered by vLLM)",
     "synth generate prompts/demo/anthropic-recipe.yaml --set teacher.anthropic.batch=true --no-wait":
         "submits a message batch to Anthropic with your key (tests/synth/test_anthropic.py covers batch mode locally)",
+    "sft serve prompts/dates/recipe.yaml": "serves the exported student until stopped (this file's dates test starts "
+    "it after `make demo`, asks it held-out prompts and checks the answers with the demo's checker)",
     "python -m vllm.entrypoints.openai.api_server --model Qwen/Qwen2.5-7B-Instruct --port 8000":
         "a server for a hub model that runs until stopped",
     "synth generate prompts/demo/api-recipe.yaml --set teacher.model=Qwen/Qwen2.5-7B-Instruct "
@@ -157,17 +159,20 @@ def in_dates_chain(command: str) -> bool:
     return command == "make demo" or "dates" in command
 
 
-def _run_in_order(commands: list[tuple[str, str]], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """Run each command once, in order, in one scratch copy of the repository."""
+def _run_in_order(commands: list[tuple[str, str]], tmp_path: Path,
+                  capsys: pytest.CaptureFixture) -> tuple[Path, dict[str, str], dict[str, str]]:
+    """Run each command once, in order, in one scratch copy of the repository; returns the
+    copy, the environment the commands ran in, and each command's output."""
     work = tmp_path / "repo"
     _scratch_copy(work)
     # The scratch copy shares this .venv: `make` there must find it installed, never reinstall
     # it (an editable install would then point at the scratch copy).
-    up_to_date = subprocess.run(["make", "-q", "setup"], cwd=work, capture_output=True)
+    up_to_date = subprocess.run(["make", "-q", ".venv/.installed", ".venv/llama.cpp/VERSION"], cwd=work, capture_output=True)
     assert up_to_date.returncode == 0, ".venv is older than pyproject.toml or constraints/: run `make setup` first"
     env = {**os.environ, "PATH": f"{work / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}"}
     env.pop("PYTEST_CURRENT_TEST", None)
     done: set[str] = set()
+    outputs: dict[str, str] = {}
     for where, command in commands:
         if command in NOT_HERE or command in done:
             continue  # a command shown on several pages runs once, where a reader first meets it
@@ -176,15 +181,58 @@ def _run_in_order(commands: list[tuple[str, str]], tmp_path: Path, capsys: pytes
         res = subprocess.run(["bash", "-c", command], cwd=work, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
         assert res.returncode == 0, (
             f"{where}: `{command}` failed ({res.returncode}):\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}")
+        outputs[command] = res.stdout
         with capsys.disabled():
             print(f"  ran {where}: {command[:100]} ({time.monotonic() - started:.0f} s)")
+    return work, env, outputs
 
 
-# Two classes: two scopes that `make test`'s two workers (pytest-xdist, --dist loadscope) run
-# side by side, each in a scratch copy of its own.
 class TestTheDemoAndTheCommandsOnItsDatesTask:
     def test_each_runs_as_written(self, tmp_path, capsys):
-        _run_in_order([(w, c) for w, c in documented_commands() if in_dates_chain(c)], tmp_path, capsys)
+        work, env, outputs = _run_in_order([(w, c) for w, c in documented_commands() if in_dates_chain(c)], tmp_path,
+                                           capsys)
+        # `make demo` ends with the deployment: the student as GGUF q8_0, scored under llama-server.
+        scores = dict(re.findall(r"^  (trained student|model-q8_0\.gguf)\b.*?([01]\.\d{3})(?:, change|$)",
+                                 outputs["make demo"], re.M))
+        assert set(scores) == {"trained student", "model-q8_0.gguf"}, outputs["make demo"][-1500:]
+        assert float(scores["model-q8_0.gguf"]) >= float(scores["trained student"]) - 0.05
+        _serve_answers_the_task(work, env)
+
+
+def _serve_answers_the_task(work: Path, env: dict[str, str]) -> None:
+    """`sft serve` (the guide's command) on the demo's exported student: the openai client
+    asks it 40 held-out prompts, the demo's checker scores the answers; Ctrl-C stops it and no
+    llama-server is left."""
+    import json
+    import signal
+
+    import openai
+
+    from sft.llamacpp import free_port
+    from synth.examples.dates import check
+
+    port = free_port()
+    proc = subprocess.Popen(["sft", "serve", "prompts/dates/recipe.yaml", "--port", str(port)], cwd=work, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        line = ""
+        while "Ctrl-C stops it" not in line:
+            line = proc.stdout.readline()
+            assert line or proc.poll() is None, "sft serve exited before serving"
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", timeout=120)
+        rows = [json.loads(r) for r in (work / "runs" / "dates" / "eval.jsonl").read_text().splitlines()[:40]]
+        passed = 0
+        for row in rows:
+            question = row["messages"][:1]
+            out = client.chat.completions.create(model="student", messages=question, max_tokens=16, temperature=0)
+            passed += check({"messages": [*question, {"role": "assistant", "content": out.choices[0].message.content}]}) is True
+        assert passed >= 32, f"the served student passed the checker on {passed} of 40 held-out prompts"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=600)
+    assert proc.returncode == 0
+    left = subprocess.run(["pgrep", "-f", f"llama-server.*--port {port}"], capture_output=True, text=True).stdout
+    assert not left.strip(), f"llama-server left running: {left}"
 
 
 class TestEveryOtherDocumentedCommand:
