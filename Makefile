@@ -91,7 +91,7 @@ docs: setup
 
 # Every bench/ script but the GPU one, each to its RESULT line (bench/RESULTS.md). The peers
 # they compare against (datasketch) come with the `bench` extra.
-bench: setup
+bench: setup demo
 	$(BIN)/pip install -q -c constraints/cpu.txt -e '.[bench]'
 	$(BIN)/python bench/generate_overhead.py
 	$(BIN)/python bench/api_client.py
@@ -105,6 +105,7 @@ bench: setup
 	$(BIN)/python bench/kd_quality.py
 	$(BIN)/python bench/preference_quality.py
 	$(BIN)/python bench/ray_overhead.py
+	$(BIN)/python bench/export_quality.py
 
 clean:
 	rm -rf .demo runs .bench .pytest_cache site
