@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -37,7 +38,8 @@ logger = logging.getLogger(__name__)
 
 LLAMA_FTYPES = {"f16": "F16", "bf16": "BF16", "q8_0": "Q8_0", "q6_K": "Q6_K", "q5_K_M": "Q5_K_M", "q5_0": "Q5_0",
                 "q4_K_M": "Q4_K_M", "q4_0": "Q4_0"}
-CONVERTER_TYPES = ("f16", "bf16")  # written by the converter itself; the rest by llama-quantize from f16
+CONVERTER_TYPES = ("f16", "bf16")
+FALLBACK = re.compile(r"^warning: (\S+)\s+- ncols .* falling back to\s+(\S+)", re.M)  # written by the converter itself; the rest by llama-quantize from f16
 
 
 def export_config(plan: Plan) -> ExportConfig:
@@ -91,6 +93,7 @@ class GgufExport(Stage):
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(target.name + ".partial")
         tmp.unlink(missing_ok=True)
+        fallbacks: list[str] = []
         if self.quant in CONVERTER_TYPES:
             source = self._source_weights()
             _check_disk(target.parent, _dir_size(source))
@@ -99,13 +102,18 @@ class GgufExport(Stage):
             f16 = GgufExport(self.plan, "f16", self.progress, self.export, self.tools).run()
             del f16  # run or skipped: files.gguf("f16") is current either way
             _check_disk(target.parent, files.gguf("f16").stat().st_size)
-            self._quantize(files.gguf("f16"), tmp)
+            fallbacks = self._quantize(files.gguf("f16"), tmp)
         os.replace(tmp, target)
         entry = {"format": "gguf", "quant": self.quant, "file": target.name, "bytes": target.stat().st_size,
                  "source_weights": key["weights"] if key else None, "llama_cpp": self.tools.version,
                  "exported_at": utc_now()}
+        if self.quant not in CONVERTER_TYPES and fallbacks:
+            entry["fallback_tensors"] = fallbacks
         _record(files.export_manifest, entry)
         line = f"{target} ({human_size(entry['bytes'])}, GGUF {self.quant})"
+        if fallbacks:
+            line += (f"; {len(fallbacks)} tensors in another type (rows not a multiple of {self.quant}'s block; "
+                     f"e.g. {fallbacks[0]})")
         logger.info("exported %s", line)
         return self.result(f"GGUF {self.quant}: {human_size(entry['bytes'])}", [f"sft export: {line}"], entry)
 
@@ -140,7 +148,9 @@ class GgufExport(Stage):
             if line.startswith("stillhouse:"):
                 logger.info("export: %s", line.removeprefix("stillhouse: "))
 
-    def _quantize(self, f16: Path, out: Path) -> None:
+    def _quantize(self, f16: Path, out: Path) -> list[str]:
+        """llama-quantize f16 -> out; returns the tensors it wrote in a fallback type
+        ('blk.0.attn_q.weight: q5_0'), as it does where a row is not a multiple of the block."""
         cmd = [str(self.tools.quantize), str(f16), str(out), LLAMA_FTYPES[self.quant]]
         if self.export.threads:
             cmd.append(str(self.export.threads))
@@ -149,10 +159,12 @@ class GgufExport(Stage):
             out.unlink(missing_ok=True)
             tail = "\n  ".join((done.stderr or done.stdout).strip().splitlines()[-6:])
             raise ValueError(f"sft export: llama-quantize {self.quant} failed on {f16}:\n  {tail}")
-        fallbacks = [ln.strip() for ln in done.stderr.splitlines() if "fallback" in ln.lower()]
+        found = FALLBACK.findall(done.stdout + done.stderr)
+        fallbacks = [f"{name}: {kind}" for name, kind in found]
         if fallbacks:
-            logger.info("export %s: %d tensors used a fallback type (their rows are not a multiple of the "
-                        "quantization's block), e.g. %s", self.quant, len(fallbacks), fallbacks[0])
+            logger.info("export %s: %d tensors in a fallback type (rows not a multiple of the block), e.g. %s",
+                        self.quant, len(fallbacks), fallbacks[0])
+        return fallbacks
 
 
 def _dir_size(path: Path) -> int:

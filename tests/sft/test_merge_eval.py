@@ -189,6 +189,9 @@ def test_export_writes_gguf_files_llama_cpp_runs_as_the_student(trained):
         assert entry["format"] == "gguf" and entry["bytes"] == size[q] and entry["file"] == f"model-{q}.gguf"
         assert entry["source_weights"] == fingerprint_dir(files.trained) and "llama.cpp" in entry["llama_cpp"]
     assert (files.merged / "config.json").is_file(), "the adapter was merged into its base first"
+    # hidden 128: rows are not a multiple of q4_K's 256-value block; llama-quantize falls back, and says so
+    assert "token_embd.weight: q5_0" in manifest["q4_K_M"]["fallback_tensors"]
+    assert "fallback_tensors" not in manifest["q8_0"] and "tensors in another type" in results[2].lines[0]
 
     gguf_py = plan_tools_gguf()
     reader = gguf_py.GGUFReader(files.gguf("f16"))
