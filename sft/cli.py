@@ -12,7 +12,7 @@ from sft.dpo import Dpo
 from sft.evaluate import eval_lines, run_eval
 from sft.export import export_config, export_stages
 from sft.export_eval import ExportEval
-from sft.llamacpp import LOOPBACK
+from sft.llamacpp import LOOPBACK, LlamaServer
 from sft.merge import run_merge
 from sft.train import Train
 from synth.cli import dispatch, recipe_arguments
@@ -88,8 +88,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from sft.llamacpp import LlamaServer
-
     plan = _plan(args)
     export = export_config(plan)
     quant = args.quant or export.quants[-1]

@@ -25,6 +25,8 @@ PACKAGES = ("synth", "sft")
 # gigabytes: kept off `synth --help`) or an optional extra (a missing one is an error
 # naming the extra where it is used, not at import).
 LAZY = {
+    "conversion": "llama.cpp's converter package: on sys.path only in its own process (sft.gguf_convert)",
+    "gguf": "llama.cpp's gguf-py, beside its converter (sft.gguf_convert)",
     "torch": "heavy", "vllm": "heavy", "trl": "heavy", "transformers": "heavy", "peft": "heavy",
     "tokenizers": "heavy (transformers' tokenizers)", "datasets": "heavy, the data extra", "pyarrow": "heavy (datasets)",
     "ray": "heavy, the ray extra", "matplotlib": "heavy, plots only", "openai": "the api extra",
