@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import sys
 
 from sft import __version__
@@ -87,6 +88,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     plan = _plan(args)
     export = export_config(plan)
@@ -99,13 +104,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
               "model (llama-server has no key here)", file=sys.stderr)
     server = LlamaServer(gguf, host=args.host, port=args.port, threads=export.threads, ctx_size=export.ctx_size,
                          parallel=args.parallel, alias=args.name)
-    with server:
-        print(f"sft serve: {gguf} at {server.base_url} (model name '{args.name}', {args.parallel} slots); Ctrl-C stops it",
-              flush=True)
-        try:
+    # SIGTERM (kill, systemd, docker stop) stops it as Ctrl-C does: the server goes with it.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with server:
+            print(f"sft serve: {gguf} at {server.base_url} (model name '{args.name}', {args.parallel} slots); Ctrl-C "
+                  "stops it", flush=True)
             code = server.process.wait() if server.process else 0
-        except KeyboardInterrupt:
-            return 0
+    except KeyboardInterrupt:
+        return 0
     print(f"sft serve: llama-server exited with code {code}", file=sys.stderr)
     return 1
 

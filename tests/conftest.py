@@ -39,6 +39,15 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")
 
 
+def terminal_signals() -> None:
+    """A Popen preexec_fn: SIGINT at its default in the child, as a terminal's Ctrl-C finds it.
+    (A shell's background job, which may be running this suite, starts its children with
+    SIGINT ignored, and Python then never raises KeyboardInterrupt.)"""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path

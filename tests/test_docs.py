@@ -201,8 +201,8 @@ class TestTheDemoAndTheCommandsOnItsDatesTask:
 
 def _serve_answers_the_task(work: Path, env: dict[str, str]) -> None:
     """`sft serve` (the guide's command) on the demo's exported student: the openai client
-    asks it 40 held-out prompts, the demo's checker scores the answers; Ctrl-C stops it and no
-    llama-server is left."""
+    asks it 40 held-out prompts, the demo's checker scores the answers; SIGTERM (`kill`, a
+    service manager's stop) stops it and no llama-server is left (Ctrl-C: tests/sft/test_merge_eval.py)."""
     import json
     import signal
 
@@ -228,7 +228,7 @@ def _serve_answers_the_task(work: Path, env: dict[str, str]) -> None:
             passed += check({"messages": [*question, {"role": "assistant", "content": out.choices[0].message.content}]}) is True
         assert passed >= 32, f"the served student passed the checker on {passed} of 40 held-out prompts"
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=600)
     assert proc.returncode == 0
     left = subprocess.run(["pgrep", "-f", f"llama-server.*--port {port}"], capture_output=True, text=True).stdout

@@ -15,7 +15,7 @@ from sft.train import run_train
 from synth.plan import load_plan
 from synth.textmetrics import exact_match, rouge_l
 
-from conftest import HANG_S, write_jsonl
+from conftest import HANG_S, terminal_signals, write_jsonl
 
 
 def test_rouge_l_and_exact_match():
@@ -327,7 +327,7 @@ def test_sft_serve_answers_openai_clients_on_loopback_and_leaves_nothing_behind(
         stage.run()
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "sft.cli", "serve", str(path), "--quant", "q8_0", "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=terminal_signals)
     try:
         line = ""
         while "Ctrl-C stops it" not in line:
