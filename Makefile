@@ -72,8 +72,12 @@ RECIPE ?= prompts/dates/recipe.yaml
 distill: setup
 	$(BIN)/synth run $(RECIPE)
 
+# Two workers (pytest-xdist), each test module or class on one of them, in collection order
+# (tests/conftest.py puts the longest, the demo's chain, first): much of the suite waits on
+# engines starting and subprocesses importing, single-threaded, so two share two cores well.
+TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 # Unit tests only: no engine, no kill-and-resume (seconds).
 test-fast: setup

@@ -16,6 +16,12 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
 
+# `make test` runs two workers (pytest-xdist) on two cores: one OpenMP thread for each worker's
+# processes. libgomp's idle threads spin, so two 2-thread pools on two cores starve each other
+# (the demo's teacher trained 9x slower beside the other worker than alone).
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 REPO = Path(__file__).resolve().parent.parent
 # The limit on a subprocess or a wait for a state, against a hang only: never a measure of
 # speed. A test that passes here in seconds must pass on a machine several times slower
@@ -227,3 +233,16 @@ def batch_server(vllm_server):
     server = BatchServer(vllm_server.url, api_key=SERVER_KEY, upstream_key=SERVER_KEY)
     yield server
     server.close()
+
+
+# The longest tests first: under `make test` (pytest-xdist, two workers, one per module or
+# class) the demo's chain then runs beside everything else instead of after it.
+LONGEST_FIRST = ("tests/test_docs.py::TestTheDemoAndTheCommandsOnItsDatesTask",
+                 "tests/test_docs.py::TestEveryOtherDocumentedCommand")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        return next((i for i, prefix in enumerate(LONGEST_FIRST) if item.nodeid.startswith(prefix)), len(LONGEST_FIRST))
+
+    items.sort(key=rank)  # stable: every other test keeps its order

@@ -5,10 +5,12 @@ site (in mkdocs.yml's nav order), and from the comments of every recipe under pr
 `#   synth ...`, `#   sft ...`, `#   make ...`, `#   python ...`, with `\\` continuations). Each
 one either runs here, in that order, in one scratch copy of the repository (so later commands
 find what earlier ones made, as a reader following the docs would), or is listed in NOT_HERE
-with the reason it cannot run on this machine (a GPU, a hub model, a hosted API key). A
+with the reason it cannot run on this machine (a GPU, a hub model, a hosted API key), or is
+listed in RESOLVED_HERE with the test that already runs the same stages (it is then resolved,
+not run a second time: the test run's time is the reason). A
 command shown in several places runs once, where it first appears. A documented command in
 neither list fails the test: new docs must say which it is. The NOT_HERE list is printed with
-every run.
+every run, and so is RESOLVED_HERE.
 """
 
 from __future__ import annotations
@@ -68,6 +70,16 @@ NOT_HERE = {
         "a server for a hub model that runs until stopped",
     "synth generate prompts/demo/api-recipe.yaml --set teacher.model=Qwen/Qwen2.5-7B-Instruct "
     "--set teacher.openai.base_url=http://127.0.0.1:8000/v1": "needs the server above",
+}
+
+# Documented commands whose run would repeat, at the dates task's scale, what another test
+# already runs through the same command: here each is resolved, not run again (`synth run` as
+# `synth generate ... --dry-run`: the command line parsed, every key and value of the recipe
+# with its --set checked, the generation planned). The test named runs the same stages.
+RESOLVED_HERE = {
+    'synth run prompts/dates/recipe.yaml --set output.dir=runs/dates-kd --set sampling.logprobs=20 '
+    '--set "sft.distill={top_k: 20, alpha: 0.5}"':
+        "tests/sft/test_distill.py::test_one_recipe_captures_and_distils_with_synth_run",
 }
 
 COMMAND = re.compile(r"^(?:synth|sft|make|python|export|\.venv/bin/)\S*")
@@ -178,12 +190,17 @@ def _run_in_order(commands: list[tuple[str, str]], tmp_path: Path,
             continue  # a command shown on several pages runs once, where a reader first meets it
         done.add(command)
         started = time.monotonic()
-        res = subprocess.run(["bash", "-c", command], cwd=work, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+        run = command
+        if command in RESOLVED_HERE:
+            assert command.startswith("synth run "), command
+            run = "synth generate " + command.removeprefix("synth run ") + " --dry-run"
+        res = subprocess.run(["bash", "-c", run], cwd=work, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
         assert res.returncode == 0, (
             f"{where}: `{command}` failed ({res.returncode}):\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}")
         outputs[command] = res.stdout
         with capsys.disabled():
-            print(f"  ran {where}: {command[:100]} ({time.monotonic() - started:.0f} s)")
+            how = "resolved" if command in RESOLVED_HERE else "ran"
+            print(f"  {how} {where}: {command[:100]} ({time.monotonic() - started:.0f} s)")
     return work, env, outputs
 
 
@@ -243,6 +260,13 @@ class TestEveryOtherDocumentedCommand:
             for where, command in commands:
                 if command in NOT_HERE:
                     print(f"  {where}: {command}\n      because {NOT_HERE[command]}")
-        stale = set(NOT_HERE) - {c for _, c in commands}
-        assert not stale, f"NOT_HERE lists commands the docs no longer show: {stale}"
+            print("documented commands resolved here, run by another test (tests/test_docs.py RESOLVED_HERE):")
+            for command, test in RESOLVED_HERE.items():
+                print(f"  {command}\n      run by {test}")
+        shown = {c for _, c in commands}
+        stale = (set(NOT_HERE) | set(RESOLVED_HERE)) - shown
+        assert not stale, f"NOT_HERE or RESOLVED_HERE lists commands the docs no longer show: {stale}"
+        for test in RESOLVED_HERE.values():
+            path, name = test.split("::")
+            assert f"def {name}(" in (REPO / path).read_text(encoding="utf-8"), f"{test} does not exist"
         _run_in_order([(w, c) for w, c in commands if not in_dates_chain(c)], tmp_path, capsys)
