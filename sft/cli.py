@@ -88,10 +88,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     plan = _plan(args)
     export = export_config(plan)
@@ -105,7 +101,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server = LlamaServer(gguf, host=args.host, port=args.port, threads=export.threads, ctx_size=export.ctx_size,
                          parallel=args.parallel, alias=args.name)
     # SIGTERM (kill, systemd, docker stop) stops it as Ctrl-C does: the server goes with it.
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         with server:
             print(f"sft serve: {gguf} at {server.base_url} (model name '{args.name}', {args.parallel} slots); Ctrl-C "
