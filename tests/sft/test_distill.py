@@ -121,7 +121,11 @@ def test_distill_options_are_validated(tmp_path, tiny_model):
 @pytest.mark.slow
 def test_one_recipe_captures_and_distils_with_synth_run(tmp_path, tiny_model):
     """sampling.logprobs + sft.distill: `synth run` generates with logprobs, curates (a PII
-    redaction breaks one answer's tie to its logprobs, and the card says so), trains with KD."""
+    redaction breaks one answer's tie to its logprobs, and the card says so), trains with KD.
+    Then, as docs/distillation.md's on-policy command does from the demo's student: `synth run`
+    again with sft.model at the KD student, another sft.output_dir and sft.distill's loss
+    on_policy: the data stages are skipped and the KD student learns from the teacher's scores
+    of its own samples."""
     import subprocess
     import sys
 
@@ -130,7 +134,7 @@ def test_one_recipe_captures_and_distils_with_synth_run(tmp_path, tiny_model):
     seeds = [{"question": f"Tell me about item {i}."} for i in range(23)] + [{"question": "Mail jane.doe@example.com?"}]
     write_jsonl(tmp_path / "seeds.jsonl", seeds)
     data["curate"] = {"filters": ["empty", {"name": "pii"}], "eval_fraction": 0.2}
-    data["sft"].update(eval_limit=2, eval_max_new_tokens=4, eval_engine="transformers")
+    data["sft"].update(eval_limit=2, eval_max_new_tokens=4, eval_engine="transformers", full_finetune=True)
     path.write_text(yaml.safe_dump(data))
     res = subprocess.run([sys.executable, "-m", "synth.cli", "run", str(path), "--no-progress"],
                          capture_output=True, text=True, timeout=HANG_S)
@@ -146,3 +150,16 @@ def test_one_recipe_captures_and_distils_with_synth_run(tmp_path, tiny_model):
     assert any("kd_kl" in h for h in metrics["log_history"])
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["logprobs"]["bytes_per_1k_answer_tokens"] > 0
+
+    on_policy = ["--set", f"sft.model={out / 'student' / 'model'}", "--set", f"sft.output_dir={out / 'student-onpolicy'}",
+                 "--set", "sft.max_steps=2", "--set", "sft.learning_rate=0.0002",
+                 "--set", "sft.distill={loss: on_policy, max_new_tokens: 4}"]
+    res = subprocess.run([sys.executable, "-m", "synth.cli", "run", str(path), "--no-progress", *on_policy],
+                         capture_output=True, text=True, timeout=HANG_S)
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = {s["stage"]: s for s in json.loads((out / "report.json").read_text())["stages"]}
+    assert ", 0 new, 0 failed" in report["generate"]["summary"] and report["curate"]["status"] == "skipped", report
+    assert report["train"]["status"] == report["eval"]["status"] == "done", report
+    metrics = json.loads((out / "student-onpolicy" / "metrics.json").read_text())
+    assert metrics["data"]["distill"] == {"on_policy prompts": stats["train"]} and metrics["global_step"] == 2
+    assert (out / "student-onpolicy" / "model" / "model.safetensors").is_file()
