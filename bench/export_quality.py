@@ -1,19 +1,22 @@
 """What shipping the student costs: the dates student as GGUF f16, q8_0, q4_K_M and q4_0 under
-llama.cpp, each scored by the demo's checker on the held-out prompts against the trained
-student; and llama.cpp's generation speed against transformers `generate` on this CPU.
+llama.cpp, and as compressed-tensors w8a8 and w4a16 under vLLM, each scored by the demo's
+checker on the held-out prompts against the trained student; and llama.cpp's generation speed
+against transformers `generate` on this CPU.
 
 Needs `make demo` first (runs/dates holds the trained student). Then:
 
     python bench/export_quality.py
 
-1. `sft export` with quants f16, q8_0, q4_K_M and q4_0, then its evaluation (sft.export_eval): every
-   file under llama-server, 4 requests in flight, the held-out prompts of `sft eval`, greedy;
-   the change vs the trained student is paired by prompt, with its standard error.
+1. `sft export` with quants f16, q8_0, q4_K_M, q4_0, w8a8 and w4a16, then its evaluation
+   (sft.export_eval): every GGUF file under llama-server (4 requests in flight), every vLLM
+   checkpoint under a vLLM engine (bfloat16, all prompts at once), the held-out prompts of `sft
+   eval`, greedy; the change vs the trained student is paired by prompt, with its standard error.
 2. Speed, one request at a time, the same prompts, greedy, 16 new tokens at most: the trained
    student (fp32) under transformers `generate` in this process, and the q8_0 file under
    llama-server through the openai client (HTTP included: that is how it is served).
 
-Last line: RESULT export_quality q8_drop=.. q4_drop=.. q4_size_ratio=.. llama_vs_transformers=..
+Last line: RESULT export_quality q8_drop=.. q4_drop=.. q4_size_ratio=.. ... w8a8_drop=.. w4a16_drop=..
+llama_vs_transformers=..
 (drop: trained student's pass rate minus the file's; size ratio: q4_K_M bytes / f16 bytes).
 On a model whose rows are not a multiple of 256 values (the demo's hidden size is 128),
 llama-quantize writes q4_K_M's tensors as q5_0 (and q8_0); q4_0 (32-value blocks) is then the
@@ -71,7 +74,7 @@ def main() -> int:
     parser.add_argument("--speed-prompts", type=int, default=100, help="prompts for the speed comparison")
     args = parser.parse_args()
 
-    plan = load_plan(args.recipe, ["export={quants: [q8_0, q4_K_M, q4_0]}"])
+    plan = load_plan(args.recipe, ["export={quants: [q8_0, q4_K_M, q4_0, w8a8, w4a16]}"])
     export = plan.recipe.export
     for stage in export_stages(plan, export, progress=False):
         stage.run()
@@ -93,7 +96,8 @@ def main() -> int:
           f"llama-server q8_0 {llama:.1f} tokens/s")
     print(f"RESULT export_quality q8_drop={drop['q8_0']:.3f} q4_drop={drop['q4_K_M']:.3f} "
           f"q4_size_ratio={size_ratio:.2f} q4_0_drop={drop['q4_0']:.3f} "
-          f"q4_0_size_ratio={rows['q4_0']['bytes'] / rows['f16']['bytes']:.2f} llama_vs_transformers={llama / hf:.2f}")
+          f"q4_0_size_ratio={rows['q4_0']['bytes'] / rows['f16']['bytes']:.2f} w8a8_drop={drop['w8a8']:.3f} "
+          f"w4a16_drop={drop['w4a16']:.3f} llama_vs_transformers={llama / hf:.2f}")
     return 0
 
 

@@ -8,17 +8,17 @@ import signal
 import sys
 
 from sft import __version__
-from sft.config import GGUF_QUANTS
+from sft.config import EXPORT_QUANTS, VLLM_QUANTS, artifact
 from sft.dpo import Dpo
 from sft.evaluate import eval_lines, run_eval
 from sft.export import export_config, export_stages
 from sft.export_eval import ExportEval
-from sft.llamacpp import LOOPBACK, LlamaServer
+from sft.llamacpp import LOOPBACK, LlamaServer, VllmServer
 from sft.merge import run_merge
 from sft.train import Train
 from synth.cli import dispatch, recipe_arguments
 from synth.plan import Plan, load_plan
-from synth.runtime import is_main_process, setup_logging
+from synth.runtime import is_main_process, kv_cache_bytes, on_cpu, setup_logging
 from synth.stage import StageResult
 
 
@@ -61,7 +61,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     setup_logging(plan.layout.log, args.verbose)
     print("\n".join(eval_lines(run_eval(plan), plan.student.files)))
     export = plan.recipe.export
-    if export is not None and export.eval and all(plan.student.files.gguf(q).is_file() for q in ["f16", *export.quants]):
+    if export is not None and export.eval and all(artifact(plan.student.files, s.quant).exists()
+                                                  for s in export_stages(plan, export, progress=False)):
         print("\n".join(ExportEval(plan, export).run(force=True).lines))
     return 0
 
@@ -76,7 +77,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         result = stage.run()
         files = plan.student.files
         print("\n".join(result.lines) if result.status == "done" else
-              f"sft export: {files.gguf(stage.quant)} is current (same student, quantization and llama.cpp); skipped")
+              f"sft export: {artifact(files, stage.quant)} is current (same student, quantization and tools); skipped")
     if args.no_eval:
         return 0
     evaluation = ExportEval(plan, export, not args.no_progress)
@@ -92,24 +93,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
     plan = _plan(args)
     export = export_config(plan)
     quant = args.quant or export.quants[-1]
-    gguf = plan.student.files.gguf(quant)
-    if not gguf.is_file():
-        raise ValueError(f"sft serve: {gguf} does not exist; run `sft export {args.recipe} --quant {quant}` first")
+    path = artifact(plan.student.files, quant)
+    if not path.exists():
+        raise ValueError(f"sft serve: {path} does not exist; run `sft export {args.recipe} --quant {quant}` first")
     if args.host != LOOPBACK:
         print(f"sft serve: listening on {args.host}, not only this machine: anyone who can reach it can query the "
-              "model (llama-server has no key here)", file=sys.stderr)
-    server = LlamaServer(gguf, host=args.host, port=args.port, threads=export.threads, ctx_size=export.ctx_size,
-                         parallel=args.parallel, alias=args.name)
+              "model (the server has no key here)", file=sys.stderr)
+    if quant in VLLM_QUANTS:
+        cfg = plan.sft
+        server: LlamaServer = VllmServer(path, host=args.host, port=args.port, alias=args.name,
+                                         kv_cache_bytes=kv_cache_bytes(cfg.eval_kv_cache_gib), enforce_eager=on_cpu(),
+                                         max_model_len=export.ctx_size, log=plan.student.files.export_dir / "serve.log")
+        how = "vLLM"
+    else:
+        server = LlamaServer(path, host=args.host, port=args.port, threads=export.threads, ctx_size=export.ctx_size,
+                             parallel=args.parallel, alias=args.name)
+        how = f"llama-server, {args.parallel} slots"
     # SIGTERM (kill, systemd, docker stop) stops it as Ctrl-C does: the server goes with it.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         with server:
-            print(f"sft serve: {gguf} at {server.base_url} (model name '{args.name}', {args.parallel} slots); Ctrl-C "
-                  "stops it", flush=True)
+            print(f"sft serve: {path} at {server.base_url} (model name '{args.name}', {how}); Ctrl-C stops it",
+                  flush=True)
             code = server.process.wait() if server.process else 0
     except KeyboardInterrupt:
         return 0
-    print(f"sft serve: llama-server exited with code {code}", file=sys.stderr)
+    print(f"sft serve: {server.label} exited with code {code}", file=sys.stderr)
     return 1
 
 
@@ -146,25 +155,29 @@ def build_parser() -> argparse.ArgumentParser:
     recipe_arguments(dpo)
     dpo.add_argument("--fresh", action="store_true", help="train from the start (earlier checkpoints are moved aside)")
     dpo.set_defaults(func=cmd_dpo)
-    export = sub.add_parser("export", help="the trained student as GGUF files for llama.cpp (f16 and export.quants), "
-                            "each evaluated under llama-server", description="Export the trained student (an adapter is "
-                            "merged first) to GGUF with llama.cpp's converter and quantizer, then evaluate every file "
-                            "on the held-out prompts through llama-server. Skipped per file when the student, "
-                            "quantization and llama.cpp are unchanged.")
+    export = sub.add_parser("export", help="the trained student as GGUF files for llama.cpp and compressed-tensors "
+                            "checkpoints for vLLM (export.quants), each evaluated as served",
+                            description="Export the trained student (an adapter is merged first): to GGUF with "
+                            "llama.cpp's converter and quantizer (f16, q8_0, q4_K_M, ...), or to a compressed-tensors "
+                            "checkpoint for vLLM (w8a8, w4a16); then evaluate every export on the held-out prompts "
+                            "through the engine that serves it (llama-server, vLLM). Skipped per export when the "
+                            "student, quantization and tools are unchanged.")
     recipe_arguments(export)
-    export.add_argument("--format", default="gguf", choices=["gguf"], help="the export format (GGUF for llama.cpp)")
-    export.add_argument("--quant", action="append", default=[], metavar="Q", choices=list(GGUF_QUANTS),
-                        help=f"a quantization ({', '.join(GGUF_QUANTS)}); repeatable; default export.quants")
+    export.add_argument("--quant", action="append", default=[], metavar="Q", choices=list(EXPORT_QUANTS),
+                        help=f"a quantization ({', '.join(EXPORT_QUANTS)}); repeatable; default export.quants")
     export.add_argument("--no-eval", action="store_true", help="export only; do not evaluate the files")
     export.set_defaults(func=cmd_export)
-    serve = sub.add_parser("serve", help="serve the exported student with llama-server (OpenAI-compatible, "
-                           "127.0.0.1 by default)", description="Start llama-server on an exported GGUF file; call "
-                           "it with any OpenAI client at http://HOST:PORT/v1. Runs until Ctrl-C.")
+    serve = sub.add_parser("serve", help="serve the exported student, OpenAI-compatible (llama-server for GGUF, "
+                           "vLLM for w8a8/w4a16; 127.0.0.1 by default)", description="Start llama-server on an "
+                           "exported GGUF file, or vLLM's server on an exported compressed-tensors checkpoint; call it "
+                           "with any OpenAI client at http://HOST:PORT/v1. Runs until Ctrl-C or SIGTERM.")
     recipe_arguments(serve)
-    serve.add_argument("--quant", choices=list(GGUF_QUANTS), help="which export to serve; default the last of export.quants")
+    serve.add_argument("--quant", choices=list(EXPORT_QUANTS), help="which export to serve; default the last of "
+                       "export.quants")
     serve.add_argument("--host", default=LOOPBACK, help="address to listen on; anything but 127.0.0.1 must be given here")
     serve.add_argument("--port", type=int, default=8080, help="port to listen on")
-    serve.add_argument("--parallel", type=int, default=4, help="requests served at once (llama-server slots)")
+    serve.add_argument("--parallel", type=int, default=4, help="requests served at once (llama-server slots; vLLM "
+                       "batches as it goes)")
     serve.add_argument("--name", default="student", help="the model name clients send")
     serve.set_defaults(func=cmd_serve)
     ev = sub.add_parser("eval", help="compare the student with the teacher on the held-out split")

@@ -175,7 +175,16 @@ class SftConfig:
 GGUF_QUANTS = ("f16", "bf16", "q8_0", "q6_K", "q5_K_M", "q5_0", "q4_K_M", "q4_0")
 """The GGUF types `sft export` writes: f16 and bf16 by llama.cpp's converter, the others by
 llama-quantize from the f16 file."""
-EXPORT_FORMATS = ("gguf",)
+VLLM_QUANTS = ("w8a8", "w4a16")
+"""The compressed-tensors checkpoints `sft export` writes for vLLM (sft.quantize): int8 weights
+and activations, or int4 weights in groups of 128 with 16-bit activations."""
+EXPORT_QUANTS = GGUF_QUANTS + VLLM_QUANTS
+
+
+def artifact(files: StudentLayout, quant: str) -> Path:
+    """Where the export at `quant` lives: a GGUF file, or a checkpoint directory for vLLM."""
+    return files.vllm_checkpoint(quant) if quant in VLLM_QUANTS else files.gguf(quant)
+
 PRE_TOKENIZERS_HINT = "gpt-2, starcoder, llama-bpe, qwen2, ..."
 
 
@@ -183,26 +192,22 @@ PRE_TOKENIZERS_HINT = "gpt-2, starcoder, llama-bpe, qwen2, ..."
 class ExportConfig:
     """The recipe's `export` section: the trained student shipped where it will run (docs/guides/ship.md)."""
 
-    format: str = help_field("gguf", help="gguf: llama.cpp's format (laptops, phones, edge boxes; served by llama-server). The compressed-tensors checkpoint for vLLM is not built yet")
-    quants: list[str] = help_field(default_factory=lambda: ["q8_0"], help=f"the quantizations written, each evaluated: {', '.join(GGUF_QUANTS)} (f16 is always written: the others are made from it)")
+    quants: list[str] = help_field(default_factory=lambda: ["q8_0"], help=f"the quantizations written, each evaluated. GGUF files for llama.cpp: {', '.join(GGUF_QUANTS)} (f16 is then written too: the others are made from it); compressed-tensors checkpoints for vLLM: w8a8 (int8 weights per channel, int8 activations per token), w4a16 (int4 weights in groups of 128)")
     pre_tokenizer: str = help_field("auto", help=f"llama.cpp's name for the tokenizer's pre-tokenization ({PRE_TOKENIZERS_HINT}); auto: the converter's own recognition, else derived from tokenizer.json when it is plain byte-level BPE (with or without single digits)")
-    eval: bool = help_field(True, help="evaluate every export on the held-out prompts through llama-server, with sft.eval_verifier and sft.eval_limit (eval_report.md gains a table)")
+    eval: bool = help_field(True, help="evaluate every export on the held-out prompts through the engine that serves it (llama-server for GGUF, vLLM for compressed-tensors), with sft.eval_verifier and sft.eval_limit (eval_report.md gains a table)")
     eval_concurrency: int = help_field(4, help="requests in flight to llama-server during the evaluation (its --parallel slots)")
     threads: int | None = help_field(None, help="CPU threads for llama-quantize and llama-server; none: llama.cpp's default (all cores)")
     ctx_size: int = help_field(2048, help="llama-server's context size (tokens, shared by its slots)")
 
     def __post_init__(self) -> None:
-        if self.format not in EXPORT_FORMATS:
-            hint = (" (a compressed-tensors checkpoint for vLLM is not built by stillhouse yet; see docs/guides/ship.md)"
-                    if self.format in ("compressed-tensors", "vllm") else "")
-            raise ValueError(f"format: unknown '{self.format}'; choose {', '.join(EXPORT_FORMATS)}{hint}")
         if isinstance(self.quants, str):
             self.quants = [self.quants]
         if not isinstance(self.quants, list) or not self.quants:
-            raise ValueError(f"quants: give a list of GGUF types ({', '.join(GGUF_QUANTS)})")
+            raise ValueError(f"quants: give a list of quantizations ({', '.join(EXPORT_QUANTS)})")
         for q in self.quants:
-            if q not in GGUF_QUANTS:
-                raise ValueError(f"quants: unknown '{q}'; choose from {', '.join(GGUF_QUANTS)}")
+            if q not in EXPORT_QUANTS:
+                raise ValueError(f"quants: unknown '{q}'; choose from {', '.join(GGUF_QUANTS)} (GGUF for llama.cpp) or "
+                                 f"{', '.join(VLLM_QUANTS)} (compressed-tensors for vLLM)")
         self.quants = list(dict.fromkeys(self.quants))
         if not self.pre_tokenizer or not self.pre_tokenizer.replace("-", "").replace(".", "").replace("_", "").isalnum():
             raise ValueError(f"pre_tokenizer: give auto or a llama.cpp pre-tokenizer name ({PRE_TOKENIZERS_HINT}), got {self.pre_tokenizer!r}")

@@ -1,12 +1,16 @@
-"""`sft export`: the trained student as GGUF files for llama.cpp (docs/guides/ship.md).
+"""`sft export`: the trained student as GGUF files for llama.cpp, and as compressed-tensors
+checkpoints for vLLM (docs/guides/ship.md).
 
-One stage per quantization (`export f16`, `export q8_0`, ...). The f16 file comes from
+One stage per quantization (`export f16`, `export q8_0`, `export w8a8`, ...). The f16 file comes from
 llama.cpp's own converter (sft.gguf_convert runs it) reading the trained weights: the full
 fine-tune's model/, or for a LoRA student the adapter merged into its base first (`sft
-merge`, fp32). Every other quantization is llama-quantize's from the f16 file.
+merge`, fp32). Every other GGUF quantization is llama-quantize's from the f16 file. w8a8 and
+w4a16 are directories (STUDENT/export/model-w8a8/) that sft.quantize writes from the same
+trained weights with compressed-tensors.
 
 Each stage is keyed like the others: the trained weights (and the base of an adapter), the
-quantization, export.pre_tokenizer and the llama.cpp build. A changed student or setting
+quantization, export.pre_tokenizer and the llama.cpp build (compressed-tensors' version for
+the vLLM checkpoints). A changed student or setting
 exports again; the same one is skipped. Files are written under a temporary name and renamed
 when complete, so a killed export never leaves a file that looks finished.
 `STUDENT/export/exports.json` lists every file written: format, quantization, size,
@@ -24,11 +28,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sft.config import ExportConfig
+from sft.config import VLLM_QUANTS, ExportConfig
 from sft.export_report import human_size
 from sft.gguf_convert import UNRECOGNISED
 from sft.llamacpp import LlamaCpp, find_llama_cpp
 from sft.merge import run_merge
+from sft.quantize import compressed_tensors_version, write_compressed
 from synth.fingerprint import fingerprint_dir, model_identity
 from synth.plan import Plan
 from synth.runtime import read_json, utc_now, write_json_atomically
@@ -45,6 +50,27 @@ FALLBACK = re.compile(r"^warning: (\S+)\s+- ncols .* falling back to\s+(\S+)", r
 def export_config(plan: Plan) -> ExportConfig:
     """The recipe's export section, or its defaults (`sft export` on a recipe without one)."""
     return plan.recipe.export if plan.recipe.export is not None else ExportConfig()
+
+
+def source_weights(plan: Plan) -> Path:
+    """The trained weights as a standalone HF model: model/ of a full fine-tune, else the
+    adapter merged into its base (`sft merge`, fp32; skipped when current)."""
+    cfg, files = plan.sft, plan.student.files
+    if not files.trained_marker.is_file():
+        raise ValueError(f"sft export: no trained student in {files.trained}; run `sft train RECIPE` (or `synth run "
+                         "RECIPE`) first")
+    if cfg.full_finetune:
+        return files.trained
+    logger.info("export: merging the adapter into its base first (sft merge, fp32)")
+    run_merge(plan, dtype="float32")
+    return files.merged
+
+
+def weights_key(plan: Plan) -> dict[str, Any]:
+    """What an export is made from: the trained weights and, for an adapter, its base."""
+    cfg, files = plan.sft, plan.student.files
+    return {"weights": fingerprint_dir(files.trained) if files.trained.is_dir() else None,
+            "base": None if cfg.full_finetune else model_identity(cfg.model)}
 
 
 class GgufExport(Stage):
@@ -69,10 +95,8 @@ class GgufExport(Stage):
         return self._tools
 
     def key(self) -> dict[str, Any]:
-        cfg, files = self.plan.sft, self.plan.student.files
         return {
-            "weights": fingerprint_dir(files.trained) if files.trained.is_dir() else None,
-            "base": None if cfg.full_finetune else model_identity(cfg.model),
+            **weights_key(self.plan),
             "quant": self.quant,
             "pre_tokenizer": self.export.pre_tokenizer,
             "llama_cpp": self.tools.build,
@@ -87,15 +111,14 @@ class GgufExport(Stage):
     def work(self, key: dict[str, Any] | None) -> StageResult:
         files = self.plan.student.files
         if not files.trained_marker.is_file():
-            raise ValueError(f"sft export: no trained student in {files.trained}; run `sft train RECIPE` (or `synth run "
-                             "RECIPE`) first")
+            source_weights(self.plan)  # the error that says what to run
         target = files.gguf(self.quant)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(target.name + ".partial")
         tmp.unlink(missing_ok=True)
         fallbacks: list[str] = []
         if self.quant in CONVERTER_TYPES:
-            source = self._source_weights()
+            source = source_weights(self.plan)
             _check_disk(target.parent, _dir_size(source))
             self._convert(source, tmp)
         else:
@@ -116,15 +139,6 @@ class GgufExport(Stage):
                      f"e.g. {fallbacks[0]})")
         logger.info("exported %s", line)
         return self.result(f"GGUF {self.quant}: {human_size(entry['bytes'])}", [f"sft export: {line}"], entry)
-
-    def _source_weights(self) -> Path:
-        """The trained weights as a standalone HF model: model/ of a full fine-tune, else the merged adapter."""
-        cfg, files = self.plan.sft, self.plan.student.files
-        if cfg.full_finetune:
-            return files.trained
-        logger.info("export: merging the adapter into its base first (sft merge, fp32)")
-        run_merge(self.plan, dtype="float32")
-        return files.merged
 
     def _convert(self, source: Path, out: Path) -> None:
         cmd = [sys.executable, "-m", "sft.gguf_convert", str(self.tools.convert_dir), self.export.pre_tokenizer, "--",
@@ -184,7 +198,53 @@ def _record(manifest: Path, entry: dict[str, Any]) -> None:
     write_json_atomically(manifest, sorted([*entries, entry], key=lambda e: e["file"]))
 
 
-def export_stages(plan: Plan, export: ExportConfig | None = None, progress: bool = True) -> list[GgufExport]:
-    """The export stages of export.quants: f16 first, always."""
+class CompressedExport(Stage):
+    """The trained student as a compressed-tensors checkpoint for vLLM (w8a8 or w4a16; sft.quantize)."""
+
+    name = "export"
+
+    def __init__(self, plan: Plan, quant: str, progress: bool = True):
+        super().__init__(plan, progress)
+        if quant not in VLLM_QUANTS:
+            raise ValueError(f"export.quants: '{quant}' is not a compressed-tensors scheme ({', '.join(VLLM_QUANTS)})")
+        self.quant = quant
+        self.name = f"export {quant}"
+
+    def key(self) -> dict[str, Any]:
+        return {**weights_key(self.plan), "quant": self.quant, "compressed_tensors": compressed_tensors_version()}
+
+    def stamp(self) -> Path:
+        return self.plan.student.files.gguf_stamp(self.quant)
+
+    def outputs(self) -> tuple[Path, ...]:
+        return (self.plan.student.files.vllm_checkpoint(self.quant),)
+
+    def work(self, key: dict[str, Any] | None) -> StageResult:
+        files = self.plan.student.files
+        source = source_weights(self.plan)
+        target = files.vllm_checkpoint(self.quant)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        _check_disk(target.parent, _dir_size(source) // 2)
+        done = write_compressed(source, tmp, self.quant)
+        shutil.rmtree(target, ignore_errors=True)  # an older export of another student
+        os.replace(tmp, target)
+        entry = {"format": "compressed-tensors", "quant": self.quant, "file": target.name, "bytes": _dir_size(target),
+                 "source_weights": key["weights"] if key else None, "compressed_tensors": compressed_tensors_version(),
+                 "layers_quantized": done["layers_quantized"], "exported_at": utc_now()}
+        if done["layers_unquantized"]:
+            entry["layers_unquantized"] = done["layers_unquantized"]
+        _record(files.export_manifest, entry)
+        line = f"{target}/ ({human_size(entry['bytes'])}, compressed-tensors {self.quant}, for vLLM)"
+        logger.info("exported %s", line)
+        return self.result(f"compressed-tensors {self.quant}: {human_size(entry['bytes'])}", [f"sft export: {line}"],
+                           entry)
+
+
+def export_stages(plan: Plan, export: ExportConfig | None = None, progress: bool = True) -> list[Stage]:
+    """The export stages of export.quants: GGUF f16 first when any GGUF type is asked for."""
     export = export or export_config(plan)
-    return [GgufExport(plan, q, progress, export) for q in dict.fromkeys(["f16", *export.quants])]
+    gguf = [q for q in export.quants if q not in VLLM_QUANTS]
+    stages: list[Stage] = [GgufExport(plan, q, progress, export) for q in dict.fromkeys(["f16", *gguf])] if gguf else []
+    return stages + [CompressedExport(plan, q, progress) for q in export.quants if q in VLLM_QUANTS]

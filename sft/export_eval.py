@@ -1,9 +1,12 @@
-"""The exported student evaluated as it will be served: each GGUF file under llama-server.
+"""The exported student evaluated as it will be served: each GGUF file under llama-server,
+each compressed-tensors checkpoint under vLLM.
 
-For every file `sft export` wrote (f16 and export.quants), llama-server is started on it
-(127.0.0.1, a free port, export.eval_concurrency slots), the held-out prompts of `sft eval`
+For every GGUF file `sft export` wrote (f16 and export.quants), llama-server is started on it
+(127.0.0.1, a free port, export.eval_concurrency slots) and the held-out prompts of `sft eval`
 (the same ones: sft.eval and sft.eval_limit) are sent through the openai client's chat
-completions (greedy, sft.eval_max_new_tokens), and the answers are scored with the same
+completions (greedy, sft.eval_max_new_tokens); a vLLM checkpoint (w8a8, w4a16) is loaded by a
+vLLM engine in this process (bfloat16, its KV cache sized by sft.eval_kv_cache_gib) that
+answers the same prompts greedily, all in one batch. The answers are scored with the same
 checks: sft.eval_verifier's pass rate when there is one, else exact match with the teacher.
 Each row: size on disk, generated tokens per second on this machine (all requests in flight
 together), the score, and its change vs the trained student as `sft eval` measured it (its
@@ -22,15 +25,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from sft.config import GGUF_QUANTS, ExportConfig
+from sft.config import EXPORT_QUANTS, GGUF_QUANTS, VLLM_QUANTS, ExportConfig, SftConfig, artifact
 from sft.data import read_conversations
 from sft.evaluate import write_markdown
 from sft.export_report import export_lines, export_summary, paired_change
+from sft.generation import vllm_engine
 from sft.llamacpp import LlamaServer
 from synth.configtools import stage_fields
 from synth.filters.verifier import Verifier, function_source_sha
 from synth.plan import Plan
-from synth.runtime import file_sha256, read_json, write_json_atomically
+from synth.runtime import file_sha256, read_json, release_engine, write_json_atomically
 from synth.stage import Stage, StageResult, read_stamp
 from synth.textmetrics import exact_match
 
@@ -38,7 +42,7 @@ logger = logging.getLogger(__name__)
 
 
 class ExportEval(Stage):
-    """Every exported file against the held-out prompts, under llama-server (keyed)."""
+    """Every export against the held-out prompts, under llama-server or vLLM (keyed)."""
 
     name = "export eval"
 
@@ -48,11 +52,13 @@ class ExportEval(Stage):
 
     @property
     def quants(self) -> list[str]:
-        """f16, export.quants, and any other GGUF file exported earlier (`sft export --quant`):
-        every file there is, in GGUF_QUANTS' order (largest first)."""
+        """export.quants (with f16 when a GGUF type is among them) and any other export made
+        earlier (`sft export --quant`): every one there is, GGUF largest first, then vLLM's."""
         files = self.plan.student.files
-        wanted = {"f16", *self.export.quants} | {q for q in GGUF_QUANTS if files.gguf(q).is_file()}
-        return [q for q in GGUF_QUANTS if q in wanted]
+        wanted = set(self.export.quants) | {q for q in EXPORT_QUANTS if artifact(files, q).exists()}
+        if wanted & set(GGUF_QUANTS):
+            wanted.add("f16")
+        return [q for q in EXPORT_QUANTS if q in wanted]
 
     def why_not_applicable(self) -> str | None:
         if not self.export.eval:
@@ -72,6 +78,7 @@ class ExportEval(Stage):
             "sft": {k: v for k, v in stage_fields(cfg, "eval").items()
                     if k in ("eval_max_new_tokens", "eval_limit", "eval_verifier")},
             "export": {"concurrency": self.export.eval_concurrency, "ctx_size": self.export.ctx_size},
+            **({"vllm_kv_cache_gib": cfg.eval_kv_cache_gib} if set(self.quants) & set(VLLM_QUANTS) else {}),
         }
 
     def stamp(self) -> Path:
@@ -103,19 +110,27 @@ def evaluate_exports(plan: Plan, export: ExportConfig, quants: list[str]) -> dic
     baseline = _student_scores(student, verifier is not None)
     rows = []
     for quant in quants:
-        gguf = files.gguf(quant)
-        if not gguf.is_file():
-            raise ValueError(f"export eval: {gguf} does not exist; run `sft export RECIPE --quant {quant}` first")
-        answers, tokens, seconds = _answers(gguf, prompts, cfg.eval_max_new_tokens, export, files.export_dir / "server.log")
+        path = artifact(files, quant)
+        if not path.exists():
+            raise ValueError(f"export eval: {path} does not exist; run `sft export RECIPE --quant {quant}` first")
+        if quant in VLLM_QUANTS:
+            engine = "vLLM"
+            answers, tokens, seconds = _answers_vllm(cfg, path, prompts)
+            size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        else:
+            engine = "llama-server"
+            answers, tokens, seconds = _answers(path, prompts, cfg.eval_max_new_tokens, export,
+                                                files.export_dir / "server.log")
+            size = path.stat().st_size
         per_prompt = scores(answers)
-        row: dict[str, Any] = {"quant": quant, "file": gguf.name, "bytes": gguf.stat().st_size,
+        row: dict[str, Any] = {"quant": quant, "file": path.name, "engine": engine, "bytes": size,
                                "score": sum(per_prompt) / len(per_prompt), "tokens": tokens, "seconds": round(seconds, 2),
                                "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None,
                                "per_prompt": per_prompt, "samples": answers[:5]}
         if baseline is not None and len(baseline) == len(per_prompt):
             row["change"], row["change_se"] = paired_change(per_prompt, baseline)
         rows.append(row)
-        logger.info("export eval %s: score %.3f, %s tokens/s", quant, row["score"], row["tokens_per_s"])
+        logger.info("export eval %s (%s): score %.3f, %s tokens/s", quant, engine, row["score"], row["tokens_per_s"])
     report = {"examples": len(prompts), "metric": "task check pass rate" if verifier else "exact match with the teacher",
               "concurrency": export.eval_concurrency, "student_score": _mean(baseline), "student_engine": student.get("engine"),
               "exports": rows}
@@ -133,6 +148,23 @@ def _student_scores(student_report: dict[str, Any], verifier: bool) -> list[floa
     per_prompt = student_report.get("per_prompt", {})
     values = per_prompt.get("verifier_after" if verifier else "exact_match_after")
     return [float(v) for v in values] if isinstance(values, list) else None
+
+
+def _answers_vllm(cfg: SftConfig, checkpoint: Path, prompts: list[list[dict[str, Any]]]) -> tuple[list[str], int, float]:
+    """Greedy answers of a vLLM engine on the compressed-tensors checkpoint (bfloat16: the
+    quantized kernels' activation type), the generated tokens and the wall time."""
+    import vllm  # heavy: vllm
+
+    llm = vllm_engine(cfg, str(checkpoint), cfg.eval_max_new_tokens, lora=False, dtype="bfloat16")
+    try:
+        params = vllm.SamplingParams(temperature=0.0, max_tokens=cfg.eval_max_new_tokens)
+        llm.chat(prompts[:1], params, use_tqdm=False)  # warm-up, as for llama-server
+        started = time.perf_counter()
+        outs = llm.chat(prompts, params, use_tqdm=False)
+        seconds = time.perf_counter() - started
+    finally:
+        release_engine(llm)
+    return [o.outputs[0].text for o in outs], sum(len(o.outputs[0].token_ids) for o in outs), seconds
 
 
 def _answers(gguf: Path, prompts: list[list[dict[str, Any]]], max_tokens: int, export: ExportConfig,

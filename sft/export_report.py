@@ -30,19 +30,23 @@ def paired_change(after: list[float], before: list[float]) -> tuple[float, float
 
 def export_summary(report: dict[str, Any]) -> str:
     """One line: each export's score and speed."""
-    parts = [f"{r['quant']} {r['score']:.3f} at {r['tokens_per_s']} tok/s" for r in report["exports"]]
-    return f"{report['metric']} on {report['examples']} held-out prompts under llama-server: " + ", ".join(parts)
+    parts = [f"{r['quant']} {r['score']:.3f} at {r['tokens_per_s']} tok/s ({_engine(r)})" for r in report["exports"]]
+    return f"{report['metric']} on {report['examples']} held-out prompts, as served: " + ", ".join(parts)
+
+
+def _engine(row: dict[str, Any]) -> str:
+    return row.get("engine", "llama-server")  # reports written before vLLM exports have no engine
 
 
 def export_lines(report: dict[str, Any]) -> list[str]:
     """What `sft export` prints after the evaluation."""
     base = report["student_score"]
-    lines = [f"exported student under llama-server, {report['examples']} held-out prompts ({report['metric']}):"]
+    lines = [f"exported student as served, {report['examples']} held-out prompts ({report['metric']}):"]
     if base is not None:
         lines.append(f"  trained student ({report['student_engine']}): {base:.3f}")
     for r in report["exports"]:
         change = f", change {r['change']:+.3f} ± {r['change_se']:.3f}" if "change" in r else ""
-        lines.append(f"  {r['file']}: {human_size(r['bytes'])} on disk, {r['tokens_per_s']} tokens/s, "
+        lines.append(f"  {r['file']}: {human_size(r['bytes'])} on disk, {r['tokens_per_s']} tokens/s under {_engine(r)}, "
                      f"{r['score']:.3f}{change}")
     return lines
 
@@ -50,15 +54,17 @@ def export_lines(report: dict[str, Any]) -> list[str]:
 def export_markdown(report: dict[str, Any]) -> list[str]:
     """The table eval_report.md gains."""
     lines = ["", "## The exported student, as served", "",
-             f"{report['examples']} held-out prompts sent to llama-server ({report['concurrency']} in flight), greedy; "
+             f"{report['examples']} held-out prompts, greedy, sent to the engine that serves each artifact: llama-server "
+             f"({report['concurrency']} in flight) for a GGUF file, vLLM (all at once, bfloat16) for a checkpoint; "
              f"score: {report['metric']}; change: vs the trained student ({report['student_engine']}), paired by prompt, "
              "± one standard error.", "",
-             "| artifact | size | tokens/s | score | change vs student |", "| --- | --- | --- | --- | --- |"]
+             "| artifact | engine | size | tokens/s | score | change vs student |", "| --- | --- | --- | --- | --- | --- |"]
     if report["student_score"] is not None:
-        lines.append(f"| trained student ({report['student_engine']}) | | | {report['student_score']:.3f} | |")
+        lines.append(f"| trained student | {report['student_engine']} | | | {report['student_score']:.3f} | |")
     for r in report["exports"]:
         change = f"{r['change']:+.3f} ± {r['change_se']:.3f}" if "change" in r else ""
-        lines.append(f"| {r['file']} | {human_size(r['bytes'])} | {r['tokens_per_s']} | {r['score']:.3f} | {change} |")
+        lines.append(f"| {r['file']} | {_engine(r)} | {human_size(r['bytes'])} | {r['tokens_per_s']} | {r['score']:.3f} | "
+                     f"{change} |")
     return lines
 
 

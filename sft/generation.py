@@ -38,9 +38,10 @@ def generate_transformers(model: Any, tokenizer: Any, prompts: list[list[dict[st
     return out
 
 
-def vllm_engine(cfg: SftConfig, model: str, max_new: int, lora: bool) -> Any:
+def vllm_engine(cfg: SftConfig, model: str, max_new: int, lora: bool, dtype: str | None = None) -> Any:
     """A vLLM engine for the student (`lora`: with room for the adapter), its KV cache sized
-    by sft.eval_kv_cache_gib."""
+    by sft.eval_kv_cache_gib; `dtype` overrides the CPU's float32 (a quantized checkpoint's
+    kernels take bfloat16)."""
     max_len = cfg.max_length + max_new  # room for the longest prompt and the answer, within the model's context
     context = context_length(model)
     kwargs: dict[str, Any] = {"model": model, "max_model_len": min(max_len, context) if context else max_len,
@@ -49,6 +50,8 @@ def vllm_engine(cfg: SftConfig, model: str, max_new: int, lora: bool) -> Any:
         kwargs.update(enable_lora=True, max_lora_rank=max(cfg.lora.r, 8))
     if on_cpu():
         kwargs.update(dtype="float32", enforce_eager=True, enable_chunked_prefill=False)
+    if dtype:
+        kwargs["dtype"] = dtype
     return start_llm(kwargs, cfg.eval_kv_cache_gib, "sft.eval_kv_cache_gib")
 
 

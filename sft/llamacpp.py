@@ -1,9 +1,11 @@
-"""llama.cpp's tools as `make setup` builds them (scripts/build_llama_cpp.sh), and its server.
+"""llama.cpp's tools as `make setup` builds them (scripts/build_llama_cpp.sh), and the local
+servers of an exported student: llama-server, and vLLM's for a compressed-tensors checkpoint.
 
 `find_llama_cpp()` locates the converter, `llama-quantize` and `llama-server` (in
 $STILLHOUSE_LLAMA_CPP, else .venv/llama.cpp); `LlamaServer` runs llama-server on a GGUF file
 as a context manager: on 127.0.0.1 and a free port unless told otherwise, ready when its
 /health answers, and stopped with its whole process group on exit (nothing is left behind).
+`VllmServer` does the same with vLLM's OpenAI-compatible server.
 """
 
 from __future__ import annotations
@@ -100,6 +102,8 @@ class LlamaServer:
         self.process: subprocess.Popen[bytes] | None = None
         self._log_fh: IO[bytes] | None = None
 
+    label = "llama-server"
+
     @property
     def base_url(self) -> str:
         """The OpenAI-compatible endpoint (give it to openai.OpenAI(base_url=...))."""
@@ -121,7 +125,7 @@ class LlamaServer:
 
     def _start(self, command: list[str]) -> None:
         out = self._log_fh if self._log_fh else subprocess.DEVNULL
-        logger.info("llama-server: %s", " ".join(command))
+        logger.info("%s: %s", self.label, " ".join(command))
         self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                         start_new_session=True)
         try:
@@ -139,9 +143,10 @@ class LlamaServer:
         url = f"http://{self.host}:{self.port}/health"
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                if self.process.returncode == -signal.SIGSEGV and "--no-repack" not in self.command:
+                if self.label == "llama-server" and self.process.returncode == -signal.SIGSEGV and \
+                        "--no-repack" not in self.command:
                     raise Crashed()
-                raise RuntimeError(f"llama-server exited with code {self.process.returncode} while loading {self.gguf}"
+                raise RuntimeError(f"{self.label} exited with code {self.process.returncode} while loading {self.gguf}"
                                    f"{self._log_tail()}")
             try:
                 with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 (our own server, http)
@@ -150,7 +155,7 @@ class LlamaServer:
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
                 pass
             time.sleep(0.1)
-        raise TimeoutError(f"llama-server: not ready after {self.ready_timeout_s:.0f} s on {url}{self._log_tail()}")
+        raise TimeoutError(f"{self.label}: not ready after {self.ready_timeout_s:.0f} s on {url}{self._log_tail()}")
 
     def _log_tail(self) -> str:
         if not self.log or not self.log.is_file():
@@ -175,3 +180,36 @@ class LlamaServer:
         if self._log_fh:
             self._log_fh.close()
             self._log_fh = None
+
+
+class VllmServer(LlamaServer):
+    """vLLM's OpenAI-compatible server on a checkpoint directory (an exported compressed-tensors
+    student), started and stopped as LlamaServer is: its own process group, /health polled,
+    SIGTERM then SIGKILL to the group. bfloat16 (the quantized kernels' activation type), its
+    KV cache sized explicitly on a CPU (`kv_cache_bytes`, as every vLLM engine of stillhouse;
+    None: vLLM's own sizing, as on a GPU)."""
+
+    label = "vLLM server"
+
+    def __init__(self, checkpoint: Path, *, host: str = LOOPBACK, port: int | None = None, kv_cache_bytes: int | None = None,
+                 max_model_len: int = 2048, alias: str = "student", log: Path | None = None,
+                 enforce_eager: bool = False, ready_timeout_s: float = 1800.0):
+        if not (Path(checkpoint) / "config.json").is_file():
+            raise ValueError(f"vLLM server: {checkpoint} is not an exported checkpoint; run `sft export RECIPE` first")
+        self.gguf, self.host, self.alias, self.log = Path(checkpoint), host, alias, log
+        self.port = port or free_port(host)
+        self.ready_timeout_s = ready_timeout_s
+        self.command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(checkpoint),
+                        "--served-model-name", alias, "--host", host, "--port", str(self.port), "--dtype", "bfloat16",
+                        "--max-model-len", str(max_model_len), "--disable-log-stats", "--uvicorn-log-level", "warning"]
+        if kv_cache_bytes is not None:
+            self.command += ["--kv-cache-memory-bytes", str(kv_cache_bytes)]
+        if enforce_eager:  # on a CPU: no torch.compile of the model at start (minutes, for nothing at this size)
+            self.command.append("--enforce-eager")
+        self.process = None
+        self._log_fh = None
+
+    def __enter__(self) -> VllmServer:
+        self._log_fh = self.log.open("ab") if self.log else None
+        self._start(self.command)
+        return self

@@ -80,8 +80,12 @@ class StudentLayout:
         """The student exported as GGUF at this quantization: STUDENT/export/model-QUANT.gguf."""
         return self.export_dir / f"model-{quant}.gguf"
 
+    def vllm_checkpoint(self, quant: str) -> Path:
+        """The student exported as a compressed-tensors checkpoint for vLLM: STUDENT/export/model-QUANT/."""
+        return self.export_dir / f"model-{quant}"
+
     def gguf_stamp(self, quant: str) -> Path:
-        """The key the GGUF export at this quantization last finished with."""
+        """The key the export at this quantization (GGUF file or vLLM checkpoint) last finished with."""
         return self.export_dir / f"model-{quant}.key.json"
 
 

@@ -32,6 +32,7 @@ LAZY = {
     "ray": "heavy, the ray extra", "matplotlib": "heavy, plots only", "openai": "the api extra",
     "httpx2": "the api extra (the openai client's transport)", "anthropic": "the api extra",
     "jsonschema": "the curate extra", "markitdown": "the docs extra",
+    "compressed_tensors": "heavy (pulls torch; vLLM's quantization format, sft.quantize)",
 }
 MAX_FUNCTION_LINES = 60
 

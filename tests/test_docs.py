@@ -66,6 +66,9 @@ NOT_HERE = {
         "submits a message batch to Anthropic with your key (tests/synth/test_anthropic.py covers batch mode locally)",
     "sft serve prompts/dates/recipe.yaml": "serves the exported student until stopped (this file's dates test starts "
     "it after `make demo`, asks it held-out prompts and checks the answers with the demo's checker)",
+    "sft serve prompts/dates/recipe.yaml --quant w8a8": "serves the exported checkpoint with vLLM until stopped "
+    "(tests/sft/test_merge_eval.py::test_vllm_exports_are_compressed_tensors_that_vllm_evaluates_and_serves runs the same "
+    "command on a trained student's w8a8 export and checks its next tokens against the merged model's)",
     "python -m vllm.entrypoints.openai.api_server --model Qwen/Qwen2.5-7B-Instruct --port 8000":
         "a server for a hub model that runs until stopped",
     "synth generate prompts/demo/api-recipe.yaml --set teacher.model=Qwen/Qwen2.5-7B-Instruct "
@@ -79,6 +82,10 @@ NOT_HERE = {
 RESOLVED_HERE = {
     'synth run prompts/dates/recipe.yaml --set output.dir=runs/dates-kd --set sampling.logprobs=20 '
     '--set "sft.distill={top_k: 20, alpha: 0.5}"':
+        "tests/sft/test_distill.py::test_one_recipe_captures_and_distils_with_synth_run",
+    'synth run prompts/dates/recipe.yaml --set sft.model=runs/dates/student/model --set '
+    'sft.output_dir=runs/dates/student-onpolicy --set sft.max_steps=200 --set sft.learning_rate=0.0002 --set '
+    '"sft.distill={loss: on_policy, max_new_tokens: 16}"':
         "tests/sft/test_distill.py::test_one_recipe_captures_and_distils_with_synth_run",
 }
 

@@ -253,8 +253,8 @@ def test_export_errors_name_the_key_and_the_fix(trained, tmp_path, tiny_model, m
     _, path = trained
     with pytest.raises(ValueError, match=r"quants: unknown 'q3_XS'"):
         load_recipe(path, ["export={quants: [q3_XS]}"])
-    with pytest.raises(ValueError, match="compressed-tensors checkpoint for vLLM is not built"):
-        load_recipe(path, ["export={format: compressed-tensors}"])
+    with pytest.raises(ValueError, match=r"quants: unknown 'w8a4'; .* or w8a8, w4a16 \(compressed-tensors for vLLM\)"):
+        load_recipe(path, ["export={quants: [w8a4]}"])
 
     from test_train import sft_recipe
 
@@ -403,3 +403,136 @@ def test_export_eval_scores_each_file_under_llama_server_against_the_student(tra
     again = subprocess.run([sys.executable, "-m", "sft.cli", "export", str(path), *(a for s in sets for a in ("--set", s))],
                            capture_output=True, text=True, timeout=HANG_S)
     assert again.returncode == 0 and "evaluation skipped (inputs unchanged" in again.stdout, again.stdout
+
+
+# ---- sft export / sft serve: the student as compressed-tensors checkpoints under vLLM ------
+# (after the GGUF tests: the evaluation of this module's exports then covers both engines)
+
+
+def _processes_with(fragment: str) -> list[int]:
+    """Live processes whose command line holds `fragment`."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
+            state = (proc / "stat").read_text().split()[2]
+        except OSError:
+            continue
+        if fragment.encode() in cmd and state != "Z":
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.mark.slow
+def test_vllm_exports_are_compressed_tensors_that_vllm_evaluates_and_serves(trained):
+    """w8a8 and w4a16: the merged student quantized with compressed-tensors (int8 per output
+    channel; int4 in groups of 128), every int8 weight within half a step of the merged
+    model's; `sft export` scores both under vLLM beside the GGUF files, paired with the
+    student; `sft serve --quant w8a8` is vLLM's server on loopback, predicting the merged
+    model's next token at every position of the chats where its choice is clear; SIGTERM
+    leaves no process behind."""
+    import openai
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sft.llamacpp import free_port
+    from synth.fingerprint import fingerprint_dir
+
+    tmp, path = trained
+    sets = ["export={quants: [q8_0, w8a8, w4a16], eval_concurrency: 2}", "sft.eval_engine=transformers"]
+    run_eval(load_plan(path, sets))  # skipped when the module's earlier test evaluated the student already
+    command = [sys.executable, "-m", "sft.cli", "export", str(path), *(a for s in sets for a in ("--set", s))]
+    res = subprocess.run(command, capture_output=True, text=True, timeout=HANG_S)
+    assert res.returncode == 0, res.stderr[-3000:]
+    student = tmp / "out" / "student"
+    for quant, fmt in (("w8a8", "int-quantized"), ("w4a16", "pack-quantized")):
+        checkpoint = student / "export" / f"model-{quant}"
+        config = json.loads((checkpoint / "config.json").read_text())["quantization_config"]
+        assert config["quant_method"] == "compressed-tensors" and config["format"] == fmt, config
+        assert config["ignore"] == ["lm_head"] and (checkpoint / "tokenizer.json").is_file()
+        assert not (student / "export" / f"model-{quant}.partial").exists()
+        assert f"model-{quant}/ (" in res.stdout and f"compressed-tensors {quant}, for vLLM" in res.stdout
+    manifest = {e["quant"]: e for e in json.loads((student / "export" / "exports.json").read_text())}
+    for quant in ("w8a8", "w4a16"):
+        entry = manifest[quant]
+        assert entry["format"] == "compressed-tensors" and entry["file"] == f"model-{quant}"
+        assert entry["source_weights"] == fingerprint_dir(student / "adapter") and entry["layers_quantized"] == 14
+        assert entry["bytes"] == sum(f.stat().st_size for f in (student / "export" / f"model-{quant}").rglob("*")
+                                     if f.is_file())
+
+    merged = load_file(student / "merged" / "model.safetensors")
+    w8 = load_file(student / "export" / "model-w8a8" / "model.safetensors")
+    w4 = load_file(student / "export" / "model-w4a16" / "model.safetensors")
+    linear = [k.removesuffix(".weight") for k in merged if k.endswith("_proj.weight")]
+    assert len(linear) == 14
+    for name in linear:
+        ref, q, scale = merged[name + ".weight"].float(), w8[name + ".weight"], w8[name + ".weight_scale"].float()
+        assert q.dtype == torch.int8 and scale.shape == (ref.shape[0], 1)
+        # round to nearest (compressed-tensors' scale: the largest magnitude / 127.5, clamped to 127):
+        # half a step, plus the bfloat16 scale's own rounding (up to 2**-8 of it, times the weight in steps)
+        steps = (q.float() * scale - ref).abs() / scale
+        assert (steps <= 0.5 + (ref / scale).abs() * 2**-7).all() and steps.mean() < 0.3, (name, steps.max(), steps.mean())
+        assert w4[name + ".weight_packed"].dtype == torch.int32
+        assert tuple(w4[name + ".weight_packed"].shape) == (ref.shape[0], ref.shape[1] // 8)
+        assert tuple(w4[name + ".weight_scale"].shape) == (ref.shape[0], ref.shape[1] // 128)
+
+    report = json.loads((student / "export" / "eval.json").read_text())
+    rows = {r["quant"]: r for r in report["exports"]}
+    from sft.config import EXPORT_QUANTS, artifact
+
+    present = [q for q in EXPORT_QUANTS if artifact(load_plan(path).student.files, q).exists()]
+    assert list(rows) == present and present[-2:] == ["w8a8", "w4a16"] and {"f16", "q8_0"} <= set(rows), list(rows)
+    base = json.loads((student / "eval_report.json").read_text())["per_prompt"]["exact_match_after"]
+    for quant in ("w8a8", "w4a16"):
+        row = rows[quant]
+        assert row["engine"] == "vLLM" and len(row["per_prompt"]) == 8 and row["tokens"] > 0
+        diffs = [a - b for a, b in zip(row["per_prompt"], base, strict=True)]
+        assert row["change"] == pytest.approx(sum(diffs) / 8)
+        assert f"model-{quant}: " in res.stdout and "tokens/s under vLLM" in res.stdout
+    assert rows["q8_0"]["engine"] == "llama-server"
+    md = (student / "eval_report.md").read_text()
+    assert "| model-w8a8 | vLLM |" in md and "| model-q8_0.gguf | llama-server |" in md
+    again = subprocess.run(command, capture_output=True, text=True, timeout=HANG_S)
+    assert again.returncode == 0 and "model-w8a8 is current" in again.stdout, again.stdout
+    assert "evaluation skipped (inputs unchanged" in again.stdout, again.stdout
+
+    # Served by vLLM: the next token where the merged model's choice is clear.
+    tokenizer = AutoTokenizer.from_pretrained(student / "merged")
+    model = AutoModelForCausalLM.from_pretrained(student / "merged", dtype=torch.float32).eval()
+    rows = [json.loads(line) for name in ("train.jsonl", "eval.jsonl")
+            for line in (tmp / "out" / name).read_text().splitlines()]
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "sft.cli", "serve", str(path), "--set", sets[0], "--quant", "w8a8",
+                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=terminal_signals)
+    try:
+        line = ""
+        while "Ctrl-C stops it" not in line:
+            line = proc.stdout.readline()
+            assert line or proc.poll() is None, "sft serve exited before serving"
+        assert f"http://127.0.0.1:{port}/v1" in line and "vLLM" in line
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", timeout=120)
+        clear = agree = 0
+        for row in rows:  # every position of each whole chat: vLLM's top token (echo) vs the merged model's
+            ids = tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True)["input_ids"]
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([ids])).logits[0]
+            out = client.completions.create(model="student", prompt=ids, max_tokens=1, temperature=0, echo=True,
+                                            logprobs=1, extra_body={"return_tokens_as_token_ids": True})
+            served = out.choices[0].logprobs.top_logprobs  # [i]: the distribution that predicted token i
+            for pos in range(len(ids) - 1):
+                top2 = torch.topk(logits[pos], 2)
+                if float(top2.values[0] - top2.values[1]) < 0.1:
+                    continue  # a near tie: int8 weights and activations may pick either
+                clear += 1
+                top = max(served[pos + 1], key=served[pos + 1].get)
+                agree += int(top.removeprefix("token_id:")) == int(top2.indices[0])
+        assert clear >= 500 and agree == clear, f"vLLM's w8a8 agreed with the merged model on {agree} of {clear}"
+        assert _processes_with(f"--port {port}"), "vLLM's server runs"
+    finally:
+        proc.send_signal(15)  # SIGTERM, as a service manager stops it
+        proc.wait(timeout=HANG_S)
+    assert proc.returncode == 0
+    assert not _processes_with(f"--port {port}"), "no vLLM server process is left running"
