@@ -87,6 +87,11 @@ RESOLVED_HERE = {
     'sft.output_dir=runs/dates/student-onpolicy --set sft.max_steps=200 --set sft.learning_rate=0.0002 --set '
     '"sft.distill={loss: on_policy, max_new_tokens: 16}"':
         "tests/sft/test_distill.py::test_one_recipe_captures_and_distils_with_synth_run",
+    'synth run prompts/dates/recipe.yaml --set output.dir=runs/dates-dpo --set seeds.limit=400 --set '
+    '"curate.filters=[empty, {name: best_of_n, function: \'synth.examples.dates:check\'}]" --set '
+    '"pairs={sources: [student], student_max_tokens: 16}" --set sft.max_steps=150 --set sft.eval_limit=40 --set '
+    '"sft.dpo={epochs: 1, learning_rate: 0.0005}"':
+        "tests/synth/test_preference.py::test_real_samples_to_pairs_to_a_dpo_student_that_resumes",
 }
 
 COMMAND = re.compile(r"^(?:synth|sft|make|python|export|\.venv/bin/)\S*")

@@ -122,11 +122,19 @@ def test_a_bad_pair_file_names_the_line_and_the_field(tmp_path, row, message):
 
 
 @pytest.mark.slow
-def test_real_samples_to_pairs_to_a_dpo_student_that_resumes(tmp_path, tiny_model, vllm_backend):
+def test_real_samples_to_pairs_to_a_dpo_student_that_resumes(tmp_path, tiny_model):
+    """One `synth run` (as docs/distillation.md's DPO command): the teacher's samples ranked
+    by best_of_n, the SFT student trained and answering, pairs from both sources, DPO on them;
+    then a DPO run killed after its first checkpoint resumes from it."""
+    import json
+    import os
+    import subprocess
+    import sys
+
     from sft.dpo import run_dpo
-    from sft.train import run_train
-    from synth.generate import run_generate
     from synth.pairs import run_pairs
+
+    from conftest import HANG_S, REPO
 
     sft = {"model": str(tiny_model), "max_steps": 2, "batch_size": 4, "learning_rate": 1e-3, "save_steps": 2,
            "max_length": 256, "warmup_ratio": 0.0, "logging_steps": 1, "eval_engine": "transformers",
@@ -136,15 +144,19 @@ def test_real_samples_to_pairs_to_a_dpo_student_that_resumes(tmp_path, tiny_mode
                        extra={"curate": {"filters": [{"name": "best_of_n", "function": "curate_verifiers:answer_chars"}],
                                          "eval_fraction": 0.0},
                               "pairs": {"sources": ["samples", "student"], "student_max_tokens": 16}, "sft": sft})
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
+    res = subprocess.run([sys.executable, "-m", "synth.cli", "run", str(path), "--no-progress"], env=env,
+                         capture_output=True, text=True, timeout=HANG_S)
+    assert res.returncode == 0, res.stderr[-3000:]
     plan = load_plan(path)
-    run_generate(plan, backend=vllm_backend, progress=False)
-    run_curate(plan, progress=False)
-    run_train(plan, progress=False)
-    counts = run_pairs(plan)
+    report = {s["stage"]: s for s in json.loads((plan.layout.root / "report.json").read_text())["stages"]}
+    assert all(report[s]["status"] == "done" for s in ("generate", "curate", "train", "pairs", "dpo")), report
     pairs = read_jsonl(plan.layout.pairs)
     train = {r["id"]: r for r in read_jsonl(plan.layout.train)}
-    assert counts["samples"] >= 1 and counts["student_answers"] == len(train) == 6
-    assert counts["pairs"] == len(pairs) == counts["samples"] + counts["student"]
+    sources = [p["source"] for p in pairs]
+    assert sources.count("samples") >= 1 and set(sources) <= {"samples", "student"}
+    assert len(read_jsonl(plan.layout.student_answers)) == len(train) == 6
+    assert f"{len(pairs)} pairs (" in report["pairs"]["summary"], report["pairs"]
     for p in pairs:
         chosen = train[p["chosen_id"]]
         assert p["prompt"] == chosen["messages"][:-1] and p["chosen"][0]["content"] == chosen["messages"][-1]["content"]
@@ -155,7 +167,7 @@ def test_real_samples_to_pairs_to_a_dpo_student_that_resumes(tmp_path, tiny_mode
     run_pairs(plan)
     assert plan.layout.student_answers.read_bytes() == answers  # cached: the student answered once
 
-    first = run_dpo(plan, progress=False)
+    first = json.loads((plan.layout.root / "student" / "dpo" / "metrics.json").read_text())
     dpo = plan.layout.root / "student" / "dpo"
     assert first["global_step"] == 4 and (dpo / "adapter" / "adapter_config.json").is_file()
     sft_weights = (plan.layout.root / "student" / "adapter" / "adapter_model.safetensors").read_bytes()
