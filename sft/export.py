@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from sft.config import VLLM_QUANTS, ExportConfig
-from sft.export_report import human_size
+from sft.export_report import disk_size, human_size
 from sft.gguf_convert import UNRECOGNISED
 from sft.llamacpp import LlamaCpp, find_llama_cpp
 from sft.merge import run_merge
@@ -52,13 +52,19 @@ def export_config(plan: Plan) -> ExportConfig:
     return plan.recipe.export if plan.recipe.export is not None else ExportConfig()
 
 
+def require_trained(plan: Plan) -> None:
+    """An error that says what to run when the student has not been trained."""
+    files = plan.student.files
+    if not files.trained_marker.is_file():
+        raise ValueError(f"sft export: no trained student in {files.trained}; run `sft train RECIPE` (or `synth run "
+                         "RECIPE`) first")
+
+
 def source_weights(plan: Plan) -> Path:
     """The trained weights as a standalone HF model: model/ of a full fine-tune, else the
     adapter merged into its base (`sft merge`, fp32; skipped when current)."""
     cfg, files = plan.sft, plan.student.files
-    if not files.trained_marker.is_file():
-        raise ValueError(f"sft export: no trained student in {files.trained}; run `sft train RECIPE` (or `synth run "
-                         "RECIPE`) first")
+    require_trained(plan)
     if cfg.full_finetune:
         return files.trained
     logger.info("export: merging the adapter into its base first (sft merge, fp32)")
@@ -110,8 +116,7 @@ class GgufExport(Stage):
 
     def work(self, key: dict[str, Any] | None) -> StageResult:
         files = self.plan.student.files
-        if not files.trained_marker.is_file():
-            source_weights(self.plan)  # the error that says what to run
+        require_trained(self.plan)
         target = files.gguf(self.quant)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(target.name + ".partial")
@@ -119,7 +124,7 @@ class GgufExport(Stage):
         fallbacks: list[str] = []
         if self.quant in CONVERTER_TYPES:
             source = source_weights(self.plan)
-            _check_disk(target.parent, _dir_size(source))
+            _check_disk(target.parent, disk_size(source))
             self._convert(source, tmp)
         else:
             f16 = GgufExport(self.plan, "f16", self.progress, self.export, self.tools).run()
@@ -181,10 +186,6 @@ class GgufExport(Stage):
         return fallbacks
 
 
-def _dir_size(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
 def _check_disk(directory: Path, need: int) -> None:
     free = shutil.disk_usage(directory).free
     if free < need * 1.1:
@@ -226,11 +227,11 @@ class CompressedExport(Stage):
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(target.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
-        _check_disk(target.parent, _dir_size(source) // 2)
+        _check_disk(target.parent, disk_size(source) // 2)
         done = write_compressed(source, tmp, self.quant)
         shutil.rmtree(target, ignore_errors=True)  # an older export of another student
         os.replace(tmp, target)
-        entry = {"format": "compressed-tensors", "quant": self.quant, "file": target.name, "bytes": _dir_size(target),
+        entry = {"format": "compressed-tensors", "quant": self.quant, "file": target.name, "bytes": disk_size(target),
                  "source_weights": key["weights"] if key else None, "compressed_tensors": compressed_tensors_version(),
                  "layers_quantized": done["layers_quantized"], "exported_at": utc_now()}
         if done["layers_unquantized"]:

@@ -28,7 +28,7 @@ from typing import Any
 from sft.config import EXPORT_QUANTS, GGUF_QUANTS, VLLM_QUANTS, ExportConfig, SftConfig, artifact
 from sft.data import read_conversations
 from sft.evaluate import write_markdown
-from sft.export_report import export_lines, export_summary, paired_change
+from sft.export_report import disk_size, export_lines, export_summary, paired_change
 from sft.generation import vllm_engine
 from sft.llamacpp import LlamaServer
 from synth.configtools import stage_fields
@@ -116,14 +116,12 @@ def evaluate_exports(plan: Plan, export: ExportConfig, quants: list[str]) -> dic
         if quant in VLLM_QUANTS:
             engine = "vLLM"
             answers, tokens, seconds = _answers_vllm(cfg, path, prompts)
-            size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
         else:
             engine = "llama-server"
             answers, tokens, seconds = _answers(path, prompts, cfg.eval_max_new_tokens, export,
                                                 files.export_dir / "server.log")
-            size = path.stat().st_size
         per_prompt = scores(answers)
-        row: dict[str, Any] = {"quant": quant, "file": path.name, "engine": engine, "bytes": size,
+        row: dict[str, Any] = {"quant": quant, "file": path.name, "engine": engine, "bytes": disk_size(path),
                                "score": sum(per_prompt) / len(per_prompt), "tokens": tokens, "seconds": round(seconds, 2),
                                "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None,
                                "per_prompt": per_prompt, "samples": answers[:5]}

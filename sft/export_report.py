@@ -19,6 +19,13 @@ def human_size(n: float) -> str:
     return f"{n:.1f} GB"
 
 
+def disk_size(path: Path) -> int:
+    """Bytes on disk of a file, or of every file under a directory."""
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
 def paired_change(after: list[float], before: list[float]) -> tuple[float, float]:
     """Mean of after - before over paired items, and its standard error."""
     d = [a - b for a, b in zip(after, before, strict=True)]

@@ -30,7 +30,7 @@ LOOPBACK = "127.0.0.1"
 
 
 class Crashed(RuntimeError):
-    """llama-server died of SIGSEGV while loading (see LlamaServer.__enter__)."""
+    """The server died of SIGSEGV while loading (LlamaServer.__enter__ retries without repacking)."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +114,8 @@ class LlamaServer:
         try:
             self._start(self.command)
         except Crashed:
+            if "--no-repack" in self.command:
+                raise
             # llama.cpp repacks quantized weights for this CPU's fast kernels (AVX-512, AMX) at load;
             # on some tensor shapes that crashes the server (seen: q8_0 and q4_K_M of the demo's
             # hidden-128 student on an AMX Xeon). Served without repacking, the same file loads.
@@ -143,11 +145,9 @@ class LlamaServer:
         url = f"http://{self.host}:{self.port}/health"
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                if self.label == "llama-server" and self.process.returncode == -signal.SIGSEGV and \
-                        "--no-repack" not in self.command:
-                    raise Crashed()
-                raise RuntimeError(f"{self.label} exited with code {self.process.returncode} while loading {self.gguf}"
-                                   f"{self._log_tail()}")
+                error = Crashed if self.process.returncode == -signal.SIGSEGV else RuntimeError
+                raise error(f"{self.label} exited with code {self.process.returncode} while loading {self.gguf}"
+                            f"{self._log_tail()}")
             try:
                 with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 (our own server, http)
                     if resp.status == 200:
