@@ -12,18 +12,10 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from sft.generation import (
-    chat_vllm,
-    engine_for,
-    generate_transformers,
-    load_student_models,
-    vllm_engine,
-)
-from sft.student import resolve_student
+from sft.generation import student_answers
 from synth.fingerprint import fingerprint_dir
 from synth.plan import Plan
 from synth.rawlog import JsonlAppender, iter_records
-from synth.runtime import release_engine
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +38,7 @@ def student_answerer(plan: Plan) -> Callable[[list[list[dict[str, Any]]]], list[
         todo = list({key(p): p for p in prompts if key(p) not in cached}.items())
         logger.info("student answers: %d to generate, %d cached in %s", len(todo), len(prompts) - len(todo), path)
         if todo:
-            texts = _generate(cfg, resolve_student(cfg.model), student, [p for _, p in todo], max_new)
+            texts = student_answers(cfg, student, [p for _, p in todo], max_new)
             with JsonlAppender(path, 1, 1.0) as sink:
                 for (k, _), text in zip(todo, texts, strict=True):
                     sink.append({"id": k, "answer": text})
@@ -54,18 +46,3 @@ def student_answerer(plan: Plan) -> Callable[[list[list[dict[str, Any]]]], list[
         return [cached[key(p)] for p in prompts]
 
     return answer
-
-
-def _generate(cfg: Any, model_id: str, student: Any, prompts: list, max_new: int) -> list[str]:
-    if engine_for(cfg) == "vllm":
-        full = cfg.full_finetune  # the trained model itself, else the base with the adapter
-        llm = vllm_engine(cfg, str(student.trained) if full else model_id, max_new, lora=not full)
-        try:
-            return chat_vllm(llm, prompts, max_new, adapter=None if full else student.trained)
-        finally:
-            release_engine(llm)
-    models = load_student_models(cfg, model_id, student.trained)
-    try:
-        return generate_transformers(models.tuned, models.tokenizer, prompts, max_new)
-    finally:
-        models.release()

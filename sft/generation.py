@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from sft.config import SftConfig
+from sft.student import resolve_student
+from synth.layout import StudentLayout
 from synth.runtime import on_cpu, release_engine, start_llm
 
 
@@ -72,6 +74,24 @@ def chat_vllm(llm: Any, prompts: list, max_new: int, adapter: Path | None = None
     params = vllm.SamplingParams(temperature=0.0, max_tokens=max_new)
     lora = LoRARequest("student", 1, str(adapter)) if adapter is not None else None
     return [o.outputs[0].text for o in llm.chat(prompts, params, lora_request=lora, use_tqdm=False)]
+
+
+def student_answers(cfg: SftConfig, student: StudentLayout, prompts: list, max_new: int) -> list[str]:
+    """The trained student's greedy answers (sft.eval_engine): on vLLM the fully fine-tuned
+    model, or the base with the adapter as a LoRARequest; else transformers' generate."""
+    model_id = resolve_student(cfg.model)
+    if engine_for(cfg) == "vllm":
+        full = cfg.full_finetune  # the trained model itself, else the base with the adapter
+        llm = vllm_engine(cfg, str(student.trained) if full else model_id, max_new, lora=not full)
+        try:
+            return chat_vllm(llm, prompts, max_new, adapter=None if full else student.trained)
+        finally:
+            release_engine(llm)
+    models = load_student_models(cfg, model_id, student.trained)
+    try:
+        return generate_transformers(models.tuned, models.tokenizer, prompts, max_new)
+    finally:
+        models.release()
 
 
 def generate_vllm(cfg: SftConfig, model_id: str, trained: Path, prompts: list, max_new: int) -> tuple[list[str], list[str]]:

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sft.compare import lines as compare_lines
+from sft.compare import run_compare
 from sft.export_report import export_lines, read_export_report
 from synth import __version__
 from synth.curate import Curate
@@ -100,6 +102,20 @@ def cmd_pairs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    out = Path(args.out or args.dirs[-1])
+    setup_logging(out / "run.log" if out.is_dir() else None, args.verbose)
+    result = run_compare(args.dirs, args.out, verifier=args.verifier, eval_file=args.eval_file, limit=args.limit,
+                         max_new_tokens=args.max_new_tokens, force=args.force)
+    if result.status == "done":
+        print("\n".join(result.lines))
+    else:
+        print(f"synth compare: skipped ({result.why}); the report is {out / 'compare.md'}")
+        report = read_json(out / "compare.json")
+        print("\n".join(compare_lines(report, out) if isinstance(report, dict) else []))
+    return 0
+
+
 def cmd_diff(args: argparse.Namespace) -> int:
     setup_logging(None, args.verbose)
 
@@ -181,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"stillhouse {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_generate, _add_curate, _add_run, _add_expand, _add_score, _add_pairs, _add_diff, _add_ingest,
+    for add in (_add_generate, _add_curate, _add_run, _add_expand, _add_score, _add_pairs, _add_diff, _add_compare,
+                _add_ingest,
                 _add_view, _add_tiny_model):
         add(sub)
     return parser
@@ -267,6 +284,32 @@ def _add_diff(sub: Any) -> None:
                       help="also ask a judge which answer is better: a YAML with a teacher block (see docs/guides/new-teacher.md)")
     diff.add_argument("-v", "--verbose", action="store_true")
     diff.set_defaults(func=cmd_diff)
+
+
+def _add_compare(sub: Any) -> None:
+    cmp = sub.add_parser(
+        "compare",
+        help="the students of several dataset versions on one held-out set, with paired error bars and a verdict",
+        description="Score the trained student of each output dir (and each version's teacher) with one task check "
+        "on the held-out prompts they all share and none trained on; report the paired difference of each version "
+        "against the first with a bootstrap 95%% interval, and say better, worse, or no detectable difference. "
+        "Writes compare.md and compare.json; the students' answers are cached, a rerun with nothing changed "
+        "generates nothing.",
+    )
+    cmp.add_argument("dirs", nargs="+", metavar="OUTPUT", help="output dirs of `synth run` (the first is the baseline), "
+                     "e.g. runs/dates runs/dates.v2")
+    cmp.add_argument("--verifier", metavar="MODULE:FUNCTION",
+                     help="the task check (default: the versions' sft.eval_verifier, which must agree)")
+    cmp.add_argument("--eval", metavar="FILE", dest="eval_file",
+                     help="a JSONL of chats, each ending with a reference answer (as eval.jsonl), to score on instead of "
+                     "the versions' shared held-out prompts")
+    cmp.add_argument("--limit", type=int, help="score at most this many prompts")
+    cmp.add_argument("--max-new-tokens", type=int,
+                     help="longest student answer (default: the largest sft.eval_max_new_tokens of the versions)")
+    cmp.add_argument("--out", help="where compare.md and compare.json go (default: the last OUTPUT)")
+    cmp.add_argument("--force", action="store_true", help="score again even when nothing changed")
+    cmp.add_argument("-v", "--verbose", action="store_true")
+    cmp.set_defaults(func=cmd_compare)
 
 
 def _add_ingest(sub: Any) -> None:

@@ -22,6 +22,8 @@
       train.jsonl, eval.jsonl, rejected.jsonl, stats.json     curation's outputs
       README.md, lengths.png, funnel.png                      the dataset card
       report.md, report.json   what `synth run` did, stage by stage
+      diff.md, diff.json       `synth diff` of this version against another
+      compare.md, compare.json, compare_answers.jsonl   `synth compare`: the versions' students on one held-out set
       stages/STAGE.json        the inputs each keyed stage last finished with
       student/                 (sft.output_dir) the trained student: see StudentLayout
 """
@@ -124,6 +126,9 @@ class Layout:
     diff = property(lambda self: self.root / "diff.md")
     diff_json = property(lambda self: self.root / "diff.json")
     diff_judge = property(lambda self: self.root / "diff_judge.jsonl")
+    compare = property(lambda self: self.root / "compare.md")
+    compare_json = property(lambda self: self.root / "compare.json")
+    compare_answers = property(lambda self: self.root / "compare_answers.jsonl")
 
     def stamp(self, stage: str) -> Path:
         """Where a keyed stage records the inputs it last finished with."""

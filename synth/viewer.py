@@ -8,7 +8,7 @@ address, localhost, the address it listens on, this host's name, or one given wi
 `allow_hosts`), as Jupyter does: a web page elsewhere that points its own domain at 127.0.0.1
 (DNS rebinding) gets 403, not the records.
 
-    GET /api/summary           the funnel, counts by stage, filter and PII type, students' evaluations, the diff
+    GET /api/summary           the funnel, counts by stage, filter and PII type, students' evaluations, the diff, the students compared
     GET /api/records?...       one page of records: stage, filter, pii, seed (line or file), q (text or id), page, per
     GET /api/record?rowid=N    one record in full, its provenance, and the students' answers to its prompt
 """
@@ -89,6 +89,7 @@ class Audit:
             for k, v in json.loads(value).items():
                 pii[k] = pii.get(k, 0) + v
         diff = self.layout.diff.read_text(encoding="utf-8") if self.layout.diff.exists() else None
+        compare = self.layout.compare.read_text(encoding="utf-8") if self.layout.compare.exists() else None
         return {
             "run": str(self.layout.root),
             "teacher": manifest.get("teacher"),
@@ -103,6 +104,7 @@ class Audit:
             "seeds": [r[0] for r in db.execute("SELECT DISTINCT seed_source FROM records WHERE seed_source IS NOT NULL LIMIT 50")],
             "students": [{"name": s["name"], "metrics": s["metrics"], "samples": s["samples"][:20]} for s in self.students],
             "diff": diff,
+            "compare": compare,
         }
 
     def records(self, params: dict[str, str]) -> dict[str, Any]:

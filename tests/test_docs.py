@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import time
@@ -78,8 +79,11 @@ NOT_HERE = {
 # Documented commands whose run would repeat, at the dates task's scale, what another test
 # already runs through the same command: here each is resolved, not run again (`synth run` as
 # `synth generate ... --dry-run`: the command line parsed, every key and value of the recipe
-# with its --set checked, the generation planned). The test named runs the same stages.
+# with its --set checked, the generation planned; any other command's line parsed by its own
+# parser). The test named runs the same stages.
 RESOLVED_HERE = {
+    "synth compare runs/dates runs/dates.v2":
+        "tests/sft/test_compare.py::test_the_student_of_the_worse_teacher_is_worse_with_its_interval_and_a_rerun_generates_nothing",
     'synth run prompts/dates/recipe.yaml --set output.dir=runs/dates-kd --set sampling.logprobs=20 '
     '--set "sft.distill={top_k: 20, alpha: 0.5}"':
         "tests/sft/test_distill.py::test_one_recipe_captures_and_distils_with_synth_run",
@@ -93,6 +97,11 @@ RESOLVED_HERE = {
     '"sft.dpo={epochs: 1, learning_rate: 0.0005}"':
         "tests/synth/test_preference.py::test_real_samples_to_pairs_to_a_dpo_student_that_resumes",
 }
+
+# A resolved command other than `synth run`: parsed by its command's own parser (a bad option or
+# a missing argument fails), not run.
+PARSE = ("import shlex, sys; from synth.cli import build_parser as synth; from sft.cli import build_parser as sft; "
+         "prog, *argv = shlex.split(sys.argv[1]); {'synth': synth, 'sft': sft}[prog]().parse_args(argv)")
 
 COMMAND = re.compile(r"^(?:synth|sft|make|python|export|\.venv/bin/)\S*")
 # Per command, against a hang only: `make demo` takes about 4 minutes on two cores here, 7 on
@@ -203,9 +212,10 @@ def _run_in_order(commands: list[tuple[str, str]], tmp_path: Path,
         done.add(command)
         started = time.monotonic()
         run = command
-        if command in RESOLVED_HERE:
-            assert command.startswith("synth run "), command
+        if command in RESOLVED_HERE and command.startswith("synth run "):
             run = "synth generate " + command.removeprefix("synth run ") + " --dry-run"
+        elif command in RESOLVED_HERE:  # its command line parsed as the command parses it
+            run = f"python -c {shlex.quote(PARSE)} {shlex.quote(command)}"
         res = subprocess.run(["bash", "-c", run], cwd=work, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
         assert res.returncode == 0, (
             f"{where}: `{command}` failed ({res.returncode}):\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}")

@@ -99,6 +99,35 @@ def conversation(text: str) -> dict[str, Any]:
     return {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": expected(prompt)}]}
 
 
+def harness_items(n: int = 200, seed: int = 2026) -> list[dict[str, Any]]:
+    """A multiple-choice version of the task for lm-evaluation-harness (prompts/harness/): a
+    written date and four ISO dates, one right; none of the dates is one that `prepare`'s
+    defaults put in the demo's prompts or the teacher's examples. The wrong choices are the
+    mistakes a model makes: day and month swapped, a day off, a year off."""
+    rng, taken = random.Random(0), set()
+    for count in (0, 12000, 3000):  # prepare's defaults, in its order: the demo's dates are taken
+        sample_prompts(rng, count, taken)
+    rng = random.Random(seed)
+    items = []
+    for text in sample_prompts(rng, n, taken):
+        right = date.fromisoformat(expected(INSTRUCTION + text))
+        wrong: list[date] = []
+        candidates = [(right.year, right.day, right.month), (right.year, right.month, right.day % 28 + 1),
+                      (right.year + rng.choice((-1, 1)), right.month, right.day), (right.year, right.month % 12 + 1, right.day),
+                      (right.year, right.month, (right.day + 1) % 28 + 1), (right.year - 10, right.month, right.day)]
+        for y, m, d in candidates:
+            try:
+                c = date(y, m, d)
+            except ValueError:
+                continue
+            if c != right and c not in wrong:
+                wrong.append(c)
+        choices = [right, *wrong[:3]]
+        rng.shuffle(choices)
+        items.append({"date": text, "choices": [c.isoformat() for c in choices], "answer": choices.index(right)})
+    return items
+
+
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

@@ -69,6 +69,10 @@ async function loadSummary() {
     $("diff-section").hidden = false;
     $("diff").textContent = s.diff;
   }
+  if (s.compare) {
+    $("compare-section").hidden = false;
+    $("compare").textContent = s.compare;
+  }
 }
 
 function studentBlock(st) {

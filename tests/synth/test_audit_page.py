@@ -41,6 +41,8 @@ def run_dir(tmp_path_factory, tiny_model):
         "examples": 1, "student_after": {"rouge_l": 0.5},
         "samples": [{"prompt": "What is the capital of France?", "teacher": "Paris is the capital of France, on the Seine.",
                      "student_before": "zzz", "student_after": "Paris, the capital."}]}))
+    (tmp / "out" / "compare.md").write_text(  # as synth compare writes it (markup in it stays text)
+        "# Students compared\n\n- out vs base: better: student +0.120 (95% CI +0.050 to +0.190) " + HOSTILE + "\n")
     return tmp / "out"
 
 
@@ -110,6 +112,7 @@ def test_the_page_answers_why_not_used_and_where_from(browser, page_url, run_dir
     assert "seeds.jsonl line 1" in provenance and "vllm" in provenance
     students = page.inner_text("#detail-students")
     assert "Paris, the capital." in students and "zzz" in students  # the student's answers beside the teacher's
+    assert "out vs base: better: student +0.120 (95% CI +0.050 to +0.190)" in page.inner_text("#compare")
     assert not errors
 
 

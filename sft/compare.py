@@ -1,0 +1,409 @@
+"""`synth compare A B [...]`: the students of several dataset versions on one held-out set.
+
+Each `sft eval` scores its student against its own teacher on its own split, so two versions'
+reports have no common yardstick. This stage puts them on one:
+
+- the prompts: those held out by every version (the intersection of their eval.jsonl, by the
+  rendered prompt; the split hashes the prompt's text, so versions of one recipe share it) and
+  in none of their train.jsonl; or a JSONL the user gives (`--eval FILE`), with the same
+  exclusion;
+- the measure: one task check (`sft.eval_verifier` of the versions, which must agree, or
+  `--verifier`), applied to each version's student (greedy, sft.generation) and to each
+  version's teacher answer for the same prompt (from its eval.jsonl or raw.jsonl);
+- the statistics: pass rates with standard errors, and for each version against the first,
+  the paired difference (by prompt) with its standard error and a paired bootstrap 95%
+  interval; the verdict is "better" or "worse" when the interval excludes 0, else "no
+  detectable difference at this sample size", with the prompts a difference of the observed
+  size would need (80% power, two-sided 5%).
+
+Writes compare.json and compare.md (default: into the last version). The students' answers
+are cached in compare_answers.jsonl (by weights, prompt, length and engine), and the stage is
+keyed: a rerun with nothing changed generates nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sft.data import read_conversations
+from sft.generation import engine_for, student_answers
+from synth.config import Recipe
+from synth.configtools import from_dict, load_yaml
+from synth.filters.verifier import function_source_sha, load_function
+from synth.fingerprint import fingerprint_dir
+from synth.layout import Layout
+from synth.plan import Plan, resolve
+from synth.rawlog import JsonlAppender, iter_records
+from synth.runtime import canonical_json
+from synth.stage import Stage, StageResult
+from synth.versions import recorded_teacher
+
+logger = logging.getLogger(__name__)
+
+Z95, Z80 = 1.959964, 0.841621  # two-sided 5%, and 80% power
+RESAMPLES = 10_000
+
+
+# ---- statistics -------------------------------------------------------------------------
+
+
+def rate(scores: list[float]) -> dict[str, float]:
+    """Mean of 0/1 (or graded) scores with its standard error."""
+    n = len(scores)
+    mean = sum(scores) / n
+    var = sum((s - mean) ** 2 for s in scores) / (n - 1) if n > 1 else 0.0
+    return {"mean": mean, "se": math.sqrt(var / n)}
+
+
+def paired_difference(a: list[float], b: list[float], seed: int = 0) -> dict[str, Any]:
+    """B minus A, paired by prompt: the mean, its standard error, a percentile bootstrap 95%
+    interval (RESAMPLES resamples of the prompts, seeded), and the prompts a difference of this
+    size would need to be detected (None when there is no difference or no variance)."""
+    d = np.asarray(b, dtype=float) - np.asarray(a, dtype=float)
+    n = len(d)
+    mean = float(d.mean())
+    var = float(d.var(ddof=1)) if n > 1 else 0.0
+    rng = np.random.default_rng(seed)
+    means = np.concatenate([d[rng.integers(0, n, size=(1000, n))].mean(axis=1) for _ in range(RESAMPLES // 1000)])
+    low, high = (float(x) for x in np.percentile(means, [2.5, 97.5]))
+    needed = math.ceil((Z95 + Z80) ** 2 * var / mean**2) if mean != 0 and var > 0 else None
+    return {"n": n, "mean": mean, "se": math.sqrt(var / n) if n else 0.0, "ci95": [low, high],
+            "discordant": int((d != 0).sum()), "prompts_needed": needed}
+
+
+def verdict(diff: dict[str, Any]) -> str:
+    """'better', 'worse', or 'no detectable difference at this sample size'."""
+    low, high = diff["ci95"]
+    if low > 0:
+        return "better"
+    if high < 0:
+        return "worse"
+    return "no detectable difference at this sample size"
+
+
+def verdict_line(name_b: str, name_a: str, diff: dict[str, Any]) -> str:
+    """One line: is the student of B better than the student of A, with the interval."""
+    low, high = diff["ci95"]
+    said = verdict(diff)
+    line = (f"{name_b} vs {name_a}: {said}: student {diff['mean']:+.3f} (95% CI {low:+.3f} to {high:+.3f}, "
+            f"paired over {diff['n']} prompts)")
+    if said.startswith("no detectable"):
+        if diff["discordant"] == 0:
+            line += "; the two students pass and fail the same prompts"
+        elif diff["prompts_needed"]:
+            line += f"; a difference of this size needs about {diff['prompts_needed']:,} prompts"
+    return line
+
+
+# ---- the versions -----------------------------------------------------------------------
+
+
+@dataclass
+class Version:
+    """One output directory: its plan (from its config.yaml), teacher and student."""
+
+    dir: Path
+    plan: Plan
+
+    @property
+    def name(self) -> str:
+        return str(self.dir)
+
+    @property
+    def teacher_model(self) -> str:
+        return str(self.plan.teacher.get("model"))
+
+
+def load_version(d: Path) -> Version:
+    """The version in `d`, planned from the recipe it was generated with (its config.yaml)."""
+    where = f"synth compare: {d}"
+    if not d.is_dir():
+        raise ValueError(f"{where} is not a directory; give output dirs of `synth run` (e.g. runs/dates runs/dates.v2)")
+    config, teacher = d / "config.yaml", recorded_teacher(d)
+    if not config.is_file() or teacher is None:
+        raise ValueError(f"{where} has no config.yaml or teacher.json (written by `synth generate`); "
+                         "give an output dir that `synth run` or `synth generate` wrote")
+    data = load_yaml(config)
+    data["output"]["dir"] = str(d)  # the directory as given, wherever the run was
+    for section in ("curate", "card", "expand"):  # not needed to compare; their files may be gone
+        data.pop(section, None)
+    try:
+        plan = resolve(from_dict(Recipe, data), teacher, versioned=False)
+    except ValueError as exc:
+        raise ValueError(f"{where}/config.yaml: {exc}") from None
+    if plan.recipe.sft is None:
+        raise ValueError(f"{where} has no sft section in its config.yaml: no student to compare; "
+                         "train one with `sft train` on a recipe with an sft section")
+    files = plan.student.files
+    if not files.trained_marker.is_file():
+        raise ValueError(f"{where}: its student is not trained yet (no {files.trained_marker}); "
+                         f"run `sft train` (or `synth run`) with its recipe first")
+    return Version(d, plan)
+
+
+def _key(prompt: list[dict[str, Any]]) -> str:
+    return hashlib.sha256(canonical_json([{"role": m["role"], "content": m["content"]} for m in prompt]).encode()).hexdigest()[:32]
+
+
+def _split_prompts(path: Path, field: str) -> dict[str, tuple[list[dict[str, Any]], str]]:
+    """prompt key -> (prompt, its answer) of a JSONL of chats that end with an answer."""
+    out = {}
+    for chat in read_conversations(path, field):
+        turns = list(chat)
+        out.setdefault(_key(turns[:-1]), (turns[:-1], turns[-1]["content"]))
+    return out
+
+
+def _prompt_keys(path: Path) -> set[str]:
+    """The prompts of a file of records (train.jsonl), fast: no validation beyond JSON."""
+    keys = set()
+    if path.is_file():
+        for rec in iter_records(path):
+            keys.add(_key(rec["messages"][:-1]))
+    return keys
+
+
+@dataclass
+class HeldOut:
+    """The prompts every version is scored on, and each version's teacher answer to them."""
+
+    keys: list[str]
+    prompts: list[list[dict[str, Any]]]
+    source: str
+    excluded_trained: int
+    teacher_answers: list[list[str | None]]  # per version, per prompt
+
+
+def held_out_set(versions: list[Version], eval_file: Path | None, limit: int | None) -> HeldOut:
+    """The common held-out prompts (see the module docstring), in a stable order."""
+    evals = {}
+    for v in versions:
+        path = v.plan.layout.eval
+        if path.is_file():
+            evals[v.name] = _split_prompts(path, f"synth compare: {v.name}/eval.jsonl")
+        elif eval_file is None:
+            raise ValueError(f"synth compare: {v.name} has no eval.jsonl (no held-out split: curate.eval_fraction "
+                             "is 0); give --eval FILE with prompts none of the versions trained on")
+    if eval_file is not None:
+        given = _split_prompts(eval_file, f"synth compare: --eval {eval_file}")  # the answers are not a version's
+        candidates, source = given, f"{eval_file} ({len(given)} prompts)"
+    else:
+        common = set.intersection(*(set(e) for e in evals.values()))
+        if not common:
+            names = ", ".join(v.name for v in versions)
+            raise ValueError(f"synth compare: {names} have no held-out prompt in common (different tasks, seeds or "
+                             "curate.eval_seed); give --eval FILE with prompts for all of them")
+        candidates = {k: evals[versions[0].name][k] for k in common}
+        source = "the held-out prompts of every version (" + ", ".join(f"{len(e)} in {n}" for n, e in evals.items()) + ")"
+    trained = set().union(*(_prompt_keys(v.plan.layout.train) for v in versions))
+    keys = sorted(k for k in candidates if k not in trained)
+    excluded = len(candidates) - len(keys)
+    if not keys:
+        raise ValueError(f"synth compare: every prompt of {source} is in a version's train.jsonl; "
+                         "give --eval FILE with prompts none of them trained on")
+    keys = keys[:limit] if limit else keys
+    answers = []
+    for v in versions:
+        mine = {k: ref for k, (_, ref) in evals.get(v.name, {}).items()}
+        missing = [k for k in keys if mine.get(k) is None]
+        if missing and v.plan.layout.raw.is_file():
+            wanted = set(missing)
+            for rec in iter_records(v.plan.layout.raw):
+                k = _key(rec["messages"][:-1])
+                if k in wanted and rec.get("sample_index", 0) == 0:
+                    mine[k] = rec["messages"][-1]["content"]
+        answers.append([mine.get(k) for k in keys])
+    return HeldOut(keys, [candidates[k][0] for k in keys], source, excluded, answers)
+
+
+# ---- the stage --------------------------------------------------------------------------
+
+
+class Compare(Stage):
+    """The students of `versions` on one held-out set (keyed; answers cached)."""
+
+    name = "compare"
+
+    def __init__(self, versions: list[Version], out: Path, verifier: str | None = None, eval_file: Path | None = None,
+                 limit: int | None = None, max_new_tokens: int | None = None, progress: bool = True):
+        super().__init__(versions[-1].plan, progress)
+        if len(versions) < 2:
+            raise ValueError("synth compare: give at least two output dirs (e.g. runs/dates runs/dates.v2)")
+        self.versions, self.out = versions, out
+        self.verifier = verifier or _common_verifier(versions)
+        load_function(self.verifier, "synth compare: --verifier")
+        self.eval_file, self.limit = eval_file, limit
+        self.max_new = max_new_tokens or max(v.plan.sft.eval_max_new_tokens for v in versions)
+        self.held_out = held_out_set(versions, eval_file, limit)
+
+    def stamp(self) -> Path:
+        return Layout(self.out).stamp("compare")
+
+    def outputs(self) -> tuple[Path, ...]:
+        return (Layout(self.out).compare_json, Layout(self.out).compare)
+
+    def key(self) -> dict[str, Any]:
+        return {
+            "versions": [{"dir": v.name, "weights": fingerprint_dir(v.plan.student.files.trained),
+                          "student": v.plan.sft.model, "engine": engine_for(v.plan.sft)} for v in self.versions],
+            "prompts": hashlib.sha256("".join(self.held_out.keys).encode()).hexdigest(),
+            "teacher_answers": hashlib.sha256(canonical_json(self.held_out.teacher_answers).encode()).hexdigest(),
+            "verifier": {"function": self.verifier, "source": function_source_sha(self.verifier)},
+            "max_new_tokens": self.max_new,
+        }
+
+    def work(self, key: dict[str, Any] | None) -> StageResult:
+        held = self.held_out
+        check = load_function(self.verifier, "synth compare: --verifier")
+        rows = []
+        for v, refs in zip(self.versions, held.teacher_answers, strict=True):
+            answers = self._answers(v)
+            student = [_score(check, self.verifier, p, a, f"{v.name}'s student") for p, a in zip(held.prompts, answers, strict=True)]
+            teacher = [None if r is None else _score(check, self.verifier, p, r, f"{v.name}'s teacher")
+                       for p, r in zip(held.prompts, refs, strict=True)]
+            rows.append({"dir": v.name, "teacher_model": v.teacher_model, "student_scores": student,
+                         "teacher_scores": teacher})
+        report = _report(rows, held, self.verifier, self.max_new)
+        out = Layout(self.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        out.compare_json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        out.compare.write_text(markdown(report), encoding="utf-8")
+        return self.result(report["verdicts"][-1], lines(report, self.out), report)
+
+    def _answers(self, v: Version) -> list[str]:
+        """The version's student's greedy answers to the held-out prompts, through the cache."""
+        cfg, files = v.plan.sft, v.plan.student.files
+        weights, engine = fingerprint_dir(files.trained), engine_for(cfg)
+        path = Layout(self.out).compare_answers
+
+        def key(prompt: list[dict[str, Any]]) -> str:
+            return hashlib.sha256(canonical_json([weights, prompt, self.max_new, engine]).encode()).hexdigest()[:32]
+
+        cached = {r["id"]: r["answer"] for r in iter_records(path)} if path.exists() else {}
+        todo = list({key(p): p for p in self.held_out.prompts if key(p) not in cached}.items())
+        logger.info("synth compare: %s's student: %d answers to generate (%s), %d cached", v.name, len(todo), engine,
+                    len(self.held_out.prompts) - len(todo))
+        if todo:
+            texts = student_answers(cfg, files, [p for _, p in todo], self.max_new)
+            self.out.mkdir(parents=True, exist_ok=True)
+            with JsonlAppender(path, 1, 1.0) as sink:
+                for (k, _), text in zip(todo, texts, strict=True):
+                    sink.append({"id": k, "dir": v.name, "answer": text})
+                    cached[k] = text
+        return [cached[key(p)] for p in self.held_out.prompts]
+
+
+def _common_verifier(versions: list[Version]) -> str:
+    found = {v.name: v.plan.sft.eval_verifier for v in versions}
+    names = set(found.values())
+    if names == {None}:
+        raise ValueError("synth compare: no version has sft.eval_verifier; give --verifier module:function "
+                         "(a task check that tells a right answer from a wrong one)")
+    if len(names) > 1:
+        listed = ", ".join(f"{d}: {f}" for d, f in found.items())
+        raise ValueError(f"synth compare: the versions check answers differently ({listed}); give --verifier "
+                         "module:function to score all of them with one check")
+    return names.pop()
+
+
+def _score(check: Any, spec: str, prompt: list[dict[str, Any]], answer: str, whose: str) -> float:
+    record = {"messages": [*prompt, {"role": "assistant", "content": answer}]}
+    try:
+        result = check(record)
+    except Exception as exc:
+        raise ValueError(f"synth compare: the check {spec} raised {type(exc).__name__}: {exc} on {whose} answer "
+                         f"{answer[:80]!r} to {prompt[-1]['content'][:80]!r}; a wrong answer should return False "
+                         "(or (False, reason)), not raise: fix the check") from None
+    ok = result[0] if isinstance(result, tuple) else result
+    return float(ok) if not isinstance(ok, bool) else (1.0 if ok else 0.0)
+
+
+def _report(rows: list[dict[str, Any]], held: HeldOut, verifier: str, max_new: int) -> dict[str, Any]:
+    base = rows[0]
+    for r in rows:
+        known = [s for s in r["teacher_scores"] if s is not None]
+        r["student"] = rate(r["student_scores"])
+        r["teacher"] = rate(known) if known else None
+        r["teacher_answers_found"] = len(known)
+        r["student_over_teacher"] = (r["student"]["mean"] / r["teacher"]["mean"]
+                                     if r["teacher"] and r["teacher"]["mean"] else None)
+    comparisons, verdicts = [], []
+    for r in rows[1:]:
+        diff = paired_difference(base["student_scores"], r["student_scores"])
+        both = [(a, b) for a, b in zip(base["teacher_scores"], r["teacher_scores"], strict=True)
+                if a is not None and b is not None]
+        teacher_diff = paired_difference([a for a, _ in both], [b for _, b in both]) if both else None
+        comparisons.append({"a": base["dir"], "b": r["dir"], "student": diff, "verdict": verdict(diff),
+                            "teacher": teacher_diff})
+        verdicts.append(verdict_line(r["dir"], base["dir"], diff))
+    return {"prompts": len(held.keys), "source": held.source, "excluded_as_trained": held.excluded_trained,
+            "verifier": verifier, "max_new_tokens": max_new,
+            "versions": [{k: v for k, v in r.items() if not k.endswith("_scores")} for r in rows],
+            "per_prompt": {r["dir"]: {"student": r["student_scores"], "teacher": r["teacher_scores"]} for r in rows},
+            "comparisons": comparisons, "verdicts": verdicts}
+
+
+def _pm(r: dict[str, float] | None) -> str:
+    return "n/a" if r is None else f"{r['mean']:.3f} ± {r['se']:.3f}"
+
+
+def lines(report: dict[str, Any], out: Path) -> list[str]:
+    """What `synth compare` prints."""
+    out_lines = [f"synth compare: {report['prompts']} held-out prompts, from {report['source']}"
+                 + (f", {report['excluded_as_trained']} left out as some version trained on them"
+                    if report["excluded_as_trained"] else "")
+                 + f"; check {report['verifier']}"]
+    for v in report["versions"]:
+        ratio = f", student/teacher {v['student_over_teacher']:.2f}" if v["student_over_teacher"] is not None else ""
+        out_lines.append(f"  {v['dir']} (teacher {v['teacher_model']}): teacher {_pm(v['teacher'])}, "
+                         f"student {_pm(v['student'])}{ratio}")
+    out_lines += [f"  {line}" for line in report["verdicts"]]
+    out_lines.append(f"  report: {out / 'compare.md'}, compare.json")
+    return out_lines
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """compare.md."""
+    md = ["# Students compared", "",
+          f"{report['prompts']} held-out prompts, from {report['source']}; "
+          f"{report['excluded_as_trained']} left out because a version trained on them. Every answer scored by "
+          f"`{report['verifier']}` (student answers greedy, at most {report['max_new_tokens']} new tokens). "
+          "Rates with their standard error.", "",
+          "| version | teacher | teacher pass rate | student pass rate | student / teacher |",
+          "| --- | --- | --- | --- | --- |"]
+    for v in report["versions"]:
+        ratio = f"{v['student_over_teacher']:.2f}" if v["student_over_teacher"] is not None else "n/a"
+        md.append(f"| `{v['dir']}` | {v['teacher_model']} | {_pm(v['teacher'])} | {_pm(v['student'])} | {ratio} |")
+    md += ["", "## Paired differences (each version minus the first, prompt by prompt)", "",
+           "| versions | student change | 95% CI (paired bootstrap) | prompts where they differ | teacher change | verdict |",
+           "| --- | --- | --- | --- | --- | --- |"]
+    for c in report["comparisons"]:
+        s, t = c["student"], c["teacher"]
+        teacher = f"{t['mean']:+.3f} ± {t['se']:.3f}" if t else "n/a"
+        md.append(f"| `{c['b']}` vs `{c['a']}` | {s['mean']:+.3f} ± {s['se']:.3f} | {s['ci95'][0]:+.3f} to "
+                  f"{s['ci95'][1]:+.3f} | {s['discordant']} | {teacher} | {c['verdict']} |")
+    md += ["", *[f"- {line}" for line in report["verdicts"]]]
+    return "\n".join(md) + "\n"
+
+
+def run_compare(dirs: list[str | Path], out: str | Path | None = None, *, verifier: str | None = None,
+                eval_file: str | Path | None = None, limit: int | None = None, max_new_tokens: int | None = None,
+                force: bool = False) -> StageResult:
+    """Compare the students of the output dirs `dirs` (the first is the baseline)."""
+    versions = [load_version(Path(d)) for d in dirs]
+    if len({v.dir.resolve() for v in versions}) < len(versions):
+        raise ValueError("synth compare: the same output dir is given twice")
+    if eval_file is not None and not Path(eval_file).is_file():
+        raise ValueError(f"synth compare: --eval {eval_file} does not exist; give a JSONL of chats (messages)")
+    stage = Compare(versions, Path(out) if out else versions[-1].dir, verifier, Path(eval_file) if eval_file else None,
+                    limit, max_new_tokens)
+    return stage.run(force=force)
+

@@ -1,0 +1,148 @@
+"""`synth compare`: students of several versions on one held-out set, with paired error bars."""
+
+import json
+import shutil
+
+import pytest
+
+from sft.compare import paired_difference, verdict, verdict_line
+from synth.cli import main as synth_main
+
+from conftest import make_recipe, write_jsonl
+
+# ---- the statistics ---------------------------------------------------------------------
+
+
+def test_a_clear_gain_is_better_a_clear_loss_worse_and_identical_students_no_difference():
+    a = [1.0] * 60 + [0.0] * 40
+    b = [1.0] * 90 + [0.0] * 10  # 30 prompts newly right
+    gain = paired_difference(a, b)
+    assert gain["mean"] == pytest.approx(0.30) and gain["discordant"] == 30
+    assert 0.15 < gain["ci95"][0] < 0.30 < gain["ci95"][1] < 0.45
+    # the percentile interval is close to the normal one for a sample this size
+    assert gain["ci95"][0] == pytest.approx(0.30 - 1.96 * gain["se"], abs=0.03)
+    assert verdict(gain) == "better"
+    assert verdict(paired_difference(b, a)) == "worse"
+    same = paired_difference(a, list(a))
+    assert same["ci95"] == [0.0, 0.0] and same["prompts_needed"] is None
+    assert verdict(same).startswith("no detectable difference")
+    assert "pass and fail the same prompts" in verdict_line("B", "A", same)
+
+
+def test_a_small_difference_is_not_detected_and_says_how_many_prompts_it_would_need():
+    a = [1.0] * 70 + [0.0] * 30
+    b = list(a)
+    b[80], b[81] = 1.0, 1.0  # two newly right, one newly wrong: +0.01
+    b[0] = 0.0
+    small = paired_difference(a, b)
+    assert small["mean"] == pytest.approx(0.01) and small["ci95"][0] < 0 < small["ci95"][1]
+    var = sum((x - 0.01) ** 2 for x in (1, 1, -1, *[0] * 97)) / 99
+    assert small["prompts_needed"] == pytest.approx((1.959964 + 0.841621) ** 2 * var / 0.01**2, abs=1)
+    line = verdict_line("B", "A", small)
+    assert "no detectable difference at this sample size" in line and f"{small['prompts_needed']:,} prompts" in line
+
+
+# ---- the command on real students ---------------------------------------------------------
+
+EVAL_PROMPTS = [f"What is {i} plus {i}?" for i in range(100, 124)]
+TRAIN_PROMPTS = [f"What is {i} plus {i}?" for i in range(40)]
+
+
+def _version(root, tiny_model, name, answer, *, student_from=None, eval_prompts=EVAL_PROMPTS, verifier=None):
+    """An output dir as `synth run` leaves it: config.yaml (the recipe), teacher.json, a curated
+    split whose every answer is `answer` (this version's teacher), and a fully fine-tuned
+    student trained on it (or, with `student_from`, the student of another version)."""
+    from sft.train import run_train
+    from synth.plan import load_plan
+
+    work = root / name
+    work.mkdir()
+    out = work / "out"
+    out.mkdir()
+    rows = lambda prompts: [{"id": f"{name}-{i}", "messages": [{"role": "system", "content": "You are a terse assistant."},  # noqa: E731
+                                                            {"role": "user", "content": p},
+                                                            {"role": "assistant", "content": answer}]}
+                            for i, p in enumerate(prompts)]
+    write_jsonl(out / "train.jsonl", rows(TRAIN_PROMPTS))
+    write_jsonl(out / "eval.jsonl", rows(eval_prompts))
+    sft = {"model": str(tiny_model), "full_finetune": True, "max_steps": 30, "batch_size": 8, "learning_rate": 3e-3,
+           "warmup_ratio": 0.0, "logging_steps": 10, "save_steps": 100, "max_length": 128, "eval_engine": "transformers",
+           "eval_max_new_tokens": 6, "eval_verifier": verifier or "curate_verifiers:mentions_a_number"}
+    if student_from is not None:
+        sft["output_dir"] = str(student_from / "student")
+    recipe = make_recipe(work, tiny_model, extra={"sft": sft})
+    (out / "config.yaml").write_text(recipe.read_text())
+    if student_from is None:
+        run_train(load_plan(recipe), progress=False)
+    (out / "teacher.json").write_text(json.dumps({"backend": "vllm", "model": f"teacher-{name}"}))
+    return out
+
+
+@pytest.fixture(scope="module")
+def versions(tmp_path_factory, tiny_model):
+    root = tmp_path_factory.mktemp("versions")
+    numbers = _version(root, tiny_model, "numbers", "42")  # a teacher the check accepts
+    words = _version(root, tiny_model, "words", "none")  # one it rejects
+    return root, numbers, words
+
+
+@pytest.mark.slow
+def test_the_student_of_the_worse_teacher_is_worse_with_its_interval_and_a_rerun_generates_nothing(versions, capsys):
+    _, numbers, words = versions
+    assert synth_main(["compare", str(numbers), str(words)]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((words / "compare.json").read_text())
+    assert report["prompts"] == len(EVAL_PROMPTS) and report["excluded_as_trained"] == 0
+    by_dir = {v["dir"]: v for v in report["versions"]}
+    assert by_dir[str(numbers)]["teacher"]["mean"] == 1.0 and by_dir[str(words)]["teacher"]["mean"] == 0.0
+    # each student learnt its teacher's one answer: the check passes one and fails the other
+    assert by_dir[str(numbers)]["student"]["mean"] >= 0.9, report["per_prompt"]
+    assert by_dir[str(words)]["student"]["mean"] <= 0.1, report["per_prompt"]
+    (comparison,) = report["comparisons"]
+    assert comparison["verdict"] == "worse" and comparison["student"]["ci95"][1] < 0
+    assert f"{words} vs {numbers}: worse: student -1.000 (95% CI -1.000 to -1.000" in printed and "95% CI" in printed
+    assert "| version | teacher | teacher pass rate |" in (words / "compare.md").read_text()
+    answers = (words / "compare_answers.jsonl").read_text()
+    assert len(answers.splitlines()) == 2 * len(EVAL_PROMPTS)
+
+    assert synth_main(["compare", str(numbers), str(words)]) == 0
+    again = capsys.readouterr().out
+    assert "skipped (inputs unchanged" in again and "worse" in again
+    assert (words / "compare_answers.jsonl").read_text() == answers, "a rerun generated nothing"
+
+
+@pytest.mark.slow
+def test_two_versions_with_the_same_student_show_no_detectable_difference(versions, tiny_model, capsys):
+    root, numbers, _ = versions
+    twin = _version(root, tiny_model, "twin", "42", student_from=numbers)
+    assert synth_main(["compare", str(numbers), str(twin), "--out", str(root / "report")]) == 0
+    report = json.loads((root / "report" / "compare.json").read_text())
+    (comparison,) = report["comparisons"]
+    assert comparison["student"]["discordant"] == 0
+    assert comparison["verdict"] == "no detectable difference at this sample size"
+    assert "pass and fail the same prompts" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_bad_input_is_one_line_naming_the_version_and_the_fix(versions, tiny_model, tmp_path, capsys):
+    root, numbers, words = versions
+
+    def error(*args):
+        assert synth_main(["compare", *map(str, args)]) == 2
+        return capsys.readouterr().err
+
+    other = _version(tmp_path, tiny_model, "other", "7", student_from=numbers,
+                     eval_prompts=[f"Name colour {i}." for i in range(5)])
+    assert "have no held-out prompt in common" in error(numbers, other) and "--eval FILE" in error(numbers, other)
+    untrained = tmp_path / "untrained"
+    shutil.copytree(words, untrained, ignore=shutil.ignore_patterns("student"))
+    err = error(numbers, untrained)
+    assert f"{untrained}: its student is not trained yet" in err and "sft train" in err
+    err = error(numbers, words, "--verifier", "curate_verifiers:explodes", "--force")
+    assert "the check curate_verifiers:explodes raised RuntimeError: verifier bug" in err and "fix the check" in err
+    assert "is not a directory" in error(numbers, tmp_path / "nowhere")
+    assert "--eval" in error(numbers, words, "--eval", tmp_path / "missing.jsonl")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "1"}]}\nnot json\n')
+    err = error(numbers, words, "--eval", bad)
+    assert str(bad) in err and "line 2" in err
