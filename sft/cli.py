@@ -13,6 +13,7 @@ from sft.dpo import Dpo
 from sft.evaluate import eval_lines, run_eval
 from sft.export import export_config, export_stages
 from sft.export_eval import ExportEval
+from sft.harness import Harness
 from sft.llamacpp import LOOPBACK, LlamaServer, VllmServer
 from sft.merge import run_merge
 from sft.train import Train
@@ -60,6 +61,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     plan = _plan(args)
     setup_logging(plan.layout.log, args.verbose)
     print("\n".join(eval_lines(run_eval(plan), plan.student.files)))
+    harness = Harness(plan)
+    if harness.why_not_applicable() is None:
+        print("\n".join(harness.run(force=True).lines))
     export = plan.recipe.export
     if export is not None and export.eval and all(artifact(plan.student.files, s.quant).exists()
                                                   for s in export_stages(plan, export, progress=False)):

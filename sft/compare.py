@@ -26,15 +26,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from sft.data import read_conversations
 from sft.generation import engine_for, student_answers
+from sft.stats import paired_difference, rate, verdict, verdict_line
 from synth.config import Recipe
 from synth.configtools import from_dict, load_yaml
 from synth.filters.verifier import function_source_sha, load_function
@@ -47,61 +45,6 @@ from synth.stage import Stage, StageResult
 from synth.versions import recorded_teacher
 
 logger = logging.getLogger(__name__)
-
-Z95, Z80 = 1.959964, 0.841621  # two-sided 5%, and 80% power
-RESAMPLES = 10_000
-
-
-# ---- statistics -------------------------------------------------------------------------
-
-
-def rate(scores: list[float]) -> dict[str, float]:
-    """Mean of 0/1 (or graded) scores with its standard error."""
-    n = len(scores)
-    mean = sum(scores) / n
-    var = sum((s - mean) ** 2 for s in scores) / (n - 1) if n > 1 else 0.0
-    return {"mean": mean, "se": math.sqrt(var / n)}
-
-
-def paired_difference(a: list[float], b: list[float], seed: int = 0) -> dict[str, Any]:
-    """B minus A, paired by prompt: the mean, its standard error, a percentile bootstrap 95%
-    interval (RESAMPLES resamples of the prompts, seeded), and the prompts a difference of this
-    size would need to be detected (None when there is no difference or no variance)."""
-    d = np.asarray(b, dtype=float) - np.asarray(a, dtype=float)
-    n = len(d)
-    mean = float(d.mean())
-    var = float(d.var(ddof=1)) if n > 1 else 0.0
-    rng = np.random.default_rng(seed)
-    means = np.concatenate([d[rng.integers(0, n, size=(1000, n))].mean(axis=1) for _ in range(RESAMPLES // 1000)])
-    low, high = (float(x) for x in np.percentile(means, [2.5, 97.5]))
-    needed = math.ceil((Z95 + Z80) ** 2 * var / mean**2) if mean != 0 and var > 0 else None
-    return {"n": n, "mean": mean, "se": math.sqrt(var / n) if n else 0.0, "ci95": [low, high],
-            "discordant": int((d != 0).sum()), "prompts_needed": needed}
-
-
-def verdict(diff: dict[str, Any]) -> str:
-    """'better', 'worse', or 'no detectable difference at this sample size'."""
-    low, high = diff["ci95"]
-    if low > 0:
-        return "better"
-    if high < 0:
-        return "worse"
-    return "no detectable difference at this sample size"
-
-
-def verdict_line(name_b: str, name_a: str, diff: dict[str, Any]) -> str:
-    """One line: is the student of B better than the student of A, with the interval."""
-    low, high = diff["ci95"]
-    said = verdict(diff)
-    line = (f"{name_b} vs {name_a}: {said}: student {diff['mean']:+.3f} (95% CI {low:+.3f} to {high:+.3f}, "
-            f"paired over {diff['n']} prompts)")
-    if said.startswith("no detectable"):
-        if diff["discordant"] == 0:
-            line += "; the two students pass and fail the same prompts"
-        elif diff["prompts_needed"]:
-            line += f"; a difference of this size needs about {diff['prompts_needed']:,} prompts"
-    return line
-
 
 # ---- the versions -----------------------------------------------------------------------
 

@@ -31,6 +31,35 @@ class LoraOptions:
             raise ValueError("target_modules: give all-linear or a non-empty list of module names")
 
 
+HARNESS_BACKENDS = ("hf", "vllm")
+
+
+@dataclass
+class HarnessOptions:
+    tasks: list[str] = help_field(default_factory=list, help="lm-evaluation-harness task names: local ones from include_path (e.g. dates_iso) or the harness's own (e.g. ifeval, hellaswag: their datasets come from the hub)")
+    include_path: str | None = help_field(None, help="a folder of local task YAMLs (each with its data files), e.g. prompts/harness")
+    limit: int | None = help_field(None, help="score at most this many items of each task (none: all)")
+    num_fewshot: int | None = help_field(None, help="few-shot examples per item (none: the task's own setting)")
+    batch_size: int = help_field(8, help="items per forward pass")
+    backend: str = help_field("hf", help="hf (transformers, the adapter through peft) or vllm (the adapter as a LoRA request; a GPU)")
+    chat_template: bool = help_field(True, help="render each item through the student's chat template (a chat student answers as it was trained)")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tasks, str):
+            self.tasks = [self.tasks]
+        if not self.tasks or not all(isinstance(t, str) and t for t in self.tasks):
+            raise ValueError("tasks: give a list of lm-evaluation-harness task names, e.g. [dates_iso]")
+        if self.include_path is not None and not Path(self.include_path).is_dir():
+            raise ValueError(f"include_path: {self.include_path} is not a folder; give the folder of your task YAMLs "
+                             "(e.g. prompts/harness)")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit: must be at least 1 (or none for every item), got {self.limit}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size: must be at least 1, got {self.batch_size}")
+        if self.backend not in HARNESS_BACKENDS:
+            raise ValueError(f"backend: unknown '{self.backend}'; choose {' or '.join(HARNESS_BACKENDS)}")
+
+
 DISTILL_LOSSES = ("topk_kl", "on_policy")
 
 
@@ -122,6 +151,7 @@ class SftConfig:
     eval_verifier: str | None = help_field(None, help="`sft eval`: 'module:function' task check run on student and teacher answers", stage="eval")
     distill: DistillOptions | None = help_field(None, help="train on the teacher's top-k logprobs too (knowledge distillation); see docs/distillation.md", stage="train")
     dpo: DpoOptions = help_field(default_factory=DpoOptions, help="`sft dpo`: preference training of the SFT student on pairs")
+    eval_harness: HarnessOptions | None = help_field(None, help="`sft eval`: regression checks with lm-evaluation-harness on the student before and after training, the change per task paired by item (docs/distillation.md)", stage="harness")
     eval_kv_cache_gib: float | None = help_field(None, help="`sft eval` with vLLM: KV cache size in GiB; none: 0.5 on a CPU, vLLM's share of GPU memory (0.9) on a GPU")
 
     def __post_init__(self) -> None:

@@ -19,6 +19,7 @@ from sft.dpo import Dpo
 from sft.evaluate import Eval
 from sft.export import export_stages
 from sft.export_eval import ExportEval
+from sft.harness import Harness
 from sft.train import Train
 from synth.card import Card
 from synth.curate import Curate
@@ -39,6 +40,8 @@ def stages(plan: Plan, progress: bool = True) -> list[Stage]:
     if recipe.sft is None:
         return out
     out += [Train(plan, progress), Eval(plan, progress)]
+    if plan.sft.eval_harness is not None:
+        out.append(Harness(plan, progress))
     if recipe.export is not None:
         out += [*export_stages(plan, recipe.export, progress), ExportEval(plan, recipe.export, progress)]
     if recipe.pairs is None:

@@ -33,6 +33,7 @@ LAZY = {
     "httpx2": "the api extra (the openai client's transport)", "anthropic": "the api extra",
     "jsonschema": "the curate extra", "markitdown": "the docs extra",
     "compressed_tensors": "heavy (pulls torch; vLLM's quantization format, sft.quantize)",
+    "lm_eval": "the harness extra, heavy (pulls torch, datasets, evaluate; sft.harness)",
 }
 MAX_FUNCTION_LINES = 60
 

@@ -82,6 +82,19 @@ NOT_HERE = {
 # with its --set checked, the generation planned; any other command's line parsed by its own
 # parser). The test named runs the same stages.
 RESOLVED_HERE = {
+    'sft eval prompts/dates/recipe.yaml --set "sft.eval_harness={tasks: [dates_iso], include_path: prompts/harness}"':
+        "tests/sft/test_harness.py::test_the_shipped_dates_task_runs_on_a_student",
+    'synth run prompts/reasoning/recipe.yaml --set output.dir=runs/reasoning-cpu --set teacher.model=.demo/tiny-model '
+    '--set teacher.vllm.dtype=float32 --set teacher.vllm.enforce_eager=true --set teacher.vllm.max_model_len=2048 '
+    '--set "teacher.vllm.structured_outputs={regex: \'<think>[a-z ]{20,60}</think>[a-z ]{5,30}\'}" --set seeds.limit=16 '
+    '--set sampling.n=1 --set sampling.max_tokens=96 --set "curate.filters=[reasoning, empty]" '
+    '--set curate.eval_fraction=0.25 --set sft.model=.demo/tiny-student --set sft.max_steps=8 --set sft.eval_limit=4 '
+    '--set sft.eval_engine=transformers':
+        "tests/synth/test_reasoning.py::test_a_reasoning_teacher_through_the_whole_loop",
+    "sft export prompts/dates/recipe.yaml --quant w8a8":
+        "tests/sft/test_merge_eval.py::test_vllm_exports_are_compressed_tensors_that_vllm_evaluates_and_serves",
+    "sft eval prompts/demo/recipe.yaml --set teacher.model=.demo/tiny-model-b":
+        "tests/sft/test_merge_eval.py::test_eval_with_vllm_and_the_adapter_as_lora_request",
     "synth compare runs/dates runs/dates.v2":
         "tests/sft/test_compare.py::test_the_student_of_the_worse_teacher_is_worse_with_its_interval_and_a_rerun_generates_nothing",
     'synth run prompts/dates/recipe.yaml --set output.dir=runs/dates-kd --set sampling.logprobs=20 '

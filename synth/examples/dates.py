@@ -109,7 +109,7 @@ def harness_items(n: int = 200, seed: int = 2026) -> list[dict[str, Any]]:
         sample_prompts(rng, count, taken)
     rng = random.Random(seed)
     items = []
-    for text in sample_prompts(rng, n, taken):
+    for text in sample_prompts(rng, n, taken):  # (the choices are joined by |)
         right = date.fromisoformat(expected(INSTRUCTION + text))
         wrong: list[date] = []
         candidates = [(right.year, right.day, right.month), (right.year, right.month, right.day % 28 + 1),
@@ -124,7 +124,8 @@ def harness_items(n: int = 200, seed: int = 2026) -> list[dict[str, Any]]:
                 wrong.append(c)
         choices = [right, *wrong[:3]]
         rng.shuffle(choices)
-        items.append({"date": text, "choices": [c.isoformat() for c in choices], "answer": choices.index(right)})
+        # the choices as one string: a JSON loader would read a list of ISO dates as timestamps
+        items.append({"date": text, "choices": "|".join(c.isoformat() for c in choices), "answer": choices.index(right)})
     return items
 
 

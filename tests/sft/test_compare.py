@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from sft.compare import paired_difference, verdict, verdict_line
+from sft.stats import paired_difference, verdict, verdict_line
 from synth.cli import main as synth_main
 
 from conftest import make_recipe, write_jsonl
@@ -26,7 +26,7 @@ def test_a_clear_gain_is_better_a_clear_loss_worse_and_identical_students_no_dif
     same = paired_difference(a, list(a))
     assert same["ci95"] == [0.0, 0.0] and same["prompts_needed"] is None
     assert verdict(same).startswith("no detectable difference")
-    assert "pass and fail the same prompts" in verdict_line("B", "A", same)
+    assert "score the same on every one of the prompts" in verdict_line("B", "A", same)
 
 
 def test_a_small_difference_is_not_detected_and_says_how_many_prompts_it_would_need():
@@ -120,7 +120,7 @@ def test_two_versions_with_the_same_student_show_no_detectable_difference(versio
     (comparison,) = report["comparisons"]
     assert comparison["student"]["discordant"] == 0
     assert comparison["verdict"] == "no detectable difference at this sample size"
-    assert "pass and fail the same prompts" in capsys.readouterr().out
+    assert "score the same on every one of the prompts" in capsys.readouterr().out
 
 
 @pytest.mark.slow
