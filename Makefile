@@ -110,6 +110,7 @@ bench: setup demo
 	$(BIN)/python bench/preference_quality.py
 	$(BIN)/python bench/ray_overhead.py
 	$(BIN)/python bench/export_quality.py
+	$(BIN)/python bench/compare_students.py
 
 clean:
 	rm -rf .demo runs .bench .pytest_cache site

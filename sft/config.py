@@ -31,9 +31,6 @@ class LoraOptions:
             raise ValueError("target_modules: give all-linear or a non-empty list of module names")
 
 
-HARNESS_BACKENDS = ("hf", "vllm")
-
-
 @dataclass
 class HarnessOptions:
     tasks: list[str] = help_field(default_factory=list, help="lm-evaluation-harness task names: local ones from include_path (e.g. dates_iso) or the harness's own (e.g. ifeval, hellaswag: their datasets come from the hub)")
@@ -41,7 +38,6 @@ class HarnessOptions:
     limit: int | None = help_field(None, help="score at most this many items of each task (none: all)")
     num_fewshot: int | None = help_field(None, help="few-shot examples per item (none: the task's own setting)")
     batch_size: int = help_field(8, help="items per forward pass")
-    backend: str = help_field("hf", help="hf (transformers, the adapter through peft) or vllm (the adapter as a LoRA request; a GPU)")
     chat_template: bool = help_field(True, help="render each item through the student's chat template (a chat student answers as it was trained)")
 
     def __post_init__(self) -> None:
@@ -56,8 +52,6 @@ class HarnessOptions:
             raise ValueError(f"limit: must be at least 1 (or none for every item), got {self.limit}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size: must be at least 1, got {self.batch_size}")
-        if self.backend not in HARNESS_BACKENDS:
-            raise ValueError(f"backend: unknown '{self.backend}'; choose {' or '.join(HARNESS_BACKENDS)}")
 
 
 DISTILL_LOSSES = ("topk_kl", "on_policy")

@@ -23,14 +23,12 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from sft.config import HarnessOptions, SftConfig
-from sft.generation import context_length
+from sft.config import HarnessOptions
 from sft.stats import paired_difference, verdict, verdict_line
 from sft.student import resolve_student
 from synth.configtools import stage_fields
 from synth.fingerprint import fingerprint_dir, model_identity
 from synth.plan import Plan, Student
-from synth.runtime import kv_cache_bytes
 from synth.stage import Stage, StageResult
 
 logger = logging.getLogger(__name__)
@@ -56,32 +54,25 @@ def _task_manager(options: HarnessOptions) -> Any:
     return manager
 
 
-def _model_args(cfg: SftConfig, options: HarnessOptions, pretrained: str, adapter: Path | None) -> tuple[str, dict[str, Any]]:
+def _model_args(pretrained: str, adapter: Path | None) -> dict[str, Any]:
+    """lm-eval's transformers model: the student in bf16 on a GPU, fp32 on a CPU; a LoRA
+    adapter through peft."""
     import torch  # heavy: torch
 
     gpu = torch.cuda.is_available()
-    if options.backend == "vllm":
-        context = context_length(pretrained)
-        args: dict[str, Any] = {"pretrained": pretrained, "dtype": "bfloat16" if gpu else "float32",
-                                "max_model_len": min(cfg.max_length * 2, context) if context else cfg.max_length * 2}
-        if not gpu:
-            args.update(enforce_eager=True, kv_cache_memory_bytes=kv_cache_bytes(cfg.eval_kv_cache_gib))
-        if adapter is not None:
-            args.update(lora_local_path=str(adapter), enable_lora=True, max_lora_rank=max(cfg.lora.r, 8))
-        return "vllm", args
-    args = {"pretrained": pretrained, "dtype": "bfloat16" if gpu else "float32", "device": "cuda" if gpu else "cpu"}
+    args: dict[str, Any] = {"pretrained": pretrained, "dtype": "bfloat16" if gpu else "float32",
+                            "device": "cuda" if gpu else "cpu"}
     if adapter is not None:
         args["peft"] = str(adapter)
-    return "hf", args
+    return args
 
 
-def _run_harness(cfg: SftConfig, options: HarnessOptions, pretrained: str, adapter: Path | None, manager: Any) -> dict[str, Any]:
+def _run_harness(options: HarnessOptions, pretrained: str, adapter: Path | None, manager: Any) -> dict[str, Any]:
     """lm-eval's results and per-item scores for one model."""
     import lm_eval  # heavy: lm_eval
 
-    model, args = _model_args(cfg, options, pretrained, adapter)
     try:
-        out = lm_eval.simple_evaluate(model=model, model_args=args, tasks=list(options.tasks), task_manager=manager,
+        out = lm_eval.simple_evaluate(model="hf", model_args=_model_args(pretrained, adapter), tasks=list(options.tasks), task_manager=manager,
                                       limit=options.limit, num_fewshot=options.num_fewshot, batch_size=options.batch_size,
                                       apply_chat_template=options.chat_template, log_samples=True, bootstrap_iters=0)
     except (FileNotFoundError, KeyError, TypeError, ValueError) as exc:
@@ -148,11 +139,11 @@ class Harness(Stage):
             raise ValueError(f"sft eval: no trained {files.trained.name} in {files.trained}; run `sft train` first")
         manager = _task_manager(options)
         base = resolve_student(cfg.model)
-        before = _run_harness(cfg, options, base, None, manager)
+        before = _run_harness(options, base, None, manager)
         if cfg.full_finetune:
-            after = _run_harness(cfg, options, str(files.trained), None, manager)
+            after = _run_harness(options, str(files.trained), None, manager)
         else:
-            after = _run_harness(cfg, options, base, files.trained, manager)
+            after = _run_harness(options, base, files.trained, manager)
         report = _report(options, before, after)
         files.harness_report.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         files.harness_markdown.write_text(markdown(report), encoding="utf-8")
@@ -173,7 +164,7 @@ def _report(options: HarnessOptions, before: dict[str, Any], after: dict[str, An
         tasks.append({"task": task, "metric": metric, "items": len(ids), "before": sum(a[i] for i in ids) / len(ids),
                       "after": sum(b[i] for i in ids) / len(ids), "change": diff, "verdict": verdict(diff),
                       "line": verdict_line(f"{task} trained", "base", diff, what=metric, unit="items")})
-    return {"tasks": tasks, "limit": options.limit, "backend": options.backend,
+    return {"tasks": tasks, "limit": options.limit,
             "regressions": [t["task"] for t in tasks if t["verdict"] == "worse"]}
 
 
@@ -187,7 +178,7 @@ def summary(report: dict[str, Any]) -> str:
 
 def lines(report: dict[str, Any], path: Path) -> list[str]:
     """What `sft eval` prints for the harness."""
-    out = [f"lm-evaluation-harness ({report['backend']}), base student -> trained student:"]
+    out = ["lm-evaluation-harness, base student -> trained student:"]
     for t in report["tasks"]:
         c = t["change"]
         out.append(f"  {t['task']}: {t['metric']} {t['before']:.3f} -> {t['after']:.3f}, {c['mean']:+.3f} "
@@ -201,8 +192,8 @@ def lines(report: dict[str, Any], path: Path) -> list[str]:
 def markdown(report: dict[str, Any]) -> str:
     """harness.md."""
     md = ["# Regression checks (lm-evaluation-harness)", "",
-          f"The base student and the trained one on the same items ({report['backend']} backend); the change is "
-          "paired by item, with a bootstrap 95% interval.", "",
+          "The base student and the trained one on the same items (transformers); the change is paired by item, "
+          "with a bootstrap 95% interval.", "",
           "| task | metric | items | base | trained | change | 95% CI | verdict |",
           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for t in report["tasks"]:

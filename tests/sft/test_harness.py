@@ -131,7 +131,6 @@ def test_the_shipped_dates_task_is_disjoint_from_the_demo_and_right():
 @pytest.mark.parametrize("change, error", [
     ({"tasks": []}, "tasks: give a list of lm-evaluation-harness task names"),
     ({"include_path": "nowhere/at/all"}, "include_path: nowhere/at/all is not a folder"),
-    ({"backend": "openai"}, "backend: unknown 'openai'; choose hf or vllm"),
     ({"limit": 0}, "limit: must be at least 1"),
 ])
 def test_bad_harness_settings_name_the_key(change, error):
