@@ -107,6 +107,7 @@ bench: setup demo
 	$(BIN)/python bench/sft_throughput.py
 	$(BIN)/python bench/distill_quality.py
 	$(BIN)/python bench/kd_quality.py
+	$(BIN)/python bench/cross_tokenizer_kd.py
 	$(BIN)/python bench/preference_quality.py
 	$(BIN)/python bench/ray_overhead.py
 	$(BIN)/python bench/export_quality.py

@@ -9,9 +9,15 @@ student's tokens of the answer, and adds to TRL's cross-entropy a KL term:
 
 on the answer tokens, where the teacher's distribution is its top k at each position (with
 the mass outside them as one tail bucket, or renormalised over the k), both softened by T.
-Teacher and student must share a tokenizer (checked by vocabulary digest); an example
-whose logprobs are missing, whose answer text changed since (PII redaction), or whose
-tokens do not line up trains on cross-entropy alone and is counted.
+Teacher and student share a tokenizer (checked by vocabulary digest), or, with
+`sft.distill.cross_tokenizer`, they do not: both tokenizations of the answer are then lined
+up by character, and at each position where a teacher token and a student token start at the
+same character (both predict the text from there on) the teacher's top-k probabilities,
+sorted, are matched with the student's top k, sorted (the Universal Logit Distillation loss of
+Boizard et al. 2024, which TRL's GOLD trainer uses; TRL's trainer distils on-policy from a
+live teacher, so the offline version is here). An example whose logprobs are missing, whose
+answer text changed since (PII redaction), or whose tokens do not line up trains on
+cross-entropy alone and is counted.
 """
 
 from __future__ import annotations
@@ -59,9 +65,38 @@ def last_assistant_span(mask: list[int]) -> tuple[int, int] | None:
     return (0, end) if end is not None else None
 
 
+def char_starts(tokenizer: Any, ids: list[int]) -> list[int]:
+    """Where each token starts in the decoded text of `ids` (special tokens decode to nothing,
+    so they start where the next one does)."""
+    starts, text = [], ""
+    for i in range(len(ids)):
+        starts.append(len(text))
+        text = tokenizer.decode(ids[: i + 1], skip_special_tokens=True)
+    return starts
+
+
+def cross_positions(teacher_tok: Any, teacher_ids: list[int], student_tok: Any, student_ids: list[int]) -> list[tuple[int, int]]:
+    """(teacher position, student position) pairs of one answer where both tokenizations start
+    a token at the same character of the same text, up to where the two texts part."""
+    t_text = teacher_tok.decode(teacher_ids, skip_special_tokens=True)
+    s_text = student_tok.decode(student_ids, skip_special_tokens=True)
+    same = 0
+    while same < min(len(t_text), len(s_text)) and t_text[same] == s_text[same]:
+        same += 1
+    specials = set(teacher_tok.all_special_ids), set(student_tok.all_special_ids)
+    t_at = {c: i for i, c in reversed(list(enumerate(char_starts(teacher_tok, teacher_ids))))
+            if c < same and teacher_ids[i] not in specials[0]}
+    pairs = []
+    for j, c in enumerate(char_starts(student_tok, student_ids)):
+        if c in t_at and student_ids[j] not in specials[1]:
+            pairs.append((t_at.pop(c), j))
+    return pairs
+
+
 def build_targets(opts: DistillOptions, sidecar: Path, records: list[tuple[list[dict[str, str]], str | None]],
-                  tokenizer: Any) -> Targets:
-    """Line up each record's teacher logprobs with the student's tokens of its answer."""
+                  tokenizer: Any, teacher_tokenizer: Any = None) -> Targets:
+    """Line up each record's teacher logprobs with the student's tokens of its answer
+    (`teacher_tokenizer`: with cross_tokenizer, the teacher's)."""
     if not sidecar.exists():
         raise ValueError(f"sft.distill: {sidecar} does not exist; generate with sampling.logprobs: K (the teacher's "
                          "top-k logprobs) or set sft.distill.logprobs to the file")
@@ -75,17 +110,23 @@ def build_targets(opts: DistillOptions, sidecar: Path, records: list[tuple[list[
                 targets.counts[status] += 1
                 continue
             topk, entry = store.get(rid)
-            if entry.vocab not in (student_vocab, UNKNOWN_VOCAB):
+            if opts.cross_tokenizer:
+                _check_teacher_vocab(entry.vocab, teacher_tokenizer, sidecar, rid)
+            elif entry.vocab not in (student_vocab, UNKNOWN_VOCAB):
                 raise ValueError(
                     f"sft.distill: the teacher's logprobs in {sidecar} use another vocabulary than the student "
-                    f"({rid}); top-k distillation needs teacher and student to share a tokenizer: choose a student of "
-                    "the teacher's family, or remove sft.distill to train on the teacher's text only")
+                    f"({rid}); top-k distillation on token ids needs teacher and student to share a tokenizer: set "
+                    "sft.distill.cross_tokenizer: true to match them by text (ULD), choose a student of the teacher's "
+                    "family, or remove sft.distill to train on the teacher's text only")
             k = opts.top_k or topk.k
             if k > topk.k:
                 raise ValueError(f"sft.distill.top_k: {k} is more than the {topk.k} logprobs captured per token "
                                  f"(sampling.logprobs); lower top_k or generate with more")
             enc = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
             ids, span = enc["input_ids"], last_assistant_span(enc["assistant_masks"])
+            if opts.cross_tokenizer:
+                _add_cross(targets, topk, k, ids, span, tokenizer, teacher_tokenizer)
+                continue
             n = _common_prefix(ids[span[0]:span[1]] if span else [], topk.token_ids.tolist())
             if n == 0:
                 targets.counts["not aligned"] += 1
@@ -112,6 +153,31 @@ def build_targets(opts: DistillOptions, sidecar: Path, records: list[tuple[list[
                 "%s without (cross-entropy only)", targets.counts["with"], targets.counts["partly aligned"],
                 {k: v for k, v in targets.counts.items() if k not in ("with", "partly aligned")} or "none")
     return targets
+
+
+def _check_teacher_vocab(vocab: bytes, teacher_tokenizer: Any, sidecar: Path, rid: str) -> None:
+    if vocab == UNKNOWN_VOCAB:
+        raise ValueError(f"sft.distill.cross_tokenizer: the teacher's logprobs in {sidecar} do not say which vocabulary "
+                         f"their token ids are in ({rid}: written without one); capture them again with the recipe's "
+                         "teacher (sampling.logprobs) or `synth score --teacher MODEL`")
+    if vocab != vocab_digest(teacher_tokenizer):
+        raise ValueError(f"sft.distill.cross_tokenizer: the teacher's logprobs in {sidecar} are not in the vocabulary of "
+                         f"the teacher tokenizer given ({rid}); set sft.distill.teacher to the model that wrote them")
+
+
+def _add_cross(targets: Targets, topk: Any, k: int, ids: list[int], span: tuple[int, int] | None, tokenizer: Any,
+               teacher_tokenizer: Any) -> None:
+    """The teacher's top-k probabilities at the student's positions that start where a teacher
+    token starts (cross_tokenizer); ids are kept only to mark the positions' k."""
+    answer = ids[span[0]:span[1]] if span else []
+    pairs = cross_positions(teacher_tokenizer, topk.token_ids.tolist(), tokenizer, answer)
+    if not pairs:
+        targets.counts["not aligned"] += 1
+        return
+    t_pos = np.array([t for t, _ in pairs])
+    targets.counts["with" if len(pairs) == len(answer) - 1 or len(pairs) == len(answer) else "partly aligned"] += 1
+    targets.by_tokens[tuple(ids)] = Target(np.array([span[0] + s for _, s in pairs]), topk.ids[t_pos, :k].copy(),
+                                           topk.logprobs[t_pos, :k].astype(np.float32))
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -186,6 +252,19 @@ def topk_kl(logits: Any, ids: Any, logprobs: Any, temperature: float, tail: bool
     return terms.sum(-1).mean() * temperature**2
 
 
+def uld_loss(logits: Any, logprobs: Any) -> Any:
+    """Mean over positions of the Universal Logit Distillation distance: the L1 distance between
+    the teacher's top-k probabilities and the student's top k, each sorted, plus the difference
+    of the mass outside them (vocabularies need not match). logits [n, vocab] (the student's),
+    logprobs [n, k] (the teacher's, best first; -inf where a position has fewer)."""
+    import torch
+
+    p = torch.sort(logprobs.float().exp(), dim=-1, descending=True).values  # exp(-inf) = 0
+    q = torch.topk(torch.softmax(logits.float(), dim=-1), p.shape[-1], dim=-1).values
+    tail = ((1 - p.sum(-1)) - (1 - q.sum(-1))).abs()
+    return ((p - q).abs().sum(-1) + tail).mean()
+
+
 def _with_tail(logp: Any, absent: Any) -> Any:
     """Append log(1 - sum p) over the present entries: the mass outside the top k."""
     import torch
@@ -215,8 +294,11 @@ def distill_trainer(base: type, opts: DistillOptions) -> type:
             denom = torch.as_tensor(num_items_in_batch if num_items_in_batch is not None else tokens).clamp(min=1)
             ce = torch.nn.functional.cross_entropy(logits[valid].float(), targets[valid], reduction="sum") / denom
             where = kd["kd_mask"][:, 1:].to(logits.device)
-            kl = topk_kl(logits[where], kd["kd_ids"][:, 1:].to(logits.device)[where],
-                         kd["kd_logprobs"][:, 1:].to(logits.device)[where], opts.temperature, opts.tail)
+            if opts.cross_tokenizer:
+                kl = uld_loss(logits[where], kd["kd_logprobs"][:, 1:].to(logits.device)[where])
+            else:
+                kl = topk_kl(logits[where], kd["kd_ids"][:, 1:].to(logits.device)[where],
+                             kd["kd_logprobs"][:, 1:].to(logits.device)[where], opts.temperature, opts.tail)
             kl = kl * tokens / denom  # this micro-batch's share, as the cross-entropy is normalised
             loss = (1 - opts.alpha) * ce + opts.alpha * kl
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
@@ -225,7 +307,7 @@ def distill_trainer(base: type, opts: DistillOptions) -> type:
             with torch.no_grad():
                 correct = (logits[valid].argmax(-1) == targets[valid]).float().mean()
             self._metrics[mode]["mean_token_accuracy"].append(float(correct))
-            self._metrics[mode]["kd_kl"].append(float(kl.detach() * denom / tokens.clamp(min=1)))
+            self._metrics[mode]["kd_uld" if opts.cross_tokenizer else "kd_kl"].append(float(kl.detach() * denom / tokens.clamp(min=1)))
             if mode == "train":  # TRL's count of tokens seen (its own path counts in its compute_loss)
                 seen = inputs["attention_mask"].sum() if "attention_mask" in inputs else torch.tensor(inputs["position_ids"].size(1))
                 self._total_train_tokens += self.accelerator.gather_for_metrics(seen.to(logits.device)).sum().item() // self._tp_size

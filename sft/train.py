@@ -157,6 +157,8 @@ def train_key(plan: Plan) -> dict[str, Any]:
         key["teacher"] = model_identity(plan.on_policy_teacher())
     elif cfg.distill is not None:
         key["teacher_logprobs"] = file_sha256(cfg.distill.path(layout))
+        if cfg.distill.cross_tokenizer:
+            key["teacher_tokenizer"] = model_identity(teacher_tokenizer_source(plan))
     return key
 
 
@@ -259,6 +261,26 @@ def _read_rows(plan: Plan, tokenizer: Any) -> tuple[list, list | None]:
     return all_rows, eval_rows
 
 
+def teacher_tokenizer_source(plan: Plan) -> str:
+    """sft.distill.cross_tokenizer: where the teacher's tokenizer is (sft.distill.teacher, or the
+    recipe's local teacher); an error naming the fix for an API teacher."""
+    distill = plan.sft.distill
+    if distill is not None and distill.teacher:
+        return distill.teacher
+    if plan.recipe.teacher.backend != "vllm":
+        raise ValueError("sft.distill.teacher: cross_tokenizer lines the teacher's tokens up with the student's by text, "
+                         "so it needs the teacher's tokenizer, and the recipe's teacher is served over an API "
+                         f"(teacher.backend: {plan.recipe.teacher.backend}); give sft.distill.teacher (the HF id or "
+                         "local directory of the model that wrote the logprobs)")
+    return plan.recipe.teacher.model
+
+
+def _teacher_tokenizer(plan: Plan) -> Any:
+    from transformers import AutoTokenizer  # heavy: transformers
+
+    return AutoTokenizer.from_pretrained(resolve_student(teacher_tokenizer_source(plan)))
+
+
 def _sft_trainer(trl: Any, plan: Plan, model: Any, tokenizer: Any, rows: tuple[list, list, list | None],
                  report: DataReport, *, peft_config: Any, packing: bool, on_gpu: bool, progress: bool) -> Any:
     """TRL's SFTTrainer (length-grouped batches, top-k distillation where the config asks).
@@ -273,7 +295,9 @@ def _sft_trainer(trl: Any, plan: Plan, model: Any, tokenizer: Any, rows: tuple[l
     targets = None
     if cfg.distill is not None:
         ids = read_record_ids(cfg.train_path(layout))
-        targets = build_targets(cfg.distill, cfg.distill.path(layout), list(zip(all_rows, ids, strict=True)), tokenizer)
+        teacher_tokenizer = _teacher_tokenizer(plan) if cfg.distill.cross_tokenizer else None
+        targets = build_targets(cfg.distill, cfg.distill.path(layout), list(zip(all_rows, ids, strict=True)), tokenizer,
+                                teacher_tokenizer)
         trainer_cls = distill_trainer(trainer_cls, cfg.distill)
     try:
         trainer = trainer_cls(

@@ -6,7 +6,7 @@ import pytest
 import torch
 import yaml
 
-from sft.distill import last_assistant_span, topk_kl
+from sft.distill import char_starts, cross_positions, last_assistant_span, topk_kl, uld_loss
 from synth.config import load_recipe
 from synth.plan import load_plan
 
@@ -88,8 +88,55 @@ def test_distillation_trains_on_the_teachers_logprobs(tmp_path, tiny_model, vllm
         run_train(load_plan(path, [f"sft.distill.logprobs={tmp_path / 'nowhere.bin'}"]), progress=False)
 
 
+def test_uld_matches_sorted_probabilities_across_vocabularies_and_falls_as_the_student_learns():
+    torch.manual_seed(0)
+    teacher = torch.log_softmax(torch.randn(6, 40) * 3, -1)
+    logprobs = teacher.topk(8, dim=-1).values
+    # a student over another vocabulary (60 tokens) whose probabilities are the teacher's, permuted
+    same = torch.full((6, 60), -1e4)
+    for row in range(6):
+        same[row, torch.randperm(60)[:40]] = teacher[row]
+    assert float(uld_loss(same, logprobs)) == pytest.approx(0.0, abs=1e-4)
+    student = torch.zeros(6, 60, requires_grad=True)
+    optimiser = torch.optim.Adam([student], lr=0.3)
+    losses = []
+    for _ in range(100):
+        loss = uld_loss(student, logprobs)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(float(loss))
+    assert losses[0] > 0.5 and losses[-1] < 0.1 * losses[0]
+    partial = logprobs.clone()
+    partial[:, 3:] = float("-inf")  # fewer than k teacher tokens at a position
+    assert torch.isfinite(uld_loss(student.detach(), partial))
+
+
+def test_two_tokenizations_line_up_where_tokens_start_at_the_same_character(tmp_path, tiny_model):
+    from transformers import AutoTokenizer
+
+    from synth.tiny_model import build_tiny_model
+
+    a = AutoTokenizer.from_pretrained(tiny_model)
+    b = AutoTokenizer.from_pretrained(build_tiny_model(tmp_path / "other", vocab_size=1024))
+    text = "The quick brown fox jumps over the lazy dog, 2021-03-03."
+    ids_a, ids_b = a(text, add_special_tokens=False)["input_ids"], b(text, add_special_tokens=False)["input_ids"]
+    assert ids_a != ids_b, "two different tokenizations of one text"
+    starts_a, starts_b = char_starts(a, ids_a), char_starts(b, ids_b)
+    pairs = cross_positions(a, ids_a, b, ids_b)
+    assert pairs and pairs[0] == (0, 0)
+    assert all(starts_a[i] == starts_b[j] for i, j in pairs)
+    assert len(pairs) == len(set(starts_a) & set(starts_b))
+    # a text that parts: nothing lined up past the first different character
+    cut = cross_positions(a, ids_a, b, b("The quick brown cat", add_special_tokens=False)["input_ids"])
+    assert all(starts_a[i] < len("The quick brown ") for i, _ in cut)
+
+
 @pytest.mark.slow
-def test_a_student_with_another_vocabulary_is_refused(tmp_path, tiny_model, vllm_backend):
+def test_a_teacher_with_another_vocabulary_is_refused_then_distilled_by_text(tmp_path, tiny_model, vllm_backend):
+    """The teacher (the tiny model) and a student with another vocabulary: top-k KL on token ids
+    is refused with the key that allows it named; with cross_tokenizer the student trains on
+    the teacher's sorted top-k probabilities at the positions both tokenizations share."""
     from sft.train import run_train
     from synth.curate import run_curate
     from synth.generate import run_generate
@@ -102,7 +149,16 @@ def test_a_student_with_another_vocabulary_is_refused(tmp_path, tiny_model, vllm
     run_curate(plan, progress=False)
     with pytest.raises(ValueError, match="use another vocabulary than the student") as err:
         run_train(plan, progress=False)
-    assert "share a tokenizer" in str(err.value)
+    assert "sft.distill.cross_tokenizer: true" in str(err.value)
+    metrics = run_train(load_plan(path, ["sft.distill.cross_tokenizer=true"]), progress=False)
+    counts = metrics["data"]["distill"]
+    rows = read_jsonl(tmp_path / "out" / "train.jsonl")
+    assert counts.get("with", 0) + counts.get("partly aligned", 0) >= len(rows) // 2, counts
+    ulds = [h["kd_uld"] for h in metrics["log_history"] if "kd_uld" in h]
+    assert len(ulds) == 3 and all(0 < u < 4 for u in ulds), ulds
+    # the teacher's tokenizer must be the one the logprobs were written in
+    with pytest.raises(ValueError, match="not in the vocabulary of the teacher tokenizer given"):
+        run_train(load_plan(path, ["sft.distill.cross_tokenizer=true", f"sft.distill.teacher={other}"]), progress=False)
 
 
 def test_distill_options_are_validated(tmp_path, tiny_model):
@@ -110,6 +166,9 @@ def test_distill_options_are_validated(tmp_path, tiny_model):
         ("sft.distill.loss=reverse_kl", "sft.distill.loss: unknown 'reverse_kl'"),
         ("sft.distill.alpha=1.5", "sft.distill.alpha: must be in [0, 1]"),
         ("sft.distill.temperature=2", "sft.distill.tail: the tail bucket needs temperature 1.0"),
+        ("sft.distill={loss: on_policy, cross_tokenizer: true}", "sft.distill.cross_tokenizer: only with loss: topk_kl"),
+        ("sft.distill={cross_tokenizer: true, temperature: 2, tail: false}", "sft.distill.cross_tokenizer: matches the "
+         "captured probabilities as they are"),
     ]:
         with pytest.raises(ValueError) as err:
             load_recipe(_kd_recipe(tmp_path, tiny_model), [override])

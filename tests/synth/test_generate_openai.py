@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -120,7 +121,20 @@ def test_faults_are_retried_bounded_and_accounted_for(tmp_path, vllm_server, key
     assert read_jsonl(tmp_path / "out" / "failures.jsonl") == []
 
 
-def test_requests_per_minute_limit_holds_in_every_window(tmp_path, vllm_server, key_env):
+def test_requests_per_minute_limit_holds_in_every_window(tmp_path, vllm_server, key_env, monkeypatch):
+    """The client's schedule (when its rpm bucket lets each request go) keeps the limit in every
+    window. It is measured where it is decided: the proxy's receive times would add the
+    scheduling delays of a busy machine (a late receipt makes the next gap look short)."""
+    from synth.ratelimit import TokenBucket
+
+    granted: list[float] = []
+    acquire = TokenBucket.acquire
+
+    async def recording(self, amount=1.0):
+        await acquire(self, amount)
+        granted.append(time.monotonic())
+
+    monkeypatch.setattr(TokenBucket, "acquire", recording)
     rate, burst = 10.0, 2  # rpm 600
     seeds = [{"question": f"rate limited question {i}"} for i in range(30)]
     with FaultProxy(vllm_server.url) as proxy:
@@ -129,16 +143,18 @@ def test_requests_per_minute_limit_holds_in_every_window(tmp_path, vllm_server, 
             openai={"rpm": rate * 60, "burst": burst, "max_concurrency": 16},
         ))
         run_generate(plan, progress=False)
-        times = sorted(h.received for h in proxy.hits)
-    assert len(times) == 30
+        received = sorted(h.received for h in proxy.hits)
+    assert len(received) == len(granted) == 30, "one grant per request, each request sent once"
+    times = sorted(granted)
     worst = 0.0
     for i in range(len(times)):
         for j in range(i, len(times)):
-            # j - i + 1 requests arrived within times[j] - times[i] seconds.
+            # j - i + 1 requests let go within times[j] - times[i] seconds.
             excess = (j - i + 1) - (burst + rate * (times[j] - times[i]))
             worst = max(worst, excess)
-    assert worst <= 1.0, f"rpm limit exceeded by {worst:.2f} requests beyond the burst"
-    assert times[-1] - times[0] >= (30 - burst) / rate - 0.2  # and it really was limiting
+    assert worst <= 0.01, f"rpm limit exceeded by {worst:.2f} requests beyond the burst"
+    # and it really was limiting, as the server saw it
+    assert received[-1] - received[0] >= (30 - burst) / rate - 0.2
 
 
 def test_401_stops_the_run_at_once_with_one_clear_message(tmp_path, vllm_server):
