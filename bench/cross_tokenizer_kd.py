@@ -1,6 +1,6 @@
 """Benchmark: knowledge distillation from a teacher whose tokenizer is not the student's
-(`sft.distill.cross_tokenizer`, ULD on the teacher's top-k logprobs) against plain SFT, by data
-budget.
+(`sft.distill.cross_tokenizer`: the teacher's top-k logprobs matched to the student's tokens by
+text) against plain SFT, by data budget.
 
 The dates task (synth.examples.dates, the task of `make demo`). The student is the demo's
 (random, 2 layers, hidden 128, a tokenizer learnt from the task's text: 395 tokens). The
@@ -11,8 +11,8 @@ no digit-splitting difference in it). It is trained on
 ground truth for 2,000 steps; `synth run` writes its greedy answers to the distillation
 prompts with `sampling.logprobs: 20`. For each budget (the first N answers) the student is
 trained twice with the same steps, batch and learning rate: plain SFT on the teacher's text,
-and SFT + ULD (alpha 0.5) at the positions where both tokenizations start a token at the same
-character. Every model is scored by the exact checker on 400 held-out prompts (greedy).
+and SFT + the top-k KL (alpha 0.5) at the positions where both tokenizations start a token at
+the same character, the teacher's tokens mapped to the student's of the same text. Every model is scored by the exact checker on 400 held-out prompts (greedy).
 
     python bench/cross_tokenizer_kd.py [--work .bench/xtok] [--budgets 100,150,250,500,1000]
 
@@ -89,7 +89,7 @@ def main() -> None:
     print()
     print(f"teacher ({len(t_tok)}-token vocabulary) {teacher_acc:.3f} on {TEST_PROMPTS} held-out prompts; "
           f"students ({len(s_tok)}) trained {args.steps} steps each:")
-    print("| examples | SFT | cross-tokenizer KD (ULD + CE) | KD - SFT |")
+    print("| examples | SFT | cross-tokenizer KD (matched top-k KL + CE) | KD - SFT |")
     print("| --- | --- | --- | --- |")
     for n, a, b in zip(budgets, sft, kd, strict=True):
         print(f"| {n} | {a:.3f} | {b:.3f} | {b - a:+.3f} |")

@@ -12,10 +12,11 @@ the mass outside them as one tail bucket, or renormalised over the k), both soft
 Teacher and student share a tokenizer (checked by vocabulary digest), or, with
 `sft.distill.cross_tokenizer`, they do not: both tokenizations of the answer are then lined
 up by character, and at each position where a teacher token and a student token start at the
-same character (both predict the text from there on) the teacher's top-k probabilities,
-sorted, are matched with the student's top k, sorted (the Universal Logit Distillation loss of
-Boizard et al. 2024, which TRL's GOLD trainer uses; TRL's trainer distils on-policy from a
-live teacher, so the offline version is here). An example whose logprobs are missing, whose
+same character (both predict the text from there on) the teacher's top-k tokens are mapped to
+the student's tokens of the same text (TRL's GOLD matches tokens across vocabularies the same
+way); the teacher's mass on tokens with no counterpart joins the tail bucket. The KL is then
+the same-vocabulary one. TRL's GOLD trainer distils on-policy from a live teacher; this is the
+offline version, on the captured logprobs. An example whose logprobs are missing, whose
 answer text changed since (PII redaction), or whose tokens do not line up trains on
 cross-entropy alone and is counted.
 """
@@ -102,6 +103,7 @@ def build_targets(opts: DistillOptions, sidecar: Path, records: list[tuple[list[
                          "top-k logprobs) or set sft.distill.logprobs to the file")
     store = LogprobStore(sidecar)
     student_vocab = vocab_digest(tokenizer)
+    mapping = token_map(teacher_tokenizer, tokenizer) if opts.cross_tokenizer else None
     targets = Targets()
     try:
         for messages, rid in records:
@@ -116,7 +118,7 @@ def build_targets(opts: DistillOptions, sidecar: Path, records: list[tuple[list[
                 raise ValueError(
                     f"sft.distill: the teacher's logprobs in {sidecar} use another vocabulary than the student "
                     f"({rid}); top-k distillation on token ids needs teacher and student to share a tokenizer: set "
-                    "sft.distill.cross_tokenizer: true to match them by text (ULD), choose a student of the teacher's "
+                    "sft.distill.cross_tokenizer: true to match them by text, choose a student of the teacher's "
                     "family, or remove sft.distill to train on the teacher's text only")
             k = opts.top_k or topk.k
             if k > topk.k:
@@ -125,7 +127,7 @@ def build_targets(opts: DistillOptions, sidecar: Path, records: list[tuple[list[
             enc = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
             ids, span = enc["input_ids"], last_assistant_span(enc["assistant_masks"])
             if opts.cross_tokenizer:
-                _add_cross(targets, topk, k, ids, span, tokenizer, teacher_tokenizer)
+                _add_cross(targets, topk, k, ids, span, tokenizer, teacher_tokenizer, mapping)
                 continue
             n = _common_prefix(ids[span[0]:span[1]] if span else [], topk.token_ids.tolist())
             if n == 0:
@@ -165,19 +167,36 @@ def _check_teacher_vocab(vocab: bytes, teacher_tokenizer: Any, sidecar: Path, ri
                          f"the teacher tokenizer given ({rid}); set sft.distill.teacher to the model that wrote them")
 
 
+def token_map(teacher_tokenizer: Any, tokenizer: Any) -> np.ndarray:
+    """teacher token id -> the student's token id of the same text (-1 where the student has
+    none): tokens compared as their vocabulary strings (byte-level pieces, spaces included)."""
+    student = {}
+    for text, i in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1]):
+        student.setdefault(text, i)
+    teacher = teacher_tokenizer.get_vocab()
+    out = np.full(max(teacher.values()) + 1, -1, dtype=np.int64)
+    for text, i in teacher.items():
+        out[i] = student.get(text, -1)
+    return out
+
+
 def _add_cross(targets: Targets, topk: Any, k: int, ids: list[int], span: tuple[int, int] | None, tokenizer: Any,
-               teacher_tokenizer: Any) -> None:
-    """The teacher's top-k probabilities at the student's positions that start where a teacher
-    token starts (cross_tokenizer); ids are kept only to mark the positions' k."""
+               teacher_tokenizer: Any, mapping: np.ndarray) -> None:
+    """The teacher's top k, mapped to the student's tokens of the same text, at the student's
+    positions that start where a teacher token starts (cross_tokenizer)."""
     answer = ids[span[0]:span[1]] if span else []
     pairs = cross_positions(teacher_tokenizer, topk.token_ids.tolist(), tokenizer, answer)
     if not pairs:
         targets.counts["not aligned"] += 1
         return
     t_pos = np.array([t for t, _ in pairs])
-    targets.counts["with" if len(pairs) == len(answer) - 1 or len(pairs) == len(answer) else "partly aligned"] += 1
-    targets.by_tokens[tuple(ids)] = Target(np.array([span[0] + s for _, s in pairs]), topk.ids[t_pos, :k].copy(),
-                                           topk.logprobs[t_pos, :k].astype(np.float32))
+    teacher_ids = topk.ids[t_pos, :k].astype(np.int64)
+    mapped = np.where(teacher_ids >= 0, mapping[np.maximum(teacher_ids, 0)], -1)
+    logprobs = np.where(mapped >= 0, topk.logprobs[t_pos, :k].astype(np.float32), -np.inf)
+    specials = set(tokenizer.all_special_ids)
+    targets.counts["with" if len(pairs) == sum(t not in specials for t in answer) else "partly aligned"] += 1
+    targets.by_tokens[tuple(ids)] = Target(np.array([span[0] + s for _, s in pairs]), mapped.astype(np.int32),
+                                           logprobs.astype(np.float32))
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -252,19 +271,6 @@ def topk_kl(logits: Any, ids: Any, logprobs: Any, temperature: float, tail: bool
     return terms.sum(-1).mean() * temperature**2
 
 
-def uld_loss(logits: Any, logprobs: Any) -> Any:
-    """Mean over positions of the Universal Logit Distillation distance: the L1 distance between
-    the teacher's top-k probabilities and the student's top k, each sorted, plus the difference
-    of the mass outside them (vocabularies need not match). logits [n, vocab] (the student's),
-    logprobs [n, k] (the teacher's, best first; -inf where a position has fewer)."""
-    import torch
-
-    p = torch.sort(logprobs.float().exp(), dim=-1, descending=True).values  # exp(-inf) = 0
-    q = torch.topk(torch.softmax(logits.float(), dim=-1), p.shape[-1], dim=-1).values
-    tail = ((1 - p.sum(-1)) - (1 - q.sum(-1))).abs()
-    return ((p - q).abs().sum(-1) + tail).mean()
-
-
 def _with_tail(logp: Any, absent: Any) -> Any:
     """Append log(1 - sum p) over the present entries: the mass outside the top k."""
     import torch
@@ -294,11 +300,8 @@ def distill_trainer(base: type, opts: DistillOptions) -> type:
             denom = torch.as_tensor(num_items_in_batch if num_items_in_batch is not None else tokens).clamp(min=1)
             ce = torch.nn.functional.cross_entropy(logits[valid].float(), targets[valid], reduction="sum") / denom
             where = kd["kd_mask"][:, 1:].to(logits.device)
-            if opts.cross_tokenizer:
-                kl = uld_loss(logits[where], kd["kd_logprobs"][:, 1:].to(logits.device)[where])
-            else:
-                kl = topk_kl(logits[where], kd["kd_ids"][:, 1:].to(logits.device)[where],
-                             kd["kd_logprobs"][:, 1:].to(logits.device)[where], opts.temperature, opts.tail)
+            kl = topk_kl(logits[where], kd["kd_ids"][:, 1:].to(logits.device)[where],
+                         kd["kd_logprobs"][:, 1:].to(logits.device)[where], opts.temperature, opts.tail)
             kl = kl * tokens / denom  # this micro-batch's share, as the cross-entropy is normalised
             loss = (1 - opts.alpha) * ce + opts.alpha * kl
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
@@ -307,7 +310,7 @@ def distill_trainer(base: type, opts: DistillOptions) -> type:
             with torch.no_grad():
                 correct = (logits[valid].argmax(-1) == targets[valid]).float().mean()
             self._metrics[mode]["mean_token_accuracy"].append(float(correct))
-            self._metrics[mode]["kd_uld" if opts.cross_tokenizer else "kd_kl"].append(float(kl.detach() * denom / tokens.clamp(min=1)))
+            self._metrics[mode]["kd_kl"].append(float(kl.detach() * denom / tokens.clamp(min=1)))
             if mode == "train":  # TRL's count of tokens seen (its own path counts in its compute_loss)
                 seen = inputs["attention_mask"].sum() if "attention_mask" in inputs else torch.tensor(inputs["position_ids"].size(1))
                 self._total_train_tokens += self.accelerator.gather_for_metrics(seen.to(logits.device)).sum().item() // self._tp_size
