@@ -214,3 +214,29 @@ def test_one_recipe_captures_and_distils_with_synth_run(tmp_path, tiny_model):
     metrics = json.loads((out / "student-onpolicy" / "metrics.json").read_text())
     assert metrics["data"]["distill"] == {"on_policy prompts": stats["train"]} and metrics["global_step"] == 2
     assert (out / "student-onpolicy" / "model" / "model.safetensors").is_file()
+
+
+def test_cross_tokenizer_logprobs_must_name_their_vocabulary(tmp_path, tiny_model):
+    """Logprobs written without a vocabulary digest (an API teacher's) cannot be mapped to the
+    student's tokens: one error naming how to capture them again."""
+    from transformers import AutoTokenizer
+
+    from sft.config import DistillOptions
+    from sft.distill import build_targets
+    from synth.logprobs import UNKNOWN_VOCAB, LogprobAppender, TopK, vocab_digest
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    messages = [{"role": "user", "content": "What is 2 plus 2?"}, {"role": "assistant", "content": "4"}]
+    answer = tok("4", add_special_tokens=False)["input_ids"]
+    topk = TopK.from_lists(answer, [[(answer[0], -0.1)]], 1)
+    opts = DistillOptions(top_k=1, cross_tokenizer=True)
+    for vocab, error in ((UNKNOWN_VOCAB, "do not say which vocabulary"), (b"\1" * 8, "not in the vocabulary of the teacher")):
+        sidecar = tmp_path / f"{vocab.hex()}.bin"
+        with LogprobAppender(sidecar) as sink:
+            sink.append("ab" * 16, messages, topk, vocab)
+        with pytest.raises(ValueError, match=error):
+            build_targets(opts, sidecar, [(messages, "ab" * 16)], tok, tok)
+    sidecar = tmp_path / "right.bin"
+    with LogprobAppender(sidecar) as sink:
+        sink.append("ab" * 16, messages, topk, vocab_digest(tok))
+    assert build_targets(opts, sidecar, [(messages, "ab" * 16)], tok, tok).counts["with"] == 1
