@@ -129,9 +129,9 @@ def held_out_set(versions: list[Version], eval_file: Path | None, limit: int | N
     """The common held-out prompts (see the module docstring), in a stable order."""
     evals = {}
     for v in versions:
-        path = v.plan.layout.eval
-        if path.is_file():
-            evals[v.name] = _split_prompts(path, f"synth compare: {v.name}/eval.jsonl")
+        path = v.plan.sft.eval_path(v.plan.layout)  # sft.eval, or the curated eval.jsonl
+        if path is not None and path.is_file():
+            evals[v.name] = _split_prompts(path, f"synth compare: {v.name}: {path}")
         elif eval_file is None:
             raise ValueError(f"synth compare: {v.name} has no eval.jsonl (no held-out split: curate.eval_fraction "
                              "is 0); give --eval FILE with prompts none of the versions trained on")
@@ -146,7 +146,7 @@ def held_out_set(versions: list[Version], eval_file: Path | None, limit: int | N
                              "curate.eval_seed); give --eval FILE with prompts for all of them")
         candidates = {k: evals[versions[0].name][k] for k in common}
         source = "the held-out prompts of every version (" + ", ".join(f"{len(e)} in {n}" for n, e in evals.items()) + ")"
-    trained = set().union(*(_prompt_keys(v.plan.layout.train) for v in versions))
+    trained = set().union(*(_prompt_keys(v.plan.sft.train_path(v.plan.layout)) for v in versions))
     keys = sorted(k for k in candidates if k not in trained)
     excluded = len(candidates) - len(keys)
     if not keys:

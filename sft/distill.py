@@ -112,14 +112,7 @@ def build_targets(opts: DistillOptions, sidecar: Path, records: list[tuple[list[
                 targets.counts[status] += 1
                 continue
             topk, entry = store.get(rid)
-            if opts.cross_tokenizer:
-                _check_teacher_vocab(entry.vocab, teacher_tokenizer, sidecar, rid)
-            elif entry.vocab not in (student_vocab, UNKNOWN_VOCAB):
-                raise ValueError(
-                    f"sft.distill: the teacher's logprobs in {sidecar} use another vocabulary than the student "
-                    f"({rid}); top-k distillation on token ids needs teacher and student to share a tokenizer: set "
-                    "sft.distill.cross_tokenizer: true to match them by text, choose a student of the teacher's "
-                    "family, or remove sft.distill to train on the teacher's text only")
+            _check_vocab(opts, entry.vocab, student_vocab, teacher_tokenizer, sidecar, rid)
             k = opts.top_k or topk.k
             if k > topk.k:
                 raise ValueError(f"sft.distill.top_k: {k} is more than the {topk.k} logprobs captured per token "
@@ -157,7 +150,18 @@ def build_targets(opts: DistillOptions, sidecar: Path, records: list[tuple[list[
     return targets
 
 
-def _check_teacher_vocab(vocab: bytes, teacher_tokenizer: Any, sidecar: Path, rid: str) -> None:
+def _check_vocab(opts: DistillOptions, vocab: bytes, student_vocab: bytes, teacher_tokenizer: Any, sidecar: Path,
+                 rid: str) -> None:
+    """The logprobs' vocabulary: the student's (or unknown, from an API), or with cross_tokenizer
+    the teacher tokenizer's."""
+    if not opts.cross_tokenizer:
+        if vocab not in (student_vocab, UNKNOWN_VOCAB):
+            raise ValueError(
+                f"sft.distill: the teacher's logprobs in {sidecar} use another vocabulary than the student "
+                f"({rid}); top-k distillation on token ids needs teacher and student to share a tokenizer: set "
+                "sft.distill.cross_tokenizer: true to match them by text, choose a student of the teacher's "
+                "family, or remove sft.distill to train on the teacher's text only")
+        return
     if vocab == UNKNOWN_VOCAB:
         raise ValueError(f"sft.distill.cross_tokenizer: the teacher's logprobs in {sidecar} do not say which vocabulary "
                          f"their token ids are in ({rid}: written without one); capture them again with the recipe's "

@@ -22,6 +22,7 @@ from synth.generate import run_generate
 from synth.plan import load_plan
 
 from conftest import HANG_S, _free_port, make_recipe, read_jsonl
+from killing import lines
 
 pytestmark = pytest.mark.slow
 
@@ -130,7 +131,7 @@ def _generate(path, *extra):
 
 def _wait_for_records(raw: Path, n: int, proc: subprocess.Popen, timeout: float = HANG_S) -> None:
     deadline = time.monotonic() + timeout
-    while len(read_jsonl(raw)) < n:
+    while lines(raw) < n:  # complete lines: the run is writing the last one
         if proc.poll() is not None:
             out, err = proc.communicate()
             pytest.fail(f"synth generate ended before {n} records ({proc.returncode}):\n{err[-3000:]}")
