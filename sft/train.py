@@ -19,6 +19,7 @@ from checkpoints of the same key; checkpoints of other inputs are moved aside.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -399,7 +400,8 @@ def train_and_save(p: Prepared, fresh: bool = False) -> dict[str, Any]:
         student.sft_config.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
         student.metrics.write_text(json.dumps(metrics, indent=2, default=str) + "\n", encoding="utf-8")
         _loss_curve(metrics["log_history"], student.loss_plot)
-    _end_process_group()
+    del trainer
+    _end_process_group(p)
     return metrics
 
 
@@ -439,13 +441,18 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _end_process_group() -> None:
+def _end_process_group(p: Prepared) -> None:
     """Several processes: wait until rank 0 has written everything, then close the process
     group (a process that exits with it open can abort: "terminate called without an active
-    exception"). Only a launcher's group (WORLD_SIZE > 1): an in-process vLLM engine holds a
-    one-process group of its own, which is not ours to close."""
+    exception"). The trainer goes first: its DDP reducer holds the group, and freed after the
+    group is closed (when the caller lets go of `p`) the group's destructor joined a gloo
+    thread waiting on a rank that had exited, for ever (seen once under torchrun). Only a
+    launcher's group (WORLD_SIZE > 1): an in-process vLLM engine holds a one-process group of
+    its own, which is not ours to close."""
     if _several_processes():
         import torch.distributed as dist
 
+        p.trainer = None
+        gc.collect()  # the trainer's reference cycles (callbacks) hold the model too
         dist.barrier()
         dist.destroy_process_group()
