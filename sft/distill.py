@@ -104,6 +104,7 @@ def build_targets(opts: DistillOptions, sidecar: Path, records: list[tuple[list[
     store = LogprobStore(sidecar)
     student_vocab = vocab_digest(tokenizer)
     mapping = token_map(teacher_tokenizer, tokenizer) if opts.cross_tokenizer else None
+    teacher_vocab = vocab_digest(teacher_tokenizer) if opts.cross_tokenizer else None
     targets = Targets()
     try:
         for messages, rid in records:
@@ -112,7 +113,7 @@ def build_targets(opts: DistillOptions, sidecar: Path, records: list[tuple[list[
                 targets.counts[status] += 1
                 continue
             topk, entry = store.get(rid)
-            _check_vocab(opts, entry.vocab, student_vocab, teacher_tokenizer, sidecar, rid)
+            _check_vocab(opts, entry.vocab, student_vocab, teacher_vocab, sidecar, rid)
             k = opts.top_k or topk.k
             if k > topk.k:
                 raise ValueError(f"sft.distill.top_k: {k} is more than the {topk.k} logprobs captured per token "
@@ -150,10 +151,10 @@ def build_targets(opts: DistillOptions, sidecar: Path, records: list[tuple[list[
     return targets
 
 
-def _check_vocab(opts: DistillOptions, vocab: bytes, student_vocab: bytes, teacher_tokenizer: Any, sidecar: Path,
+def _check_vocab(opts: DistillOptions, vocab: bytes, student_vocab: bytes, teacher_vocab: bytes | None, sidecar: Path,
                  rid: str) -> None:
-    """The logprobs' vocabulary: the student's (or unknown, from an API), or with cross_tokenizer
-    the teacher tokenizer's."""
+    """The logprobs' vocabulary (digests): the student's (or unknown, from an API), or with
+    cross_tokenizer the teacher tokenizer's."""
     if not opts.cross_tokenizer:
         if vocab not in (student_vocab, UNKNOWN_VOCAB):
             raise ValueError(
@@ -166,7 +167,7 @@ def _check_vocab(opts: DistillOptions, vocab: bytes, student_vocab: bytes, teach
         raise ValueError(f"sft.distill.cross_tokenizer: the teacher's logprobs in {sidecar} do not say which vocabulary "
                          f"their token ids are in ({rid}: written without one); capture them again with the recipe's "
                          "teacher (sampling.logprobs) or `synth score --teacher MODEL`")
-    if vocab != vocab_digest(teacher_tokenizer):
+    if vocab != teacher_vocab:
         raise ValueError(f"sft.distill.cross_tokenizer: the teacher's logprobs in {sidecar} are not in the vocabulary of "
                          f"the teacher tokenizer given ({rid}); set sft.distill.teacher to the model that wrote them")
 
