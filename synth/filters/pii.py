@@ -2,15 +2,15 @@
 addresses; redact them in every turn (and in the seed's fields) or drop the record. The
 record keeps only the types and counts found (`pii`), never the values.
 
-Person names and postal addresses: rules (types `person`, `address`: synth.filters.pii_names),
-and/or a model asked for them (`detector`, cached like the judge).
+The detectors run as recognizers in Microsoft Presidio (synth.filters.pii_engine). Person
+names and postal addresses: rules over a name lexicon and address forms (types `person`,
+`address`: synth.filters.pii_person, synth.filters.pii_address), and/or a model asked for them
+(`detector`, cached like the judge).
 """
 
 from __future__ import annotations
 
-import ipaddress
 import json
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,62 +18,16 @@ from typing import Any
 
 from synth.configtools import help_field
 from synth.filters.base import Filter
-from synth.filters.pii_names import find_spans
+from synth.filters.pii_engine import OPT_IN, TYPES, find_spans, iban_ok, luhn_ok
 from synth.filters.verdict import VerdictJudge, call
 
-
-def luhn_ok(digits: str) -> bool:
-    total, parity = 0, len(digits) % 2
-    for i, ch in enumerate(digits):
-        d = int(ch)
-        if i % 2 == parity:
-            d = d * 2 - 9 if d > 4 else d * 2
-        total += d
-    return total % 10 == 0
-
-
-def iban_ok(text: str) -> bool:
-    s = text.replace(" ", "").upper()
-    if not (15 <= len(s) <= 34):
-        return False
-    rearranged = s[4:] + s[:4]
-    number = "".join(str(int(c, 36)) for c in rearranged)
-    return int(number) % 97 == 1
-
-
-def _ip_ok(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-        return True
-    except ValueError:
-        return False
-
-
-# (type, pattern, validator). Order matters: cards and IBANs before phone numbers.
-DETECTORS: list[tuple[str, re.Pattern, Any]] = [
-    ("email", re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b"), None),
-    ("iban", re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b"), iban_ok),
-    ("credit_card", re.compile(r"\b(?:\d[ -]?){12,18}\d\b"), lambda m: luhn_ok(re.sub(r"\D", "", m))),
-    ("us_ssn", re.compile(r"\b(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}\b"), None),
-    ("uk_nino", re.compile(r"\b(?!BG|GB|NK|KN|TN|NT|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D]\b"), None),
-    ("ip_address", re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}\b|\b(?:[0-9a-fA-F]{1,4}:){7}[0-9a-fA-F]{1,4}\b"), _ip_ok),
-    # Not inside a longer run of digit groups (a card number that failed Luhn is no phone).
-    ("phone", re.compile(
-        r"(?<![\w+])(?<!\d[ .-])(?:"
-        r"\+\d{1,3}[ .-]?\d{1,4}(?:[ .-]?\d{2,4}){2,4}"  # international: +44 20 7946 0958
-        r"|\(\d{2,4}\)[ .-]?\d{3,4}[ .-]\d{3,4}"  # area code in parentheses: (555) 123-4567
-        r"|\d{3}[ .-]\d{3,4}[ .-]\d{4}"  # three groups: 555-123-4567, 020 7946 0958
-        r")\b(?![ .-]?\d)"
-    ), None),
-]
-TYPES = [name for name, _, _ in DETECTORS]
-OPT_IN = ["person", "address"]  # rules without checksums (synth.filters.pii_names): named in `types` to be used
+__all__ = ["Pii", "PiiOptions", "find_pii", "iban_ok", "luhn_ok", "map_strings"]
 
 
 @dataclass
 class PiiOptions:
     action: str = help_field("redact", help="redact (replace with [TYPE]) or drop (reject the record)")
-    types: list[str] = help_field(list(TYPES), help="PII types to look for; person and address (rules, lower precision: bench/RESULTS.md) only when listed")
+    types: list[str] = help_field(list(TYPES), help="PII types to look for; person and address (rules over a name lexicon and address forms, lower precision: bench/RESULTS.md) only when listed")
     detector: VerdictJudge | None = help_field(None, help="also ask a model (a teacher block; template default: the packaged pii/detect.j2) for each record's person names and postal addresses, redacted as [PERSON]/[ADDRESS] wherever they occur; calls cached in pii_detect.jsonl; an unreadable answer rejects the record")
 
     def __post_init__(self) -> None:
@@ -87,22 +41,9 @@ class PiiOptions:
 def find_pii(text: str, types: list[str]) -> tuple[str, dict[str, int]]:
     """(text with PII replaced by [TYPE], counts per type)."""
     counts: dict[str, int] = {}
-    if "person" in types or "address" in types:  # first: an address's numbers are not phone numbers
-
-        for kind, start, end in reversed(find_spans(text, types)):
-            text = f"{text[:start]}[{kind.upper()}]{text[end:]}"
-            counts[kind] = counts.get(kind, 0) + 1
-    for name, pattern, valid in DETECTORS:
-        if name not in types:
-            continue
-
-        def sub(m: re.Match, name=name, valid=valid) -> str:
-            if valid is not None and not valid(m.group(0)):
-                return m.group(0)
-            counts[name] = counts.get(name, 0) + 1
-            return f"[{name.upper()}]"
-
-        text = pattern.sub(sub, text)
+    for kind, start, end in reversed(find_spans(text, types)):
+        text = f"{text[:start]}[{kind.upper()}]{text[end:]}"
+        counts[kind] = counts.get(kind, 0) + 1
     return text, counts
 
 

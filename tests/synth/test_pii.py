@@ -85,3 +85,76 @@ def test_names_and_addresses_are_opt_in_rules_that_skip_decoys():
         from synth.filters import build_filter
 
         build_filter({"name": "pii", "types": ["names"]}, 0)
+
+
+@pytest.mark.parametrize("text", ["Ruf an: 030 12345678 bitte", "Appelez le 01 42 68 53 00.", "ring 07700 900123 today"])
+def test_national_phone_numbers_by_their_countrys_plan(text):
+    # libphonenumber (through Presidio's recognizer) knows each country's numbering plan; the
+    # earlier pattern took only international and three-group forms
+    assert find_pii(text, ALL)[1] == {"phone": 1}
+
+
+@pytest.mark.parametrize("text, expected", [
+    # what the earlier rules missed (issue 33's examples)
+    ("The MLRO is Margaret Okonkwo.", "The MLRO is [PERSON]."),
+    ("Payment to Nguyen Thi Lan was held.", "Payment to [PERSON] was held."),
+    ("Siobhán Ní Bhriain and Pádraig Ó Súilleabháin signed.", "[PERSON] and [PERSON] signed."),
+    ("Ask Kenji Watanabe about the limit.", "Ask [PERSON] about the limit."),
+    ("Hughes-Williams approved the file on Monday.", "[PERSON] approved the file on Monday."),
+    ("Send it to Storgata 17, 0184 Oslo.", "Send it to [ADDRESS]."),
+    ("Office: 1750 Pennsylvania Avenue NW, Washington, DC 20006.", "Office: [ADDRESS]."),
+    ("Okonkwo's approval came after Margaret Okonkwo read it.", "[PERSON]'s approval came after [PERSON] read it."),
+    ("Name: KOWALSKI, Anna", "Name: [PERSON]"),
+    ("spoke to priya sharma yesterday", "spoke to [PERSON] yesterday"),
+    ("UL. MARSZAŁKOWSKA 104, 00-017 WARSZAWA", "[ADDRESS]"),
+    # decoys: places, companies, laws, acronyms and ordinary words named like people
+    ("Meet me at Victoria Station, not Kings Cross.", None),
+    ("Ciudad de México and Hong Kong desks, Morgan Stanley and Goldman Sachs accounts.", None),
+    ("The Dodd-Frank Act and Sarbanes-Oxley apply; funds came via SWIFT MT103.", None),
+    ("Head of Compliance sign-off is due Monday 14 March, Section 12 Street Works Act.", None),
+])
+def test_names_and_addresses_of_many_countries_and_their_decoys(text, expected):
+    assert find_pii(text, ["person", "address"])[0] == (text if expected is None else expected)
+
+
+def test_the_name_lexicon_is_built_once_into_a_cache_file(tmp_path, monkeypatch):
+    from synth.filters import pii_lexicon
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    pii_lexicon.lexicon.cache_clear()
+    try:
+        table = pii_lexicon.lexicon()  # built from names-dataset (about 10 s)
+        path = pii_lexicon.cache_file()
+        assert path.parent == tmp_path / "stillhouse" and path.exists()
+        assert table["Okonkwo"].last < 1000 and table["Margaret"].first < 1000 and "Compliance" not in table
+        assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left
+        path.write_text("Zyxwv\t1\t2\n", encoding="utf-8")  # a later use reads the file, never the dataset
+        pii_lexicon.lexicon.cache_clear()
+        assert pii_lexicon.lexicon() == {"Zyxwv": pii_lexicon.Name(1, 2)}
+    finally:
+        pii_lexicon.lexicon.cache_clear()
+
+
+def test_names_and_addresses_on_the_labelled_set_written_apart_from_the_rules():
+    # bench/data/pii_world.jsonl, written by someone who had not read the rules: a change that
+    # costs recall or precision on it fails here (bench/pii_names.py prints the detail)
+    import json
+    from pathlib import Path
+
+    from synth.filters.pii_engine import find_spans
+
+    rows = [json.loads(line) for line in (Path(__file__).parents[2] / "bench/data/pii_world.jsonl").open(encoding="utf-8")]
+    by_type = {}
+    for row in rows:
+        spans = find_spans(row["text"], ["person", "address"])
+        labels = [(s["type"], row["text"].index(s["text"]), row["text"].index(s["text"]) + len(s["text"])) for s in row["spans"]]
+        for kind in ("person", "address"):
+            p = [(s, e) for k, s, e in spans if k == kind]
+            g = [(s, e) for k, s, e in labels if k == kind]
+            t = by_type.setdefault(kind, [0, 0, 0, 0])
+            t[0] += len(p)
+            t[1] += sum(any(s < ge and gs < e for gs, ge in g) for s, e in p)
+            t[2] += len(g)
+            t[3] += sum(any(s < ge and gs < e for s, e in p) for gs, ge in g)
+    for kind, (pred, hit, gold, found) in by_type.items():
+        assert gold > 100 and hit / pred >= 0.95 and found / gold >= 0.9, (kind, hit / pred, found / gold)
