@@ -11,7 +11,9 @@ teacher's identity and the requests do not depend on where they run.
 An actor that dies (a killed process, a lost node) is restarted by Ray; the requests of its
 chunk that had not come back are sent again (up to ray.max_retries times, then failures with
 the reason), and a result that arrives twice is written once. When this process ends, its
-actors end with it (they belong to its Ray job); a cluster it started itself is shut down.
+actors end with it (they belong to its Ray job); a cluster it started itself is shut down, and
+if this process is killed, the reaper it started beside that cluster ends the cluster's
+processes within a second or two (synth.backends.ray_reaper).
 """
 
 from __future__ import annotations
@@ -19,11 +21,14 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import secrets
+import subprocess
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from synth.backends import ray_reaper
 from synth.backends.base import Completion, Failure
 from synth.backends.vllm_engine import VllmBackend
 from synth.config import TeacherConfig
@@ -75,13 +80,14 @@ class RayBackend:
             if opts.address is None:  # a private cluster for this run, on loopback only
                 init["_node_ip_address"] = "127.0.0.1"
                 self._own_cluster = True
+                self._start_private(init)
             else:
                 init["address"] = opts.address
-            try:
-                ray.init(**init)
-            except ConnectionError as exc:
-                raise ValueError(f"teacher.vllm.ray.address: no Ray cluster at {opts.address} ({exc}); start one "
-                                 "with `ray start --head`, or leave address empty for a private one") from None
+                try:
+                    ray.init(**init)
+                except ConnectionError as exc:
+                    raise ValueError(f"teacher.vllm.ray.address: no Ray cluster at {opts.address} ({exc}); start one "
+                                     "with `ray start --head`, or leave address empty for a private one") from None
         gpus = opts.gpus_per_worker
         if gpus is None:
             has_gpus = ray.cluster_resources().get("GPU", 0) > 0
@@ -100,6 +106,31 @@ class RayBackend:
         self.vocab = info[0]["vocab"]
         self.startup_s = time.monotonic() - started
         logger.info("%d Ray workers ready in %.1f s", opts.workers, self.startup_s)
+
+    def _start_private(self, init: dict[str, Any]) -> None:
+        """ray.init a cluster of this run's own, its processes marked for the reaper
+        (synth.backends.ray_reaper), which ends them when this process ends, even by SIGKILL."""
+        token = secrets.token_hex(8)
+        self._reaper = ray_reaper.start(token)
+        if self._reaper is None:
+            logger.warning("Ray: no /proc here, so if this run is killed, Ray's agents may outlive it by a minute or two")
+        os.environ[ray_reaper.MARK] = token  # only while the cluster's processes start
+        try:
+            self._ray.init(**init)
+        except BaseException:
+            self._stop_reaper()
+            raise
+        finally:
+            os.environ.pop(ray_reaper.MARK, None)
+
+    def _stop_reaper(self) -> None:
+        reaper, self._reaper = getattr(self, "_reaper", None), None
+        if reaper is not None:
+            reaper.stdin.close()  # it ends what is left of the cluster, then exits
+            try:
+                reaper.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                reaper.kill()
 
     def identity(self) -> dict[str, Any]:
         return dict(self._identity)
@@ -193,6 +224,7 @@ class RayBackend:
         self.workers = []
         if self._own_cluster and ray.is_initialized():
             ray.shutdown()
+        self._stop_reaper()
 
 
 def _cause(exc: BaseException) -> str:

@@ -200,6 +200,56 @@ def test_the_driver_killed_mid_run_resumes_and_leaves_no_workers(tmp_path, tiny_
     assert not _teacher_workers()
 
 
+def _agents() -> set[int]:
+    """Pids of Ray's agent processes on this machine (any cluster's)."""
+    found = set()
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        if any(name in " ".join(p.info["cmdline"] or []) for name in ("ray::DashboardAgent", "ray::RuntimeEnvAgent")):
+            found.add(p.info["pid"])
+    return found
+
+
+def _alive(pids) -> set[int]:
+    out = set()
+    for pid in pids:
+        try:
+            if _running(psutil.Process(pid)):
+                out.add(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def test_a_killed_run_leaves_nothing_of_its_private_cluster(tmp_path, tiny_model):
+    """A run that starts its own cluster (no ray.address) and is SIGKILLed: Ray's agents would
+    live on for 60 s and more (they report the raylet's death to a dead GCS with a fixed 60 s
+    timeout); the run's reaper ends them, and everything else of that cluster, within seconds."""
+    before = _agents()  # the module's other cluster, if it is up
+    path = _recipe(tmp_path, tiny_model, None, n=400, max_tokens=48, workers=1)
+    proc = _generate(path)
+    deadline = time.monotonic() + HANG_S
+    while len(_agents() - before) < 2:  # this run's DashboardAgent and RuntimeEnvAgent are up
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "the private cluster's agents did not start"
+        time.sleep(0.2)
+    ours = _agents() - before
+    proc.kill()
+    proc.wait()
+    killed = time.monotonic()
+    while _alive(ours) and time.monotonic() - killed < 20:
+        time.sleep(0.2)
+    assert not _alive(ours), f"Ray's agents outlived the killed run by 20 s: {sorted(_alive(ours))}"
+    marked = [int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit() and _has_mark(e)]
+    assert not _alive(marked), "a process of the private cluster is left"
+
+
+def _has_mark(entry: Path) -> bool:
+    try:
+        return b"STILLHOUSE_RAY_CLUSTER=" in (entry / "environ").read_bytes()
+    except (OSError, psutil.Error):
+        return False
+
+
 def test_ray_options_are_validated(tmp_path, tiny_model):
     path = _recipe(tmp_path, tiny_model, None)
     with pytest.raises(ValueError, match="teacher.vllm.ray.workers: must be 0"):
