@@ -42,6 +42,10 @@ $(VENV)/.installed: pyproject.toml constraints/cpu.txt | $(BIN)/python
 	# download needs the internet); installed here when missing.
 	command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || \
 	  echo "make setup: could not install chromium (apt-get install -y chromium as root); tests/synth/test_audit_page.py needs it"
+	# Model-written code runs in bubblewrap (synth.sandbox: the code_exec filter), Debian's
+	# package; prlimit and setpriv (util-linux) set its limits.
+	command -v bwrap >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null; } || \
+	  echo "make setup: could not install bubblewrap (apt-get install -y bubblewrap as root); model-written code would run without isolation"
 	touch $@
 
 # llama.cpp's tools alone (make setup builds them too).

@@ -29,6 +29,7 @@ FILTERS: dict[str, str] = {
     "pii": "synth.filters.pii:Pii",
     "json": "synth.filters.structured:JsonOutput",
     "verifier": "synth.filters.verifier:Verifier",
+    "code_exec": "synth.filters.code:CodeExec",
     "judge": "synth.filters.judge:Judge",
     "best_of_n": "synth.filters.best_of_n:BestOfN",
     "semantic_dedup": "synth.filters.semantic:SemanticDedup",

@@ -1,0 +1,188 @@
+"""A sandbox for code a model wrote: bubblewrap (bwrap) namespaces plus resource limits.
+
+What runs inside sees a read-only /usr (and the /bin, /lib links to it), its own /proc, /dev
+and /tmp, and one writable directory, a fresh temporary one (/sandbox, its working directory),
+nothing else: not the user's home, not the project, no secrets (the environment is cleared,
+only PATH, HOME=/sandbox and LANG are set). It has no network: its own loopback, nothing
+listening on it, and no route out. Limits: CPU seconds, wall seconds (the process group is
+killed), address space, processes (RLIMIT_NPROC, counted per user: as root each run gets a
+user id of its own, so a fork bomb stops at the limit and touches nothing else), the size of
+a file it writes, and the bytes of output read back (the rest is dropped and the run killed).
+
+Bubblewrap is Debian's `bubblewrap` (`make setup` installs it): the tool Flatpak runs every
+application in, a small setuid-free program that needs only user namespaces. Where it is
+missing or the kernel refuses namespaces, `run` still applies the limits, the empty
+environment and the temporary directory, but the code sees the file system and the network;
+`isolation()` says which, and the first such run logs a warning naming what to install.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from synth.configtools import help_field
+
+logger = logging.getLogger(__name__)
+
+PYTHON = "/usr/bin/python3"  # the system's Python: what /usr holds, with its standard library
+
+
+@dataclass
+class Limits:
+    cpu_s: int = help_field(10, help="CPU seconds (RLIMIT_CPU); past it the code is killed")
+    wall_s: float = help_field(20.0, help="seconds from start to end, waits included; past it the process group is killed")
+    memory_mb: int = help_field(1024, help="address space in MiB (RLIMIT_AS): a larger allocation fails inside")
+    processes: int = help_field(64, help="processes and threads (RLIMIT_NPROC): a fork bomb stops here")
+    file_mb: int = help_field(64, help="largest file it may write, MiB (RLIMIT_FSIZE)")
+    output_kb: int = help_field(1024, help="stdout and stderr read back, KiB each; past it the run is killed")
+
+    def __post_init__(self) -> None:
+        for name in ("cpu_s", "wall_s", "memory_mb", "processes", "file_mb", "output_kb"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}: must be > 0, got {getattr(self, name)}")
+
+
+@dataclass
+class Outcome:
+    """How a sandboxed run ended. `reason` is None when it exited by itself (see returncode),
+    else "wall time", "cpu time", "output limit" or "signal N"."""
+
+    returncode: int | None
+    stdout: str
+    stderr: str
+    reason: str | None
+    wall_s: float
+    isolated: bool
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None and self.returncode == 0
+
+
+def _bwrap_args(workdir: Path) -> list[str]:
+    args = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--ro-bind", "/usr", "/usr"]
+    for top in ("bin", "sbin", "lib", "lib64", "lib32"):
+        path = Path("/") / top
+        if path.is_symlink():
+            args += ["--symlink", os.readlink(path), f"/{top}"]
+        elif path.is_dir():
+            args += ["--ro-bind", str(path), f"/{top}"]
+    return args + ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--bind", str(workdir), "/sandbox",
+                   "--chdir", "/sandbox", "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME",
+                   "/sandbox", "--setenv", "LANG", "C.UTF-8", "--setenv", "PYTHONDONTWRITEBYTECODE", "1", "--"]
+
+
+@lru_cache(maxsize=1)
+def isolation() -> str | None:
+    """None when bubblewrap runs here with every namespace, else why not (the fallback's warning)."""
+    if shutil.which("bwrap") is None:
+        return "bubblewrap is not installed (Debian/Ubuntu: apt-get install bubblewrap; `make setup` does)"
+    with tempfile.TemporaryDirectory(prefix="stillhouse-sandbox-probe-") as tmp:
+        res = subprocess.run([*_bwrap_args(Path(tmp)), "/usr/bin/true"], capture_output=True, text=True, timeout=60)
+    if res.returncode != 0:
+        return f"bubblewrap cannot create namespaces here ({res.stderr.strip()[:200]}): enable unprivileged user namespaces"
+    return None
+
+
+def _limits_args(limits: Limits, uid: int | None) -> list[str]:
+    mib = 1024 * 1024
+    args = []
+    if uid is not None:  # root: a user of its own, so RLIMIT_NPROC counts only this run's processes
+        args += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+    return args + ["prlimit", f"--cpu={limits.cpu_s}", f"--as={limits.memory_mb * mib}",
+                   f"--nproc={limits.processes}", f"--fsize={limits.file_mb * mib}", "--core=0", "--"]
+
+
+def _read(stream, cap: int, out: list[bytes], over: threading.Event) -> None:
+    size = 0
+    while chunk := stream.read(65536):
+        if size < cap:
+            out.append(chunk[:cap - size])
+        size += len(chunk)
+        if size > cap:
+            over.set()
+
+
+def _wait(proc: subprocess.Popen, limits: Limits, over: threading.Event) -> str | None:
+    """Wait for `proc` within the wall time and output limit: why it was killed, or None."""
+    deadline = time.monotonic() + limits.wall_s
+    while proc.poll() is None:
+        reason = "wall time" if time.monotonic() > deadline else "output limit" if over.is_set() else None
+        if reason:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+            return reason
+        time.sleep(0.01)
+    return None
+
+
+def run(argv: list[str], files: dict[str, str], limits: Limits | None = None) -> Outcome:
+    """Run `argv` (e.g. [PYTHON, "main.py"]) in a fresh temporary directory holding `files`
+    (relative name -> text), inside the sandbox; the directory is removed afterwards."""
+    limits = limits or Limits()
+    why_not = isolation()
+    if why_not:
+        _warn_once(why_not)
+    workdir = Path(tempfile.mkdtemp(prefix="stillhouse-sandbox-"))
+    try:
+        for name, text in files.items():
+            (workdir / name).parent.mkdir(parents=True, exist_ok=True)
+            (workdir / name).write_text(text, encoding="utf-8")
+        uid = 100_000 + secrets.randbelow(60_000) if os.geteuid() == 0 else None
+        if uid is not None:
+            for path in [workdir, *workdir.rglob("*")]:
+                os.chown(path, uid, uid)
+        inner = _bwrap_args(workdir) if not why_not else []
+        env = None if not why_not else {"PATH": "/usr/bin:/bin", "HOME": str(workdir), "LANG": "C.UTF-8"}
+        started = time.monotonic()
+        proc = subprocess.Popen([*_limits_args(limits, uid), *inner, *argv], cwd=workdir, env=env,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True)
+        out: list[bytes] = []
+        err: list[bytes] = []
+        over = threading.Event()
+        readers = [threading.Thread(target=_read, args=(s, limits.output_kb * 1024, b, over), daemon=True)
+                   for s, b in ((proc.stdout, out), (proc.stderr, err))]
+        for t in readers:
+            t.start()
+        reason = _wait(proc, limits, over)
+        for t in readers:
+            t.join(timeout=5)
+        code = proc.returncode
+        sig = -code if code < 0 else code - 128 if code > 128 and not why_not else 0  # bwrap: 128 + the signal
+        if reason is None and sig:
+            reason = "cpu time" if sig in (signal.SIGXCPU, signal.SIGKILL) and _cpu_spent(limits, started) else f"signal {sig}"
+        elif reason is None and over.is_set():
+            reason = "output limit"
+        return Outcome(code, b"".join(out).decode("utf-8", "replace"), b"".join(err).decode("utf-8", "replace"),
+                       reason, time.monotonic() - started, isolated=not why_not)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _cpu_spent(limits: Limits, started: float) -> bool:
+    return time.monotonic() - started >= limits.cpu_s * 0.9
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(why: str) -> None:
+    if why not in _warned:
+        _warned.add(why)
+        logger.warning("sandbox: %s; model-written code runs with limits and an empty environment, but sees the "
+                       "file system and the network", why)
