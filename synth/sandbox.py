@@ -117,7 +117,12 @@ def _read(stream, cap: int, out: list[bytes], over: threading.Event) -> None:
 def _wait(proc: subprocess.Popen, limits: Limits, over: threading.Event) -> str | None:
     """Wait for `proc` within the wall time and output limit: why it was killed, or None."""
     deadline = time.monotonic() + limits.wall_s
-    while proc.poll() is None:
+    while True:
+        try:
+            proc.wait(timeout=0.05)  # returns as soon as it exits
+            return None
+        except subprocess.TimeoutExpired:
+            pass
         reason = "wall time" if time.monotonic() > deadline else "output limit" if over.is_set() else None
         if reason:
             try:
@@ -126,8 +131,6 @@ def _wait(proc: subprocess.Popen, limits: Limits, over: threading.Event) -> str 
                 pass
             proc.wait()
             return reason
-        time.sleep(0.01)
-    return None
 
 
 def run(argv: list[str], files: dict[str, str], limits: Limits | None = None) -> Outcome:
