@@ -67,8 +67,26 @@ def last_assistant_span(mask: list[int]) -> tuple[int, int] | None:
 
 
 def char_starts(tokenizer: Any, ids: list[int]) -> list[int]:
-    """Where each token starts in the decoded text of `ids` (special tokens decode to nothing,
-    so they start where the next one does)."""
+    """Where each token starts in the decoded text of `ids`: the length of the text its
+    predecessors decode to (special tokens decode to nothing). From the fast tokenizer's
+    offsets when encoding the text gives back the same tokens (one encode: linear), else by
+    decoding each prefix (quadratic in the answer's length)."""
+    specials = set(tokenizer.all_special_ids)
+    plain = [i for i in ids if i not in specials]
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    try:
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    except (NotImplementedError, TypeError, ValueError):  # a slow tokenizer has no offsets
+        enc = None
+    if enc is not None and list(enc["input_ids"]) == plain:
+        ends = iter([end for _, end in enc["offset_mapping"]])
+        starts, at = [], 0
+        for i in ids:
+            starts.append(at)
+            if i not in specials:
+                at = next(ends)
+        if at == len(text):
+            return starts
     starts, text = [], ""
     for i in range(len(ids)):
         starts.append(len(text))

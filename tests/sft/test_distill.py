@@ -119,6 +119,13 @@ def test_two_tokenizations_line_up_where_tokens_start_at_the_same_character(tmp_
     assert pairs and pairs[0] == (0, 0)
     assert all(starts_a[i] == starts_b[j] for i, j in pairs)
     assert len(pairs) == len(set(starts_a) & set(starts_b))
+    # the offsets' answer (linear) is the prefixes' (quadratic), with special tokens and
+    # non-ASCII text too
+    for tok in (a, b):
+        for sample in (text, "  Café — naïve 日付 2021-03-03\n", "x"):
+            ids = [tok.all_special_ids[0], *tok(sample, add_special_tokens=False)["input_ids"], tok.all_special_ids[0]]
+            prefixes = [len(tok.decode(ids[:i], skip_special_tokens=True)) for i in range(len(ids))]
+            assert char_starts(tok, ids) == prefixes, sample
     # a text that parts: nothing lined up past the first different character
     cut = cross_positions(a, ids_a, b, b("The quick brown cat", add_special_tokens=False)["input_ids"])
     assert all(starts_a[i] < len("The quick brown ") for i, _ in cut)
