@@ -168,7 +168,7 @@ def test_token_length_bounds_use_the_students_tokenizer(tmp_path, tiny_model):
 @pytest.mark.parametrize(
     "filters, message",
     [
-        (["dedupe"], "curate.filters[0]: unknown filter 'dedupe'; valid filters: best_of_n, decontam, empty, exact_dedup"),
+        (["dedupe"], "curate.filters[0]: unknown filter 'dedupe'; valid filters: best_of_n, code_exec, decontam, empty, exact_dedup"),
         ([{"name": "regex", "block": ["(unclosed"]}], "curate.filters[0].block[0]: invalid regex '(unclosed'"),
         ([{"name": "json", "schema": {"type": "nonsense"}}], "curate.filters[0].schema: invalid JSON Schema"),
         ([{"name": "decontam", "eval_sets": [{"path": "/nonexistent/eval.jsonl"}]}], "curate.filters[0].eval_sets[0].path: /nonexistent/eval.jsonl does not exist"),

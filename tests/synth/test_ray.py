@@ -238,9 +238,22 @@ def test_a_killed_run_leaves_nothing_of_its_private_cluster(tmp_path, tiny_model
     killed = time.monotonic()
     while _alive(ours) and time.monotonic() - killed < 20:
         time.sleep(0.2)
-    assert not _alive(ours), f"Ray's agents outlived the killed run by 20 s: {sorted(_alive(ours))}"
+    assert not _alive(ours), f"Ray's agents outlived the killed run by 20 s: {_describe(_alive(ours))}"
     marked = [int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit() and _has_mark(e)]
     assert not _alive(marked), "a process of the private cluster is left"
+
+
+def _describe(pids) -> list[str]:
+    """Each process with its parent, whether it carries the reaper's mark, and its command line."""
+    out = []
+    for pid in sorted(pids):
+        try:
+            p = psutil.Process(pid)
+            out.append(f"{pid} (parent {p.ppid()}, marked {_has_mark(Path('/proc') / str(pid))}): {' '.join(p.cmdline())[:120]}")
+        except psutil.Error as exc:
+            out.append(f"{pid}: {exc}")
+    reapers = [p.pid for p in psutil.process_iter(["cmdline"]) if "synth.backends.ray_reaper" in " ".join(p.info["cmdline"] or [])]
+    return out + [f"reapers running: {reapers}"]
 
 
 def _has_mark(entry: Path) -> bool:
