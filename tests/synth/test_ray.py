@@ -140,9 +140,9 @@ def _wait_for_records(raw: Path, n: int, proc: subprocess.Popen, timeout: float 
 
 
 def _generate_until_some_records(tmp_path, tiny_model, address):
-    """A 400-request `synth generate` on two Ray workers, started in a subprocess and left
+    """A 240-request `synth generate` on two Ray workers, started in a subprocess and left
     running once its first records are in the raw log: (raw log path, recipe path, process)."""
-    path = _recipe(tmp_path, tiny_model, address, n=400, max_tokens=48)
+    path = _recipe(tmp_path, tiny_model, address, n=240, max_tokens=48)
     raw = tmp_path / "out" / "raw.jsonl"
     proc = _generate(path)
     _wait_for_records(raw, 5, proc)
@@ -172,7 +172,7 @@ def test_a_worker_killed_mid_run_loses_nothing(tmp_path, tiny_model, ray_cluster
     out, err = proc.communicate(timeout=HANG_S)
     assert proc.returncode == 0, err[-3000:]
     records = read_jsonl(raw)
-    assert len(records) == len({r["id"] for r in records}) == 400, "every request kept once"
+    assert len(records) == len({r["id"] for r in records}) == 240, "every request kept once"
     assert read_jsonl(tmp_path / "out" / "failures.jsonl") == []
     assert "a Ray worker died" in (tmp_path / "out" / "run.log").read_text()
 
@@ -190,7 +190,7 @@ def test_the_driver_killed_mid_run_resumes_and_leaves_no_workers(tmp_path, tiny_
                          capture_output=True, text=True, timeout=HANG_S)
     assert res.returncode == 0, res.stderr[-3000:]
     records = read_jsonl(raw)
-    assert len(records) == len({r["id"] for r in records}) == 400
+    assert len(records) == len({r["id"] for r in records}) == 240
     assert before <= {r["id"] for r in records}
     assert f"{len(before)} from earlier runs" in res.stdout or f"{len(before)} already" in (tmp_path / "out" / "run.log").read_text()
     # No engine outlives a finished run either.
@@ -225,7 +225,7 @@ def test_a_killed_run_leaves_nothing_of_its_private_cluster(tmp_path, tiny_model
     live on for 60 s and more (they report the raylet's death to a dead GCS with a fixed 60 s
     timeout); the run's reaper ends them, and everything else of that cluster, within seconds."""
     before = _agents()  # the module's other cluster, if it is up
-    path = _recipe(tmp_path, tiny_model, None, n=400, max_tokens=48, workers=1)
+    path = _recipe(tmp_path, tiny_model, None, n=40, max_tokens=48, workers=1)
     proc = _generate(path)
     deadline = time.monotonic() + HANG_S
     while len(_agents() - before) < 2:  # this run's DashboardAgent and RuntimeEnvAgent are up
