@@ -95,13 +95,28 @@ def isolation() -> str | None:
     return None
 
 
+def _own_tasks() -> int:
+    """Processes and threads of this user on the machine (what RLIMIT_NPROC counts)."""
+    uid, n = os.getuid(), 0
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and entry.stat().st_uid == uid:
+                n += len(os.listdir(entry / "task"))
+        except OSError:
+            continue
+    return n
+
+
 def _limits_args(limits: Limits, uid: int | None) -> list[str]:
     mib = 1024 * 1024
     args = []
     if uid is not None:  # root: a user of its own, so RLIMIT_NPROC counts only this run's processes
         args += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+        nproc = limits.processes
+    else:  # RLIMIT_NPROC counts all of this user's tasks: allow what runs already, plus the limit
+        nproc = _own_tasks() + limits.processes
     return args + ["prlimit", f"--cpu={limits.cpu_s}", f"--as={limits.memory_mb * mib}",
-                   f"--nproc={limits.processes}", f"--fsize={limits.file_mb * mib}", "--core=0", "--"]
+                   f"--nproc={nproc}", f"--fsize={limits.file_mb * mib}", "--core=0", "--"]
 
 
 def _read(stream, cap: int, out: list[bytes], over: threading.Event) -> None:

@@ -161,3 +161,26 @@ def test_the_fallback_without_bubblewrap_warns_and_still_limits(monkeypatch, cap
     assert not out.isolated and out.reason == "cpu time" and "sk-ant" not in out.stdout
     assert "bubblewrap is not installed (test)" in caplog.text and "sees the file system and the network" in caplog.text
     assert os.environ["ANTHROPIC_API_KEY"] == "sk-ant-secret"
+
+
+def test_as_an_ordinary_user_the_process_limit_counts_from_what_the_user_runs():
+    # RLIMIT_NPROC counts every task of the user: a limit of 64 would stop bwrap itself for a
+    # user with 200 processes, so the limit starts from what the user runs already
+    import subprocess
+    import sys
+
+    user = 65534  # nobody: run the sandbox as an ordinary user that already runs 40 sleepers
+    sleepers = [subprocess.Popen(["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", "sleep", "60"])
+                for _ in range(40)]
+    try:
+        repo = str(Path(__file__).resolve().parents[2])
+        code = (f"import sys; sys.path.insert(0, {repo!r})\nfrom synth import sandbox\n"
+                "out = sandbox.run([sandbox.PYTHON, 'main.py'], {'main.py': 'print(7)'}, sandbox.Limits(processes=8))\n"
+                "print(out.stdout.strip(), out.reason, out.isolated)")
+        res = subprocess.run(["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", sys.executable, "-c", code],
+                             capture_output=True, text=True, timeout=120, cwd="/tmp")
+        assert res.stdout.split() == ["7", "None", "True"], res.stdout + res.stderr[-2000:]
+    finally:
+        for p in sleepers:
+            p.kill()
+            p.wait()
