@@ -127,6 +127,7 @@ class SftConfig:
     assistant_only_loss: bool = help_field(True, help="loss only on assistant turns (needs {% generation %} markers in the chat template)", stage="train")
     chat_template: str | None = help_field(None, help="a chat template file with generation markers, if the model's has none", stage="train")
     reasoning: str = help_field("keep", help="the teacher's reasoning traces: keep (trained on, through a chat template that renders reasoning_content, else written before the answer between the teacher's tags) or drop", stage="train")
+    repairs: str = help_field("trajectory", help="records of self-repair (the recipe's repair section): trajectory (every answer and the failures between them; the loss on every answer) or final (the first prompt and the last answer only)")
     packing: str | bool = help_field("auto", help="auto (BFD packing where attention handles it without a dense mask: flash attention, flex_attention), true or false", stage="train")
     attn_implementation: str | None = help_field(None, help="attention implementation (sdpa, eager, flash_attention_2, flex_attention); none lets transformers pick", stage="train")
     group_by_length: bool = help_field(False, help="padded batches of similar lengths, in random order: less padding, but where length goes with content it can cost quality (see docs/distillation.md)", stage="train")
@@ -174,6 +175,8 @@ class SftConfig:
 
         if self.reasoning not in ("keep", "drop"):
             raise ValueError(f"reasoning: unknown '{self.reasoning}'; choose keep or drop")
+        if self.repairs not in ("trajectory", "final"):
+            raise ValueError(f"repairs: unknown '{self.repairs}'; choose trajectory or final")
         if self.chat_template is not None and not Path(self.chat_template).is_file():
             raise ValueError(f"chat_template: {self.chat_template} does not exist")
         if self.eval_judge is not None and not Path(self.eval_judge).is_file():

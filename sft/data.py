@@ -93,9 +93,18 @@ def _row_tools(row: dict[str, Any], where: str) -> list[dict[str, Any]] | None:
     return tools or None
 
 
-def read_conversations(path: Path, field: str = "sft.train", reasoning: str = "drop") -> list[list[dict[str, str]]]:
+def final_answer_only(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A self-repair trajectory as its first prompt and its last answer."""
+    first = next(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    return [*messages[:first], messages[-1]]
+
+
+def read_conversations(path: Path, field: str = "sft.train", reasoning: str = "drop",
+                       repairs: str = "trajectory") -> list[list[dict[str, str]]]:
     """The `messages` of every row of a JSONL file, validated; errors name `field`.
-    `reasoning: keep` keeps an assistant turn's `reasoning_content` (see with_reasoning)."""
+    `reasoning: keep` keeps an assistant turn's `reasoning_content` (see with_reasoning);
+    `repairs: final` keeps of a self-repair record (synth's repair section) its first prompt
+    and last answer."""
     if not path.is_file():
         raise ValueError(f"{field}: {path} does not exist; run `synth curate` first or set {field}")
     example = '{"messages": [{"role": "user", ...}, {"role": "assistant", ...}]}'
@@ -105,7 +114,10 @@ def read_conversations(path: Path, field: str = "sft.train", reasoning: str = "d
             raise ValueError(f"{field}: {path} line {lineno} has no 'messages' (conversational format: {example})")
         where = f"{field}: {path} line {lineno}"
         _check_messages(row["messages"], where)
-        rows.append(Chat([_turn(m, reasoning == "keep", where) for m in row["messages"]], _row_tools(row, where)))
+        messages = row["messages"]
+        if repairs == "final" and "tests" in (row.get("conversation") or {}):
+            messages = final_answer_only(messages)
+        rows.append(Chat([_turn(m, reasoning == "keep", where) for m in messages], _row_tools(row, where)))
     if not rows:
         raise ValueError(f"{field}: {path} has no rows; nothing to train on")
     return rows

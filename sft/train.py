@@ -151,6 +151,8 @@ def train_key(plan: Plan) -> dict[str, Any]:
         "chat_template": file_sha256(Path(cfg.chat_template)) if cfg.chat_template else None,
         "sft": stage_fields(cfg, "train"),
     }
+    if cfg.repairs != "trajectory":  # in the key only when set, so runs made before it stay valid
+        key["repairs"] = cfg.repairs
     if cfg.reasoning == "keep":  # the tags a trace is written between when the template ignores it
         tags = plan.recipe.teacher.reasoning
         key["reasoning_tags"] = [tags.open_tag, tags.close_tag]
@@ -248,7 +250,7 @@ def _read_rows(plan: Plan, tokenizer: Any) -> tuple[list, list | None]:
     """The training and held-out conversations, reasoning kept as sft.reasoning says and
     tool arguments as the chat template renders them."""
     cfg, layout = plan.sft, plan.layout
-    all_rows = read_conversations(cfg.train_path(layout), reasoning=cfg.reasoning)
+    all_rows = read_conversations(cfg.train_path(layout), reasoning=cfg.reasoning, repairs=cfg.repairs)
     eval_path = cfg.eval_path(layout)
     eval_rows = read_conversations(eval_path, "sft.eval", reasoning=cfg.reasoning) if eval_path else None
     if cfg.reasoning == "keep":

@@ -11,7 +11,7 @@ teacher's identity, the dataset version) is checked when synth.plan resolves the
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -410,6 +410,47 @@ class ConversationConfig:
 
 
 @dataclass
+class SandboxLimits:
+    """Limits of one sandboxed run of model-written code (synth.sandbox)."""
+
+    cpu_s: int = help_field(10, help="CPU seconds (RLIMIT_CPU); past it the code is killed")
+    wall_s: float = help_field(20.0, help="seconds from start to end, waits included; past it the process group is killed")
+    memory_mb: int = help_field(1024, help="address space in MiB (RLIMIT_AS): a larger allocation fails inside")
+    processes: int = help_field(64, help="processes and threads (RLIMIT_NPROC): a fork bomb stops here")
+    file_mb: int = help_field(64, help="largest file it may write, MiB (RLIMIT_FSIZE)")
+    output_kb: int = help_field(1024, help="stdout and stderr read back, KiB each; past it the run is killed")
+
+    def __post_init__(self) -> None:
+        for name in ("cpu_s", "wall_s", "memory_mb", "processes", "file_mb", "output_kb"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}: must be > 0, got {getattr(self, name)}")
+
+
+@dataclass
+class RepairConfig:
+    """Self-repair of code answers (docs/curation.md): while the seed's tests fail, the failure
+    goes back to the teacher as the next user turn, up to `rounds` times."""
+
+    rounds: int = help_field(2, help="most repair turns after the first answer; a conversation ends when its tests pass or the rounds run out")
+    tests_field: str = help_field("tests", help="the seed field with the tests: a list of snippets (asserts), or one text with a test per line")
+    language: str = help_field("python", help="the fenced block's language tag (untagged blocks count too)")
+    block: str = help_field("last", help="which fenced block is the code: first, last or all (joined)")
+    template: str | None = help_field(None, help="Jinja2 text of the repair message; variables: test (the first failing one), error (its end), passed, total, round and the seed's fields; none: the packaged code/repair.j2")
+    limits: SandboxLimits = field(default_factory=SandboxLimits)
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise ValueError(f"rounds: must be at least 1, got {self.rounds}")
+        if self.block not in ("first", "last", "all"):
+            raise ValueError(f"block: unknown '{self.block}'; choose first, last or all")
+        if self.template is not None and not Path(self.template).is_file():
+            raise ValueError(f"template: {self.template} does not exist")
+
+    def template_path(self) -> Path:
+        return Path(self.template) if self.template else packaged_prompt("code/repair.j2")
+
+
+@dataclass
 class ToolsConfig:
     """Tool calls (docs/distillation.md): the tools the teacher may call and the Python
     functions that run them."""
@@ -467,6 +508,7 @@ class Recipe:
     sft: SftConfig | None = help_field(None, help="student training (`sft train`, `sft eval`)")
     conversation: ConversationConfig | None = help_field(None, help="multi-turn conversations: a user simulator writes follow-ups, the teacher answers each")
     tools: ToolsConfig | None = help_field(None, help="tool calls: tools the teacher may call, run by Python functions, results fed back until it answers")
+    repair: RepairConfig | None = help_field(None, help="self-repair of code answers: the seed's tests run on each answer in a sandbox, and a failure goes back to the teacher as the next user turn until they pass or the rounds run out")
     export: ExportConfig | None = help_field(None, help="ship the trained student: GGUF files for llama.cpp (`sft export`), each evaluated through llama-server; with this section (and sft), `synth run` exports and evaluates after training")
     pairs: PairsConfig | None = help_field(None, help="preference pairs (`synth pairs`) for `sft dpo`; with this section (and sft), `synth run` also builds the pairs, trains the DPO student and evaluates it")
     name: str = help_field("recipe", help="a name for this recipe, shown in the manifest")
@@ -478,9 +520,19 @@ class Recipe:
     @property
     def multi_call(self) -> bool:
         """Whether a record takes more than one teacher call (synth.conversation drives them)."""
-        return self.multi_turn or self.tools is not None
+        return self.multi_turn or self.tools is not None or self.repair is not None
 
     def __post_init__(self) -> None:
+        if self.repair is not None:
+            if self.multi_turn or self.tools is not None:
+                raise ValueError("repair: not with conversation.turns > 1 or tools in one recipe yet; use one of them")
+            if self.sampling.logprobs:
+                raise ValueError("sampling.logprobs: not captured with repair (an example spans several teacher calls); "
+                                 "set sampling.logprobs: 0")
+            api = self.api_options
+            if api is not None and api.batch:
+                raise ValueError(f"teacher.{self.teacher.backend}.batch: repair needs each answer before its tests run; "
+                                 "batch mode would wait up to a day per round. Set batch: false")
         if self.export is not None and self.sft is None:
             raise ValueError("export: exports the trained student, and the recipe has no sft section; add one (sft.model "
                              "at least) or remove export")

@@ -15,6 +15,12 @@ with the turns' usage summed and `conversation: {turns, ended, turn_ids}`. A tur
 (an error, a history longer than the model's context) ends its conversation as a failure
 naming the turn; the next run retries from there.
 
+Self-repair (`repair:`) is a conversation too, whose user is the seed's tests: after each
+teacher answer they run in the sandbox (synth.codeexec); passing ends the conversation ("tests
+pass"), a failure becomes the next user turn (the failing test and the end of its error, from
+the packaged code/repair.j2), until `repair.rounds` repairs ("rounds"). The record keeps the
+whole trajectory and `conversation: {turns, ended, turn_ids, tests}`.
+
 The record's id is the first turn's request id combined with the conversation settings
 (turns, simulator template, simulator and its sampling, stop marker; the tools, their
 functions' source and options; synth.plan computes them): change one and the
@@ -29,8 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jinja2
+
 from synth.backends.base import Completion, Failure
 from synth.calls import CachedCalls
+from synth.codeexec import check_record
 from synth.plan import Plan
 from synth.rawlog import JsonlAppender, iter_records, repair_tail
 from synth.reasoning import separate
@@ -62,7 +71,8 @@ class _State:
     last_calls: list[dict[str, Any]] | None = None
     calls: int = 0
     errors: list[dict[str, Any]] = field(default_factory=list)
-    ended: str | None = None  # "turns", "stop" or "max_rounds"
+    ended: str | None = None  # "turns", "stop", "max_rounds"; with repair "tests pass" or "rounds"
+    tests: dict[str, int] | None = None  # with repair: the last answer's tests passed and total
 
 
 class Conversations:
@@ -82,6 +92,10 @@ class Conversations:
             self.user_calls = CachedCalls(sim or recipe.teacher, layout.user_turns, None if sim else teacher,
                                           identity=plan.user_identity)
             self.template = PromptTemplate.from_file(recipe.conversation.user_template_path())
+        self.repair = recipe.repair
+        if self.repair is not None:
+            self.repair_template = jinja2.Template(self.repair.template_path().read_text(encoding="utf-8"),
+                                                   undefined=jinja2.StrictUndefined)
         self.tools, self.tool_log = plan.toolbox, None
         if self.tools is not None:
             self.tool_log = ToolResults(layout.tool_results)
@@ -163,14 +177,19 @@ class Conversations:
             asks = {s.request.id: self._teacher_request(s) for s in active}
             answers, failed = self.teacher_calls.answer(list(asks.values()))
             logger.info("conversations: %d teacher calls: %d answered, %d failed", len(asks), len(answers), len(failed))
-            going, tooling = [], []
+            going, tooling, repairing = [], [], []
             for s in active:
                 ask = asks[s.request.id]
                 if ask.id in failed:
                     yield self._failure(s, s.answers + 1, "teacher", failed[ask.id])
                     continue
                 calls = self._answer(s, self.teacher_calls.records[ask.id])
-                if calls and s.round < self.recipe.tools.max_rounds:
+                if self.repair is not None:
+                    if self._repaired(s):
+                        yield self._completion(s)
+                    else:
+                        repairing.append(s)
+                elif calls and s.round < self.recipe.tools.max_rounds:
                     tooling.append((s, calls))
                 elif calls:  # still calling tools after max_rounds: recorded unanswered, for curation to reject
                     s.ended = "max_rounds"
@@ -184,7 +203,7 @@ class Conversations:
                     going.append(s)
             if tooling:
                 self._run_tools(tooling)
-            active = [s for s, _ in tooling]
+            active = [s for s, _ in tooling] + repairing
             if going:
                 asked, failures = self._next_user_turns(going)
                 yield from failures
@@ -193,6 +212,29 @@ class Conversations:
                         active.append(s)
                     else:
                         yield self._completion(s)
+
+    def _repaired(self, s: _State) -> bool:
+        """Run the seed's tests on the teacher's last answer (synth.codeexec, in the sandbox):
+        True when the conversation ends (the tests pass, or the repair rounds are used up),
+        else the failure is the next user turn."""
+        r = self.repair
+        s.answers += 1
+        rec = {"seed": s.request.seed, "messages": s.history}
+        report = check_record(rec, r.tests_field, r.language, r.block, r.limits)
+        s.tests = {"passed": report.passed, "total": report.total}
+        if report.total and report.passed == report.total:
+            s.ended = "tests pass"
+            return True
+        if s.answers > r.rounds:
+            s.ended = "rounds"
+            return True
+        test, error = report.failures[0] if report.failures else ("(none)", "no tests")
+        tail = "\n".join(error.strip().splitlines()[-6:])
+        message = self.repair_template.render(**s.request.seed["fields"], test=test.strip(), error=tail,
+                                              passed=report.passed, total=report.total, round=s.answers)
+        s.history.append({"role": "user", "content": message.strip()})
+        s.round = 0
+        return False
 
     def _next_user_turns(self, going: list[_State]) -> tuple[list[_State], list[Failure]]:
         """The simulator's next message for each conversation: the conversations asked (one
@@ -225,6 +267,8 @@ class Conversations:
                           reasoning=s.last_reasoning, tool_calls=s.last_calls)
         if self.recipe.multi_turn:
             done.conversation = {"turns": s.answers, "ended": s.ended, "turn_ids": s.turn_ids}
+        if self.repair is not None:  # answers, how it ended, each teacher call, the last answer's tests
+            done.conversation = {"turns": s.answers, "ended": s.ended, "turn_ids": s.turn_ids, "tests": s.tests}
         if self.tools is not None:
             done.tool_use = {"calls": s.calls, "rounds": len(s.turn_ids), "errors": s.errors, "ended": s.ended,
                              **({} if self.recipe.multi_turn else {"turn_ids": s.turn_ids})}

@@ -27,7 +27,7 @@ from synth.backends import teacher_identity
 from synth.config import Recipe, TeacherConfig, load_recipe
 from synth.configtools import to_dict
 from synth.filters import Filter, filter_class, parse_spec, validate_spec
-from synth.filters.verifier import load_function
+from synth.filters.verifier import function_source_sha, load_function
 from synth.layout import StudentLayout
 from synth.requests import Request, request_id, sample_sampling
 from synth.runtime import canonical_json, file_sha256
@@ -150,6 +150,11 @@ class Plan:
                         "user_max_tokens": c.user_max_tokens, "stop": c.stop}
         if self.toolbox is not None:
             settings["tools"] = self.toolbox.identity()
+        if recipe.repair is not None:
+            r = recipe.repair
+            settings["repair"] = {"rounds": r.rounds, "tests_field": r.tests_field, "language": r.language, "block": r.block,
+                                  "template": file_sha256(r.template_path()), "limits": to_dict(r.limits),
+                                  "harness": function_source_sha("synth.codeexec:run_tests")}
         return settings
 
     @property

@@ -31,26 +31,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from synth.configtools import help_field
+from synth.config import SandboxLimits as Limits
 
 logger = logging.getLogger(__name__)
 
 PYTHON = "/usr/bin/python3"  # the system's Python: what /usr holds, with its standard library
-
-
-@dataclass
-class Limits:
-    cpu_s: int = help_field(10, help="CPU seconds (RLIMIT_CPU); past it the code is killed")
-    wall_s: float = help_field(20.0, help="seconds from start to end, waits included; past it the process group is killed")
-    memory_mb: int = help_field(1024, help="address space in MiB (RLIMIT_AS): a larger allocation fails inside")
-    processes: int = help_field(64, help="processes and threads (RLIMIT_NPROC): a fork bomb stops here")
-    file_mb: int = help_field(64, help="largest file it may write, MiB (RLIMIT_FSIZE)")
-    output_kb: int = help_field(1024, help="stdout and stderr read back, KiB each; past it the run is killed")
-
-    def __post_init__(self) -> None:
-        for name in ("cpu_s", "wall_s", "memory_mb", "processes", "file_mb", "output_kb"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name}: must be > 0, got {getattr(self, name)}")
 
 
 @dataclass
