@@ -83,6 +83,8 @@ def isolation() -> str | None:
 def _own_tasks() -> int:
     """Processes and threads of this user on the machine (what RLIMIT_NPROC counts)."""
     uid, n = os.getuid(), 0
+    if not Path("/proc").is_dir():
+        return 0
     for entry in Path("/proc").iterdir():
         try:
             if entry.name.isdigit() and entry.stat().st_uid == uid:
@@ -137,6 +139,9 @@ def run(argv: list[str], files: dict[str, str], limits: Limits | None = None) ->
     """Run `argv` (e.g. [PYTHON, "main.py"]) in a fresh temporary directory holding `files`
     (relative name -> text), inside the sandbox; the directory is removed afterwards."""
     limits = limits or Limits()
+    if shutil.which("prlimit") is None:
+        raise RuntimeError("the sandbox for model-written code needs Linux with util-linux's prlimit and setpriv "
+                           "(Debian/Ubuntu: apt-get install util-linux)")
     why_not = isolation()
     if why_not:
         _warn_once(why_not)
