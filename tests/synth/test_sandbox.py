@@ -36,16 +36,22 @@ def test_a_sleep_is_stopped_by_the_wall_limit():
     assert out.reason == "wall time" and out.wall_s < 10
 
 
-def test_a_fork_bomb_stops_at_the_process_limit_and_leaves_nothing(tmp_path):
-    # children that live on: how many could start, then the bomb itself (killed at wall time)
-    out = run("import os, time\nn = 0\nfor _ in range(200):\n    try:\n        if os.fork() == 0:\n            time.sleep(30)\n"
-              "            os._exit(0)\n        n += 1\n    except OSError:\n        break\nprint(n)")
+def test_a_fork_bomb_stops_at_the_process_limit_and_leaves_nothing():
+    import secrets
+
+    import psutil
+
+    # children that live on: how many could start (a file name of its own, to find them after)
+    name = f"sleepers_{secrets.token_hex(4)}.py"
+    out = sandbox.run([sandbox.PYTHON, name], {name: "import os, time\nn = 0\nfor _ in range(200):\n    try:\n"
+                      "        if os.fork() == 0:\n            time.sleep(30)\n            os._exit(0)\n        n += 1\n"
+                      "    except OSError:\n        break\nprint(n)"}, FAST)
     assert out.ok and 0 < int(out.stdout) < FAST.processes, out
+    # the sleeping children died with the sandbox's pid namespace
+    assert not [p for p in psutil.process_iter(["cmdline"]) if name in " ".join(p.info["cmdline"] or [])]
+    # the bomb itself: forks until it cannot, killed at the wall or CPU limit
     bomb = run("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass", sandbox.Limits(cpu_s=2, wall_s=2, processes=16))
     assert bomb.reason in ("wall time", "cpu time")
-    # the sleeping children died with the sandbox's pid namespace
-    import psutil
-    assert not [p for p in psutil.process_iter(["cmdline"]) if "main.py" in " ".join(p.info["cmdline"] or [])]
 
 
 def test_a_10_gb_allocation_fails_inside():
