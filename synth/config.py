@@ -427,22 +427,32 @@ class SandboxLimits:
 
 
 @dataclass
-class RepairConfig:
+class CodeCheck:
+    """Where a code answer's code and tests are and how it runs: shared by the code_exec
+    filter and the repair section."""
+
+    tests_field: str = help_field("tests", help="the seed field with the tests: a list of snippets (asserts), or one text with a test per line")
+    language: str = help_field("python", help="the fenced block's language tag (untagged blocks count too)")
+    block: str = help_field("last", help="which fenced block is the code: first, last or all (joined)")
+    limits: SandboxLimits = field(default_factory=SandboxLimits)
+
+    def __post_init__(self) -> None:
+        if self.block not in ("first", "last", "all"):
+            raise ValueError(f"block: unknown '{self.block}'; choose first, last or all")
+
+
+@dataclass
+class RepairConfig(CodeCheck):
     """Self-repair of code answers (docs/curation.md): while the seed's tests fail, the failure
     goes back to the teacher as the next user turn, up to `rounds` times."""
 
     rounds: int = help_field(2, help="most repair turns after the first answer; a conversation ends when its tests pass or the rounds run out")
-    tests_field: str = help_field("tests", help="the seed field with the tests: a list of snippets (asserts), or one text with a test per line")
-    language: str = help_field("python", help="the fenced block's language tag (untagged blocks count too)")
-    block: str = help_field("last", help="which fenced block is the code: first, last or all (joined)")
     template: str | None = help_field(None, help="Jinja2 text of the repair message; variables: test (the first failing one), error (its end), passed, total, round and the seed's fields; none: the packaged code/repair.j2")
-    limits: SandboxLimits = field(default_factory=SandboxLimits)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.rounds < 1:
             raise ValueError(f"rounds: must be at least 1, got {self.rounds}")
-        if self.block not in ("first", "last", "all"):
-            raise ValueError(f"block: unknown '{self.block}'; choose first, last or all")
         if self.template is not None and not Path(self.template).is_file():
             raise ValueError(f"template: {self.template} does not exist")
 

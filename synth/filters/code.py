@@ -8,29 +8,24 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from synth.codeexec import Report, check_record
+from synth.config import CodeCheck
 from synth.configtools import help_field
 from synth.filters.base import Filter
 from synth.filters.verifier import function_source_sha
-from synth.sandbox import Limits
 
 
 @dataclass
-class CodeExecOptions:
-    tests_field: str = help_field("tests", help="the seed field with the tests: a list of snippets (asserts), or one text with a test per line")
-    language: str = help_field("python", help="the fenced block's language tag (untagged blocks count too)")
-    block: str = help_field("last", help="which fenced block is the code: first, last or all (joined)")
+class CodeExecOptions(CodeCheck):
     min_pass: float = help_field(1.0, help="share of the tests that must pass to keep the record (1: all)")
     workers: int = help_field(0, help="sandboxed runs at a time (0: one per CPU)")
-    limits: Limits = field(default_factory=Limits)
 
     def __post_init__(self) -> None:
-        if self.block not in ("first", "last", "all"):
-            raise ValueError(f"block: unknown '{self.block}'; choose first, last or all")
+        super().__post_init__()
         if not 0 <= self.min_pass <= 1:
             raise ValueError(f"min_pass: must be between 0 and 1, got {self.min_pass}")
         if self.workers < 0:
