@@ -8,10 +8,17 @@ tell the dead cluster that their raylet died, with a fixed 60-second timeout
 
 So the run starts this reaper beside its cluster: a small process in its own session, whose
 standard input is a pipe from the run. The pipe reads end-of-file when the run ends, however
-it ends; the reaper then sends SIGKILL to every process that carries the cluster's mark in its
-environment (STILLHOUSE_RAY_CLUSTER=<token>: set only while the run starts the cluster, so
-processes the run starts later never carry it) and exits. Linux only (/proc); elsewhere the
-run logs that the agents may outlive a kill.
+it ends; the reaper then sends SIGKILL to every process of the cluster and exits.
+
+Which processes are the cluster's: those that carry its mark in their environment
+(STILLHOUSE_RAY_CLUSTER=<token>: set only while the run starts the cluster, so processes the
+run starts later never carry it), and every descendant of one. The mark alone is not enough:
+Ray's agents and workers rename themselves (setproctitle), which overwrites the start of their
+environment block in /proc as well, and sometimes the mark with it (a CI run's agents outlived
+the kill that way). So while the run lives, the reaper looks every half second and remembers
+each process it found (pid and start time, so a reused pid is never taken for one); the
+agents, whose parent the raylet is, are known long before the raylet dies. Linux only
+(/proc); elsewhere the run logs that the agents may outlive a kill.
 
     python -m synth.backends.ray_reaper TOKEN
 """
@@ -19,6 +26,7 @@ run logs that the agents may outlive a kill.
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -43,15 +51,52 @@ def marked(token: str) -> list[int]:
     return pids
 
 
-def reap(token: str, rounds: int = 20) -> int:
-    """SIGKILL the marked processes until none is left (new ones can appear while a dying raylet
-    starts a worker); the number killed."""
+def _processes() -> dict[int, tuple[int, int]]:
+    """Every running process: pid -> (parent pid, start time in clock ticks); zombies left out."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_bytes()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(b")") + 2:].split()  # after the command name, which may hold spaces
+        if fields[0] not in (b"Z", b"X"):
+            table[int(entry.name)] = (int(fields[1]), int(fields[19]))
+    return table
+
+
+def cluster(token: str, known: dict[int, int]) -> dict[int, int]:
+    """The cluster's running processes as pid -> start time: those found before (if still the
+    same process), the marked ones, and every descendant of either."""
+    table = _processes()
+    found = {pid: start for pid, start in known.items() if table.get(pid, (0, None))[1] == start}
+    for pid in marked(token):
+        if pid in table:
+            found[pid] = table[pid][1]
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _) in table.items():
+        children.setdefault(parent, []).append(pid)
+    stack = list(found)
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in found and child != os.getpid():
+                found[child] = table[child][1]
+                stack.append(child)
+    return found
+
+
+def reap(token: str, known: dict[int, int] | None = None, rounds: int = 20) -> int:
+    """SIGKILL the cluster's processes until none is left (new ones can appear while a dying
+    raylet starts a worker); the number killed."""
     killed: set[int] = set()
+    known = dict(known or {})
     for _ in range(rounds):
-        pids = marked(token)
-        if not pids:
+        known = cluster(token, known)
+        if not known:
             break
-        for pid in pids:
+        for pid in known:
             try:
                 os.kill(pid, signal.SIGKILL)
                 killed.add(pid)
@@ -73,8 +118,13 @@ def start(token: str) -> subprocess.Popen | None:
 def main() -> None:
     token = sys.argv[1]
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C of the run must not end the reaper first
-    sys.stdin.buffer.read()  # returns when the run closes the pipe or dies
-    reap(token)
+    known: dict[int, int] = {}
+    stdin = sys.stdin.fileno()
+    while True:  # the pipe reads end-of-file when the run closes it or dies
+        if select.select([stdin], [], [], 0.5)[0] and not os.read(stdin, 4096):
+            break
+        known = cluster(token, known)
+    reap(token, known)
 
 
 if __name__ == "__main__":
