@@ -73,6 +73,20 @@ def test_seeded_sampling_is_reproducible(tmp_path, tiny_model, vllm_backend):
     assert any(len(v) == 2 for v in by_prompt.values())
 
 
+def test_prompts_sampled_with_one_seed_do_not_share_their_random_draws(tmp_path, tiny_model, vllm_backend):
+    """vLLM seeds a generator per request. Prompts that differ by a digit have nearly the same
+    next-token distribution; had each been sampled with the recipe's seed itself, they would
+    draw the same numbers and mostly start with the same token. Each request's seed comes from
+    the recipe's and its id: the first tokens are as varied as independent samples."""
+    seeds = [{"question": f"Question number {i}"} for i in range(40)]
+    plan = load_plan(make_recipe(tmp_path, tiny_model, seeds=seeds,
+                                 sampling={"n": 1, "temperature": 1.0, "max_tokens": 1, "seed": 0}))
+    run_generate(plan, vllm_backend, progress=False)
+    first = [r["messages"][-1]["content"] for r in read_jsonl(tmp_path / "out" / "raw.jsonl")]
+    assert len(first) == 40
+    assert max(first.count(t) for t in set(first)) < 20, sorted(first)
+
+
 def test_too_long_prompt_becomes_a_failure_and_is_retried(tmp_path, tiny_model, vllm_backend):
     long_q = "word " * 2000  # far beyond max_model_len=512
     seeds = [{"question": "short one"}, {"question": long_q}, {"question": "another short one"}]
