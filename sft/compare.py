@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sft.data import read_conversations
+from sft.data import check_record, read_conversations
 from sft.generation import engine_for, student_answers
 from sft.stats import paired_difference, rate, verdict, verdict_line
 from synth.config import Recipe
@@ -97,11 +97,12 @@ def _key(prompt: list[dict[str, Any]]) -> str:
 
 
 def _split_prompts(path: Path, field: str) -> dict[str, tuple[list[dict[str, Any]], str]]:
-    """prompt key -> (prompt, its answer) of a JSONL of chats that end with an answer."""
+    """prompt key -> (prompt, its answer, its seed row or None) of a JSONL of chats that end
+    with an answer (a self-repair record as its first prompt and last answer)."""
     out = {}
-    for chat in read_conversations(path, field):
+    for chat in read_conversations(path, field, repairs="final"):
         turns = list(chat)
-        out.setdefault(_key(turns[:-1]), (turns[:-1], turns[-1]["content"]))
+        out.setdefault(_key(turns[:-1]), (turns[:-1], turns[-1]["content"], chat.seed))
     return out
 
 
@@ -120,6 +121,7 @@ class HeldOut:
 
     keys: list[str]
     prompts: list[list[dict[str, Any]]]
+    seeds: list[dict[str, Any] | None]  # each prompt's seed row, for a check that reads it (synth.codeexec:passes)
     source: str
     excluded_trained: int
     teacher_answers: list[list[str | None]]  # per version, per prompt
@@ -155,7 +157,7 @@ def held_out_set(versions: list[Version], eval_file: Path | None, limit: int | N
     keys = keys[:limit] if limit else keys
     answers = []
     for v in versions:
-        mine = {k: ref for k, (_, ref) in evals.get(v.name, {}).items()}
+        mine = {k: ref for k, (_, ref, _) in evals.get(v.name, {}).items()}
         missing = [k for k in keys if mine.get(k) is None]
         if missing and v.plan.layout.raw.is_file():
             wanted = set(missing)
@@ -164,7 +166,7 @@ def held_out_set(versions: list[Version], eval_file: Path | None, limit: int | N
                 if k in wanted and rec.get("sample_index", 0) == 0:
                     mine[k] = rec["messages"][-1]["content"]
         answers.append([mine.get(k) for k in keys])
-    return HeldOut(keys, [candidates[k][0] for k in keys], source, excluded, answers)
+    return HeldOut(keys, [candidates[k][0] for k in keys], [candidates[k][2] for k in keys], source, excluded, answers)
 
 
 # ---- the stage --------------------------------------------------------------------------
@@ -209,9 +211,10 @@ class Compare(Stage):
         rows = []
         for v, refs in zip(self.versions, held.teacher_answers, strict=True):
             answers = self._answers(v)
-            student = [_score(check, self.verifier, p, a, f"{v.name}'s student") for p, a in zip(held.prompts, answers, strict=True)]
-            teacher = [None if r is None else _score(check, self.verifier, p, r, f"{v.name}'s teacher")
-                       for p, r in zip(held.prompts, refs, strict=True)]
+            student = [_score(check, self.verifier, p, s, a, f"{v.name}'s student")
+                       for p, s, a in zip(held.prompts, held.seeds, answers, strict=True)]
+            teacher = [None if r is None else _score(check, self.verifier, p, s, r, f"{v.name}'s teacher")
+                       for p, s, r in zip(held.prompts, held.seeds, refs, strict=True)]
             rows.append({"dir": v.name, "teacher_model": v.teacher_model, "student_scores": student,
                          "teacher_scores": teacher})
         report = _report(rows, held, self.verifier, self.max_new)
@@ -257,8 +260,8 @@ def _common_verifier(versions: list[Version]) -> str:
     return names.pop()
 
 
-def _score(check: Any, spec: str, prompt: list[dict[str, Any]], answer: str, whose: str) -> float:
-    record = {"messages": [*prompt, {"role": "assistant", "content": answer}]}
+def _score(check: Any, spec: str, prompt: list[dict[str, Any]], seed: dict[str, Any] | None, answer: str, whose: str) -> float:
+    record = check_record(prompt, answer, seed)
     try:
         result = check(record)
     except Exception as exc:

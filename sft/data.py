@@ -22,13 +22,26 @@ ROLES = ("system", "user", "assistant", "tool")
 
 class Chat(list):
     """One example's messages, with the tools its chat template renders (`tools`: OpenAI's
-    format, or None). A list, so everything that reads messages reads it unchanged."""
+    format, or None) and the seed row it came from (`seed`: synth's {"source", "line",
+    "fields"}, or None), which a task check may read (the tests of synth.codeexec:passes). A
+    list, so everything that reads messages reads it unchanged."""
 
     tools: list[dict[str, Any]] | None = None
+    seed: dict[str, Any] | None = None
 
-    def __init__(self, messages: Any = (), tools: list[dict[str, Any]] | None = None):
+    def __init__(self, messages: Any = (), tools: list[dict[str, Any]] | None = None, seed: dict[str, Any] | None = None):
         super().__init__(messages)
         self.tools = tools
+        self.seed = seed
+
+
+def check_record(prompt: list[dict[str, Any]], answer: str, seed: dict[str, Any] | None) -> dict[str, Any]:
+    """The record a task check (sft.eval_verifier) sees for one answer: the chat, and the seed
+    row when the data has one (a check such as synth.codeexec:passes reads its fields)."""
+    record: dict[str, Any] = {"messages": [*prompt, {"role": "assistant", "content": answer}]}
+    if seed is not None:
+        record["seed"] = seed
+    return record
 
 
 def tools_of(messages: Any) -> list[dict[str, Any]] | None:
@@ -117,7 +130,8 @@ def read_conversations(path: Path, field: str = "sft.train", reasoning: str = "d
         messages = row["messages"]
         if repairs == "final" and "tests" in (row.get("conversation") or {}):
             messages = final_answer_only(messages)
-        rows.append(Chat([_turn(m, reasoning == "keep", where) for m in messages], _row_tools(row, where)))
+        seed = row.get("seed") if isinstance(row.get("seed"), dict) else None
+        rows.append(Chat([_turn(m, reasoning == "keep", where) for m in messages], _row_tools(row, where), seed))
     if not rows:
         raise ValueError(f"{field}: {path} has no rows; nothing to train on")
     return rows

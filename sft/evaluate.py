@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from sft.config import SftConfig
-from sft.data import read_conversations, tools_of
+from sft.data import check_record, read_conversations, tools_of
 from sft.export_report import export_markdown, read_export_report
 from sft.generation import engine_for, generate_transformers, generate_vllm, load_student_models
 from sft.student import resolve_student
@@ -115,7 +115,8 @@ def _run_eval(plan: Plan, student: Student) -> dict[str, Any]:
     cfg, files = student.cfg, student.files
     if not files.trained_marker.is_file():
         raise ValueError(f"sft eval: no trained {files.trained.name} in {files.trained}; run `sft train` first")
-    conversations = read_conversations(cfg.eval_path(plan.layout), "sft.eval")[: cfg.eval_limit]
+    # a self-repair record is scored as its first prompt and last answer: pass@1 is the answer to the task
+    conversations = read_conversations(cfg.eval_path(plan.layout), "sft.eval", repairs="final")[: cfg.eval_limit]
     report = _evaluate(cfg, files, conversations)
     files.eval_report.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     write_markdown(files)
@@ -150,6 +151,7 @@ def eval_lines(r: dict[str, Any], files: StudentLayout) -> list[str]:
 def _evaluate(cfg: SftConfig, student: StudentLayout, conversations: list[list[dict[str, str]]]) -> dict[str, Any]:
     prompts = [m[:-1] for m in conversations]
     references = [m[-1]["content"] for m in conversations]
+    seeds = [getattr(m, "seed", None) for m in conversations]
     model_id = resolve_student(cfg.model)
     models = load_student_models(cfg, model_id, student.trained)
     with models.before():
@@ -179,13 +181,13 @@ def _evaluate(cfg: SftConfig, student: StudentLayout, conversations: list[list[d
         "student_after": scores(after),
     }
     if cfg.eval_verifier:
-        report["verifier"] = _verifier_rates(cfg.eval_verifier, prompts, {"teacher": references, "student_before": before,
-                                                                          "student_after": after})
+        report["verifier"] = _verifier_rates(cfg.eval_verifier, prompts, seeds, {"teacher": references, "student_before": before,
+                                                                                 "student_after": after})
     if cfg.eval_judge:
         report["judge"] = _judge(cfg.eval_judge, prompts, references, after, student.eval_judge)
     report["per_prompt"] = {"exact_match_after": [exact_match(a, r) for a, r in zip(after, references, strict=True)]}
     if cfg.eval_verifier:
-        report["per_prompt"]["verifier_after"] = _verifier_passed(cfg.eval_verifier, prompts, after)
+        report["per_prompt"]["verifier_after"] = _verifier_passed(cfg.eval_verifier, prompts, seeds, after)
     report["samples"] = [
         {"prompt": p[-1]["content"][:300], "teacher": r[:300], "student_before": b[:300], "student_after": a[:300]}
         for p, r, b, a in list(zip(prompts, references, before, after, strict=True))[:5]
@@ -193,16 +195,15 @@ def _evaluate(cfg: SftConfig, student: StudentLayout, conversations: list[list[d
     return report
 
 
-def _verifier_passed(spec: str, prompts: list, answers: list[str]) -> list[bool]:
-    """Whether the task check accepts each answer."""
+def _verifier_passed(spec: str, prompts: list, seeds: list, answers: list[str]) -> list[bool]:
+    """Whether the task check accepts each answer (it sees the example's seed row too)."""
     verifier = Verifier({"function": spec}, "sft.eval_verifier")
-    return [verifier.check({"messages": [*p, {"role": "assistant", "content": a}]}) is None
-            for p, a in zip(prompts, answers, strict=True)]
+    return [verifier.check(check_record(p, a, s)) is None for p, s, a in zip(prompts, seeds, answers, strict=True)]
 
 
-def _verifier_rates(spec: str, prompts: list, answers: dict[str, list[str]]) -> dict[str, float]:
+def _verifier_rates(spec: str, prompts: list, seeds: list, answers: dict[str, list[str]]) -> dict[str, float]:
     """Share of each side's answers the task check accepts."""
-    return {name: sum(_verifier_passed(spec, prompts, side)) / len(side) for name, side in answers.items()}
+    return {name: sum(_verifier_passed(spec, prompts, seeds, side)) / len(side) for name, side in answers.items()}
 
 
 def _judge(judge_file: str, prompts: list, references: list[str], after: list[str], log: Path) -> dict[str, Any]:

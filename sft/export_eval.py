@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from sft.config import EXPORT_QUANTS, GGUF_QUANTS, VLLM_QUANTS, ExportConfig, SftConfig, artifact
-from sft.data import read_conversations
+from sft.data import check_record, read_conversations
 from sft.evaluate import write_markdown
 from sft.export_report import disk_size, export_lines, export_summary, paired_change
 from sft.generation import vllm_engine
@@ -95,16 +95,16 @@ class ExportEval(Stage):
 def evaluate_exports(plan: Plan, export: ExportConfig, quants: list[str]) -> dict[str, Any]:
     """Evaluate each exported file (see the module docstring); writes eval.json and the table."""
     cfg, files = plan.sft, plan.student.files
-    conversations = read_conversations(cfg.eval_path(plan.layout), "sft.eval")[: cfg.eval_limit]
+    conversations = read_conversations(cfg.eval_path(plan.layout), "sft.eval", repairs="final")[: cfg.eval_limit]
     prompts = [m[:-1] for m in conversations]
     references = [m[-1]["content"] for m in conversations]
+    seeds = [getattr(m, "seed", None) for m in conversations]
     verifier = Verifier({"function": cfg.eval_verifier}, "sft.eval_verifier") if cfg.eval_verifier else None
 
     def scores(answers: list[str]) -> list[float]:
         if verifier is None:
             return [float(exact_match(a, r)) for a, r in zip(answers, references, strict=True)]
-        return [float(verifier.check({"messages": [*p, {"role": "assistant", "content": a}]}) is None)
-                for p, a in zip(prompts, answers, strict=True)]
+        return [float(verifier.check(check_record(p, a, s)) is None) for p, s, a in zip(prompts, seeds, answers, strict=True)]
 
     student = read_json(files.eval_report) or {}
     baseline = _student_scores(student, verifier is not None)

@@ -72,6 +72,8 @@ NOT_HERE = {
     "command on a trained student's w8a8 export and checks its next tokens against the merged model's)",
     "python -m vllm.entrypoints.openai.api_server --model Qwen/Qwen2.5-7B-Instruct --port 8000":
         "a server for a hub model that runs until stopped",
+    "synth run prompts/code/recipe.yaml": "the teacher Qwen/Qwen2.5-Coder-7B-Instruct and the student "
+    "Qwen/Qwen2.5-Coder-0.5B-Instruct come from the hub, on a GPU; its CPU variant, prompts/code/cpu.yaml, is below",
     "synth generate prompts/demo/api-recipe.yaml --set teacher.model=Qwen/Qwen2.5-7B-Instruct "
     "--set teacher.openai.base_url=http://127.0.0.1:8000/v1": "needs the server above",
 }
@@ -109,6 +111,23 @@ RESOLVED_HERE = {
     '"pairs={sources: [student], student_max_tokens: 16}" --set sft.max_steps=150 --set sft.eval_limit=40 --set '
     '"sft.dpo={epochs: 1, learning_rate: 0.0005}"':
         "tests/synth/test_preference.py::test_real_samples_to_pairs_to_a_dpo_student_that_resumes",
+    # The code demo's teacher trains for about 7 minutes on two cores: the stages it feeds are run
+    # by one test with the tiny model as teacher (answers constrained to one-line functions).
+    "sft train prompts/code/teacher.yaml":
+        "tests/synth/test_code_task.py::test_the_cpu_code_recipe_runs_the_loop_with_repair_and_scores_code_by_running_it",
+    "synth run prompts/code/cpu.yaml":
+        "tests/synth/test_code_task.py::test_the_cpu_code_recipe_runs_the_loop_with_repair_and_scores_code_by_running_it",
+    'synth run prompts/code/cpu.yaml --set output.dir=runs/code-repair --set "repair={rounds: 2, limits: {cpu_s: 5}}" '
+    '--set sft.repairs=final':
+        "tests/synth/test_code_task.py::test_the_cpu_code_recipe_runs_the_loop_with_repair_and_scores_code_by_running_it",
+}
+
+# Resolved `synth run`s whose teacher a resolved command would have trained: their dry run plans
+# with that teacher's untrained weights (same shape and tokenizer; the command before made them).
+DRY_RUN_SETS = {
+    "synth run prompts/code/cpu.yaml": "--set teacher.model=.demo/code/teacher-init",
+    'synth run prompts/code/cpu.yaml --set output.dir=runs/code-repair --set "repair={rounds: 2, limits: {cpu_s: 5}}" '
+    '--set sft.repairs=final': "--set teacher.model=.demo/code/teacher-init",
 }
 
 # A resolved command other than `synth run`: parsed by its command's own parser (a bad option or
@@ -226,7 +245,7 @@ def _run_in_order(commands: list[tuple[str, str]], tmp_path: Path,
         started = time.monotonic()
         run = command
         if command in RESOLVED_HERE and command.startswith("synth run "):
-            run = "synth generate " + command.removeprefix("synth run ") + " --dry-run"
+            run = " ".join(["synth generate", command.removeprefix("synth run "), "--dry-run", DRY_RUN_SETS.get(command, "")])
         elif command in RESOLVED_HERE:  # its command line parsed as the command parses it
             run = f"python -c {shlex.quote(PARSE)} {shlex.quote(command)}"
         res = subprocess.run(["bash", "-c", run], cwd=work, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
