@@ -59,7 +59,7 @@ class SamplingConfig:
     top_p: float = help_field(1.0, help="nucleus sampling mass, in (0, 1]")
     top_k: int | None = help_field(None, help="sample from the k most likely tokens; none for no limit")
     max_tokens: int = help_field(512, help="most tokens the teacher writes per answer")
-    seed: int | None = help_field(None, help="base random seed; sample i of a prompt uses seed+i, so reruns are reproducible (an API teacher is sent it; the vLLM engine samples each request with a seed drawn from it and the request's id, so prompts do not share random draws)")
+    seed: int | None = help_field(None, help="base random seed: each request is sampled with a seed drawn from it (plus the sample's index) and the request's id, so reruns are reproducible and no two prompts share their random draws")
     stop: list[str] = help_field([], help="strings that end the answer")
     logprobs: int = help_field(0, help="capture the teacher's top-k logprobs of every answer token (OUTPUT/logprobs.bin) for sft.distill; 0: off")
 

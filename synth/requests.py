@@ -60,14 +60,15 @@ def sample_sampling(base: dict[str, Any], sample_index: int) -> dict[str, Any]:
     return out
 
 
-def engine_seed(req: Request) -> int:
-    """The seed a local engine samples `req` with: drawn from its sampling seed (the recipe's
-    seed plus the sample's index) and its id, so a rerun samples alike while no two prompts
-    share their random draws. vLLM seeds one generator per request; with the recipe's seed
-    itself, every prompt's first sample drew the same numbers, and a teacher unsure between
-    two answers wrote the same one for every prompt of a kind (the code demo's teacher at
-    temperature 1.0 chose max() for "the larger" and "the smaller" alike)."""
-    digest = hashlib.sha256(f"{req.sampling['seed']}:{req.id}".encode()).digest()
+def request_seed(sampling_seed: int, request_id: str) -> int:
+    """The seed a request is sampled with: drawn from its sampling seed (the recipe's seed plus
+    the sample's index) and its id, so a rerun samples alike while no two prompts share their
+    random draws. vLLM (in process or behind an OpenAI-compatible server) seeds one generator
+    per request; with the recipe's seed itself, every prompt's first sample drew the same
+    numbers, and a teacher unsure between two answers wrote the same one for every prompt of
+    a kind (the code demo's teacher at temperature 1.0 chose max() for "the larger" and "the
+    smaller" alike)."""
+    digest = hashlib.sha256(f"{sampling_seed}:{request_id}".encode()).digest()
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 

@@ -31,7 +31,7 @@ from synth.backends.base import Completion, Failure
 from synth.config import TeacherConfig
 from synth.logprobs import TopK
 from synth.ratelimit import AdaptiveLimit, TokenBucket, budget_spent_wait, retry_after_s
-from synth.requests import Request, estimate_prompt_tokens
+from synth.requests import Request, estimate_prompt_tokens, request_seed
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ class OpenAIBackend:
             "max_tokens": s["max_tokens"],
         }
         if s.get("seed") is not None:
-            body["seed"] = s["seed"]
+            body["seed"] = request_seed(s["seed"], req.id)
         if s.get("stop"):
             body["stop"] = list(s["stop"])
         if s.get("top_k") is not None:

@@ -25,7 +25,7 @@ from synth.backends.base import Completion, Failure
 from synth.config import TeacherConfig
 from synth.fingerprint import local_model, resolve_model
 from synth.logprobs import TopK, vocab_digest
-from synth.requests import Request, engine_seed
+from synth.requests import Request, request_seed
 from synth.runtime import FILE_ONLY, shutdown_engine, start_llm
 from synth.tools import parse_calls, parse_required, required_schema
 
@@ -127,7 +127,7 @@ class VllmBackend:
         if s.get("top_k") is not None:
             kwargs["top_k"] = s["top_k"]
         if s.get("seed") is not None:
-            kwargs["seed"] = engine_seed(req)
+            kwargs["seed"] = request_seed(s["seed"], req.id)
         if s.get("stop"):
             kwargs["stop"] = list(s["stop"])
         if req.tools and req.tool_choice == "required":

@@ -13,6 +13,7 @@ import pytest
 from synth.backends.openai_api import OpenAIBackend
 from synth.generate import run_generate
 from synth.plan import load_plan
+from synth.requests import request_seed
 
 from conftest import HANG_S, SERVER_KEY, make_api_recipe, read_jsonl
 from faultproxy import FaultProxy
@@ -227,10 +228,14 @@ def test_sampling_and_pass_through_fields_reach_the_server(tmp_path, vllm_server
         ))
         manifest = run_generate(plan, progress=False)
         body = proxy.hits[0].body
+        sent = sorted(h.body["seed"] for h in proxy.hits)
     assert manifest["counts"]["kept"] == 6
     assert body["model"] == "tiny" and body["max_tokens"] == 8 and body["temperature"] == 0.8
     assert body["top_k"] == 5 and body["stop"] == ["\n\n"] and body["repetition_penalty"] == 1.1
-    assert body["seed"] == 3 and "n" not in body
+    assert "n" not in body
+    # each request's own seed, drawn from the recipe's and its id: six prompts, six seeds
+    records = read_jsonl(tmp_path / "out" / "raw.jsonl")
+    assert sent == sorted(request_seed(3, r["id"]) for r in records) and len(set(sent)) == 6
 
 
 def test_sigkill_and_resume_through_the_api(tmp_path, vllm_server):
