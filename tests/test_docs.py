@@ -8,7 +8,8 @@ find what earlier ones made, as a reader following the docs would), or is listed
 with the reason it cannot run on this machine (a GPU, a hub model, a hosted API key), or is
 listed in RESOLVED_HERE with the test that already runs the same stages (it is then resolved,
 not run a second time: the test run's time is the reason). A
-command shown in several places runs once, where it first appears. A documented command in
+command shown in several places runs once, where it first appears; one that a `make` target
+runs (`make demo` runs `synth run prompts/dates/recipe.yaml`) has run once the target has. A documented command in
 neither list fails the test: new docs must say which it is. The NOT_HERE list is printed with
 every run, and so is RESOLVED_HERE.
 """
@@ -224,6 +225,31 @@ def in_dates_chain(command: str) -> bool:
     return command == "make demo" or "dates" in command
 
 
+def make_target_commands(command: str) -> list[str]:
+    """The command lines a `make TARGET` runs (the Makefile's recipe, `$(BIN)/` dropped): a
+    documented command among them has run, as written, once the target has."""
+    if not command.startswith("make ") or len(command.split()) != 2:
+        return []
+    target = command.split()[1]
+    lines = (REPO / "Makefile").read_text(encoding="utf-8").splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith(f"{target}:")), None)
+    if start is None:
+        return []
+    recipe = []
+    for line in lines[start + 1:]:
+        if not line.startswith("\t"):
+            break
+        recipe.append(line.strip().replace("$(BIN)/", ""))
+    return recipe
+
+
+def test_a_make_targets_own_commands_count_as_run():
+    assert make_target_commands("make demo") == ["python -m synth.examples.dates .demo/dates", "sft train prompts/dates/teacher.yaml",
+                                                 "synth run prompts/dates/recipe.yaml"]
+    assert "synth run prompts/demo/recipe.yaml" in make_target_commands("make demo-plumbing")
+    assert make_target_commands("make test") == ["python -m pytest -q -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder"]
+
+
 def _run_in_order(commands: list[tuple[str, str]], tmp_path: Path,
                   capsys: pytest.CaptureFixture) -> tuple[Path, dict[str, str], dict[str, str]]:
     """Run each command once, in order, in one scratch copy of the repository; returns the
@@ -239,9 +265,10 @@ def _run_in_order(commands: list[tuple[str, str]], tmp_path: Path,
     done: set[str] = set()
     outputs: dict[str, str] = {}
     for where, command in commands:
-        if command in NOT_HERE or command in done:
+        if command in NOT_HERE or command in done or all(part in done for part in command.split(" && ")):
             continue  # a command shown on several pages runs once, where a reader first meets it
         done.add(command)
+        done.update(make_target_commands(command))  # `make demo` ran these, as written, right here
         started = time.monotonic()
         run = command
         if command in RESOLVED_HERE and command.startswith("synth run "):
