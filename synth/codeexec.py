@@ -97,7 +97,7 @@ def run_tests(code: str, tests: list[str], limits: sandbox.Limits | None = None)
     token = f"@@{secrets.token_hex(8)}@@"
     out = sandbox.run([sandbox.PYTHON, "harness.py"], {"harness.py": HARNESS, "solution.py": code, "token": token,
                                                        "tests.json": json.dumps(tests)}, limits)
-    events = [json.loads(line[len(token):]) for line in out.stdout.splitlines() if line.startswith(token)]
+    events = [json.loads(line[len(token):]) for line in out.stdout.split("\n") if line.startswith(token)]
     failures, results = [], {}
     for event in events:
         if "load" in event:

@@ -227,7 +227,7 @@ class BatchServer:
     def _create(self, body: dict) -> dict:
         batch_id = self._id("batch")
         now = int(time.time())
-        lines = [json.loads(x) for x in self.contents[body["input_file_id"]].decode().splitlines() if x.strip()]
+        lines = [json.loads(x) for x in self.contents[body["input_file_id"]].decode().split("\n") if x.strip()]
         batch = {"id": batch_id, "object": "batch", "endpoint": body["endpoint"], "input_file_id": body["input_file_id"],
                  "completion_window": body["completion_window"], "status": "in_progress", "created_at": now,
                  "in_progress_at": now, "metadata": body.get("metadata"), "errors": None,

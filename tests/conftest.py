@@ -114,7 +114,9 @@ def vllm_backend(tiny_model: Path):
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    # split at "\n" only: str.splitlines() also splits at U+2028, U+0085 and \x1c-\x1e, which a
+    # model can write and json.dumps(ensure_ascii=False) leaves as they are
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
 
 
 def _reasoning_template() -> str:

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, read_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -301,7 +301,6 @@ def _serve_answers_the_task(work: Path, env: dict[str, str]) -> None:
     """`sft serve` (the guide's command) on the demo's exported student: the openai client
     asks it 40 held-out prompts, the demo's checker scores the answers; SIGTERM (`kill`, a
     service manager's stop) stops it and no llama-server is left (Ctrl-C: tests/sft/test_merge_eval.py)."""
-    import json
     import signal
 
     import openai
@@ -318,7 +317,7 @@ def _serve_answers_the_task(work: Path, env: dict[str, str]) -> None:
             line = proc.stdout.readline()
             assert line or proc.poll() is None, "sft serve exited before serving"
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", timeout=120)
-        rows = [json.loads(r) for r in (work / "runs" / "dates" / "eval.jsonl").read_text().splitlines()[:40]]
+        rows = read_jsonl(work / "runs" / "dates" / "eval.jsonl")[:40]
         passed = 0
         for row in rows:
             question = row["messages"][:1]

@@ -95,7 +95,7 @@ def read_ledger(path: Path) -> dict[str, Part]:
     if not path.exists():
         return parts
     repair_tail(path)
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(path.read_text(encoding="utf-8").split("\n")[:-1], 1):  # at "\n" only
         try:
             event = json.loads(line)
             kind, pid = event["event"], event["part"]

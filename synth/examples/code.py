@@ -33,7 +33,8 @@ from typing import Any
 import jinja2
 
 from synth.config import RepairConfig
-from synth.examples.dates import STUDENT_SHAPE, TEACHER_SHAPE, _write_jsonl
+from synth.examples.dates import STUDENT_SHAPE, TEACHER_SHAPE
+from synth.rawlog import rewrite_atomically
 from synth.runtime import setup_logging
 from synth.tiny_model import build_tiny_model
 
@@ -150,11 +151,12 @@ def prepare(work: Path, prompts: int = 1200, teacher_examples: int = 8000, held_
     distill = sample_seeds(rng, prompts, taken)
     paths = {"prompts": work / "prompts.jsonl", "teacher_train": work / "teacher_train.jsonl",
              "teacher_init": work / "teacher-init", "student_init": work / "student-init"}
-    _write_jsonl(paths["prompts"], [_fields(s) for s in distill])
-    _write_jsonl(paths["teacher_train"], [example(s, rng) for s in teacher_seeds])
+    work.mkdir(parents=True, exist_ok=True)
+    rewrite_atomically(paths["prompts"], [_fields(s) for s in distill])
+    rewrite_atomically(paths["teacher_train"], [example(s, rng) for s in teacher_seeds])
     if held_out:
         paths["test"] = work / "test.jsonl"
-        _write_jsonl(paths["test"], [_fields(s) for s in test])
+        rewrite_atomically(paths["test"], [_fields(s) for s in test])
     for name, (hidden, layers, heads) in (("teacher_init", TEACHER_SHAPE), ("student_init", STUDENT_SHAPE)):
         if not (paths[name] / "config.json").exists():
             build_tiny_model(paths[name], vocab_size=vocab_size, hidden_size=hidden, num_layers=layers, num_heads=heads,

@@ -15,7 +15,7 @@ from sft.train import run_train
 from synth.plan import load_plan
 from synth.textmetrics import exact_match, rouge_l
 
-from conftest import HANG_S, terminal_signals, write_jsonl
+from conftest import HANG_S, read_jsonl, terminal_signals, write_jsonl
 
 
 def test_rouge_l_and_exact_match():
@@ -204,7 +204,7 @@ def test_export_writes_gguf_files_llama_cpp_runs_as_the_student(trained):
 
     tokenizer = AutoTokenizer.from_pretrained(files.merged)
     model = AutoModelForCausalLM.from_pretrained(files.merged, dtype=torch.float32).eval()
-    rows = [json.loads(line) for line in (tmp / "out" / "eval.jsonl").read_text().splitlines()]
+    rows = read_jsonl(tmp / "out" / "eval.jsonl")
     texts = [tokenizer.apply_chat_template(r["messages"][:1], tokenize=False, add_generation_prompt=True) for r in rows]
     clear = agree = 0
     with LlamaServer(files.gguf("f16")) as server:

@@ -13,7 +13,7 @@ import yaml
 from synth.examples.dates import prepare
 from synth.plan import load_plan
 
-from conftest import HANG_S, REPO
+from conftest import HANG_S, REPO, read_jsonl
 
 PRE_PLAN_RUN = REPO / "tests" / "data" / "pre-plan-run"  # written by af6fece, before the plan (its README)
 
@@ -40,7 +40,7 @@ def test_a_run_made_before_the_plan_is_reused_whole(tmp_path, monkeypatch, recip
     work = tmp_path / "run"
     shutil.copytree(PRE_PLAN_RUN, work)
     before = _files(work / out)
-    raw_ids = [json.loads(line)["id"] for line in (work / out / "raw.jsonl").read_text().splitlines()]
+    raw_ids = [r["id"] for r in read_jsonl(work / out / "raw.jsonl")]
     monkeypatch.chdir(work)
     monkeypatch.syspath_prepend(str(work))  # the verifier's module, as `python -m synth.cli` finds it
     assert load_plan(recipe).request_ids == set(raw_ids), "the same request ids"

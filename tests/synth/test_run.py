@@ -7,7 +7,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import ENGINE, HANG_S, REPO, SEED_TASKS
+from conftest import ENGINE, HANG_S, REPO, SEED_TASKS, read_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -110,7 +110,7 @@ def test_expand_stage_and_a_kill_inside_training_resume(tmp_path, tiny_model):
     assert metrics["resumed_from"] and "checkpoint-" in metrics["resumed_from"] and metrics["global_step"] == 200
 
     # synth curate on its own sees the same requests as synth run: the expanded prompts too.
-    raw = [json.loads(line) for line in (tmp_path / "out" / "raw.jsonl").read_text().splitlines()]
+    raw = read_jsonl(tmp_path / "out" / "raw.jsonl")
     before = {n: (tmp_path / "out" / n).read_bytes() for n in ("train.jsonl", "eval.jsonl", "rejected.jsonl")}
     res = subprocess.run([sys.executable, "-m", "synth.cli", "curate", str(path), "--no-progress"],
                          capture_output=True, text=True, timeout=HANG_S)

@@ -174,21 +174,41 @@ def test_the_fallback_without_bubblewrap_warns_and_still_limits(monkeypatch, cap
 def test_as_an_ordinary_user_the_process_limit_counts_from_what_the_user_runs():
     # RLIMIT_NPROC counts every task of the user: a limit of 64 would stop bwrap itself for a
     # user with 200 processes, so the limit starts from what the user runs already
+    import shutil
     import subprocess
-    import sys
 
     user = 65534  # nobody: run the sandbox as an ordinary user that already runs 40 sleepers
+    # That user may not read this checkout or its .venv (a clone under /root, or in a 0700
+    # temporary directory): the code runs from a world-readable copy of synth and sft (with
+    # PyYAML, pure Python) on the system's Python, the one the sandbox runs code with.
+    copy = _world_readable_copy()
     sleepers = [subprocess.Popen(["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", "sleep", "60"])
                 for _ in range(40)]
     try:
-        repo = str(Path(__file__).resolve().parents[2])
-        code = (f"import sys; sys.path.insert(0, {repo!r})\nfrom synth import sandbox\n"
+        code = (f"import sys; sys.path.insert(0, {str(copy)!r})\nfrom synth import sandbox\n"
                 "out = sandbox.run([sandbox.PYTHON, 'main.py'], {'main.py': 'print(7)'}, sandbox.Limits(processes=8))\n"
                 "print(out.stdout.strip(), out.reason, out.isolated)")
-        res = subprocess.run(["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", sys.executable, "-c", code],
+        res = subprocess.run(["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", sandbox.PYTHON, "-c", code],
                              capture_output=True, text=True, timeout=120, cwd="/tmp")
         assert res.stdout.split() == ["7", "None", "True"], res.stdout + res.stderr[-2000:]
     finally:
         for p in sleepers:
             p.kill()
             p.wait()
+        shutil.rmtree(copy)
+
+
+def _world_readable_copy() -> Path:
+    """synth and sft, and PyYAML that their config reads with, copied where every user can read."""
+    import shutil
+    import tempfile
+
+    import yaml
+
+    root = Path(tempfile.mkdtemp(prefix="sandbox-user-", dir="/tmp"))
+    repo = Path(__file__).resolve().parents[2]
+    for package in (repo / "synth", repo / "sft", Path(yaml.__file__).parent):
+        shutil.copytree(package, root / package.name, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    for path in [root, *root.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return root

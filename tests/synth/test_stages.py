@@ -20,7 +20,7 @@ from synth.plan import load_plan, resolve
 from synth.records import make_record
 from synth.stage import changed, why_run
 
-from conftest import HANG_S, REPO, make_recipe, write_jsonl
+from conftest import HANG_S, REPO, make_recipe, read_jsonl, write_jsonl
 from curate_data import build_raw, real_rows
 
 SYNTH = [sys.executable, "-m", "synth.cli"]
@@ -253,7 +253,7 @@ def test_standalone_curate_keeps_the_records_of_expanded_prompts(tmp_path, tiny_
     assert res.returncode == 0, res.stderr[-2000:]
     stats = json.loads((out / "stats.json").read_text())
     assert stats["records"] == stats["kept"] == len(seeds) + len(new) and stats["records_of_other_configs"] == 0
-    assert {r["messages"][-2]["content"] for r in map(json.loads, (out / "train.jsonl").read_text().splitlines())} >= set(new)
+    assert {r["messages"][-2]["content"] for r in read_jsonl(out / "train.jsonl")} >= set(new)
 
 
 def test_packaged_prompt_dirs_exist_in_the_source_tree():
