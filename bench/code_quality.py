@@ -26,7 +26,7 @@ Last line: RESULT code_quality teacher=<..> all=<..> verified=<..> best_of_4=<..
 from __future__ import annotations
 
 import argparse
-import json
+import copy
 import os
 import shutil
 import subprocess
@@ -70,7 +70,7 @@ def cli(*args: str) -> str:
 
 def recipe(path: Path, seeds: Path, teacher: Path, out: Path, student: Path | None = None, **sections) -> Path:
     """prompts/code/cpu.yaml with this run's paths, and `sections` merged over it."""
-    data = json.loads(json.dumps(BASE))
+    data = copy.deepcopy(BASE)
     data["seeds"]["path"], data["teacher"]["model"], data["output"]["dir"] = str(seeds), str(teacher), str(out)
     data["curate"]["eval_fraction"] = 0.0  # every model is scored on the bench's own held-out set
     data["sft"]["model"] = str(student or teacher)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sft.data import check_record, read_conversations
+from sft.data import read_conversations, verifier_record
 from sft.generation import engine_for, student_answers
 from sft.stats import paired_difference, rate, verdict, verdict_line
 from synth.config import Recipe
@@ -261,7 +261,7 @@ def _common_verifier(versions: list[Version]) -> str:
 
 
 def _score(check: Any, spec: str, prompt: list[dict[str, Any]], seed: dict[str, Any] | None, answer: str, whose: str) -> float:
-    record = check_record(prompt, answer, seed)
+    record = verifier_record(prompt, answer, seed)
     try:
         result = check(record)
     except Exception as exc:

@@ -35,7 +35,7 @@ class Chat(list):
         self.seed = seed
 
 
-def check_record(prompt: list[dict[str, Any]], answer: str, seed: dict[str, Any] | None) -> dict[str, Any]:
+def verifier_record(prompt: list[dict[str, Any]], answer: str, seed: dict[str, Any] | None) -> dict[str, Any]:
     """The record a task check (sft.eval_verifier) sees for one answer: the chat, and the seed
     row when the data has one (a check such as synth.codeexec:passes reads its fields)."""
     record: dict[str, Any] = {"messages": [*prompt, {"role": "assistant", "content": answer}]}

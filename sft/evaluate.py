@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from sft.config import SftConfig
-from sft.data import check_record, read_conversations, tools_of
+from sft.data import read_conversations, tools_of, verifier_record
 from sft.export_report import export_markdown, read_export_report
 from sft.generation import engine_for, generate_transformers, generate_vllm, load_student_models
 from sft.student import resolve_student
@@ -198,7 +198,7 @@ def _evaluate(cfg: SftConfig, student: StudentLayout, conversations: list[list[d
 def _verifier_passed(spec: str, prompts: list, seeds: list, answers: list[str]) -> list[bool]:
     """Whether the task check accepts each answer (it sees the example's seed row too)."""
     verifier = Verifier({"function": spec}, "sft.eval_verifier")
-    return [verifier.check(check_record(p, a, s)) is None for p, s, a in zip(prompts, seeds, answers, strict=True)]
+    return [verifier.check(verifier_record(p, a, s)) is None for p, s, a in zip(prompts, seeds, answers, strict=True)]
 
 
 def _verifier_rates(spec: str, prompts: list, seeds: list, answers: dict[str, list[str]]) -> dict[str, float]:

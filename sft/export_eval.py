@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from sft.config import EXPORT_QUANTS, GGUF_QUANTS, VLLM_QUANTS, ExportConfig, SftConfig, artifact
-from sft.data import check_record, read_conversations
+from sft.data import read_conversations, verifier_record
 from sft.evaluate import write_markdown
 from sft.export_report import disk_size, export_lines, export_summary, paired_change
 from sft.generation import vllm_engine
@@ -104,7 +104,7 @@ def evaluate_exports(plan: Plan, export: ExportConfig, quants: list[str]) -> dic
     def scores(answers: list[str]) -> list[float]:
         if verifier is None:
             return [float(exact_match(a, r)) for a, r in zip(answers, references, strict=True)]
-        return [float(verifier.check(check_record(p, a, s)) is None) for p, s, a in zip(prompts, seeds, answers, strict=True)]
+        return [float(verifier.check(verifier_record(p, a, s)) is None) for p, s, a in zip(prompts, seeds, answers, strict=True)]
 
     student = read_json(files.eval_report) or {}
     baseline = _student_scores(student, verifier is not None)

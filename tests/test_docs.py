@@ -123,13 +123,10 @@ RESOLVED_HERE = {
         "tests/synth/test_code_task.py::test_the_cpu_code_recipe_runs_the_loop_with_repair_and_scores_code_by_running_it",
 }
 
-# Resolved `synth run`s whose teacher a resolved command would have trained: their dry run plans
-# with that teacher's untrained weights (same shape and tokenizer; the command before made them).
-DRY_RUN_SETS = {
-    "synth run prompts/code/cpu.yaml": "--set teacher.model=.demo/code/teacher-init",
-    'synth run prompts/code/cpu.yaml --set output.dir=runs/code-repair --set "repair={rounds: 2, limits: {cpu_s: 5}}" '
-    '--set sft.repairs=final': "--set teacher.model=.demo/code/teacher-init",
-}
+# Recipes whose teacher a resolved command would have trained: a resolved `synth run` of one plans
+# its dry run with that teacher's untrained weights (same shape and tokenizer; made by the
+# command before).
+DRY_RUN_SETS = {"prompts/code/cpu.yaml": "--set teacher.model=.demo/code/teacher-init"}
 
 # A resolved command other than `synth run`: parsed by its command's own parser (a bad option or
 # a missing argument fails), not run.
@@ -272,7 +269,8 @@ def _run_in_order(commands: list[tuple[str, str]], tmp_path: Path,
         started = time.monotonic()
         run = command
         if command in RESOLVED_HERE and command.startswith("synth run "):
-            run = " ".join(["synth generate", command.removeprefix("synth run "), "--dry-run", DRY_RUN_SETS.get(command, "")])
+            recipe = command.split()[2]
+            run = " ".join(["synth generate", command.removeprefix("synth run "), "--dry-run", DRY_RUN_SETS.get(recipe, "")])
         elif command in RESOLVED_HERE:  # its command line parsed as the command parses it
             run = f"python -c {shlex.quote(PARSE)} {shlex.quote(command)}"
         res = subprocess.run(["bash", "-c", run], cwd=work, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)

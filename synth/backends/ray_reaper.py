@@ -36,45 +36,40 @@ from pathlib import Path
 MARK = "STILLHOUSE_RAY_CLUSTER"
 
 
-def marked(token: str) -> list[int]:
-    """Pids of the processes whose environment holds MARK=token (not this one)."""
+def _scan(token: str) -> tuple[dict[int, tuple[int, int]], list[int]]:
+    """One pass over /proc: every running process as pid -> (parent pid, start time in clock
+    ticks), zombies left out; and the pids among them whose environment holds MARK=token (not
+    this process)."""
     needle = f"{MARK}={token}".encode() + b"\0"
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if needle in (entry / "environ").read_bytes():
-                pids.append(int(entry.name))
-        except OSError:  # gone, or not ours
-            continue
-    return pids
-
-
-def _processes() -> dict[int, tuple[int, int]]:
-    """Every running process: pid -> (parent pid, start time in clock ticks); zombies left out."""
-    table = {}
+    table, marks = {}, []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
+        pid = int(entry.name)
         try:
             stat = (entry / "stat").read_bytes()
-        except OSError:
+            fields = stat[stat.rindex(b")") + 2:].split()  # after the command name, which may hold spaces
+            if fields[0] in (b"Z", b"X"):
+                continue
+            table[pid] = (int(fields[1]), int(fields[19]))
+            if pid != os.getpid() and needle in (entry / "environ").read_bytes():
+                marks.append(pid)
+        except OSError:  # gone, or not ours
             continue
-        fields = stat[stat.rindex(b")") + 2:].split()  # after the command name, which may hold spaces
-        if fields[0] not in (b"Z", b"X"):
-            table[int(entry.name)] = (int(fields[1]), int(fields[19]))
-    return table
+    return table, marks
+
+
+def marked(token: str) -> list[int]:
+    """Pids of the running processes whose environment holds MARK=token (not this one)."""
+    return _scan(token)[1]
 
 
 def cluster(token: str, known: dict[int, int]) -> dict[int, int]:
     """The cluster's running processes as pid -> start time: those found before (if still the
     same process), the marked ones, and every descendant of either."""
-    table = _processes()
+    table, marks = _scan(token)
     found = {pid: start for pid, start in known.items() if table.get(pid, (0, None))[1] == start}
-    for pid in marked(token):
-        if pid in table:
-            found[pid] = table[pid][1]
+    found.update({pid: table[pid][1] for pid in marks})
     children: dict[int, list[int]] = {}
     for pid, (parent, _) in table.items():
         children.setdefault(parent, []).append(pid)

@@ -72,14 +72,15 @@ def sample_seed(rng: random.Random) -> dict[str, Any]:
     confusion."""
     kind = rng.choice(sorted(KINDS))
     k = rng.randrange(2, 31) if kind == "div" else rng.randrange(1, 100)
-    spec, expression, wrong_form, _ = KINDS[kind]
+    spec, right_form, wrong_form, _ = KINDS[kind]
+    right = right_form.format(k=k)
     wrong = {wrong_form.format(k=k, k1=k1) for k1 in (k - 1, k + 1) if k1 > 1 or kind != "div"}
     name = rng.choice(NAMES)
     while True:
         xs = rng.sample([x for x in range(-9, 100) if x != k], 3)
-        if all(any(_value(w, x) != _value(expression.format(k=k), x) for x in xs) for w in wrong):
+        if all(any(_value(w, x) != _value(right, x) for x in xs) for w in wrong):
             break
-    tests = [f"assert {name}({x}) == {_value(expression.format(k=k), x)}" for x in xs]
+    tests = [f"assert {name}({x}) == {_value(right, x)}" for x in xs]
     return {"name": name, "spec": spec.format(k=k), "tests": tests, "kind": kind, "k": k}
 
 
