@@ -9,16 +9,22 @@ reports have no common yardstick. This stage puts them on one:
   exclusion;
 - the measure: one task check (`sft.eval_verifier` of the versions, which must agree, or
   `--verifier`), applied to each version's student (greedy, sft.generation) and to each
-  version's teacher answer for the same prompt (from its eval.jsonl or raw.jsonl);
+  version's teacher answer for the same prompt (from its eval.jsonl or raw.jsonl); and/or a
+  pairwise judge (`sft.eval_judge` of the versions, or `--judge JUDGE.yaml`) asked, prompt by
+  prompt, which of two students' answers is better: each version's against the first's, shown
+  in a seeded random order (against position bias); identical answers are a tie without a
+  call;
 - the statistics: pass rates with standard errors, and for each version against the first,
   the paired difference (by prompt) with its standard error and a paired bootstrap 95%
-  interval; the verdict is "better" or "worse" when the interval excludes 0, else "no
+  interval (for the judge: +1 where it prefers the version, -1 where it prefers the first, 0
+  for a tie, so the mean is the win rate minus the loss rate); the verdict is "better" or "worse" when the interval excludes 0, else "no
   detectable difference at this sample size", with the prompts a difference of the observed
   size would need (80% power, two-sided 5%).
 
 Writes compare.json and compare.md (default: into the last version). The students' answers
-are cached in compare_answers.jsonl (by weights, prompt, length and engine), and the stage is
-keyed: a rerun with nothing changed generates nothing.
+are cached in compare_answers.jsonl (by weights, prompt, length and engine), the judge's in
+compare_judge.jsonl (by request id), and the stage is keyed: a rerun with nothing changed
+generates nothing and calls no judge.
 """
 
 from __future__ import annotations
@@ -37,10 +43,11 @@ from synth.config import Recipe
 from synth.configtools import from_dict, load_yaml
 from synth.filters.verifier import function_source_sha, load_function
 from synth.fingerprint import fingerprint_dir
+from synth.judging import PAIRWISE, PairwiseJudge, judge_preference, template_digest
 from synth.layout import Layout
 from synth.plan import Plan, resolve
 from synth.rawlog import JsonlAppender, iter_records
-from synth.runtime import canonical_json
+from synth.runtime import canonical_json, file_sha256
 from synth.stage import Stage, StageResult
 from synth.versions import recorded_teacher
 
@@ -178,13 +185,25 @@ class Compare(Stage):
     name = "compare"
 
     def __init__(self, versions: list[Version], out: Path, verifier: str | None = None, eval_file: Path | None = None,
-                 limit: int | None = None, max_new_tokens: int | None = None, progress: bool = True):
+                 limit: int | None = None, max_new_tokens: int | None = None, progress: bool = True,
+                 judge: str | None = None):
         super().__init__(versions[-1].plan, progress)
         if len(versions) < 2:
             raise ValueError("synth compare: give at least two output dirs (e.g. runs/dates runs/dates.v2)")
         self.versions, self.out = versions, out
-        self.verifier = verifier or _common_verifier(versions)
-        load_function(self.verifier, "synth compare: --verifier")
+        self.verifier = verifier or _common(versions, "eval_verifier", "--verifier module:function")
+        self.judge = judge or _common(versions, "eval_judge", "--judge JUDGE.yaml")
+        if self.verifier is None and self.judge is None:
+            raise ValueError("synth compare: no version has sft.eval_verifier or sft.eval_judge; give --verifier "
+                             "module:function (a task check that tells a right answer from a wrong one) or --judge "
+                             "JUDGE.yaml (a judge model that says which of two answers is better)")
+        if self.verifier is not None:
+            load_function(self.verifier, "synth compare: --verifier")
+        if self.judge is not None:
+            if not Path(self.judge).is_file():
+                raise ValueError(f"synth compare: --judge {self.judge} does not exist; give a JUDGE.yaml with a teacher "
+                                 "block (see docs/guides/new-teacher.md)")
+            self.judge_config = from_dict(PairwiseJudge, load_yaml(self.judge), prefix="judge")
         self.eval_file, self.limit = eval_file, limit
         self.max_new = max_new_tokens or max(v.plan.sft.eval_max_new_tokens for v in versions)
         self.held_out = held_out_set(versions, eval_file, limit)
@@ -201,28 +220,60 @@ class Compare(Stage):
                           "student": v.plan.sft.model, "engine": engine_for(v.plan.sft)} for v in self.versions],
             "prompts": hashlib.sha256("".join(self.held_out.keys).encode()).hexdigest(),
             "teacher_answers": hashlib.sha256(canonical_json(self.held_out.teacher_answers).encode()).hexdigest(),
-            "verifier": {"function": self.verifier, "source": function_source_sha(self.verifier)},
+            "verifier": self.verifier and {"function": self.verifier, "source": function_source_sha(self.verifier)},
+            "judge": self.judge and {"file": file_sha256(Path(self.judge)),
+                                     "template": template_digest(self.judge_config, PAIRWISE)},
             "max_new_tokens": self.max_new,
         }
 
     def work(self, key: dict[str, Any] | None) -> StageResult:
         held = self.held_out
-        check = load_function(self.verifier, "synth compare: --verifier")
-        rows = []
+        check = load_function(self.verifier, "synth compare: --verifier") if self.verifier else None
+        rows, answers = [], []
         for v, refs in zip(self.versions, held.teacher_answers, strict=True):
-            answers = self._answers(v)
-            student = [_score(check, self.verifier, p, s, a, f"{v.name}'s student")
-                       for p, s, a in zip(held.prompts, held.seeds, answers, strict=True)]
-            teacher = [None if r is None else _score(check, self.verifier, p, s, r, f"{v.name}'s teacher")
-                       for p, s, r in zip(held.prompts, held.seeds, refs, strict=True)]
-            rows.append({"dir": v.name, "teacher_model": v.teacher_model, "student_scores": student,
-                         "teacher_scores": teacher})
+            answers.append(self._answers(v))
+            row: dict[str, Any] = {"dir": v.name, "teacher_model": v.teacher_model}
+            if check is not None:
+                row["student_scores"] = [_score(check, self.verifier, p, s, a, f"{v.name}'s student")
+                                         for p, s, a in zip(held.prompts, held.seeds, answers[-1], strict=True)]
+                row["teacher_scores"] = [None if r is None else _score(check, self.verifier, p, s, r, f"{v.name}'s teacher")
+                                         for p, s, r in zip(held.prompts, held.seeds, refs, strict=True)]
+            rows.append(row)
         report = _report(rows, held, self.verifier, self.max_new)
+        if self.judge is not None:
+            report["judge"] = self._judged(answers)
+            report["verdicts"] += [c["line"] for c in report["judge"]["comparisons"]]
         out = Layout(self.out)
         self.out.mkdir(parents=True, exist_ok=True)
         out.compare_json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         out.compare.write_text(markdown(report), encoding="utf-8")
         return self.result(report["verdicts"][-1], lines(report, self.out), report)
+
+    def _judged(self, answers: list[list[str]]) -> dict[str, Any]:
+        """The judge's preference between each version's student and the first's, prompt by
+        prompt (identical answers: a tie, not asked), with the paired statistics."""
+        base, prompts = answers[0], self.held_out.prompts
+        comparisons = []
+        for v, mine in zip(self.versions[1:], answers[1:], strict=True):
+            differ = [i for i, (a, b) in enumerate(zip(base, mine, strict=True)) if a != b]
+            asked = differ[: self.judge_config.limit]
+            j = judge_preference([(prompts[i][-1]["content"], base[i], mine[i]) for i in asked], self.judge,
+                                 Layout(self.out).compare_judge)
+            outcome = {i: "tie" for i in set(range(len(base))) - set(differ)}  # identical answers
+            outcome |= dict(zip(asked, j["winners"], strict=True))  # None: failed or no verdict
+            won = {"b": 1.0, "tie": 0.5, "a": 0.0}
+            scored = sorted(i for i, w in outcome.items() if w is not None)
+            b_scores = [won[outcome[i]] for i in scored]
+            diff = paired_difference([1 - s for s in b_scores], b_scores) if scored else None
+            comparisons.append({
+                "a": self.versions[0].name, "b": v.name, "identical": len(base) - len(differ), "judged": len(asked),
+                "not_judged": len(differ) - len(asked), "a_wins": j["a"], "b_wins": j["b"], "ties": j["tie"],
+                "unparseable": j["unparseable"], "failed": j["failed"], "calls_sent": j["calls_sent"],
+                "preference": diff, "verdict": verdict(diff) if diff else "no verdict: the judge decided no prompt",
+                "line": (verdict_line(v.name, self.versions[0].name, diff, what="judge preference") if diff else
+                         f"{v.name} vs {self.versions[0].name}: no verdict: the judge decided no prompt"),
+                "per_prompt": [outcome.get(i) for i in range(len(base))]})
+        return {"file": self.judge, "limit": self.judge_config.limit, "comparisons": comparisons}
 
     def _answers(self, v: Version) -> list[str]:
         """The version's student's greedy answers to the held-out prompts, through the cache."""
@@ -247,17 +298,16 @@ class Compare(Stage):
         return [cached[key(p)] for p in self.held_out.prompts]
 
 
-def _common_verifier(versions: list[Version]) -> str:
-    found = {v.name: v.plan.sft.eval_verifier for v in versions}
-    names = set(found.values())
-    if names == {None}:
-        raise ValueError("synth compare: no version has sft.eval_verifier; give --verifier module:function "
-                         "(a task check that tells a right answer from a wrong one)")
-    if len(names) > 1:
+def _common(versions: list[Version], key: str, option: str) -> str | None:
+    """The versions' sft.`key` (eval_verifier, eval_judge): None when no version sets it; an
+    error when they differ (then `option` decides for all of them)."""
+    found = {v.name: getattr(v.plan.sft, key) for v in versions}
+    names = set(found.values()) - {None}
+    if len(names) > 1 or (names and None in found.values()):
         listed = ", ".join(f"{d}: {f}" for d, f in found.items())
-        raise ValueError(f"synth compare: the versions check answers differently ({listed}); give --verifier "
-                         "module:function to score all of them with one check")
-    return names.pop()
+        raise ValueError(f"synth compare: the versions' sft.{key} differ ({listed}); give {option} to score all of "
+                         "them the same way")
+    return names.pop() if names else None
 
 
 def _score(check: Any, spec: str, prompt: list[dict[str, Any]], seed: dict[str, Any] | None, answer: str, whose: str) -> float:
@@ -272,28 +322,32 @@ def _score(check: Any, spec: str, prompt: list[dict[str, Any]], seed: dict[str, 
     return float(ok) if not isinstance(ok, bool) else (1.0 if ok else 0.0)
 
 
-def _report(rows: list[dict[str, Any]], held: HeldOut, verifier: str, max_new: int) -> dict[str, Any]:
-    base = rows[0]
-    for r in rows:
-        known = [s for s in r["teacher_scores"] if s is not None]
-        r["student"] = rate(r["student_scores"])
-        r["teacher"] = rate(known) if known else None
-        r["teacher_answers_found"] = len(known)
-        r["student_over_teacher"] = (r["student"]["mean"] / r["teacher"]["mean"]
-                                     if r["teacher"] and r["teacher"]["mean"] else None)
+def _report(rows: list[dict[str, Any]], held: HeldOut, verifier: str | None, max_new: int) -> dict[str, Any]:
+    """The versions' rates and paired differences under the task check (none without one)."""
     comparisons, verdicts = [], []
-    for r in rows[1:]:
-        diff = paired_difference(base["student_scores"], r["student_scores"])
-        both = [(a, b) for a, b in zip(base["teacher_scores"], r["teacher_scores"], strict=True)
-                if a is not None and b is not None]
-        teacher_diff = paired_difference([a for a, _ in both], [b for _, b in both]) if both else None
-        comparisons.append({"a": base["dir"], "b": r["dir"], "student": diff, "verdict": verdict(diff),
-                            "teacher": teacher_diff})
-        verdicts.append(verdict_line(r["dir"], base["dir"], diff))
+    if verifier is not None:
+        base = rows[0]
+        for r in rows:
+            known = [s for s in r["teacher_scores"] if s is not None]
+            r["student"] = rate(r["student_scores"])
+            r["teacher"] = rate(known) if known else None
+            r["teacher_answers_found"] = len(known)
+            r["student_over_teacher"] = (r["student"]["mean"] / r["teacher"]["mean"]
+                                         if r["teacher"] and r["teacher"]["mean"] else None)
+        for r in rows[1:]:
+            diff = paired_difference(base["student_scores"], r["student_scores"])
+            both = [(a, b) for a, b in zip(base["teacher_scores"], r["teacher_scores"], strict=True)
+                    if a is not None and b is not None]
+            teacher_diff = paired_difference([a for a, _ in both], [b for _, b in both]) if both else None
+            comparisons.append({"a": base["dir"], "b": r["dir"], "student": diff, "verdict": verdict(diff),
+                                "teacher": teacher_diff})
+            verdicts.append(verdict_line(r["dir"], base["dir"], diff))
     return {"prompts": len(held.keys), "source": held.source, "excluded_as_trained": held.excluded_trained,
             "verifier": verifier, "max_new_tokens": max_new,
             "versions": [{k: v for k, v in r.items() if not k.endswith("_scores")} for r in rows],
-            "per_prompt": {r["dir"]: {"student": r["student_scores"], "teacher": r["teacher_scores"]} for r in rows},
+            "prompt_texts": [p[-1]["content"] for p in held.prompts],  # the order of every per-prompt list
+            "per_prompt": {r["dir"]: {"student": r["student_scores"], "teacher": r["teacher_scores"]}
+                           for r in rows if "student_scores" in r},
             "comparisons": comparisons, "verdicts": verdicts}
 
 
@@ -301,16 +355,27 @@ def _pm(r: dict[str, float] | None) -> str:
     return "n/a" if r is None else f"{r['mean']:.3f} ± {r['se']:.3f}"
 
 
+def _judge_counts(c: dict[str, Any]) -> str:
+    return (f"{c['b']} preferred on {c['b_wins']}, {c['a']} on {c['a_wins']}, ties {c['ties']}, identical answers "
+            f"{c['identical']}" + "".join(f", {k.replace('_', ' ')} {c[k]}" for k in ("unparseable", "failed", "not_judged")
+                                         if c[k]))
+
+
 def lines(report: dict[str, Any], out: Path) -> list[str]:
     """What `synth compare` prints."""
+    measures = ([f"check {report['verifier']}"] if report["verifier"] else []) + (
+        [f"judge {report['judge']['file']}"] if report.get("judge") else [])
     out_lines = [f"synth compare: {report['prompts']} held-out prompts, from {report['source']}"
                  + (f", {report['excluded_as_trained']} left out as some version trained on them"
                     if report["excluded_as_trained"] else "")
-                 + f"; check {report['verifier']}"]
-    for v in report["versions"]:
-        ratio = f", student/teacher {v['student_over_teacher']:.2f}" if v["student_over_teacher"] is not None else ""
-        out_lines.append(f"  {v['dir']} (teacher {v['teacher_model']}): teacher {_pm(v['teacher'])}, "
-                         f"student {_pm(v['student'])}{ratio}")
+                 + "; " + ", ".join(measures)]
+    if report["verifier"]:
+        for v in report["versions"]:
+            ratio = f", student/teacher {v['student_over_teacher']:.2f}" if v["student_over_teacher"] is not None else ""
+            out_lines.append(f"  {v['dir']} (teacher {v['teacher_model']}): teacher {_pm(v['teacher'])}, "
+                             f"student {_pm(v['student'])}{ratio}")
+    for c in report.get("judge", {}).get("comparisons", []):
+        out_lines.append(f"  judge: {_judge_counts(c)}")
     out_lines += [f"  {line}" for line in report["verdicts"]]
     out_lines.append(f"  report: {out / 'compare.md'}, compare.json")
     return out_lines
@@ -320,29 +385,43 @@ def markdown(report: dict[str, Any]) -> str:
     """compare.md."""
     md = ["# Students compared", "",
           f"{report['prompts']} held-out prompts, from {report['source']}; "
-          f"{report['excluded_as_trained']} left out because a version trained on them. Every answer scored by "
-          f"`{report['verifier']}` (student answers greedy, at most {report['max_new_tokens']} new tokens). "
-          "Rates with their standard error.", "",
-          "| version | teacher | teacher pass rate | student pass rate | student / teacher |",
-          "| --- | --- | --- | --- | --- |"]
-    for v in report["versions"]:
-        ratio = f"{v['student_over_teacher']:.2f}" if v["student_over_teacher"] is not None else "n/a"
-        md.append(f"| `{v['dir']}` | {v['teacher_model']} | {_pm(v['teacher'])} | {_pm(v['student'])} | {ratio} |")
-    md += ["", "## Paired differences (each version minus the first, prompt by prompt)", "",
-           "| versions | student change | 95% CI (paired bootstrap) | prompts where they differ | teacher change | verdict |",
-           "| --- | --- | --- | --- | --- | --- |"]
-    for c in report["comparisons"]:
-        s, t = c["student"], c["teacher"]
-        teacher = f"{t['mean']:+.3f} ± {t['se']:.3f}" if t else "n/a"
-        md.append(f"| `{c['b']}` vs `{c['a']}` | {s['mean']:+.3f} ± {s['se']:.3f} | {s['ci95'][0]:+.3f} to "
-                  f"{s['ci95'][1]:+.3f} | {s['discordant']} | {teacher} | {c['verdict']} |")
+          f"{report['excluded_as_trained']} left out because a version trained on them. Student answers greedy, at "
+          f"most {report['max_new_tokens']} new tokens."]
+    if report["verifier"]:
+        md += ["", f"Every answer scored by `{report['verifier']}`. Rates with their standard error.", "",
+               "| version | teacher | teacher pass rate | student pass rate | student / teacher |",
+               "| --- | --- | --- | --- | --- |"]
+        for v in report["versions"]:
+            ratio = f"{v['student_over_teacher']:.2f}" if v["student_over_teacher"] is not None else "n/a"
+            md.append(f"| `{v['dir']}` | {v['teacher_model']} | {_pm(v['teacher'])} | {_pm(v['student'])} | {ratio} |")
+        md += ["", "## Paired differences (each version minus the first, prompt by prompt)", "",
+               "| versions | student change | 95% CI (paired bootstrap) | prompts where they differ | teacher change | verdict |",
+               "| --- | --- | --- | --- | --- | --- |"]
+        for c in report["comparisons"]:
+            s, t = c["student"], c["teacher"]
+            teacher = f"{t['mean']:+.3f} ± {t['se']:.3f}" if t else "n/a"
+            md.append(f"| `{c['b']}` vs `{c['a']}` | {s['mean']:+.3f} ± {s['se']:.3f} | {s['ci95'][0]:+.3f} to "
+                      f"{s['ci95'][1]:+.3f} | {s['discordant']} | {teacher} | {c['verdict']} |")
+    if report.get("judge"):
+        j = report["judge"]
+        md += ["", "## The judge's preference (each version's student against the first's)", "",
+               f"`{j['file']}`, asked which of two answers is better, in a seeded random order; identical answers "
+               f"count as a tie without a call; at most {j['limit']} prompts judged. Preference: the share of prompts "
+               "where it prefers the version minus the share where it prefers the first.", "",
+               "| versions | version preferred | first preferred | ties | identical | no verdict | preference | "
+               "95% CI (paired bootstrap) | verdict |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for c in j["comparisons"]:
+            p = c["preference"]
+            pref, ci = (f"{p['mean']:+.3f} ± {p['se']:.3f}", f"{p['ci95'][0]:+.3f} to {p['ci95'][1]:+.3f}") if p else ("n/a", "n/a")
+            md.append(f"| `{c['b']}` vs `{c['a']}` | {c['b_wins']} | {c['a_wins']} | {c['ties']} | {c['identical']} | "
+                      f"{c['unparseable'] + c['failed']} | {pref} | {ci} | {c['verdict']} |")
     md += ["", *[f"- {line}" for line in report["verdicts"]]]
     return "\n".join(md) + "\n"
 
 
 def run_compare(dirs: list[str | Path], out: str | Path | None = None, *, verifier: str | None = None,
                 eval_file: str | Path | None = None, limit: int | None = None, max_new_tokens: int | None = None,
-                force: bool = False) -> StageResult:
+                force: bool = False, judge: str | Path | None = None) -> StageResult:
     """Compare the students of the output dirs `dirs` (the first is the baseline)."""
     versions = [load_version(Path(d)) for d in dirs]
     if len({v.dir.resolve() for v in versions}) < len(versions):
@@ -350,6 +429,6 @@ def run_compare(dirs: list[str | Path], out: str | Path | None = None, *, verifi
     if eval_file is not None and not Path(eval_file).is_file():
         raise ValueError(f"synth compare: --eval {eval_file} does not exist; give a JSONL of chats (messages)")
     stage = Compare(versions, Path(out) if out else versions[-1].dir, verifier, Path(eval_file) if eval_file else None,
-                    limit, max_new_tokens)
+                    limit, max_new_tokens, judge=str(judge) if judge else None)
     return stage.run(force=force)
 

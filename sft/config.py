@@ -147,7 +147,7 @@ class SftConfig:
     eval_engine: str = help_field("auto", help="`sft eval` generation: vllm (adapter via LoRARequest), transformers, or auto (vllm if installed)", stage="eval")
     eval_max_new_tokens: int = help_field(256, help="`sft eval`: most tokens per student answer (greedy)", stage="eval")
     eval_limit: int | None = help_field(None, help="`sft eval`: evaluate only the first N held-out examples", stage="eval")
-    eval_judge: str | None = help_field(None, help="`sft eval`: a JUDGE.yaml (as for synth diff --judge) for the judge win rate of student vs teacher", stage="eval")
+    eval_judge: str | None = help_field(None, help="`sft eval`: a JUDGE.yaml (as for synth diff --judge) for the judge win rate of student vs teacher; `synth compare` asks it which version's student answers better", stage="eval")
     eval_verifier: str | None = help_field(None, help="`sft eval`: 'module:function' task check run on student and teacher answers", stage="eval")
     distill: DistillOptions | None = help_field(None, help="train on the teacher's top-k logprobs too (knowledge distillation); see docs/distillation.md", stage="train")
     dpo: DpoOptions = help_field(default_factory=DpoOptions, help="`sft dpo`: preference training of the SFT student on pairs")

@@ -106,7 +106,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     out = Path(args.out or args.dirs[-1])
     setup_logging(out / "run.log" if out.is_dir() else None, args.verbose)
     result = run_compare(args.dirs, args.out, verifier=args.verifier, eval_file=args.eval_file, limit=args.limit,
-                         max_new_tokens=args.max_new_tokens, force=args.force)
+                         max_new_tokens=args.max_new_tokens, force=args.force, judge=args.judge)
     if result.status == "done":
         print("\n".join(result.lines))
     else:
@@ -291,15 +291,18 @@ def _add_compare(sub: Any) -> None:
         "compare",
         help="the students of several dataset versions on one held-out set, with paired error bars and a verdict",
         description="Score the trained student of each output dir (and each version's teacher) with one task check "
-        "on the held-out prompts they all share and none trained on; report the paired difference of each version "
-        "against the first with a bootstrap 95%% interval, and say better, worse, or no detectable difference. "
-        "Writes compare.md and compare.json; the students' answers are cached, a rerun with nothing changed "
-        "generates nothing.",
+        "on the held-out prompts they all share and none trained on, and/or ask a judge which of two students' answers "
+        "is better; report the paired difference of each version against the first with a bootstrap 95%% interval, "
+        "and say better, worse, or no detectable difference. Writes compare.md and compare.json; the students' and "
+        "the judge's answers are cached, a rerun with nothing changed generates nothing.",
     )
     cmp.add_argument("dirs", nargs="+", metavar="OUTPUT", help="output dirs of `synth run` (the first is the baseline), "
                      "e.g. runs/dates runs/dates.v2")
     cmp.add_argument("--verifier", metavar="MODULE:FUNCTION",
                      help="the task check (default: the versions' sft.eval_verifier, which must agree)")
+    cmp.add_argument("--judge", metavar="JUDGE.yaml",
+                     help="also ask a judge, prompt by prompt, which student's answer is better (default: the versions' "
+                     "sft.eval_judge, which must agree); a YAML with a teacher block, as for synth diff --judge")
     cmp.add_argument("--eval", metavar="FILE", dest="eval_file",
                      help="a JSONL of chats, each ending with a reference answer (as eval.jsonl), to score on instead of "
                      "the versions' shared held-out prompts")

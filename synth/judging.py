@@ -90,7 +90,8 @@ class PairwiseJudge(JudgeConfig):
 def judge_preference(pairs: list[tuple[str, str, str]], judge_file: str | Path, log: Path) -> dict[str, Any]:
     """Ask the judge of `judge_file` (a JUDGE.yaml) which of two answers is better, for
     (prompt, answer_a, answer_b) triples; each pair is shown in a seeded random order and
-    mapped back. Cached in `log`."""
+    mapped back. Cached in `log`. Returns the tally and `winners`, each judged pair's winner
+    in order ("a", "b", "tie"; None where the call failed or its answer had no verdict)."""
     judge = from_dict(PairwiseJudge, load_yaml(judge_file), prefix="judge")
     rng = random.Random(judge.seed)
     items, swaps = {}, {}
@@ -100,16 +101,18 @@ def judge_preference(pairs: list[tuple[str, str, str]], judge_file: str | Path, 
         swaps[str(i)] = swapped
     got = call_judge(judge, PAIRWISE, items, log, source="diff")
     tally = {"a": 0, "b": 0, "tie": 0, "unparseable": 0, "failed": len(got.failed)}
+    winners: list[str | None] = []  # per pair judged, in order: "a", "b", "tie", or None (failed, unparseable)
     for key, swapped in swaps.items():
-        if key in got.failed:
-            continue
-        winner = parse_winner(got.answers.get(key, ""))
+        winner = None if key in got.failed else parse_winner(got.answers.get(key, ""))
         if winner is None:
-            tally["unparseable"] += 1
+            tally["unparseable"] += key not in got.failed
         elif winner == "tie":
             tally["tie"] += 1
         else:
-            tally["b" if (winner == "1") == swapped else "a"] += 1
+            winner = "b" if (winner == "1") == swapped else "a"
+            tally[winner] += 1
+        winners.append(winner)
     decided = tally["a"] + tally["b"] + tally["tie"]
-    return {"judged": len(items), "calls_sent": got.sent, **tally,
-            "b_win_rate": round((tally["b"] + 0.5 * tally["tie"]) / decided, 4) if decided else None}
+    return {"judged": len(items), "calls_sent": got.sent, "calls_cached": got.cached, **tally,
+            "b_win_rate": round((tally["b"] + 0.5 * tally["tie"]) / decided, 4) if decided else None,
+            "winners": winners}

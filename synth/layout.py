@@ -24,6 +24,7 @@
       report.md, report.json   what `synth run` did, stage by stage
       diff.md, diff.json       `synth diff` of this version against another
       compare.md, compare.json, compare_answers.jsonl   `synth compare`: the versions' students on one held-out set
+      compare_judge.jsonl      `synth compare --judge`: the judge's answers (its cache)
       stages/STAGE.json        the inputs each keyed stage last finished with
       student/                 (sft.output_dir) the trained student: see StudentLayout
 """
@@ -132,6 +133,7 @@ class Layout:
     compare = property(lambda self: self.root / "compare.md")
     compare_json = property(lambda self: self.root / "compare.json")
     compare_answers = property(lambda self: self.root / "compare_answers.jsonl")
+    compare_judge = property(lambda self: self.root / "compare_judge.jsonl")
 
     def stamp(self, stage: str) -> Path:
         """Where a keyed stage records the inputs it last finished with."""

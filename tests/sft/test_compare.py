@@ -8,7 +8,7 @@ import pytest
 from sft.stats import paired_difference, verdict, verdict_line
 from synth.cli import main as synth_main
 
-from conftest import make_recipe, write_jsonl
+from conftest import make_recipe, read_jsonl, write_jsonl
 
 # ---- the statistics ---------------------------------------------------------------------
 
@@ -146,3 +146,65 @@ def test_bad_input_is_one_line_naming_the_version_and_the_fix(versions, tiny_mod
     bad.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "1"}]}\nnot json\n')
     err = error(numbers, words, "--eval", bad)
     assert str(bad) in err and "line 2" in err
+
+
+@pytest.mark.slow
+def test_a_judge_compares_the_students_prompt_by_prompt_through_its_seeded_order(versions, tmp_path, vllm_server,
+                                                                                monkeypatch, capsys):
+    """--judge: the real server judges, its verdict forced (a structured-output choice of
+    "Winner: 1": it prefers whichever answer it is shown first), so each outcome must follow
+    the order the judge saw, mapped back to the two students; identical answers are ties with
+    no call; a rerun calls nothing."""
+    import re
+
+    from conftest import SERVED_MODEL, SERVER_KEY
+    from faultproxy import FaultProxy
+
+    _, numbers, words = versions
+    monkeypatch.setenv("STILLHOUSE_TEST_KEY", SERVER_KEY)
+    with FaultProxy(vllm_server.url) as proxy:
+        judge = tmp_path / "judge.yaml"
+        judge.write_text(json.dumps({"max_tokens": 8, "teacher": {"backend": "openai", "model": SERVED_MODEL, "openai": {
+            "base_url": proxy.url, "api_key_env": "STILLHOUSE_TEST_KEY",
+            "extra_body": {"structured_outputs": {"choice": ["Winner: 1"]}}}}}))
+        out = tmp_path / "report"
+        assert synth_main(["compare", str(numbers), str(words), "--judge", str(judge), "--out", str(out)]) == 0
+        printed = capsys.readouterr().out
+        report = json.loads((out / "compare.json").read_text())
+        (c,) = report["judge"]["comparisons"]
+        answers = {}
+        for row in read_jsonl(out / "compare_answers.jsonl"):
+            answers.setdefault(row["dir"], []).append(row["answer"])
+        base, mine = answers[str(numbers)], answers[str(words)]
+        differ = sum(a != b for a, b in zip(base, mine, strict=True))
+        assert differ > 0 and c["identical"] == len(EVAL_PROMPTS) - differ
+        assert c["judged"] == differ == len(proxy.hits) == c["a_wins"] + c["b_wins"]
+        # Each call: the answer shown first won; which student's it was decides the outcome.
+        shown_first = {}
+        for call in read_jsonl(out / "compare_judge.jsonl"):
+            text = call["messages"][-2]["content"]
+            request = re.search(r"\[Request\]\n(.*?)\n\n\[Answer 1\]", text, re.S).group(1)
+            first = re.search(r"\[Answer 1\]\n(.*?)\n\n\[Answer 2\]", text, re.S).group(1)
+            i = report["prompt_texts"].index(request)  # the held-out order, of answers and outcomes
+            shown_first[i] = "a" if first.strip() == base[i].strip() else "b"
+        for i, outcome in enumerate(c["per_prompt"]):
+            assert outcome == ("tie" if base[i] == mine[i] else shown_first[i])
+        assert 0 < c["b_wins"] < differ, "the seeded order shows each student first on some prompts"
+        p = c["preference"]
+        assert p["mean"] == pytest.approx((c["b_wins"] - c["a_wins"]) / len(EVAL_PROMPTS))
+        assert f"{words} vs {numbers}: {c['verdict']}: judge preference {p['mean']:+.3f}" in printed
+        assert f"judge: {words} preferred on {c['b_wins']}, {numbers} on {c['a_wins']}" in printed
+        assert "The judge's preference" in (out / "compare.md").read_text()
+        # the task check ran too (the versions' sft.eval_verifier), as without --judge
+        assert report["verifier"] and len(report["verdicts"]) == 2
+
+        assert synth_main(["compare", str(numbers), str(words), "--judge", str(judge), "--out", str(out)]) == 0
+        assert "skipped (inputs unchanged" in capsys.readouterr().out and len(proxy.hits) == differ
+
+        # The same student twice: every answer identical, a tie without a call.
+        twin = tmp_path / "twin"
+        shutil.copytree(numbers, twin)
+        assert synth_main(["compare", str(numbers), str(twin), "--judge", str(judge), "--out", str(out)]) == 0
+        (c,) = json.loads((out / "compare.json").read_text())["judge"]["comparisons"]
+        assert c["identical"] == len(EVAL_PROMPTS) and c["judged"] == 0 and len(proxy.hits) == differ
+        assert c["verdict"] == "no detectable difference at this sample size"
