@@ -4,6 +4,7 @@ import json
 import shutil
 
 import pytest
+import yaml
 
 from sft.stats import paired_difference, verdict, verdict_line
 from synth.cli import main as synth_main
@@ -208,3 +209,20 @@ def test_a_judge_compares_the_students_prompt_by_prompt_through_its_seeded_order
         (c,) = json.loads((out / "compare.json").read_text())["judge"]["comparisons"]
         assert c["identical"] == len(EVAL_PROMPTS) and c["judged"] == 0 and len(proxy.hits) == differ
         assert c["verdict"] == "no detectable difference at this sample size"
+
+        # Versions with no task check: the judge alone (its answers from the cache), or one clear error.
+        unchecked = []
+        for version in (numbers, words):
+            copy = tmp_path / f"unchecked-{version.parent.name}"
+            shutil.copytree(version, copy)
+            config = yaml.safe_load((copy / "config.yaml").read_text())
+            del config["sft"]["eval_verifier"]
+            (copy / "config.yaml").write_text(yaml.safe_dump(config))
+            unchecked.append(str(copy))
+        assert synth_main(["compare", *unchecked]) == 2
+        err = capsys.readouterr().err
+        assert "no version has sft.eval_verifier or sft.eval_judge" in err and "--judge JUDGE.yaml" in err
+        assert synth_main(["compare", *unchecked, "--judge", str(judge), "--out", str(out)]) == 0
+        report = json.loads((out / "compare.json").read_text())
+        assert report["verifier"] is None and report["per_prompt"] == {} and len(report["verdicts"]) == 1
+        assert "judge preference" in report["verdicts"][0] and len(proxy.hits) == differ
