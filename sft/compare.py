@@ -36,8 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sft.answers import cached_answers
 from sft.data import read_conversations, verifier_record
-from sft.generation import engine_for, student_answers
+from sft.generation import engine_for
 from sft.stats import paired_difference, rate, verdict, verdict_line
 from synth.config import Recipe
 from synth.configtools import from_dict, load_yaml
@@ -46,7 +47,7 @@ from synth.fingerprint import fingerprint_dir
 from synth.judging import PAIRWISE, PairwiseJudge, judge_preference, template_digest
 from synth.layout import Layout
 from synth.plan import Plan, resolve
-from synth.rawlog import JsonlAppender, iter_records
+from synth.rawlog import iter_records
 from synth.runtime import canonical_json, file_sha256
 from synth.stage import Stage, StageResult
 from synth.versions import recorded_teacher
@@ -277,25 +278,8 @@ class Compare(Stage):
 
     def _answers(self, v: Version) -> list[str]:
         """The version's student's greedy answers to the held-out prompts, through the cache."""
-        cfg, files = v.plan.sft, v.plan.student.files
-        weights, engine = fingerprint_dir(files.trained), engine_for(cfg)
-        path = Layout(self.out).compare_answers
-
-        def key(prompt: list[dict[str, Any]]) -> str:
-            return hashlib.sha256(canonical_json([weights, prompt, self.max_new, engine]).encode()).hexdigest()[:32]
-
-        cached = {r["id"]: r["answer"] for r in iter_records(path)} if path.exists() else {}
-        todo = list({key(p): p for p in self.held_out.prompts if key(p) not in cached}.items())
-        logger.info("synth compare: %s's student: %d answers to generate (%s), %d cached", v.name, len(todo), engine,
-                    len(self.held_out.prompts) - len(todo))
-        if todo:
-            texts = student_answers(cfg, files, [p for _, p in todo], self.max_new)
-            self.out.mkdir(parents=True, exist_ok=True)
-            with JsonlAppender(path, 1, 1.0) as sink:
-                for (k, _), text in zip(todo, texts, strict=True):
-                    sink.append({"id": k, "dir": v.name, "answer": text})
-                    cached[k] = text
-        return [cached[key(p)] for p in self.held_out.prompts]
+        return cached_answers(v.plan.sft, v.plan.student.files, self.held_out.prompts, self.max_new,
+                              Layout(self.out).compare_answers, f"synth compare: {v.name}'s student", dir=v.name)
 
 
 def _common(versions: list[Version], key: str, option: str) -> str | None:
