@@ -1,5 +1,5 @@
 """Is the new teacher's student better? `synth compare` on the dates task, where the answer is
-known: a weaker teacher (trained 500 steps instead of 1,000) should give a worse student, and a
+known: a weaker teacher (trained 200 steps instead of 600) should give a worse student, and a
 second student of the same teacher (another training seed, another output dir) no detectable
 difference.
 
@@ -7,7 +7,7 @@ Needs `make demo` first (runs/dates: the demo teacher's data and student). Then:
 
     python bench/compare_students.py
 
-1. `sft train prompts/dates/teacher.yaml` into .demo/dates/teacher-b with sft.max_steps=500,
+1. `sft train prompts/dates/teacher.yaml` into .demo/dates/teacher-b with sft.max_steps=200,
    then `synth run prompts/dates/recipe.yaml --set teacher.model=.demo/dates/teacher-b/model`:
    the version runs/dates.v2, with its own student (the docs' new-teacher guide, step 5);
 2. `synth run` with the demo's teacher into runs/dates-seed1 with sft.seed=1: the same teacher's
@@ -39,7 +39,7 @@ def main() -> int:
     if not (REPO / "runs" / "dates" / "student" / "model" / "config.json").is_file():
         sys.exit("bench/compare_students.py: run `make demo` first (runs/dates has no trained student)")
     run("sft", "train", "prompts/dates/teacher.yaml", "--set", "sft.output_dir=.demo/dates/teacher-b",
-        "--set", "sft.max_steps=500", "--no-progress")
+        "--set", "sft.max_steps=200", "--no-progress")
     run("synth", "run", "prompts/dates/recipe.yaml", "--set", "teacher.model=.demo/dates/teacher-b/model",
         "--set", "export=null", "--no-progress")
     run("synth", "run", "prompts/dates/recipe.yaml", "--set", "output.dir=runs/dates-seed1", "--set", "sft.seed=1",
