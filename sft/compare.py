@@ -17,9 +17,9 @@ reports have no common yardstick. This stage puts them on one:
 - the statistics: pass rates with standard errors, and for each version against the first,
   the paired difference (by prompt) with its standard error and a paired bootstrap 95%
   interval (for the judge: +1 where it prefers the version, -1 where it prefers the first, 0
-  for a tie, so the mean is the win rate minus the loss rate); the verdict is "better" or "worse" when the interval excludes 0, else "no
-  detectable difference at this sample size", with the prompts a difference of the observed
-  size would need (80% power, two-sided 5%).
+  for a tie, so the mean is the win rate minus the loss rate); the verdict is "better" or
+  "worse" when the interval excludes 0, else "no detectable difference at this sample size",
+  with the prompts a difference of the observed size would need (80% power, two-sided 5%).
 
 Writes compare.json and compare.md (default: into the last version). The students' answers
 are cached in compare_answers.jsonl (by weights, prompt, length and engine), the judge's in
@@ -244,6 +244,9 @@ class Compare(Stage):
         if self.judge is not None:
             report["judge"] = self._judged(answers)
             report["verdicts"] += [c["line"] for c in report["judge"]["comparisons"]]
+            failed = sum(c["failed"] for c in report["judge"]["comparisons"])
+            if failed and key is not None:  # recorded in the stamp: the next run differs, and asks those again
+                key["judge_calls_failed"] = failed
         out = Layout(self.out)
         self.out.mkdir(parents=True, exist_ok=True)
         out.compare_json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
@@ -342,7 +345,7 @@ def _pm(r: dict[str, float] | None) -> str:
 def _judge_counts(c: dict[str, Any]) -> str:
     return (f"{c['b']} preferred on {c['b_wins']}, {c['a']} on {c['a_wins']}, ties {c['ties']}, identical answers "
             f"{c['identical']}" + "".join(f", {k.replace('_', ' ')} {c[k]}" for k in ("unparseable", "failed", "not_judged")
-                                         if c[k]))
+                                         if c[k]) + (" (a rerun asks the failed calls again)" if c["failed"] else ""))
 
 
 def lines(report: dict[str, Any], out: Path) -> list[str]:

@@ -9,7 +9,7 @@ import yaml
 from sft.stats import paired_difference, verdict, verdict_line
 from synth.cli import main as synth_main
 
-from conftest import make_recipe, read_jsonl, write_jsonl
+from conftest import REPO, make_recipe, read_jsonl, write_jsonl
 
 # ---- the statistics ---------------------------------------------------------------------
 
@@ -210,6 +210,26 @@ def test_a_judge_compares_the_students_prompt_by_prompt_through_its_seeded_order
         assert c["identical"] == len(EVAL_PROMPTS) and c["judged"] == 0 and len(proxy.hits) == differ
         assert c["verdict"] == "no detectable difference at this sample size"
 
+        # Judge calls that fail (every attempt a 500) are counted, and the next run asks them again.
+        failing = tmp_path / "failing.j2"
+        packaged = (REPO / "synth" / "prompts" / "judge" / "pairwise.j2").read_text()
+        failing.write_text(packaged.replace("[Request]", "[always500] [Request]"))
+        flaky = tmp_path / "flaky.yaml"
+        spec = json.loads(judge.read_text())
+        spec["template"], spec["teacher"]["openai"]["max_retries"] = str(failing), 0
+        flaky.write_text(json.dumps(spec))
+        again = tmp_path / "again"
+        assert synth_main(["compare", str(numbers), str(words), "--judge", str(flaky), "--out", str(again)]) == 0
+        (c,) = json.loads((again / "compare.json").read_text())["judge"]["comparisons"]
+        assert c["failed"] == differ and c["a_wins"] + c["b_wins"] == 0 and c["verdict"].startswith("no verdict")
+        assert "a rerun asks the failed calls again" in capsys.readouterr().out
+        proxy.faults_enabled = False
+        assert synth_main(["compare", str(numbers), str(words), "--judge", str(flaky), "--out", str(again)]) == 0
+        (c,) = json.loads((again / "compare.json").read_text())["judge"]["comparisons"]
+        assert c["failed"] == 0 and c["a_wins"] + c["b_wins"] == differ
+        capsys.readouterr()
+        sent = len(proxy.hits)
+
         # Versions with no task check: the judge alone (its answers from the cache), or one clear error.
         unchecked = []
         for version in (numbers, words):
@@ -225,4 +245,4 @@ def test_a_judge_compares_the_students_prompt_by_prompt_through_its_seeded_order
         assert synth_main(["compare", *unchecked, "--judge", str(judge), "--out", str(out)]) == 0
         report = json.loads((out / "compare.json").read_text())
         assert report["verifier"] is None and report["per_prompt"] == {} and len(report["verdicts"]) == 1
-        assert "judge preference" in report["verdicts"][0] and len(proxy.hits) == differ
+        assert "judge preference" in report["verdicts"][0] and len(proxy.hits) == sent
