@@ -33,8 +33,9 @@ def cached_answers(cfg: SftConfig, files: StudentLayout, prompts: list[list[dict
     def key(prompt: list[dict[str, Any]]) -> str:
         return hashlib.sha256(canonical_json([weights, prompt, max_new, engine]).encode()).hexdigest()[:32]
 
+    keys = [key(p) for p in prompts]
     cached = {r["id"]: r["answer"] for r in iter_records(path)} if path.exists() else {}
-    todo = list({key(p): p for p in prompts if key(p) not in cached}.items())
+    todo = list({k: p for k, p in zip(keys, prompts, strict=True) if k not in cached}.items())
     logger.info("%s: %d answers to generate (%s), %d cached in %s", label, len(todo), engine, len(prompts) - len(todo), path)
     if todo:
         texts = student_answers(cfg, files, [p for _, p in todo], max_new)
@@ -43,7 +44,7 @@ def cached_answers(cfg: SftConfig, files: StudentLayout, prompts: list[list[dict
             for (k, _), text in zip(todo, texts, strict=True):
                 sink.append({"id": k, **row, "answer": text})
                 cached[k] = text
-    return [cached[key(p)] for p in prompts]
+    return [cached[k] for k in keys]
 
 
 def student_answerer(plan: Plan) -> Callable[[list[list[dict[str, Any]]]], list[str]]:

@@ -244,14 +244,14 @@ class Compare(Stage):
         if self.judge is not None:
             report["judge"] = self._judged(answers)
             report["verdicts"] += [c["line"] for c in report["judge"]["comparisons"]]
-            failed = sum(c["failed"] for c in report["judge"]["comparisons"])
-            if failed and key is not None:  # recorded in the stamp: the next run differs, and asks those again
-                key["judge_calls_failed"] = failed
         out = Layout(self.out)
         self.out.mkdir(parents=True, exist_ok=True)
         out.compare_json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         out.compare.write_text(markdown(report), encoding="utf-8")
-        return self.result(report["verdicts"][-1], lines(report, self.out), report)
+        result = self.result(report["verdicts"][-1], lines(report, self.out), report)
+        # judge calls that failed: the stage is not complete, and the next run asks them again
+        result.complete = not any(c["failed"] for c in report.get("judge", {}).get("comparisons", []))
+        return result
 
     def _judged(self, answers: list[list[str]]) -> dict[str, Any]:
         """The judge's preference between each version's student and the first's, prompt by
@@ -269,13 +269,14 @@ class Compare(Stage):
             scored = sorted(i for i, w in outcome.items() if w is not None)
             b_scores = [won[outcome[i]] for i in scored]
             diff = paired_difference([1 - s for s in b_scores], b_scores) if scored else None
+            undecided = "no verdict: the judge decided no prompt"
             comparisons.append({
                 "a": self.versions[0].name, "b": v.name, "identical": len(base) - len(differ), "judged": len(asked),
                 "not_judged": len(differ) - len(asked), "a_wins": j["a"], "b_wins": j["b"], "ties": j["tie"],
                 "unparseable": j["unparseable"], "failed": j["failed"], "calls_sent": j["calls_sent"],
-                "preference": diff, "verdict": verdict(diff) if diff else "no verdict: the judge decided no prompt",
-                "line": (verdict_line(v.name, self.versions[0].name, diff, what="judge preference") if diff else
-                         f"{v.name} vs {self.versions[0].name}: no verdict: the judge decided no prompt"),
+                "preference": diff, "verdict": verdict(diff) if diff else undecided,
+                "line": (verdict_line(v.name, self.versions[0].name, diff, what="judge preference") if diff
+                         else f"{v.name} vs {self.versions[0].name}: {undecided}"),
                 "per_prompt": [outcome.get(i) for i in range(len(base))]})
         return {"file": self.judge, "limit": self.judge_config.limit, "comparisons": comparisons}
 

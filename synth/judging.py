@@ -105,7 +105,8 @@ def judge_preference(pairs: list[tuple[str, str, str]], judge_file: str | Path, 
     for key, swapped in swaps.items():
         winner = None if key in got.failed else parse_winner(got.answers.get(key, ""))
         if winner is None:
-            tally["unparseable"] += key not in got.failed
+            if key not in got.failed:
+                tally["unparseable"] += 1
         elif winner == "tie":
             tally["tie"] += 1
         else:

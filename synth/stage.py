@@ -6,7 +6,8 @@ A stage has its plan (synth.plan), and states:
   call has a request id, and the logs are the cache) or rebuilt every run (the card);
 - `stamp()`: where it records the key it last finished with (written last, so its presence
   means "complete for this key"), and `outputs()`: files that must still be there;
-- `work(key)`: the work, returning a StageResult;
+- `work(key)`: the work, returning a StageResult (`complete=False` when part of it failed and
+  the next run should try again: then no stamp is written);
 - `why_not_applicable()`: why the stage does not apply to this recipe (no held-out split), or None.
 
 `run()` decides: a keyed stage whose key equals its stamp and whose outputs exist is
@@ -43,6 +44,7 @@ class StageResult:
     lines: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
     wall_s: float | None = None
+    complete: bool = True  # False: some of the work failed; no stamp, so the next run does it again
 
     def report_entry(self) -> dict[str, Any]:
         """The stage's entry in report.json."""
@@ -104,7 +106,10 @@ class Stage:
         with DirLock(self.plan.layout.root):
             result = self.work(key)
             if key is not None and is_main_process():
-                write_stamp(self.stamp(), key)  # last: the stage is complete for this key
+                if result.complete:
+                    write_stamp(self.stamp(), key)  # last: the stage is complete for this key
+                else:
+                    self.stamp().unlink(missing_ok=True)  # an earlier run's stamp would skip the next run
         result.why, result.wall_s = why, round(time.monotonic() - started, 1)
         return result
 
