@@ -5,7 +5,6 @@ import sys
 
 import pytest
 
-from synth.generate import run_generate
 from synth.plan import load_plan
 
 from conftest import HANG_S, make_recipe, read_jsonl
@@ -16,32 +15,28 @@ pytestmark = pytest.mark.slow
 SYNTH = [sys.executable, "-m", "synth.cli"]
 
 
-def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path, tiny_model, vllm_backend):
-    seeds = [{"question": f"Write about topic number {i}, please."} for i in range(600)]
+def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path, tiny_model):
+    seeds = [{"question": f"Write about topic number {i}, please."} for i in range(300)]
     recipe_path = make_recipe(tmp_path, tiny_model, seeds=seeds, sampling={"n": 2, "max_tokens": 64})
     plan = load_plan(recipe_path)
     planned = {r.id for r in plan.requests.requests}
-    assert len(planned) == 1200
+    assert len(planned) == 600
     raw = tmp_path / "out" / "raw.jsonl"
 
     # SIGKILL mid-run; no engine outlives it: neither its children (checked by sigkill_when)
     # nor any process that carries the run's tag (re-parented ones too; not another test's).
     tag = sigkill_when([*SYNTH, "generate", str(recipe_path), "--no-progress"], lambda: lines(raw) >= 100, HANG_S)
     complete = lines(raw)  # a torn last line has no newline
-    assert 100 <= complete < 1200, "the kill must land mid-run"
+    assert 100 <= complete < 600, "the kill must land mid-run"
     assert not tagged(tag)
 
     # Resume with the same command: only the rest is sent.
     res = subprocess.run([*SYNTH, "generate", str(recipe_path), "--no-progress"], capture_output=True, text=True, timeout=HANG_S)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "kept 1200" in res.stdout
+    assert "kept 600" in res.stdout
     records = read_jsonl(raw)
     ids = [r["id"] for r in records]
-    assert len(ids) == len(set(ids)) == 1200, "no duplicates"
+    assert len(ids) == len(set(ids)) == 600, "no duplicates"
     assert set(ids) == planned, "no loss"
-    assert f"({1200 - complete} new, {complete} from earlier runs)" in res.stdout
+    assert f"({600 - complete} new, {complete} from earlier runs)" in res.stdout
 
-    # The same ids as an uninterrupted run of the same recipe.
-    fresh = load_plan(recipe_path, [f"output.dir={tmp_path / 'fresh'}"])
-    run_generate(fresh, vllm_backend, progress=False)
-    assert {r["id"] for r in read_jsonl(tmp_path / "fresh" / "raw.jsonl")} == set(ids)
