@@ -66,9 +66,9 @@ class DistillOptions:
     tail: bool = help_field(True, help="topk_kl: add the mass outside the top k as one bucket (at temperature 1); false renormalises the top k")
     logprobs: str | None = help_field(None, help="topk_kl: the teacher's logprobs file; default OUTPUT/logprobs.bin")
     require: bool = help_field(False, help="topk_kl: every example must have aligned teacher logprobs (else an error); false: those without train on cross-entropy only, counted")
-    cross_tokenizer: bool = help_field(False, help="topk_kl: the teacher's tokenizer differs from the student's (another model family): at each answer position where both tokenizations start a token at the same character, the teacher's top-k tokens are mapped to the student's tokens of the same text (as TRL's GOLD matches them) and the mass of those without one joins the tail; the teacher's tokenizer comes from sft.distill.teacher or the recipe's local teacher")
-    teacher: str | None = help_field(None, help="on_policy: the teacher that scores the student's samples (HF id or local directory, loaded with transformers; it must share the student's tokenizer); default the recipe's teacher.model when it is a local vllm teacher")
-    beta: float = help_field(0.5, help="on_policy: the divergence, generalised Jensen-Shannon: 0 forward KL, 0.5 JSD, 1 reverse KL (mode-seeking)")
+    cross_tokenizer: bool = help_field(False, help="topk_kl: the teacher's tokenizer differs from the student's (another model family): at each answer position where both tokenizations start a token at the same character, the teacher's top-k tokens are mapped to the student's tokens of the same text (as TRL's GOLD matches them) and the mass of those without one joins the tail; the teacher's tokenizer comes from sft.distill.teacher or the recipe's local teacher. on_policy: TRL's GOLDTrainer scores the student's samples through the teacher's own tokenizer (tokens of the same text by the JSD, the rest by ULD)")
+    teacher: str | None = help_field(None, help="on_policy: the teacher that scores the student's samples (HF id or local directory, loaded with transformers; sharing the student's tokenizer unless cross_tokenizer); default the recipe's teacher.model when it is a local vllm teacher")
+    beta: float | None = help_field(None, help="the divergence, generalised Jensen-Shannon as TRL defines it: 0 forward KL(teacher || student), 0.5 JSD, 1 reverse KL (mode-seeking); default 0 for topk_kl, 0.5 for on_policy")
     max_new_tokens: int = help_field(256, help="on_policy: most tokens per student sample")
 
     def __post_init__(self) -> None:
@@ -80,16 +80,21 @@ class DistillOptions:
             raise ValueError(f"temperature: must be > 0, got {self.temperature}")
         if not (0 <= self.alpha <= 1):
             raise ValueError(f"alpha: must be in [0, 1], got {self.alpha}")
-        if not (0 <= self.beta <= 1):
+        if self.beta is not None and not (0 <= self.beta <= 1):
             raise ValueError(f"beta: must be in [0, 1] (0 forward KL, 0.5 JSD, 1 reverse KL), got {self.beta}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens: must be at least 1, got {self.max_new_tokens}")
-        if self.cross_tokenizer and self.loss != "topk_kl":
-            raise ValueError("cross_tokenizer: only with loss: topk_kl (on_policy scores with a teacher sharing the student's tokenizer)")
-        if self.cross_tokenizer and self.temperature != 1.0:
+        if self.cross_tokenizer and self.loss == "topk_kl" and self.temperature != 1.0:
             raise ValueError("cross_tokenizer: matches the captured probabilities as they are (temperature 1.0); remove temperature")
         if self.loss == "topk_kl" and self.tail and self.temperature != 1.0:
             raise ValueError("tail: the tail bucket needs temperature 1.0 (the captured logprobs are at 1); set tail: false")
+
+    @property
+    def divergence_beta(self) -> float:
+        """beta, or the loss's default (topk_kl: forward KL; on_policy: JSD)."""
+        if self.beta is not None:
+            return self.beta
+        return 0.0 if self.loss == "topk_kl" else 0.5
 
     def path(self, layout: Layout) -> Path:
         return Path(self.logprobs) if self.logprobs else layout.logprobs

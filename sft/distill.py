@@ -24,6 +24,7 @@ cross-entropy alone and is counted.
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -272,8 +273,12 @@ class TargetCollator:
         return out
 
 
-def topk_kl(logits: Any, ids: Any, logprobs: Any, temperature: float, tail: bool) -> Any:
-    """Mean over positions of KL(teacher || student) on the teacher's top k (and a tail bucket).
+def topk_kl(logits: Any, ids: Any, logprobs: Any, temperature: float, tail: bool, beta: float = 0.0) -> Any:
+    """Mean over positions of the divergence between the teacher's and the student's
+    distributions on the teacher's top k (and a tail bucket): generalised Jensen-Shannon with
+    `beta` as TRL defines it (0: KL(teacher || student), the forward KL; 1: KL(student ||
+    teacher), the reverse; between: beta KL(p || m) + (1 - beta) KL(q || m), m = beta p +
+    (1 - beta) q).
 
     logits [n, vocab] (the student's, at the positions that predict the answer tokens), ids and
     logprobs [n, k] (the teacher's; -inf where a position has fewer than k)."""
@@ -289,9 +294,22 @@ def topk_kl(logits: Any, ids: Any, logprobs: Any, temperature: float, tail: bool
     else:
         teacher = torch.log_softmax(teacher, dim=-1)
         student = torch.log_softmax(student.masked_fill(absent, float("-inf")), dim=-1)
-    p = teacher.exp()
-    terms = torch.where(absent, torch.zeros_like(p), p * (teacher - student))
-    return terms.sum(-1).mean() * temperature**2
+
+    # Absent entries (-inf on both sides) set to 0 and left out of the sums: -inf minus -inf
+    # would make the gradients NaN, even where the sum leaves them out.
+    teacher, student = teacher.masked_fill(absent, 0.0), student.masked_fill(absent, 0.0)
+
+    def kl(a: Any, b: Any) -> Any:  # KL(exp a || exp b) per position
+        return torch.where(absent, torch.zeros_like(a), a.exp() * (a - b)).sum(-1)
+
+    if beta == 0:
+        div = kl(teacher, student)
+    elif beta == 1:
+        div = kl(student, teacher)
+    else:
+        mixture = torch.logaddexp(teacher + math.log(beta), student + math.log1p(-beta))
+        div = beta * kl(teacher, mixture) + (1 - beta) * kl(student, mixture)
+    return div.mean() * temperature**2
 
 
 def _with_tail(logp: Any, absent: Any) -> Any:
@@ -324,7 +342,8 @@ def distill_trainer(base: type, opts: DistillOptions) -> type:
             ce = torch.nn.functional.cross_entropy(logits[valid].float(), targets[valid], reduction="sum") / denom
             where = kd["kd_mask"][:, 1:].to(logits.device)
             kl = topk_kl(logits[where], kd["kd_ids"][:, 1:].to(logits.device)[where],
-                         kd["kd_logprobs"][:, 1:].to(logits.device)[where], opts.temperature, opts.tail)
+                         kd["kd_logprobs"][:, 1:].to(logits.device)[where], opts.temperature, opts.tail,
+                         opts.divergence_beta)
             kl = kl * tokens / denom  # this micro-batch's share, as the cross-entropy is normalised
             loss = (1 - opts.alpha) * ce + opts.alpha * kl
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:

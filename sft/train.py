@@ -235,7 +235,7 @@ def prepare(plan: Plan, progress: bool = True, key: dict[str, Any] | None = None
     peft_config = None if cfg.full_finetune else lora_config(libs.peft, cfg)
     if cfg.on_policy:
         trainer = on_policy_trainer(libs.trl, transformers, cfg, model, tokenizer, plan.on_policy_teacher(),
-                                    [messages[:-1] for messages in train_rows], plan.student.files,
+                                    train_rows, plan.student.files,
                                     peft_config=peft_config, on_gpu=on_gpu, progress=progress)
         report.distill = {"on_policy prompts": len(train_rows)}
         packing = False

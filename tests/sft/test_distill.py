@@ -28,13 +28,35 @@ def test_topk_kl_is_zero_for_the_same_distribution_and_falls_as_the_student_lear
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert losses[0] > 0.5 and losses[-1] < 0.05 * losses[0]
     # A position with fewer than k teacher tokens (-inf) counts only the ones it has.
     partial = logprobs.clone()
     partial[:, 3:] = float("-inf")
     assert torch.isfinite(topk_kl(student.detach(), ids, partial, 1.0, True))
     assert torch.isfinite(topk_kl(student.detach(), ids, partial, 2.0, False))
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
+def test_each_divergence_is_zero_at_the_teacher_and_its_gradient_finite_where_the_teacher_has_fewer_than_k(beta):
+    torch.manual_seed(1)
+    teacher_logits = torch.randn(6, 50) * 3
+    logprobs, ids = torch.log_softmax(teacher_logits, -1).topk(5, dim=-1)
+    for tail in (True, False):
+        assert float(topk_kl(teacher_logits.clone(), ids, logprobs, 1.0, tail, beta)) == pytest.approx(0.0, abs=1e-5)
+    partial = logprobs.clone()
+    partial[:, 3:] = float("-inf")
+    for temperature, tail in ((1.0, True), (2.0, False)):
+        student = torch.randn(6, 50, requires_grad=True)
+        loss = topk_kl(student, ids, partial, temperature, tail, beta)
+        loss.backward()
+        assert float(loss) > 0.01 and torch.isfinite(student.grad).all() and student.grad.abs().sum() > 0
+    # A student with all its mass on the teacher's first choice: forward KL (mass-covering)
+    # charges it for every other choice it dropped, reverse KL (mode-seeking) only -log p of its own.
+    student = torch.full((6, 50), -30.0)
+    student.scatter_(1, ids[:, :1], 0.0)  # all mass on the teacher's top token
+    forward, reverse = (float(topk_kl(student, ids, logprobs, 1.0, True, b)) for b in (0.0, 1.0))
+    assert forward > reverse > 0
 
 
 def test_last_assistant_span():
@@ -165,7 +187,7 @@ def test_distill_options_are_validated(tmp_path, tiny_model):
         ("sft.distill.loss=reverse_kl", "sft.distill.loss: unknown 'reverse_kl'"),
         ("sft.distill.alpha=1.5", "sft.distill.alpha: must be in [0, 1]"),
         ("sft.distill.temperature=2", "sft.distill.tail: the tail bucket needs temperature 1.0"),
-        ("sft.distill={loss: on_policy, cross_tokenizer: true}", "sft.distill.cross_tokenizer: only with loss: topk_kl"),
+        ("sft.distill.beta=-0.5", "sft.distill.beta: must be in [0, 1]"),
         ("sft.distill={cross_tokenizer: true, temperature: 2, tail: false}", "sft.distill.cross_tokenizer: matches the "
          "captured probabilities as they are"),
     ]:

@@ -48,16 +48,66 @@ def test_on_policy_distillation_scores_the_students_samples_with_the_teacher(tmp
     assert metrics["global_step"] == 12
 
 
+def _permuted_twin(model_dir, dest):
+    """The same model under another vocabulary: its ordinary tokens' ids shuffled (special
+    tokens keep theirs), the embedding and output rows moved with them. Every text is then the
+    same tokens with other ids, and each next-token distribution the same over token texts."""
+    import random
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    spec = json.loads((model_dir / "tokenizer.json").read_text())
+    vocab = spec["model"]["vocab"]
+    special = {t["id"] for t in spec["added_tokens"]}
+    ordinary = sorted(i for i in vocab.values() if i not in special)
+    shuffled = ordinary[:]
+    random.Random(0).shuffle(shuffled)
+    new_id = dict(zip(ordinary, shuffled, strict=True))
+    spec["model"]["vocab"] = {text: new_id.get(i, i) for text, i in vocab.items()}
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    source = list(range(model.config.vocab_size))  # source[new id] = old id
+    for old, new in new_id.items():
+        source[new] = old
+    with torch.no_grad():
+        for weights in {id(w): w for w in (model.get_input_embeddings().weight, model.get_output_embeddings().weight)}.values():
+            weights.copy_(weights[torch.tensor(source)])
+    model.save_pretrained(dest)
+    for name in model_dir.iterdir():
+        if name.suffix in (".json", ".jinja", ".txt") and not (dest / name.name).exists():
+            (dest / name.name).write_bytes(name.read_bytes())
+    (dest / "tokenizer.json").write_text(json.dumps(spec))
+    return dest
+
+
 @pytest.mark.slow
-def test_on_policy_needs_a_teacher_with_the_students_tokenizer(tmp_path, tiny_model):
+def test_a_teacher_with_another_tokenizer_is_refused_then_distilled_on_policy_through_gold(tmp_path, tiny_model):
+    """Token by token, another vocabulary is refused, naming the key. With cross_tokenizer TRL's
+    GOLDTrainer scores the student's own samples through the teacher's tokenizer: a teacher
+    that is the student under shuffled token ids (another vocabulary, the same distributions
+    over text) finds ~0 divergence, so the samples were re-tokenized and matched by text;
+    another model (other weights, the teacher's vocabulary) finds a real one, and trains."""
+    from transformers import AutoTokenizer
+
     from sft.train import run_train
+    from synth.logprobs import vocab_digest
     from synth.tiny_model import build_tiny_model
 
-    other = build_tiny_model(tmp_path / "other-teacher", vocab_size=1024)
-    path = _on_policy_recipe(tmp_path, tiny_model, tiny_model, teacher=str(other))
+    twin = _permuted_twin(tiny_model, tmp_path / "twin-teacher")
+    assert vocab_digest(AutoTokenizer.from_pretrained(twin)) != vocab_digest(AutoTokenizer.from_pretrained(tiny_model))
+    path = _on_policy_recipe(tmp_path / "twin", tiny_model, tiny_model, steps=1, teacher=str(twin))
     with pytest.raises(ValueError, match="has another vocabulary than the student") as err:
         run_train(load_plan(path), progress=False)
-    assert "share a tokenizer" in str(err.value)
+    assert "sft.distill.cross_tokenizer: true" in str(err.value)
+    same = run_train(load_plan(path, ["sft.distill.cross_tokenizer=true"]), progress=False)
+    assert abs(_losses(same)[0]) < 1e-3 and "on_policy_loss" in same["log_history"][0], same["log_history"]
+
+    student = build_tiny_model(tmp_path / "student", seed=1)
+    path = _on_policy_recipe(tmp_path / "other", tiny_model, student, steps=4, teacher=str(twin))
+    metrics = run_train(load_plan(path, ["sft.distill.cross_tokenizer=true"]), progress=False)
+    losses = _losses(metrics)
+    assert len(losses) == 4 and min(losses) > 0.01, losses
+    assert (tmp_path / "other" / "out" / "student" / "model" / "model.safetensors").exists()
 
 
 def test_on_policy_teacher_and_its_stage_key(tmp_path, tiny_model):
