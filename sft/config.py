@@ -55,15 +55,16 @@ class HarnessOptions:
 
 
 DISTILL_LOSSES = ("topk_kl", "on_policy")
+KD_TEMPERATURE = 2.0  # topk_kl's default on the teacher's own vocabulary (bench/RESULTS.md, kd_sweep)
 
 
 @dataclass
 class DistillOptions:
     loss: str = help_field("topk_kl", help="topk_kl: KL from the teacher's top-k logprobs captured with the data (sampling.logprobs) to the student's, on the answer tokens; on_policy: the student samples answers to the training prompts and a local teacher scores every token of them (TRL's DistillationTrainer)")
     top_k: int | None = help_field(None, help="topk_kl: teacher tokens used per position (at most what was captured); none: all captured")
-    temperature: float = help_field(1.0, help="softens both distributions (topk_kl scales the loss by its square; the tail bucket needs 1.0); on_policy: also the student's sampling temperature")
+    temperature: float | None = help_field(None, help="topk_kl: softens both distributions (the loss is scaled by its square); default 2.0 on the teacher's own vocabulary (the best setting of bench/kd_sweep.py), 1.0 with cross_tokenizer or tail: true; on_policy: the student's sampling temperature, default 1.0")
     alpha: float = help_field(0.5, help="topk_kl: weight of the KL term; 1 - alpha weighs the cross-entropy on the teacher's text")
-    tail: bool = help_field(True, help="topk_kl: add the mass outside the top k as one bucket (at temperature 1); false renormalises the top k")
+    tail: bool | None = help_field(None, help="topk_kl: add the mass outside the top k as one bucket (needs temperature 1.0); false renormalises the top k; default true at temperature 1.0, else false")
     logprobs: str | None = help_field(None, help="topk_kl: the teacher's logprobs file; default OUTPUT/logprobs.bin")
     require: bool = help_field(False, help="topk_kl: every example must have aligned teacher logprobs (else an error); false: those without train on cross-entropy only, counted")
     cross_tokenizer: bool = help_field(False, help="topk_kl: the teacher's tokenizer differs from the student's (another model family): at each answer position where both tokenizations start a token at the same character, the teacher's top-k tokens are mapped to the student's tokens of the same text (as TRL's GOLD matches them) and the mass of those without one joins the tail; the teacher's tokenizer comes from sft.distill.teacher or the recipe's local teacher. on_policy: TRL's GOLDTrainer scores the student's samples through the teacher's own tokenizer (tokens of the same text by the JSD, the rest by ULD)")
@@ -76,7 +77,7 @@ class DistillOptions:
             raise ValueError(f"loss: unknown '{self.loss}'; choose {', '.join(DISTILL_LOSSES)}")
         if self.top_k is not None and self.top_k < 1:
             raise ValueError(f"top_k: must be at least 1 (or none for all captured), got {self.top_k}")
-        if not (self.temperature > 0):
+        if self.temperature is not None and not (self.temperature > 0):
             raise ValueError(f"temperature: must be > 0, got {self.temperature}")
         if not (0 <= self.alpha <= 1):
             raise ValueError(f"alpha: must be in [0, 1], got {self.alpha}")
@@ -84,10 +85,25 @@ class DistillOptions:
             raise ValueError(f"beta: must be in [0, 1] (0 forward KL, 0.5 JSD, 1 reverse KL), got {self.beta}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens: must be at least 1, got {self.max_new_tokens}")
-        if self.cross_tokenizer and self.loss == "topk_kl" and self.temperature != 1.0:
+        if self.cross_tokenizer and self.loss == "topk_kl" and self.kd_temperature != 1.0:
             raise ValueError("cross_tokenizer: matches the captured probabilities as they are (temperature 1.0); remove temperature")
-        if self.loss == "topk_kl" and self.tail and self.temperature != 1.0:
+        if self.loss == "topk_kl" and self.kd_tail and self.kd_temperature != 1.0:
             raise ValueError("tail: the tail bucket needs temperature 1.0 (the captured logprobs are at 1); set tail: false")
+
+    @property
+    def kd_temperature(self) -> float:
+        """temperature, or its default: 2.0 for topk_kl on the teacher's vocabulary (softened
+        targets measured best, bench/kd_sweep.py), else 1.0 (a tail bucket, another vocabulary,
+        on-policy sampling)."""
+        if self.temperature is not None:
+            return self.temperature
+        same_vocab = self.loss == "topk_kl" and not self.cross_tokenizer and self.tail is not True
+        return KD_TEMPERATURE if same_vocab else 1.0
+
+    @property
+    def kd_tail(self) -> bool:
+        """tail, or its default: a tail bucket where the temperature is 1.0."""
+        return self.tail if self.tail is not None else self.kd_temperature == 1.0
 
     @property
     def divergence_beta(self) -> float:

@@ -342,7 +342,7 @@ def distill_trainer(base: type, opts: DistillOptions) -> type:
             ce = torch.nn.functional.cross_entropy(logits[valid].float(), targets[valid], reduction="sum") / denom
             where = kd["kd_mask"][:, 1:].to(logits.device)
             kl = topk_kl(logits[where], kd["kd_ids"][:, 1:].to(logits.device)[where],
-                         kd["kd_logprobs"][:, 1:].to(logits.device)[where], opts.temperature, opts.tail,
+                         kd["kd_logprobs"][:, 1:].to(logits.device)[where], opts.kd_temperature, opts.kd_tail,
                          opts.divergence_beta)
             kl = kl * tokens / denom  # this micro-batch's share, as the cross-entropy is normalised
             loss = (1 - opts.alpha) * ce + opts.alpha * kl

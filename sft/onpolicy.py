@@ -58,12 +58,12 @@ def on_policy_trainer(trl: Any, transformers: Any, cfg: SftConfig, model: Any, t
         **trainer_arguments(cfg, student, on_gpu=on_gpu, progress=progress),
         "eval_strategy": "no",  # the held-out set is scored by `sft eval` after training
         "max_completion_length": opts.max_new_tokens,
-        "temperature": opts.temperature,
+        "temperature": opts.kd_temperature,
         "beta": opts.divergence_beta,
         "teacher_model_init_kwargs": {"dtype": "bfloat16" if on_gpu else "float32"},
     }
     logger.info("on-policy distillation: the student samples up to %d tokens per prompt at temperature %g; %s scores "
-                "them (beta %g%s)", opts.max_new_tokens, opts.temperature, teacher, opts.divergence_beta,
+                "them (beta %g%s)", opts.max_new_tokens, opts.kd_temperature, teacher, opts.divergence_beta,
                 ", through its own tokenizer: GOLD" if opts.cross_tokenizer else "")
     if opts.cross_tokenizer:
         return gold_trainer(common, cfg, model, tokenizer, teacher_id, rows, peft_config)

@@ -156,6 +156,9 @@ def train_key(plan: Plan) -> dict[str, Any]:
     if cfg.reasoning == "keep":  # the tags a trace is written between when the template ignores it
         tags = plan.recipe.teacher.reasoning
         key["reasoning_tags"] = [tags.open_tag, tags.close_tag]
+    if cfg.distill is not None:  # resolved, so a change of a default retrains
+        d = cfg.distill
+        key["divergence"] = {"temperature": d.kd_temperature, "tail": d.kd_tail, "beta": d.divergence_beta}
     if cfg.on_policy:
         key["teacher"] = model_identity(plan.on_policy_teacher())
     elif cfg.distill is not None:

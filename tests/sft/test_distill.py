@@ -6,6 +6,7 @@ import pytest
 import torch
 import yaml
 
+from sft.config import DistillOptions
 from sft.distill import char_starts, cross_positions, last_assistant_span, token_map, topk_kl
 from synth.config import load_recipe
 from synth.plan import load_plan
@@ -186,7 +187,7 @@ def test_distill_options_are_validated(tmp_path, tiny_model):
     for override, message in [
         ("sft.distill.loss=reverse_kl", "sft.distill.loss: unknown 'reverse_kl'"),
         ("sft.distill.alpha=1.5", "sft.distill.alpha: must be in [0, 1]"),
-        ("sft.distill.temperature=2", "sft.distill.tail: the tail bucket needs temperature 1.0"),
+        ("sft.distill={temperature: 2, tail: true}", "sft.distill.tail: the tail bucket needs temperature 1.0"),
         ("sft.distill.beta=-0.5", "sft.distill.beta: must be in [0, 1]"),
         ("sft.distill={cross_tokenizer: true, temperature: 2, tail: false}", "sft.distill.cross_tokenizer: matches the "
          "captured probabilities as they are"),
@@ -196,6 +197,25 @@ def test_distill_options_are_validated(tmp_path, tiny_model):
         assert message in str(err.value)
     data = yaml.safe_load(_kd_recipe(tmp_path, tiny_model).read_text())
     assert json.dumps(data["sft"]["distill"]) == '{"top_k": 5}'
+
+
+def test_the_divergence_defaults_follow_the_loss_and_the_vocabulary(tmp_path, tiny_model):
+    """topk_kl on the teacher's vocabulary: softened targets (temperature 2, the top k
+    renormalised), the sweep's best; a tail bucket, another vocabulary or on-policy sampling:
+    temperature 1. The train key holds the resolved values, so a changed default retrains."""
+    from sft.train import train_key
+
+    resolved = {
+        (): (2.0, False, 0.0), (("tail", True),): (1.0, True, 0.0), (("temperature", 1.0),): (1.0, True, 0.0),
+        (("cross_tokenizer", True),): (1.0, True, 0.0), (("loss", "on_policy"),): (1.0, True, 0.5),
+        (("temperature", 3.0), ("beta", 1.0)): (3.0, False, 1.0),
+    }
+    for options, (temperature, tail, beta) in resolved.items():
+        d = DistillOptions(**dict(options))
+        assert (d.kd_temperature, d.kd_tail, d.divergence_beta) == (temperature, tail, beta), options
+    path = _kd_recipe(tmp_path, tiny_model)
+    assert train_key(load_plan(path))["divergence"] == {"temperature": 2.0, "tail": False, "beta": 0.0}
+    assert train_key(load_plan(path, ["sft.distill.temperature=1.0"]))["divergence"]["tail"] is True
 
 
 @pytest.mark.slow
@@ -250,7 +270,6 @@ def test_cross_tokenizer_logprobs_must_name_their_vocabulary(tmp_path, tiny_mode
     student's tokens: one error naming how to capture them again."""
     from transformers import AutoTokenizer
 
-    from sft.config import DistillOptions
     from sft.distill import build_targets
     from synth.logprobs import UNKNOWN_VOCAB, LogprobAppender, TopK, vocab_digest
 
