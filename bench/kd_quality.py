@@ -85,14 +85,15 @@ def generation_speed(work: Path, teacher: Path, prompts: Path, k: int) -> tuple[
 
 
 def student_run(work: Path, paths: dict, data: Path, name: str, steps: int, distill: dict | None,
-                start: Path | None = None, learning_rate: float | None = None) -> tuple[float, float]:
+                start: Path | None = None, learning_rate: float | None = None, seed: int = 0) -> tuple[float, float]:
     """(held-out accuracy, seconds per training step) of one student, trained from `start`
-    (default: the random student)."""
+    (default: the random student) with the training seed `seed` (data order, dropout)."""
+    name = name if not seed else f"{name}-seed{seed}"
     out = work / "students" / name
     model = out / "model"
     if not (model / "model.safetensors").exists():
         sft = {"model": str(start or paths["student_init"]), "train": str(data), "output_dir": str(out), "max_steps": steps,
-               **STUDENT, **({"learning_rate": learning_rate} if learning_rate else {})}
+               **STUDENT, **({"learning_rate": learning_rate} if learning_rate else {}), **({"seed": seed} if seed else {})}
         if distill is not None:
             sft["distill"] = distill
         cli("sft", "train", str(recipe(work / f"{name}.yaml", paths["prompts"], paths["student_init"], work / "teacher-run", sft=sft)),
@@ -127,6 +128,7 @@ def main() -> None:
                     help="budgets whose SFT student continues with on-policy distillation (and, to compare, more SFT)")
     ap.add_argument("--on-policy-steps", type=int, default=200)
     ap.add_argument("--continue-lr", type=float, default=2e-4, help="learning rate of both continuations")
+    ap.add_argument("--teachers", default="strong,imperfect", help="which teachers' tables to make (the RESULT line is the imperfect one's)")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     budgets = [int(b) for b in args.budgets.split(",")]
@@ -139,8 +141,12 @@ def main() -> None:
     paths = prepare(work, prompts=max(budgets) + max(budgets) // 10, teacher_examples=12000, held_out=TEST_PROMPTS)
     (work / "date.j2").write_text((REPO / "prompts" / "dates" / "date.j2").read_text(), encoding="utf-8")
 
+    from sft.config import DistillOptions
+
+    d = DistillOptions()
+    defaults = f"kd-a{d.alpha}-b{d.divergence_beta}-t{d.kd_temperature}-tail{d.kd_tail}"  # a student per default setting
     tables = {}
-    for label, steps in (("strong", 2000), ("imperfect", 500)):
+    for label, steps in [(t, s) for t, s in (("strong", 2000), ("imperfect", 500)) if t in args.teachers.split(",")]:
         teacher = train_teacher(work, paths, f"teacher-{label}", steps)
         teacher_acc = accuracy(work, f"teacher-{label}", teacher)
         run = work / f"run-{label}"
@@ -156,8 +162,8 @@ def main() -> None:
         sft, kd, step_s = [], [], []
         for n in budgets:
             a_sft, s_sft = student_run(work, paths, rows_by_budget[n], f"{label}-sft-{n}", args.steps, None)
-            a_kd, s_kd = student_run(work, paths, rows_by_budget[n], f"{label}-kd-{n}", args.steps,
-                                     {"top_k": args.top_k, "alpha": 0.5, "logprobs": str(run / "logprobs.bin")})
+            a_kd, s_kd = student_run(work, paths, rows_by_budget[n], f"{label}-{defaults}-{n}", args.steps,
+                                     {"top_k": args.top_k, "logprobs": str(run / "logprobs.bin")})  # sft.distill's defaults
             sft.append(a_sft)
             kd.append(a_kd)
             step_s.append(s_kd / s_sft)
@@ -177,8 +183,9 @@ def main() -> None:
             print(f"{label} teacher, {n} examples, SFT then {args.on_policy_steps} steps: more SFT {more:.3f}, "
                   f"on-policy {op:.3f}", flush=True)
 
-    speed_plain, speed_lp = generation_speed(work, work / "teacher-strong" / "model", paths["prompts"], args.top_k)
-    manifest = json.loads((work / "run-strong" / "manifest.json").read_text())
+    first = next(iter(tables))
+    speed_plain, speed_lp = generation_speed(work, work / f"teacher-{first}" / "model", paths["prompts"], args.top_k)
+    manifest = json.loads((work / f"run-{first}" / "manifest.json").read_text())
     print()
     print(f"held-out accuracy ({TEST_PROMPTS} prompts, exact checker), students trained {args.steps} steps each:")
     print("| teacher | examples | SFT | KD (top-k KL + CE) | KD - SFT |")
