@@ -56,6 +56,19 @@ def train_teacher(work: Path, paths: dict, name: str, steps: int) -> Path:
     return model
 
 
+def teacher_data(work: Path, paths: dict, label: str, steps: int, top_k: int = 20) -> tuple[Path, float, Path]:
+    """The teacher trained `steps` steps, its held-out accuracy, and the run directory of its
+    greedy answers to the distillation prompts with their top-k logprobs (every answer kept)."""
+    teacher = train_teacher(work, paths, f"teacher-{label}", steps)
+    teacher_acc = accuracy(work, f"teacher-{label}", teacher)
+    run = work / f"run-{label}"
+    if not (run / "train.jsonl").exists():
+        cli("synth", "run", str(recipe(work / f"run-{label}.yaml", paths["prompts"], teacher, run,
+            sampling={"n": 1, "temperature": 0.0, "max_tokens": 16, "seed": 0, "logprobs": top_k},
+            curate={"filters": ["empty", {"name": "exact_dedup", "field": "prompt"}]})), "--no-progress")
+    return teacher, teacher_acc, run
+
+
 def generation_speed(work: Path, teacher: Path, prompts: Path, k: int) -> tuple[float, float]:
     """Output tokens/s of one engine on the same prompts, without and with logprobs k."""
     import yaml
@@ -147,12 +160,7 @@ def main() -> None:
     defaults = f"kd-a{d.alpha}-b{d.divergence_beta}-t{d.kd_temperature}-tail{d.kd_tail}"  # a student per default setting
     tables = {}
     for label, steps in [(t, s) for t, s in (("strong", 2000), ("imperfect", 500)) if t in args.teachers.split(",")]:
-        teacher = train_teacher(work, paths, f"teacher-{label}", steps)
-        teacher_acc = accuracy(work, f"teacher-{label}", teacher)
-        run = work / f"run-{label}"
-        cli("synth", "run", str(recipe(work / f"run-{label}.yaml", paths["prompts"], teacher, run,
-            sampling={"n": 1, "temperature": 0.0, "max_tokens": 16, "seed": 0, "logprobs": args.top_k},
-            curate={"filters": ["empty", {"name": "exact_dedup", "field": "prompt"}]})), "--no-progress")
+        teacher, teacher_acc, run = teacher_data(work, paths, label, steps, args.top_k)
         rows = (run / "train.jsonl").read_text().splitlines()
         rows_by_budget = {}
         for n in budgets:

@@ -27,8 +27,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from distill_quality import TEST_PROMPTS, accuracy, cli, recipe  # noqa: E402
-from kd_quality import student_run, train_teacher  # noqa: E402
+from distill_quality import TEST_PROMPTS, cli, recipe  # noqa: E402
+from kd_quality import student_run, teacher_data  # noqa: E402
 
 from synth.examples.dates import prepare  # noqa: E402
 
@@ -71,13 +71,7 @@ def main() -> None:
     started = time.monotonic()
     paths = prepare(work, prompts=args.prompts, teacher_examples=12000, held_out=TEST_PROMPTS)
     (work / "date.j2").write_text((REPO / "prompts" / "dates" / "date.j2").read_text(), encoding="utf-8")
-    teacher = train_teacher(work, paths, "teacher-imperfect", 500)
-    teacher_acc = accuracy(work, "teacher-imperfect", teacher)
-    run = work / "run-imperfect"
-    if not (run / "train.jsonl").exists():
-        cli("synth", "run", str(recipe(work / "run-imperfect.yaml", paths["prompts"], teacher, run,
-            sampling={"n": 1, "temperature": 0.0, "max_tokens": 16, "seed": 0, "logprobs": 20},
-            curate={"filters": ["empty", {"name": "exact_dedup", "field": "prompt"}]})), "--no-progress")
+    teacher, teacher_acc, run = teacher_data(work, paths, "imperfect", 500)
     rows = (run / "train.jsonl").read_text().splitlines()
     # Four samples per prompt of the largest budget, at temperature 1, each with its logprobs.
     seeds = work / "sweep-seeds.jsonl"

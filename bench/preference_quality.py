@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from distill_quality import TEST_PROMPTS, accuracy, cli, recipe  # noqa: E402
-from kd_quality import STUDENT, student_run, train_teacher  # noqa: E402
+from kd_quality import STUDENT, student_run, teacher_data  # noqa: E402
 
 from synth.examples.dates import prepare  # noqa: E402
 
@@ -79,15 +79,9 @@ def main() -> None:
     started = time.monotonic()
     paths = prepare(work, prompts=4400, teacher_examples=12000, held_out=TEST_PROMPTS)  # kd_quality's data
     (work / "date.j2").write_text((REPO / "prompts" / "dates" / "date.j2").read_text(), encoding="utf-8")
-    teacher = train_teacher(work, paths, "teacher-strong", 2000)
-    teacher_acc = accuracy(work, "teacher-strong", teacher)
+    teacher, teacher_acc, run = teacher_data(work, paths, "strong", 2000)
 
     # The SFT student: kd_quality's, on the teacher's first N answers (all of them, unchecked).
-    run = work / "run-strong"
-    if not (run / "train.jsonl").exists():
-        cli("synth", "run", str(recipe(work / "run-strong.yaml", paths["prompts"], teacher, run,
-            sampling={"n": 1, "temperature": 0.0, "max_tokens": 16, "seed": 0, "logprobs": 20},
-            curate={"filters": ["empty", {"name": "exact_dedup", "field": "prompt"}]})), "--no-progress")
     rows = (run / "train.jsonl").read_text().splitlines()
     budget = work / f"train-strong-{args.budget}.jsonl"
     budget.write_text("\n".join(rows[: args.budget]) + "\n")
