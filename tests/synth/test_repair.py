@@ -13,15 +13,12 @@ from synth.plan import load_plan
 from conftest import make_recipe, read_jsonl
 
 # The tiny random model cannot write code; a regex makes every answer one line of Python,
-# `x = <digit>`, so whether the tests pass depends on the digit it samples. Every digit is
-# asked for twice: whichever digits the model favours, some answer passes (with six digits
-# it once sampled none of them in 24 answers, on a slower run whose batches differed).
+# `x = <digit>`, so whether the tests pass depends on the digit it samples.
 CODE = r"```python\nx = [0-9]\n```"
-SEEDS = [{"question": f"{ask} x to {d}.", "tests": [f"assert x == {d}"]} for ask in ("Set", "Please set") for d in range(10)]
 
 
 def _recipe(tmp_path, tiny_model, rounds=3, out="out"):
-    seeds = SEEDS
+    seeds = [{"question": f"Set x to {d}.", "tests": [f"assert x == {d}"]} for d in (3, 5, 7, 1, 8, 0)]
     return make_recipe(tmp_path, tiny_model, seeds=seeds, out=out, sampling={"n": 1, "max_tokens": 16, "temperature": 1.0},
                        vllm={"structured_outputs": {"regex": CODE}},
                        extra={"repair": {"rounds": rounds, "limits": {"cpu_s": 2, "wall_s": 5}}})
@@ -36,7 +33,7 @@ def test_failing_code_goes_back_with_its_failure_until_the_tests_pass_or_the_rou
     monkeypatch.setattr(vllm_backend, "identity", lambda: dict(plan.teacher))
     manifest = run_generate(plan, backend=vllm_backend, progress=False)
     records = read_jsonl(plan.layout.raw)
-    assert len(records) == len(SEEDS)
+    assert len(records) == 6
     for r in records:
         conv, want = r["conversation"], r["seed"]["fields"]["tests"][0]
         answers = [m for m in r["messages"] if m["role"] == "assistant"]
@@ -49,7 +46,7 @@ def test_failing_code_goes_back_with_its_failure_until_the_tests_pass_or_the_rou
             assert all(last not in a["content"] for a in answers[:-1])  # it stopped at the first passing answer
         else:
             assert conv["ended"] == "rounds" and conv["turns"] == 4 and conv["tests"] == {"passed": 0, "total": 1}
-    assert Counter(r["conversation"]["ended"] for r in records)["rounds"] < len(SEEDS), "some answer passed"
+    assert Counter(r["conversation"]["ended"] for r in records)["rounds"] < 6, "some answer passed"
     assert sum(r["conversation"]["turns"] for r in records) == manifest["conversations"]["turns_sent"]
     # A rerun from scratch (the raw log gone, as after a kill before it was written) pays for no turn again.
     plan.layout.raw.unlink()
