@@ -3,6 +3,7 @@ each answer's tests run in the sandbox, a failure goes back to the teacher as th
 turn, until the tests pass or the rounds run out; every teacher turn is cached, so a rerun pays
 for none again; training can take the whole trajectory or only the final answer."""
 
+import re
 from collections import Counter
 
 import pytest
@@ -13,13 +14,25 @@ from synth.plan import load_plan
 from conftest import make_recipe, read_jsonl
 
 # The tiny random model cannot write code; a regex makes every answer one line of Python,
-# `x = <digit>`, so whether the tests pass depends on the digit it samples.
+# `x = <digit>`, so whether the tests pass depends on the digit it samples. The regex lets the
+# model spell the answer with any of the tokenizer's pieces (one character each at worst: 20
+# tokens), so max_tokens leaves room for the longest spelling: a cut answer has no code.
 CODE = r"```python\nx = [0-9]\n```"
+# Tests one digit passes, one that nine pass, and one that every answer passes, so the passing
+# path is taken whatever digits the model favours (on a CPU its numerics, so its samples, follow
+# the batch shapes, which follow timing).
+TESTS = ["assert x == 3", "assert x == 5", "assert x == 7", "assert x == 9", "assert x != 9", "assert x >= 0"]
+
+
+def _passes(test: str, answer: str) -> bool:
+    """What the test says of an answer `x = <digit>`, computed here."""
+    digit = int(re.fullmatch(r"```python\nx = ([0-9])\n```", answer.strip()).group(1))
+    return eval(test.removeprefix("assert "), {"x": digit})
 
 
 def _recipe(tmp_path, tiny_model, rounds=3, out="out"):
-    seeds = [{"question": f"Set x to {d}.", "tests": [f"assert x == {d}"]} for d in (3, 5, 7, 1, 8, 0)]
-    return make_recipe(tmp_path, tiny_model, seeds=seeds, out=out, sampling={"n": 1, "max_tokens": 16, "temperature": 1.0},
+    seeds = [{"question": f"Make this pass: {t}", "tests": [t]} for t in TESTS]
+    return make_recipe(tmp_path, tiny_model, seeds=seeds, out=out, sampling={"n": 1, "max_tokens": 32, "temperature": 1.0},
                        vllm={"structured_outputs": {"regex": CODE}},
                        extra={"repair": {"rounds": rounds, "limits": {"cpu_s": 2, "wall_s": 5}}})
 
@@ -39,14 +52,16 @@ def test_failing_code_goes_back_with_its_failure_until_the_tests_pass_or_the_rou
         answers = [m for m in r["messages"] if m["role"] == "assistant"]
         repairs = [m["content"] for m in r["messages"] if m["role"] == "user"][1:]
         assert conv["turns"] == len(answers) == len(conv["turn_ids"]) == len(repairs) + 1 <= 4
-        assert all(want in text and "Fix the code" in text and "AssertionError" in text for text in repairs)
-        last = f"x = {want.split()[-1]}"
+        assert all(want in text and "Fix the code" in text and "AssertionError" in text for text in repairs), repairs
+        verdicts = [_passes(want, a["content"]) for a in answers]  # each answer whole, its code checked here
         if conv["ended"] == "tests pass":
-            assert last in answers[-1]["content"] and conv["tests"] == {"passed": 1, "total": 1}
-            assert all(last not in a["content"] for a in answers[:-1])  # it stopped at the first passing answer
+            assert verdicts[-1] and conv["tests"] == {"passed": 1, "total": 1}
+            assert not any(verdicts[:-1])  # it stopped at the first passing answer
         else:
+            assert not any(verdicts)
             assert conv["ended"] == "rounds" and conv["turns"] == 4 and conv["tests"] == {"passed": 0, "total": 1}
-    assert Counter(r["conversation"]["ended"] for r in records)["rounds"] < 6, "some answer passed"
+    assert Counter(r["conversation"]["ended"] for r in records)["tests pass"] >= 1, "some answer passed"
+    assert any(r["conversation"]["turns"] > 1 for r in records), "some answer was sent back"
     assert sum(r["conversation"]["turns"] for r in records) == manifest["conversations"]["turns_sent"]
     # A rerun from scratch (the raw log gone, as after a kill before it was written) pays for no turn again.
     plan.layout.raw.unlink()
