@@ -97,8 +97,8 @@ class DistillOptions:
         on-policy sampling)."""
         if self.temperature is not None:
             return self.temperature
-        same_vocab = self.loss == "topk_kl" and not self.cross_tokenizer and self.tail is not True
-        return KD_TEMPERATURE if same_vocab else 1.0
+        softened = self.loss == "topk_kl" and not self.cross_tokenizer and self.tail is not True
+        return KD_TEMPERATURE if softened else 1.0
 
     @property
     def kd_tail(self) -> bool:

@@ -156,14 +156,14 @@ def train_key(plan: Plan) -> dict[str, Any]:
     if cfg.reasoning == "keep":  # the tags a trace is written between when the template ignores it
         tags = plan.recipe.teacher.reasoning
         key["reasoning_tags"] = [tags.open_tag, tags.close_tag]
-    if cfg.distill is not None:  # resolved, so a change of a default retrains
-        d = cfg.distill
+    d = cfg.distill
+    if d is not None:  # the divergence resolved, so a change of a default retrains
         key["divergence"] = {"temperature": d.kd_temperature, "tail": d.kd_tail, "beta": d.divergence_beta}
     if cfg.on_policy:
         key["teacher"] = model_identity(plan.on_policy_teacher())
-    elif cfg.distill is not None:
-        key["teacher_logprobs"] = file_sha256(cfg.distill.path(layout))
-        if cfg.distill.cross_tokenizer:
+    elif d is not None:
+        key["teacher_logprobs"] = file_sha256(d.path(layout))
+        if d.cross_tokenizer:
             key["teacher_tokenizer"] = model_identity(teacher_tokenizer_source(plan))
     return key
 
