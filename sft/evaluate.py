@@ -98,7 +98,12 @@ class Eval(Stage):
 
     def work(self, key: dict[str, Any] | None) -> StageResult:
         report = _run_eval(self.plan, self.student)
-        return self.result(eval_summary(report), eval_lines(report, self.student.files), report)
+        result = self.result(eval_summary(report), eval_lines(report, self.student.files), report)
+        failed = (report.get("judge") or {}).get("failed", 0)
+        if failed:  # not complete: the next run asks the failed judge calls again (the rest are cached)
+            result.complete = False
+            result.lines.append(f"  judge: {failed} calls failed; the next run asks them again")
+        return result
 
 
 def run_eval(plan: Plan, student: Student | None = None) -> dict[str, Any]:

@@ -255,7 +255,16 @@ class Curate(Stage):
     def work(self, key: dict[str, Any] | None) -> StageResult:
         s = _curate(self.plan, self.progress, key)
         summary = f"kept {s['kept']} (train {s['train']}, eval {s['eval']}), rejected {s['rejected']}"
-        return self.result(summary, curate_lines(s, self.plan.recipe.output.dir), s)
+        result = self.result(summary, curate_lines(s, self.plan.recipe.output.dir), s)
+        # judge calls that failed (after their retries): their records are rejected for now, the
+        # stage is not complete, and the next run asks those calls again (the rest are cached)
+        result.complete = not failed_calls(s)
+        return result
+
+
+def failed_calls(stats: dict[str, Any]) -> int:
+    """Judge calls of the batch filters (judge, grounded, decontam, the pii detector) that failed."""
+    return sum(v.get("failed", 0) for k, v in stats.items() if k.endswith("_calls") and isinstance(v, dict))
 
 
 def run_curate(plan: Plan, progress: bool = True) -> dict[str, Any]:
@@ -273,6 +282,9 @@ def curate_lines(stats: dict[str, Any], out: str) -> list[str]:
     if stats["pii_redacted"]:
         lines.append("  PII redacted: " + ", ".join(f"{k} x{v}" for k, v in stats["pii_redacted"].items()))
     lines.append(f"  files: {out}/train.jsonl" + (", eval.jsonl" if stats["eval"] else "") + ", rejected.jsonl, stats.json")
+    if failed_calls(stats):
+        lines.append(f"  {failed_calls(stats)} judge calls failed: their records are rejected "
+                     "for now; the next run asks those calls again")
     return lines
 
 

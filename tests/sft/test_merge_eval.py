@@ -110,9 +110,31 @@ def test_eval_judge_win_rate_through_a_real_server(trained, vllm_server, monkeyp
             "base_url": proxy.url, "api_key_env": "STILLHOUSE_TEST_KEY"}}, "max_tokens": 8}))
         report = run_eval(load_plan(path, ["sft.eval_engine=transformers", f"sft.eval_judge={judge}"]))
         assert len(proxy.hits) == 8
-    j = report["judge"]
-    assert j["teacher_wins"] + j["student_wins"] + j["ties"] + j["unparseable"] + j["failed"] == 8
-    assert "judge win rate vs the teacher" in (tmp / "out" / "student" / "eval_report.md").read_text()
+        j = report["judge"]
+        assert j["teacher_wins"] + j["student_wins"] + j["ties"] + j["unparseable"] + j["failed"] == 8
+        assert "judge win rate vs the teacher" in (tmp / "out" / "student" / "eval_report.md").read_text()
+
+        # Judge calls that fail (every attempt a 500): the eval stage is left unfinished (no stamp),
+        # so the next run evaluates again and asks them again; then it is complete.
+        from sft.evaluate import Eval
+
+        from conftest import REPO
+
+        failing = tmp / "failing.j2"
+        failing.write_text((REPO / "synth" / "prompts" / "judge" / "pairwise.j2").read_text().replace(
+            "[Request]", "[always500] [Request]"))
+        flaky = tmp / "flaky.yaml"
+        spec = json.loads(judge.read_text())
+        spec["template"], spec["teacher"]["openai"]["max_retries"] = str(failing), 0
+        flaky.write_text(json.dumps(spec))
+        sets = ["sft.eval_engine=transformers", f"sft.eval_judge={flaky}"]
+        first = Eval(load_plan(path, sets), progress=False).run()
+        assert first.status == "done" and not first.complete and first.details["judge"]["failed"] == 8
+        assert any("judge: 8 calls failed; the next run asks them again" in line for line in first.lines)
+        proxy.faults_enabled = False
+        second = Eval(load_plan(path, sets), progress=False).run()
+        assert second.status == "done" and second.complete and second.details["judge"]["failed"] == 0
+        assert Eval(load_plan(path, sets), progress=False).run().status == "skipped"
 
 
 @pytest.mark.slow

@@ -130,3 +130,37 @@ def test_semantic_decontam_asks_a_judge_about_flagged_records_only(tmp_path, tin
     assert rejected["rejection"]["reason"].startswith("rephrases eval item evals.jsonl line 1 (cosine ")
     assert rejected["rejection"]["reason"].endswith("; the judge says it is a rephrasing")
     assert outcomes["[[NO]]"] == []
+
+
+@pytest.mark.slow
+def test_a_failed_judge_call_leaves_curation_unfinished_and_the_next_run_asks_it_again(tmp_path, tiny_model, vllm_server,
+                                                                                        monkeypatch):
+    """A judge call that fails after its retries rejects its record for now, but the curate
+    stage is left without its stamp: the next `synth run` curates again, sends only that call
+    (the others come from judge.jsonl), and only then is the stage skipped."""
+    from synth.curate import Curate
+
+    monkeypatch.setenv("STILLHOUSE_TEST_KEY", SERVER_KEY)
+    items = real_rows(3) + [("[always500] What is the capital of France?", "Paris.")]
+    with FaultProxy(vllm_server.url) as proxy:
+        judge = {"name": "judge", "threshold": 1, "max_tokens": 8, "teacher": {
+            "backend": "openai", "model": SERVED_MODEL,
+            "openai": {"base_url": proxy.url, "api_key_env": "STILLHOUSE_TEST_KEY", "max_retries": 0,
+                       "extra_body": {"structured_outputs": {"choice": ["Score: 7"]}}}}}
+        path, plan, _ = build_raw(tmp_path, tiny_model, items, {"filters": [judge]})
+        first = Curate(plan, progress=False).run()
+        assert first.status == "done" and not first.complete
+        assert first.details["judge_calls"]["failed"] == 1 and len(proxy.hits) == 4
+        assert any("1 judge calls failed" in line and "the next run asks those calls again" in line for line in first.lines)
+        (failed,) = read_jsonl(tmp_path / "out" / "rejected.jsonl")
+        assert "[always500]" in failed["messages"][-2]["content"] and "judge call failed" in failed["rejection"]["reason"]
+        assert not plan.layout.stamp("curate").exists()
+
+        proxy.faults_enabled = False
+        hits = len(proxy.hits)
+        second = Curate(load_plan(path), progress=False).run()
+        assert second.status == "done" and second.complete
+        assert second.details["judge_calls"] == {**second.details["judge_calls"], "sent": 1, "cached": 3, "failed": 0}
+        assert len(proxy.hits) == hits + 1 and read_jsonl(tmp_path / "out" / "rejected.jsonl") == []
+        assert len(read_jsonl(tmp_path / "out" / "train.jsonl")) == 4
+        assert Curate(load_plan(path), progress=False).run().status == "skipped"
