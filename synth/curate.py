@@ -282,9 +282,10 @@ def curate_lines(stats: dict[str, Any], out: str) -> list[str]:
     if stats["pii_redacted"]:
         lines.append("  PII redacted: " + ", ".join(f"{k} x{v}" for k, v in stats["pii_redacted"].items()))
     lines.append(f"  files: {out}/train.jsonl" + (", eval.jsonl" if stats["eval"] else "") + ", rejected.jsonl, stats.json")
-    if failed_calls(stats):
-        lines.append(f"  {failed_calls(stats)} judge calls failed: their records are rejected "
-                     "for now; the next run asks those calls again")
+    failed = failed_calls(stats)
+    if failed:
+        lines.append(f"  {failed} judge calls failed: their records are rejected for now; the next run asks "
+                     "those calls again")
     return lines
 
 
